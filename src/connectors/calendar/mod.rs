@@ -1,0 +1,92 @@
+//! The calendar connector interface. One implementation per provider.
+
+pub mod google;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::ConnectorError;
+
+/// A half-open time interval `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Interval {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+impl Interval {
+    pub fn new(start: Timestamp, end: Timestamp) -> Self {
+        debug_assert!(start <= end, "interval ends before it starts");
+        Self { start, end }
+    }
+
+    pub fn overlaps(&self, other: &Interval) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+}
+
+/// An event to create. `id` is the idempotency key chosen by the service (for Google: base32hex,
+/// 5–1024 characters), so a retried create can never produce a second event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub id: String,
+    pub summary: String,
+    pub description: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// IANA zone the event is shown in.
+    pub time_zone: String,
+    pub attendee_email: Option<String>,
+    /// Reminder minutes before the start (popup).
+    pub reminder_minutes: Vec<u32>,
+    /// Private extended properties (Google) / single-value extended properties (Graph): the call
+    /// id and service, so our own events are recognised.
+    pub call_id: String,
+    pub service_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalendarEvent {
+    pub id: String,
+    pub summary: Option<String>,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// `confirmed`, `tentative` or `cancelled`.
+    pub status: String,
+    pub etag: Option<String>,
+    /// The call id from the event's private properties, when the service created it.
+    pub call_id: Option<String>,
+    /// Whether the event blocks time (Google `transparency` != `transparent`).
+    pub busy: bool,
+}
+
+#[async_trait]
+pub trait CalendarConnector: Send + Sync + 'static {
+    fn provider(&self) -> &'static str;
+
+    /// Busy intervals of the given calendars inside the window, merged across calendars.
+    async fn free_busy(&self, calendar_ids: &[String], window: Interval) -> Result<Vec<Interval>, ConnectorError>;
+
+    /// Creates an event with the caller-chosen id. A second create with the same id answers
+    /// `Conflict` (Google 409 `duplicate`).
+    async fn create_event(&self, calendar_id: &str, event: &NewEvent) -> Result<CalendarEvent, ConnectorError>;
+
+    async fn get_event(&self, calendar_id: &str, event_id: &str) -> Result<CalendarEvent, ConnectorError>;
+
+    /// Events (single instances) overlapping the window, cancelled ones excluded.
+    async fn list_events(&self, calendar_id: &str, window: Interval) -> Result<Vec<CalendarEvent>, ConnectorError>;
+
+    /// Moves an event in place; `etag` makes it conditional (412 → `PreconditionFailed`).
+    async fn move_event(
+        &self,
+        calendar_id: &str,
+        event_id: &str,
+        start: Timestamp,
+        end: Timestamp,
+        etag: Option<&str>,
+    ) -> Result<CalendarEvent, ConnectorError>;
+
+    /// Cancels (deletes) an event; `notify` asks the provider to email attendees.
+    async fn cancel_event(&self, calendar_id: &str, event_id: &str, notify: bool) -> Result<(), ConnectorError>;
+}
