@@ -1,0 +1,2012 @@
+//! An in-process HubSpot emulator: the CRM v3 object, search, batch-read and pipeline endpoints,
+//! the v4 association list, HubSpot's error bodies and headers, search-index lag and fault
+//! injection. The same [`crate::connectors::crm::hubspot::HubSpotConnector`] that talks to
+//! `api.hubapi.com` talks to this server; only the base URL and the token differ.
+//!
+//! Behaviour follows HubSpot's developer documentation; the pages are cited where the behaviour
+//! is surprising:
+//!
+//! - Search (<https://developers.hubspot.com/docs/api-reference/legacy/crm/search-the-crm>):
+//!   filter groups are ORed, filters inside a group ANDed; at most five groups, six filters per
+//!   group and 18 filters in total, otherwise `VALIDATION_ERROR`. Filter values are
+//!   case-insensitive, except that `IN` on a string property matches only lowercase values. `EQ`
+//!   on `phone` compares the stored string as typed — HubSpot does not normalize it — while the
+//!   calculated `hs_searchable_calculated_phone_number` / `..._mobile_number` properties hold
+//!   "only the area code and local number" (the national significant number). Newly created or
+//!   updated objects "may take a few moments to appear in search results": here they stay
+//!   invisible until [`HubSpotState::flush_search_index`] while the lag switch is on.
+//! - Objects (<https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/guide>):
+//!   `GET /crm/v3/objects/{type}/{id}?properties=..&associations=..&idProperty=..`, create with
+//!   inline `associations`, `PATCH` to update, `batch/read` (`207` with `errors` when some ids do
+//!   not exist).
+//! - Calls (<https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/calls/guide>):
+//!   call→contact association type 194, `hs_call_duration` in milliseconds, dispositions are
+//!   GUIDs, recording URLs must be HTTPS. Meetings
+//!   (<https://developers.hubspot.com/docs/api-reference/latest/crm/activities/meetings/guide>):
+//!   meeting→contact type 200, outcomes `SCHEDULED`, `COMPLETED`, `RESCHEDULED`, `NO_SHOW`,
+//!   `CANCELED`.
+//! - Pipelines (<https://developers.hubspot.com/docs/api-reference/legacy/crm/pipelines/guide>):
+//!   each stage carries `metadata.isClosed` as the string `"true"`/`"false"`.
+//! - Errors (<https://developers.hubspot.com/docs/api-reference/error-handling>):
+//!   `{status, message, correlationId, category, errors:[{message, code, context:{propertyName:[..]}}]}`.
+//!   429 bodies and `X-HubSpot-RateLimit-*` headers follow
+//!   <https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines>.
+//! - Unique-value properties (`hasUniqueValue: true`,
+//!   <https://developers.hubspot.com/docs/api-reference/legacy/crm/properties/guide>): the
+//!   idempotency marker `callside_idempotency_key` is one on contacts, calls and meetings; a
+//!   second create with a taken value answers `409` whose message names the property and ends in
+//!   `Existing ID: <id>` (the format HubSpot uses for its contact-exists conflict), and the object
+//!   can be read back with `?idProperty=callside_idempotency_key`.
+//!
+//! Fault injection (down, the next N responses failing, a response dropped after the write was
+//! applied, added latency) is driven by tests through [`HubSpotState`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The custom property the connector writes its idempotency key into. A unique-value property on
+/// contacts, calls and meetings.
+pub const IDEMPOTENCY_PROPERTY: &str = "callside_idempotency_key";
+/// The custom contact property holding the lead source label (`hs_analytics_source` is
+/// HubSpot-calculated and read-only).
+pub const SOURCE_PROPERTY: &str = "callside_source";
+
+/// HubSpot's default call outcomes and their internal GUIDs, as listed in the calls guide.
+pub const DEFAULT_CALL_DISPOSITIONS: [(&str, &str); 6] = [
+    ("Busy", "9d9162e7-6cf3-4944-bf63-4dff82258764"),
+    ("Connected", "f240bbac-87c9-4f6e-bf70-924b57d47db7"),
+    ("Left live message", "a4c4c377-d246-4b32-a13b-75a56a4cd0ff"),
+    ("Left voicemail", "b2cf5968-551e-4856-9783-52b3da59a7d0"),
+    ("No answer", "73a0d17f-1163-4015-bdd5-ec830791da20"),
+    ("Wrong number", "17b47fee-58de-441e-a44c-c6300d46f273"),
+];
+
+const CALL_STATUSES: [&str; 10] = [
+    "BUSY",
+    "CALLING_CRM_USER",
+    "CANCELED",
+    "COMPLETED",
+    "CONNECTING",
+    "FAILED",
+    "IN_PROGRESS",
+    "NO_ANSWER",
+    "QUEUED",
+    "RINGING",
+];
+const MEETING_OUTCOMES: [&str; 5] = ["SCHEDULED", "COMPLETED", "RESCHEDULED", "NO_SHOW", "CANCELED"];
+
+const MAX_FILTER_GROUPS: usize = 5;
+const MAX_FILTERS_PER_GROUP: usize = 6;
+const MAX_FILTERS_TOTAL: usize = 18;
+
+/// The object types the emulator stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectType {
+    Contacts,
+    Deals,
+    Calls,
+    Meetings,
+}
+
+impl ObjectType {
+    /// Accepts the names HubSpot accepts in paths: plural, singular, or the object type id.
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "contacts" | "contact" | "0-1" => Some(Self::Contacts),
+            "deals" | "deal" | "0-3" => Some(Self::Deals),
+            "calls" | "call" | "0-48" => Some(Self::Calls),
+            "meetings" | "meeting" | "0-47" => Some(Self::Meetings),
+            _ => None,
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Self::Contacts => "contacts",
+            Self::Deals => "deals",
+            Self::Calls => "calls",
+            Self::Meetings => "meetings",
+        }
+    }
+
+    fn singular(self) -> &'static str {
+        match self {
+            Self::Contacts => "contact",
+            Self::Deals => "deal",
+            Self::Calls => "call",
+            Self::Meetings => "meeting",
+        }
+    }
+
+    /// Properties every read returns when the request names none (the search guide's table of
+    /// default properties).
+    fn default_properties(self) -> &'static [&'static str] {
+        match self {
+            Self::Contacts => &["createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"],
+            Self::Deals => &[
+                "amount",
+                "closedate",
+                "createdate",
+                "dealname",
+                "dealstage",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "pipeline",
+            ],
+            Self::Calls | Self::Meetings => &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"],
+        }
+    }
+
+    /// Writable properties of the emulated portal (defaults plus the callside custom ones).
+    fn writable(self) -> &'static [&'static str] {
+        match self {
+            Self::Contacts => &[
+                "email",
+                "firstname",
+                "lastname",
+                "phone",
+                "mobilephone",
+                "zip",
+                "city",
+                "state",
+                "country",
+                "company",
+                "jobtitle",
+                "hubspot_owner_id",
+                "lifecyclestage",
+                SOURCE_PROPERTY,
+                IDEMPOTENCY_PROPERTY,
+            ],
+            Self::Deals => &["dealname", "dealstage", "amount", "closedate", "pipeline", "hubspot_owner_id"],
+            Self::Calls => &[
+                "hs_timestamp",
+                "hs_call_title",
+                "hs_call_body",
+                "hs_call_callee_object_id",
+                "hs_call_callee_object_type",
+                "hs_call_direction",
+                "hs_call_disposition",
+                "hs_call_duration",
+                "hs_call_from_number",
+                "hs_call_to_number",
+                "hs_call_recording_url",
+                "hs_call_status",
+                "hs_call_source",
+                "hubspot_owner_id",
+                "hs_activity_type",
+                "hs_attachment_ids",
+                IDEMPOTENCY_PROPERTY,
+            ],
+            Self::Meetings => &[
+                "hs_timestamp",
+                "hs_meeting_title",
+                "hubspot_owner_id",
+                "hs_meeting_body",
+                "hs_internal_meeting_notes",
+                "hs_meeting_external_url",
+                "hs_meeting_location",
+                "hs_meeting_start_time",
+                "hs_meeting_end_time",
+                "hs_meeting_outcome",
+                "hs_activity_type",
+                "hs_attachment_ids",
+                IDEMPOTENCY_PROPERTY,
+            ],
+        }
+    }
+
+    /// Properties HubSpot calculates; writes to them are ignored, as the object guides say for
+    /// read-only properties.
+    fn read_only(self, name: &str) -> bool {
+        name == "hs_object_id"
+            || name == "createdate"
+            || name == "lastmodifieddate"
+            || name == "hs_createdate"
+            || name == "hs_lastmodifieddate"
+            || name.starts_with("hs_searchable_calculated_")
+            || name.starts_with("hs_analytics_")
+    }
+
+    fn has_idempotency_marker(self) -> bool {
+        !matches!(self, Self::Deals)
+    }
+}
+
+/// The HubSpot-defined association type id for a direction, as listed in the associations guide.
+fn association_type_id(from: ObjectType, to: ObjectType) -> Option<u32> {
+    use ObjectType::*;
+    match (from, to) {
+        (Contacts, Deals) => Some(4),
+        (Deals, Contacts) => Some(3),
+        (Calls, Contacts) => Some(194),
+        (Contacts, Calls) => Some(193),
+        (Meetings, Contacts) => Some(200),
+        (Contacts, Meetings) => Some(199),
+        _ => None,
+    }
+}
+
+/// Families of routes, for the per-family request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// `POST /crm/v3/objects/{type}/search`
+    Search,
+    /// `GET /crm/v3/objects/{type}/{id}`
+    Read,
+    /// `POST /crm/v3/objects/{type}`
+    Create,
+    /// `PATCH /crm/v3/objects/{type}/{id}`
+    Update,
+    /// `POST /crm/v3/objects/{type}/batch/read`
+    Batch,
+    /// `GET /crm/v3/pipelines/{type}`
+    Pipelines,
+    /// `GET /crm/v4/objects/{type}/{id}/associations/{toType}`
+    Associations,
+    Other,
+}
+
+impl RouteKind {
+    fn classify(method: &Method, path: &str) -> Self {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::POST, ["crm", "v3", "objects", _, "search"]) => Self::Search,
+            (&Method::POST, ["crm", "v3", "objects", _, "batch", "read"]) => Self::Batch,
+            (&Method::POST, ["crm", "v3", "objects", _]) => Self::Create,
+            (&Method::GET, ["crm", "v3", "objects", _, _]) => Self::Read,
+            (&Method::PATCH, ["crm", "v3", "objects", _, _]) => Self::Update,
+            (&Method::GET, ["crm", "v3", "pipelines", ..]) => Self::Pipelines,
+            (&Method::GET, ["crm", "v4", "objects", _, _, "associations", _]) => Self::Associations,
+            _ => Self::Other,
+        }
+    }
+
+    fn is_write(self) -> bool {
+        matches!(self, Self::Create | Self::Update)
+    }
+}
+
+/// One request as the emulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path: String,
+    pub kind: RouteKind,
+    pub status: u16,
+}
+
+/// A failure to answer instead of handling the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedFailure {
+    pub status: u16,
+    /// The `Retry-After` header value, sent verbatim (seconds or an HTTP date).
+    pub retry_after: Option<String>,
+    /// `(max, remaining, interval_ms)` for the `X-HubSpot-RateLimit-Max`, `-Remaining` and
+    /// `-Interval-Milliseconds` headers.
+    pub rate_limit_window: Option<(u32, u32, u64)>,
+    /// `policyName` of a 429 body: `SECONDLY` or `DAILY`.
+    pub policy: String,
+}
+
+impl InjectedFailure {
+    /// A plain status with HubSpot's body for it; a 429 gets the secondly-limit body and an
+    /// exhausted 10-second window, as HubSpot sends on its burst limit.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            rate_limit_window: (status == 429).then_some((100, 0, 10_000)),
+            policy: "SECONDLY".into(),
+        }
+    }
+
+    /// A 429 whose `Retry-After` is a number of seconds.
+    pub fn rate_limited_secs(secs: u64) -> Self {
+        Self { retry_after: Some(secs.to_string()), ..Self::status(429) }
+    }
+
+    /// A 429 whose `Retry-After` is an HTTP date (RFC 9110 IMF-fixdate), e.g.
+    /// `Mon, 23 Nov 2026 14:00:30 GMT`.
+    pub fn rate_limited_until(http_date: &str) -> Self {
+        Self { retry_after: Some(http_date.to_string()), ..Self::status(429) }
+    }
+
+    pub fn with_window(mut self, window: Option<(u32, u32, u64)>) -> Self {
+        self.rate_limit_window = window;
+        self
+    }
+
+    pub fn with_policy(mut self, policy: &str) -> Self {
+        self.policy = policy.to_string();
+        self
+    }
+}
+
+/// An object as tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxObject {
+    pub id: String,
+    pub properties: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl SandboxObject {
+    pub fn prop(&self, name: &str) -> Option<&str> {
+        self.properties.get(name).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StoredObject {
+    id: u64,
+    properties: BTreeMap<String, String>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl StoredObject {
+    fn view(&self) -> SandboxObject {
+        SandboxObject {
+            id: self.id.to_string(),
+            properties: self.properties.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stage {
+    id: String,
+    label: String,
+    closed: bool,
+    probability: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Pipeline {
+    id: String,
+    label: String,
+    stages: Vec<Stage>,
+}
+
+/// An association edge, stored once; both directions are answered from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Edge {
+    a: (ObjectType, u64),
+    b: (ObjectType, u64),
+}
+
+#[derive(Debug)]
+struct Inner {
+    next_id: u64,
+    objects: BTreeMap<ObjectType, BTreeMap<u64, StoredObject>>,
+    edges: Vec<Edge>,
+    /// What search sees: a snapshot of each object's properties (plus calculated ones) as of its
+    /// last indexing.
+    search_index: HashMap<(ObjectType, u64), BTreeMap<String, String>>,
+    search_lag: bool,
+    pipelines: Vec<Pipeline>,
+    down: bool,
+    failures: VecDeque<InjectedFailure>,
+    drop_after_apply: u32,
+    latency: Duration,
+    token: String,
+    token_expired: bool,
+    calculated_phone: bool,
+    conflict_ids: bool,
+    counts: HashMap<RouteKind, u64>,
+    log: Vec<LoggedRequest>,
+}
+
+/// The emulator's state, shared by the server and the test that drives it.
+#[derive(Debug)]
+pub struct HubSpotState {
+    inner: Mutex<Inner>,
+}
+
+impl HubSpotState {
+    pub fn new(token: &str) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                next_id: 101,
+                objects: BTreeMap::new(),
+                edges: Vec::new(),
+                search_index: HashMap::new(),
+                search_lag: false,
+                pipelines: vec![default_deal_pipeline()],
+                down: false,
+                failures: VecDeque::new(),
+                drop_after_apply: 0,
+                latency: Duration::ZERO,
+                token: token.to_string(),
+                token_expired: false,
+                calculated_phone: true,
+                conflict_ids: true,
+                counts: HashMap::new(),
+                log: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ----- seeding ---------------------------------------------------------------------------
+
+    /// Inserts a pre-existing contact (already indexed for search, whatever the lag switch says).
+    pub fn insert_contact<K, V>(&self, props: impl IntoIterator<Item = (K, V)>) -> String
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut inner = self.lock();
+        let props = props.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let id = inner.insert(ObjectType::Contacts, props);
+        inner.index(ObjectType::Contacts, id);
+        id.to_string()
+    }
+
+    /// Inserts a pre-existing deal associated with the contact. `dealstage` should name a stage of
+    /// one of the deal pipelines (`pipeline` defaults to `default`).
+    pub fn insert_deal<K, V>(&self, props: impl IntoIterator<Item = (K, V)>, contact_id: &str) -> String
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut inner = self.lock();
+        let mut props: BTreeMap<String, String> = props.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        props.entry("pipeline".into()).or_insert_with(|| "default".into());
+        let id = inner.insert(ObjectType::Deals, props);
+        inner.index(ObjectType::Deals, id);
+        if let Ok(contact) = contact_id.parse::<u64>() {
+            inner.edges.push(Edge { a: (ObjectType::Contacts, contact), b: (ObjectType::Deals, id) });
+        }
+        id.to_string()
+    }
+
+    /// Adds a deal pipeline. `stages` are `(id, label, is_closed)`.
+    pub fn add_deal_pipeline(&self, id: &str, label: &str, stages: &[(&str, &str, bool)]) {
+        let pipeline = Pipeline {
+            id: id.to_string(),
+            label: label.to_string(),
+            stages: stages
+                .iter()
+                .map(|(id, label, closed)| Stage {
+                    id: id.to_string(),
+                    label: label.to_string(),
+                    closed: *closed,
+                    probability: if *closed { "1.0" } else { "0.5" },
+                })
+                .collect(),
+        };
+        self.lock().pipelines.push(pipeline);
+    }
+
+    // ----- inspection ------------------------------------------------------------------------
+
+    pub fn contact(&self, id: &str) -> Option<SandboxObject> {
+        self.object(ObjectType::Contacts, id)
+    }
+
+    pub fn contacts(&self) -> Vec<SandboxObject> {
+        self.objects(ObjectType::Contacts)
+    }
+
+    pub fn deal(&self, id: &str) -> Option<SandboxObject> {
+        self.object(ObjectType::Deals, id)
+    }
+
+    pub fn call(&self, id: &str) -> Option<SandboxObject> {
+        self.object(ObjectType::Calls, id)
+    }
+
+    pub fn calls(&self) -> Vec<SandboxObject> {
+        self.objects(ObjectType::Calls)
+    }
+
+    pub fn meeting(&self, id: &str) -> Option<SandboxObject> {
+        self.object(ObjectType::Meetings, id)
+    }
+
+    pub fn meetings(&self) -> Vec<SandboxObject> {
+        self.objects(ObjectType::Meetings)
+    }
+
+    /// Calls associated with the contact.
+    pub fn calls_for_contact(&self, contact_id: &str) -> Vec<SandboxObject> {
+        self.associated(contact_id, ObjectType::Calls)
+    }
+
+    /// Meetings associated with the contact.
+    pub fn meetings_for_contact(&self, contact_id: &str) -> Vec<SandboxObject> {
+        self.associated(contact_id, ObjectType::Meetings)
+    }
+
+    pub fn object(&self, object_type: ObjectType, id: &str) -> Option<SandboxObject> {
+        let id = id.parse::<u64>().ok()?;
+        self.lock().objects.get(&object_type)?.get(&id).map(StoredObject::view)
+    }
+
+    pub fn objects(&self, object_type: ObjectType) -> Vec<SandboxObject> {
+        self.lock().objects.get(&object_type).map(|m| m.values().map(StoredObject::view).collect()).unwrap_or_default()
+    }
+
+    fn associated(&self, contact_id: &str, to: ObjectType) -> Vec<SandboxObject> {
+        let Ok(contact) = contact_id.parse::<u64>() else {
+            return Vec::new();
+        };
+        let inner = self.lock();
+        inner
+            .associated_ids((ObjectType::Contacts, contact), to)
+            .into_iter()
+            .filter_map(|id| inner.objects.get(&to)?.get(&id).map(StoredObject::view))
+            .collect()
+    }
+
+    /// Requests of one family received so far (failed ones included).
+    pub fn request_count(&self, kind: RouteKind) -> u64 {
+        self.lock().counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.lock().counts.values().sum()
+    }
+
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.lock().log.clone()
+    }
+
+    pub fn reset_request_log(&self) {
+        let mut inner = self.lock();
+        inner.counts.clear();
+        inner.log.clear();
+    }
+
+    // ----- switches --------------------------------------------------------------------------
+
+    /// Every request answers 503 with an HTML body, as a load balancer in front of a dead
+    /// backend would.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// The next `n` requests (of any kind) answer `status` with HubSpot's body for it.
+    pub fn fail_next(&self, status: u16, n: usize) {
+        self.fail_next_with(InjectedFailure::status(status), n);
+    }
+
+    pub fn fail_next_with(&self, failure: InjectedFailure, n: usize) {
+        let mut inner = self.lock();
+        inner.failures.extend(std::iter::repeat_n(failure, n));
+    }
+
+    /// The next `n` writes (creates and updates) are applied, then the connection is closed
+    /// before any byte of the response is written.
+    pub fn drop_next_responses_after_apply(&self, n: u32) {
+        self.lock().drop_after_apply = n;
+    }
+
+    /// While on, creates and updates are invisible to search until [`Self::flush_search_index`].
+    pub fn set_search_lag(&self, lag: bool) {
+        let mut inner = self.lock();
+        inner.search_lag = lag;
+        if !lag {
+            inner.flush();
+        }
+    }
+
+    /// Indexes every object as it is now.
+    pub fn flush_search_index(&self) {
+        self.lock().flush();
+    }
+
+    /// Real delay added before answering each request.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// From now on the configured token answers 401 `EXPIRED_AUTHENTICATION`.
+    pub fn expire_token(&self) {
+        self.lock().token_expired = true;
+    }
+
+    /// Whether search sees HubSpot's calculated `hs_searchable_calculated_*` phone properties.
+    /// Off simulates records whose numbers HubSpot could not parse (only the raw strings are
+    /// searchable). Re-indexes everything.
+    pub fn set_calculated_phone_properties(&self, on: bool) {
+        let mut inner = self.lock();
+        inner.calculated_phone = on;
+        inner.search_index.clear();
+        inner.flush();
+    }
+
+    /// Whether unique-value conflicts end in `Existing ID: <id>`. Off exercises clients that must
+    /// find the existing record another way.
+    pub fn set_conflict_message_ids(&self, on: bool) {
+        self.lock().conflict_ids = on;
+    }
+
+    /// Accepts a new token (e.g. after a refresh) and clears the expiry.
+    pub fn set_token(&self, token: &str) {
+        let mut inner = self.lock();
+        inner.token = token.to_string();
+        inner.token_expired = false;
+    }
+}
+
+impl Inner {
+    fn allocate_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn insert(&mut self, object_type: ObjectType, mut properties: BTreeMap<String, String>) -> u64 {
+        let id = self.allocate_id();
+        let now = Timestamp::now();
+        properties.insert("hs_object_id".into(), id.to_string());
+        let (created, modified) = match object_type {
+            ObjectType::Contacts => ("createdate", "lastmodifieddate"),
+            ObjectType::Deals => ("createdate", "hs_lastmodifieddate"),
+            ObjectType::Calls | ObjectType::Meetings => ("hs_createdate", "hs_lastmodifieddate"),
+        };
+        properties.insert(created.into(), iso(now));
+        properties.insert(modified.into(), iso(now));
+        let object = StoredObject { id, properties, created_at: now, updated_at: now };
+        self.objects.entry(object_type).or_default().insert(id, object);
+        id
+    }
+
+    /// Puts the object's current state into the search index.
+    fn index(&mut self, object_type: ObjectType, id: u64) {
+        let Some(object) = self.objects.get(&object_type).and_then(|m| m.get(&id)) else {
+            return;
+        };
+        let mut props = object.properties.clone();
+        if object_type == ObjectType::Contacts && self.calculated_phone {
+            for (raw, calculated) in [
+                ("phone", "hs_searchable_calculated_phone_number"),
+                ("mobilephone", "hs_searchable_calculated_mobile_number"),
+            ] {
+                if let Some(national) = props.get(raw).and_then(|v| searchable_national_number(v)) {
+                    props.insert(calculated.into(), national);
+                }
+            }
+        }
+        self.search_index.insert((object_type, id), props);
+    }
+
+    /// Indexes after a write unless search lags.
+    fn index_after_write(&mut self, object_type: ObjectType, id: u64) {
+        if !self.search_lag {
+            self.index(object_type, id);
+        }
+    }
+
+    fn flush(&mut self) {
+        let keys: Vec<(ObjectType, u64)> =
+            self.objects.iter().flat_map(|(t, m)| m.keys().map(move |id| (*t, *id))).collect();
+        for (t, id) in keys {
+            self.index(t, id);
+        }
+    }
+
+    fn associated_ids(&self, from: (ObjectType, u64), to: ObjectType) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .edges
+            .iter()
+            .filter_map(|e| {
+                if e.a == from && e.b.0 == to {
+                    Some(e.b.1)
+                } else if e.b == from && e.a.0 == to {
+                    Some(e.a.1)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn find_by_property(&self, object_type: ObjectType, name: &str, value: &str) -> Option<u64> {
+        self.objects.get(&object_type)?.values().find_map(|o| {
+            let stored = o.properties.get(name)?;
+            let equal = if name == "email" { stored.eq_ignore_ascii_case(value) } else { stored == value };
+            equal.then_some(o.id)
+        })
+    }
+}
+
+fn default_deal_pipeline() -> Pipeline {
+    // HubSpot's default sales pipeline and its internal stage ids.
+    let stage = |id: &str, label: &str, closed: bool, probability: &'static str| Stage {
+        id: id.into(),
+        label: label.into(),
+        closed,
+        probability,
+    };
+    Pipeline {
+        id: "default".into(),
+        label: "Sales Pipeline".into(),
+        stages: vec![
+            stage("appointmentscheduled", "Appointment Scheduled", false, "0.2"),
+            stage("qualifiedtobuy", "Qualified To Buy", false, "0.4"),
+            stage("presentationscheduled", "Presentation Scheduled", false, "0.6"),
+            stage("decisionmakerboughtin", "Decision Maker Bought-In", false, "0.8"),
+            stage("contractsent", "Contract Sent", false, "0.9"),
+            stage("closedwon", "Closed Won", true, "1.0"),
+            stage("closedlost", "Closed Lost", true, "0.0"),
+        ],
+    }
+}
+
+/// What HubSpot's `hs_searchable_calculated_*` properties hold: the national significant number
+/// ("only the area code and local number"). Numbers typed without a country code are read in
+/// the emulated portal's default country, the US.
+fn searchable_national_number(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.starts_with('+') {
+        let parsed = rlibphonenumber::PhoneNumber::parse(raw, None).ok()?;
+        return Some(parsed.get_national_significant_number());
+    }
+    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+    match digits.len() {
+        10 => Some(digits),
+        11 if digits.starts_with('1') => Some(digits[1..].to_string()),
+        0 => None,
+        _ => Some(digits),
+    }
+}
+
+fn iso(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+// ----- the server ----------------------------------------------------------------------------
+
+/// A running emulator.
+#[derive(Debug)]
+pub struct HubSpotSandbox {
+    pub addr: SocketAddr,
+    pub state: Arc<HubSpotState>,
+    task: JoinHandle<()>,
+}
+
+impl HubSpotSandbox {
+    /// Binds `127.0.0.1:0` and serves the emulator on the current tokio runtime. Must be called
+    /// from within a runtime. Requests must carry `Authorization: Bearer <token>`.
+    pub fn start(token: &str) -> io::Result<Self> {
+        let state = HubSpotState::new(token);
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let listener = KillableListener { inner: TcpListener::from_std(std_listener)? };
+        let app = Self::router(state.clone()).into_make_service_with_connect_info::<ConnCtl>();
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::warn!(error = %err, "hubspot sandbox stopped");
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:<port>/`, the base URL to give the connector.
+    pub fn base_url(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}/", self.addr)).expect("socket address forms a valid URL")
+    }
+
+    /// The emulator's routes, for embedding in another server. Served this way (without
+    /// [`HubSpotSandbox::start`]'s listener), a dropped response is simulated by a response body
+    /// that fails right after the headers instead of closing the connection before them.
+    pub fn router(state: Arc<HubSpotState>) -> Router {
+        Router::new()
+            .route("/crm/v3/objects/{object}", post(create_object))
+            .route("/crm/v3/objects/{object}/search", post(search_objects))
+            .route("/crm/v3/objects/{object}/batch/read", post(batch_read))
+            .route("/crm/v3/objects/{object}/{id}", get(read_object).patch(update_object))
+            .route("/crm/v3/pipelines/{object}", get(list_pipelines))
+            .route("/crm/v4/objects/{object}/{id}/associations/{to}", get(list_associations))
+            .fallback(not_found_route)
+            .layer(middleware::from_fn_with_state(state.clone(), gatekeeper))
+            .with_state(state)
+    }
+}
+
+impl Drop for HubSpotSandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Per-connection handle: lets a request close its own connection without answering.
+#[derive(Debug, Clone)]
+pub struct ConnCtl {
+    pub remote: SocketAddr,
+    kill: Arc<AtomicBool>,
+}
+
+impl ConnCtl {
+    fn kill(&self) {
+        self.kill.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Connected<IncomingStream<'_, KillableListener>> for ConnCtl {
+    fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// A TCP listener whose connections can be aborted from inside a request: once killed, every
+/// read and write of the connection fails, so hyper drops it without writing the response.
+struct KillableListener {
+    inner: TcpListener,
+}
+
+impl Listener for KillableListener {
+    type Io = KillableIo;
+    type Addr = ConnCtl;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, remote)) => {
+                    let kill = Arc::new(AtomicBool::new(false));
+                    return (KillableIo { stream, kill: kill.clone() }, ConnCtl { remote, kill });
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "hubspot sandbox accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(ConnCtl { remote: self.inner.local_addr()?, kill: Arc::new(AtomicBool::new(false)) })
+    }
+}
+
+struct KillableIo {
+    stream: TcpStream,
+    kill: Arc<AtomicBool>,
+}
+
+impl KillableIo {
+    fn killed(&self) -> Option<io::Error> {
+        self.kill
+            .load(Ordering::SeqCst)
+            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, "response dropped by the sandbox"))
+    }
+}
+
+impl AsyncRead for KillableIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(err) = self.killed() {
+            return Poll::Ready(Err(err));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(err) = self.killed() {
+            return Poll::Ready(Err(err));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(err) = self.killed() {
+            return Poll::Ready(Err(err));
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+// ----- cross-cutting behaviour -----------------------------------------------------------------
+
+/// Logs and counts every request, adds latency, answers outages, auth failures and injected
+/// failures, and drops responses after writes when told to.
+async fn gatekeeper(State(state): State<Arc<HubSpotState>>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let kind = RouteKind::classify(&method, &path);
+    let latency = state.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let early = {
+        let mut inner = state.lock();
+        if inner.down {
+            Some(service_unavailable())
+        } else if let Some(response) = check_auth(&inner, &request) {
+            Some(response)
+        } else {
+            inner.failures.pop_front().map(injected_failure)
+        }
+    };
+    if let Some(response) = early {
+        record(&state, &method, &path, kind, response.status());
+        return response;
+    }
+
+    let drop_response = {
+        let mut inner = state.lock();
+        let drop = kind.is_write() && inner.drop_after_apply > 0;
+        if drop {
+            inner.drop_after_apply -= 1;
+        }
+        drop
+    };
+    let conn = request.extensions().get::<ConnectInfo<ConnCtl>>().map(|c| c.0.clone());
+    let response = next.run(request).await;
+    record(&state, &method, &path, kind, response.status());
+    if !drop_response {
+        return response;
+    }
+    match conn {
+        Some(conn) => {
+            conn.kill();
+            response
+        }
+        None => {
+            // Embedded router: the headers go out, then the body fails and hyper aborts the
+            // connection.
+            let (parts, _) = response.into_parts();
+            let failing = futures::stream::once(async {
+                Err::<Bytes, io::Error>(io::Error::new(io::ErrorKind::ConnectionAborted, "response dropped"))
+            });
+            Response::from_parts(parts, Body::from_stream(failing))
+        }
+    }
+}
+
+fn record(state: &HubSpotState, method: &Method, path: &str, kind: RouteKind, status: StatusCode) {
+    let mut inner = state.lock();
+    *inner.counts.entry(kind).or_insert(0) += 1;
+    inner.log.push(LoggedRequest { method: method.to_string(), path: path.to_string(), kind, status: status.as_u16() });
+}
+
+fn check_auth(inner: &Inner, request: &Request) -> Option<Response> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if token == inner.token && !inner.token_expired => None,
+        Some(token) if token == inner.token => Some(error_response(
+            StatusCode::UNAUTHORIZED,
+            "EXPIRED_AUTHENTICATION",
+            "The OAuth token used to make this call expired 5 minute(s) ago.",
+            None,
+        )),
+        _ => Some(error_response(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more \
+             details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+            None,
+        )),
+    }
+}
+
+fn service_unavailable() -> Response {
+    let body = "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center>\
+                <h1>503 Service Temporarily Unavailable</h1></center></body></html>";
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/html")], body).into_response()
+}
+
+fn injected_failure(failure: InjectedFailure) -> Response {
+    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = if status == StatusCode::TOO_MANY_REQUESTS {
+        // The 429 body documented in HubSpot's usage guidelines.
+        let message = if failure.policy == "DAILY" {
+            "You have reached your daily limit."
+        } else {
+            "You have reached your secondly limit."
+        };
+        let body = json!({
+            "status": "error",
+            "message": message,
+            "errorType": "RATE_LIMIT",
+            "correlationId": uuid::Uuid::new_v4().to_string(),
+            "policyName": failure.policy,
+            "requestId": uuid::Uuid::new_v4().to_string(),
+        });
+        (status, axum::Json(body)).into_response()
+    } else {
+        let (category, message) = match failure.status {
+            500..=599 => ("INTERNAL_ERROR", "internal error"),
+            404 => ("OBJECT_NOT_FOUND", "resource not found"),
+            403 => ("MISSING_SCOPES", "This app hasn't been granted all required scopes to make this call."),
+            _ => ("VALIDATION_ERROR", "injected failure"),
+        };
+        error_response(status, category, message, None)
+    };
+    let headers = response.headers_mut();
+    if let Some(retry_after) = failure.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(header::RETRY_AFTER, retry_after);
+    }
+    if let Some((max, remaining, interval)) = failure.rate_limit_window {
+        headers.insert("x-hubspot-ratelimit-max", HeaderValue::from(max));
+        headers.insert("x-hubspot-ratelimit-remaining", HeaderValue::from(remaining));
+        headers.insert("x-hubspot-ratelimit-interval-milliseconds", HeaderValue::from(interval));
+    }
+    response
+}
+
+fn error_body(category: &str, message: &str, errors: Option<Value>) -> Value {
+    let mut body = json!({
+        "status": "error",
+        "message": message,
+        "correlationId": uuid::Uuid::new_v4().to_string(),
+        "category": category,
+    });
+    if let Some(errors) = errors {
+        body["errors"] = errors;
+    }
+    body
+}
+
+fn error_response(status: StatusCode, category: &str, message: &str, errors: Option<Value>) -> Response {
+    (status, axum::Json(error_body(category, message, errors))).into_response()
+}
+
+fn not_found(message: &str) -> Response {
+    error_response(StatusCode::NOT_FOUND, "OBJECT_NOT_FOUND", message, None)
+}
+
+async fn not_found_route() -> Response {
+    not_found("resource not found")
+}
+
+/// A property-level validation failure, shaped as HubSpot's object APIs answer it: the
+/// `Property values were not valid: [...]` message (a JSON list of per-property results) plus the
+/// documented `errors[].context.propertyName`.
+struct PropertyError {
+    name: String,
+    code: &'static str,
+    message: String,
+}
+
+fn validation_response(problems: Vec<PropertyError>) -> Response {
+    let list: Vec<Value> = problems
+        .iter()
+        .map(|p| json!({"isValid": false, "message": p.message, "error": p.code, "name": p.name}))
+        .collect();
+    let message = format!("Property values were not valid: {}", Value::Array(list));
+    let errors: Vec<Value> = problems
+        .iter()
+        .map(|p| json!({"message": p.message, "code": p.code, "context": {"propertyName": [p.name]}}))
+        .collect();
+    error_response(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &message, Some(Value::Array(errors)))
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message, None)
+}
+
+/// An early answer from a request helper (boxed: a `Response` is large).
+struct Reject(Box<Response>);
+
+impl From<Response> for Reject {
+    fn from(response: Response) -> Self {
+        Self(Box::new(response))
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, Reject> {
+    serde_json::from_slice(body)
+        .map_err(|_| bad_request("Invalid input JSON on line 1: could not parse the request body").into())
+}
+
+fn object_type(name: &str) -> Result<ObjectType, Reject> {
+    ObjectType::parse(name).ok_or_else(|| not_found(&format!("Unable to infer object type from: {name}")).into())
+}
+
+// ----- object rendering -----------------------------------------------------------------------
+
+fn render(
+    object_type: ObjectType,
+    object: &StoredObject,
+    props: &BTreeMap<String, String>,
+    wanted: Option<&[String]>,
+) -> Value {
+    let mut properties = Map::new();
+    match wanted {
+        Some(names) if !names.is_empty() => {
+            // Requested properties that exist are returned, `null` when empty; the ids and dates
+            // always come along.
+            for name in names {
+                if is_known_property(object_type, name) {
+                    properties.insert(name.clone(), props.get(name).map_or(Value::Null, |v| Value::String(v.clone())));
+                }
+            }
+        }
+        _ => {
+            for name in object_type.default_properties() {
+                properties.insert(name.to_string(), props.get(*name).map_or(Value::Null, |v| Value::String(v.clone())));
+            }
+        }
+    }
+    for always in ["hs_object_id", "createdate", "lastmodifieddate", "hs_createdate", "hs_lastmodifieddate"] {
+        if let Some(v) = props.get(always) {
+            properties.insert(always.into(), Value::String(v.clone()));
+        }
+    }
+    json!({
+        "id": object.id.to_string(),
+        "properties": properties,
+        "createdAt": iso(object.created_at),
+        "updatedAt": iso(object.updated_at),
+        "archived": false,
+    })
+}
+
+fn is_known_property(object_type: ObjectType, name: &str) -> bool {
+    object_type.writable().contains(&name)
+        || object_type.read_only(name)
+        || object_type.default_properties().contains(&name)
+}
+
+fn csv(query: &HashMap<String, String>, key: &str) -> Vec<String> {
+    query
+        .get(key)
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn string_list(value: &Value) -> Vec<String> {
+    value.as_array().map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default()
+}
+
+/// Property values from a request body: HubSpot accepts strings, numbers and booleans.
+fn property_map(value: Option<&Value>) -> Result<BTreeMap<String, String>, Reject> {
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    let Some(obj) = value.as_object() else {
+        return Err(bad_request("Invalid input JSON: `properties` must be an object").into());
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in obj {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => String::new(),
+            _ => {
+                return Err(bad_request(&format!("Invalid input JSON: property {k} must be a scalar")).into());
+            }
+        };
+        out.insert(k.clone(), s);
+    }
+    Ok(out)
+}
+
+/// Checks values the way the portal's property definitions would; read-only properties are
+/// dropped silently.
+fn validate_properties(
+    object_type: ObjectType,
+    props: &mut BTreeMap<String, String>,
+    creating: bool,
+) -> Result<(), Reject> {
+    props.retain(|name, _| !object_type.read_only(name));
+    let mut problems = Vec::new();
+    for (name, value) in props.iter() {
+        if !object_type.writable().contains(&name.as_str()) {
+            problems.push(PropertyError {
+                name: name.clone(),
+                code: "PROPERTY_DOESNT_EXIST",
+                message: format!("Property \"{name}\" does not exist"),
+            });
+            continue;
+        }
+        if value.is_empty() {
+            continue; // clears the value
+        }
+        let problem = match name.as_str() {
+            "email" if !looks_like_email(value) => Some(("INVALID_EMAIL", format!("Email address {value} is invalid"))),
+            "hs_timestamp" | "hs_meeting_start_time" | "hs_meeting_end_time" | "closedate"
+                if !is_hubspot_datetime(value) =>
+            {
+                Some(("INVALID_DATE", format!("{value} was not a valid long or ISO 8601 datetime")))
+            }
+            "hs_call_duration" | "amount" if value.parse::<f64>().is_err() => {
+                Some(("INVALID_INTEGER", format!("{value} was not a valid number")))
+            }
+            "hs_call_direction" if value != "INBOUND" && value != "OUTBOUND" => {
+                Some(("INVALID_OPTION", format!("{value} was not one of the allowed options: [INBOUND, OUTBOUND]")))
+            }
+            "hs_call_status" if !CALL_STATUSES.contains(&value.as_str()) => {
+                Some(("INVALID_OPTION", format!("{value} was not one of the allowed options")))
+            }
+            "hs_call_disposition" if !DEFAULT_CALL_DISPOSITIONS.iter().any(|(_, guid)| guid == value) => {
+                Some(("INVALID_OPTION", format!("{value} was not one of the allowed options")))
+            }
+            "hs_call_recording_url" if !value.starts_with("https://") => {
+                Some(("INVALID_URL", format!("{value} is not a secure (HTTPS) URL")))
+            }
+            "hs_call_source" if value != "INTEGRATIONS_PLATFORM" => {
+                Some(("INVALID_OPTION", format!("{value} was not one of the allowed options: [INTEGRATIONS_PLATFORM]")))
+            }
+            "hs_meeting_outcome" if !MEETING_OUTCOMES.contains(&value.as_str()) => {
+                Some(("INVALID_OPTION", format!("{value} was not one of the allowed options")))
+            }
+            _ => None,
+        };
+        if let Some((code, message)) = problem {
+            problems.push(PropertyError { name: name.clone(), code, message });
+        }
+    }
+    if creating {
+        let missing_timestamp = match object_type {
+            ObjectType::Calls => !props.contains_key("hs_timestamp"),
+            // "When the property value is missing, the value will default to hs_meeting_start_time."
+            ObjectType::Meetings => !props.contains_key("hs_timestamp") && !props.contains_key("hs_meeting_start_time"),
+            _ => false,
+        };
+        if missing_timestamp {
+            problems.push(PropertyError {
+                name: "hs_timestamp".into(),
+                code: "REQUIRED_FIELD",
+                message: "Property \"hs_timestamp\" is required".into(),
+            });
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(validation_response(problems).into()) }
+}
+
+fn looks_like_email(value: &str) -> bool {
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !value.contains(char::is_whitespace)
+}
+
+fn is_hubspot_datetime(value: &str) -> bool {
+    value.parse::<i64>().is_ok() || value.parse::<Timestamp>().is_ok() || value.parse::<jiff::civil::Date>().is_ok()
+}
+
+// ----- handlers -------------------------------------------------------------------------------
+
+async fn create_object(State(state): State<Arc<HubSpotState>>, Path(object): Path<String>, body: Bytes) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let mut props = match property_map(body.get("properties")) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = validate_properties(object_type, &mut props, true) {
+        return r.into_response();
+    }
+    if object_type == ObjectType::Meetings
+        && !props.contains_key("hs_timestamp")
+        && let Some(start) = props.get("hs_meeting_start_time").cloned()
+    {
+        props.insert("hs_timestamp".into(), start);
+    }
+    props.retain(|_, v| !v.is_empty());
+
+    let mut inner = state.lock();
+
+    // Associations named in the body must be HubSpot-defined types for this direction and point
+    // at existing records.
+    let mut edges = Vec::new();
+    for assoc in body.get("associations").and_then(Value::as_array).into_iter().flatten() {
+        let to_id = match assoc.pointer("/to/id") {
+            Some(Value::String(s)) => s.parse::<u64>().ok(),
+            Some(Value::Number(n)) => n.as_u64(),
+            _ => None,
+        };
+        let Some(to_id) = to_id else {
+            return bad_request("Invalid association: `to.id` is required");
+        };
+        for t in assoc.get("types").and_then(Value::as_array).into_iter().flatten() {
+            let category = t.get("associationCategory").and_then(Value::as_str).unwrap_or_default();
+            let type_id = t.get("associationTypeId").and_then(Value::as_u64);
+            let target = [ObjectType::Contacts, ObjectType::Deals, ObjectType::Calls, ObjectType::Meetings]
+                .into_iter()
+                .find(|to| {
+                    category == "HUBSPOT_DEFINED" && association_type_id(object_type, *to).map(u64::from) == type_id
+                });
+            let Some(target) = target else {
+                return bad_request(&format!(
+                    "association type id {} ({category}) is not valid from {}",
+                    type_id.map_or_else(|| "null".to_string(), |v| v.to_string()),
+                    object_type.plural()
+                ));
+            };
+            if !inner.objects.get(&target).is_some_and(|m| m.contains_key(&to_id)) {
+                return bad_request(&format!("The {} with id {to_id} does not exist", target.singular()));
+            }
+            edges.push(Edge { a: (object_type, 0), b: (target, to_id) });
+        }
+    }
+
+    // Unique values: the idempotency marker on every object that carries it, email on contacts.
+    if object_type.has_idempotency_marker()
+        && let Some(key) = props.get(IDEMPOTENCY_PROPERTY)
+        && let Some(existing) = inner.find_by_property(object_type, IDEMPOTENCY_PROPERTY, key)
+    {
+        let mut message = format!(
+            "A {} with {IDEMPOTENCY_PROPERTY} \"{key}\" already exists: {IDEMPOTENCY_PROPERTY} already \
+             has that value.",
+            object_type.singular()
+        );
+        if inner.conflict_ids {
+            message.push_str(&format!(" Existing ID: {existing}"));
+        }
+        let errors = json!([{"message": message, "in": IDEMPOTENCY_PROPERTY}]);
+        return error_response(StatusCode::CONFLICT, "CONFLICT", &message, Some(errors));
+    }
+    if object_type == ObjectType::Contacts
+        && let Some(email) = props.get("email")
+        && let Some(existing) = inner.find_by_property(ObjectType::Contacts, "email", email)
+    {
+        let errors = json!([{
+            "message": format!("A contact with email {email} already exists. Existing ID: {existing}"),
+            "in": "email",
+        }]);
+        let mut body = error_body(
+            "OBJECT_ALREADY_EXISTS",
+            &format!("Contact already exists. Existing ID: {existing}"),
+            Some(errors),
+        );
+        body["error"] = json!("CONTACT_EXISTS");
+        return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+    }
+
+    let id = inner.insert(object_type, props);
+    for mut edge in edges {
+        edge.a.1 = id;
+        inner.edges.push(edge);
+    }
+    inner.index_after_write(object_type, id);
+    let object = inner.objects[&object_type][&id].clone();
+    let rendered =
+        render(object_type, &object, &object.properties, Some(&object.properties.keys().cloned().collect::<Vec<_>>()));
+    (StatusCode::CREATED, axum::Json(rendered)).into_response()
+}
+
+async fn read_object(
+    State(state): State<Arc<HubSpotState>>,
+    Path((object, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let inner = state.lock();
+    let found = match query.get("idProperty").map(String::as_str) {
+        None | Some("hs_object_id") => {
+            id.parse::<u64>().ok().filter(|id| inner.objects.get(&object_type).is_some_and(|m| m.contains_key(id)))
+        }
+        Some(prop) if prop == IDEMPOTENCY_PROPERTY && object_type.has_idempotency_marker() => {
+            inner.find_by_property(object_type, prop, &id)
+        }
+        Some("email") if object_type == ObjectType::Contacts => inner.find_by_property(object_type, "email", &id),
+        Some(other) => {
+            return bad_request(&format!("{other} is not a unique identifier property of {}", object_type.plural()));
+        }
+    };
+    let Some(found) = found else {
+        return not_found("resource not found");
+    };
+    let object = &inner.objects[&object_type][&found];
+    let wanted = csv(&query, "properties");
+    let mut rendered = render(object_type, object, &object.properties, Some(&wanted));
+    let mut associations = Map::new();
+    for to_name in csv(&query, "associations") {
+        let Some(to) = ObjectType::parse(&to_name) else {
+            continue;
+        };
+        let ids = inner.associated_ids((object_type, found), to);
+        if ids.is_empty() {
+            continue; // "Any specified associations that don't exist will not be returned."
+        }
+        let kind = format!("{}_to_{}", object_type.singular(), to.singular());
+        let results: Vec<Value> = ids.iter().map(|id| json!({"id": id.to_string(), "type": kind})).collect();
+        associations.insert(to.plural().to_string(), json!({"results": results}));
+    }
+    if !associations.is_empty() {
+        rendered["associations"] = Value::Object(associations);
+    }
+    (StatusCode::OK, axum::Json(rendered)).into_response()
+}
+
+async fn update_object(
+    State(state): State<Arc<HubSpotState>>,
+    Path((object, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let mut props = match property_map(body.get("properties")) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = validate_properties(object_type, &mut props, false) {
+        return r.into_response();
+    }
+    let mut inner = state.lock();
+    let Some(id) =
+        id.parse::<u64>().ok().filter(|id| inner.objects.get(&object_type).is_some_and(|m| m.contains_key(id)))
+    else {
+        return not_found("resource not found");
+    };
+    if object_type.has_idempotency_marker()
+        && let Some(key) = props.get(IDEMPOTENCY_PROPERTY).filter(|k| !k.is_empty())
+        && let Some(existing) = inner.find_by_property(object_type, IDEMPOTENCY_PROPERTY, key).filter(|e| *e != id)
+    {
+        let message = format!("{IDEMPOTENCY_PROPERTY} already has that value. Existing ID: {existing}");
+        return error_response(StatusCode::CONFLICT, "CONFLICT", &message, None);
+    }
+    let now = Timestamp::now();
+    let modified = if object_type == ObjectType::Contacts { "lastmodifieddate" } else { "hs_lastmodifieddate" };
+    let object = inner.objects.get_mut(&object_type).and_then(|m| m.get_mut(&id)).expect("checked above");
+    for (k, v) in props {
+        if v.is_empty() {
+            object.properties.remove(&k); // "To clear a property value, pass an empty string."
+        } else {
+            object.properties.insert(k, v);
+        }
+    }
+    object.updated_at = now;
+    object.properties.insert(modified.into(), iso(now));
+    let object = object.clone();
+    inner.index_after_write(object_type, id);
+    let rendered =
+        render(object_type, &object, &object.properties, Some(&object.properties.keys().cloned().collect::<Vec<_>>()));
+    (StatusCode::OK, axum::Json(rendered)).into_response()
+}
+
+async fn batch_read(State(state): State<Arc<HubSpotState>>, Path(object): Path<String>, body: Bytes) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let inputs: Vec<String> = body
+        .get("inputs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| match i.get("id") {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if inputs.len() > 100 {
+        return bad_request("Batch input cannot exceed 100 inputs");
+    }
+    let wanted = body.get("properties").map(string_list).unwrap_or_default();
+    let id_property = body.get("idProperty").and_then(Value::as_str);
+    let started = Timestamp::now();
+    let inner = state.lock();
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for input in &inputs {
+        let found = match id_property {
+            None | Some("hs_object_id") => input
+                .parse::<u64>()
+                .ok()
+                .filter(|id| inner.objects.get(&object_type).is_some_and(|m| m.contains_key(id))),
+            Some(prop) => inner.find_by_property(object_type, prop, input),
+        };
+        match found {
+            Some(id) => {
+                let object = &inner.objects[&object_type][&id];
+                results.push(render(object_type, object, &object.properties, Some(&wanted)));
+            }
+            None => missing.push(input.clone()),
+        }
+    }
+    let mut response = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": iso(started),
+        "completedAt": iso(Timestamp::now()),
+    });
+    if missing.is_empty() {
+        return (StatusCode::OK, axum::Json(response)).into_response();
+    }
+    response["numErrors"] = json!(1);
+    response["errors"] = json!([{
+        "status": "error",
+        "category": "OBJECT_NOT_FOUND",
+        "message": format!(
+            "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
+            object_type.singular().to_ascii_uppercase()
+        ),
+        "context": {"ids": missing},
+    }]);
+    (StatusCode::MULTI_STATUS, axum::Json(response)).into_response()
+}
+
+async fn search_objects(State(state): State<Arc<HubSpotState>>, Path(object): Path<String>, body: Bytes) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    if body.len() > 3_000 {
+        return bad_request("The request body exceeds the maximum of 3000 characters");
+    }
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let groups: Vec<Vec<Value>> = body
+        .get("filterGroups")
+        .and_then(Value::as_array)
+        .map(|groups| {
+            groups.iter().map(|g| g.get("filters").and_then(Value::as_array).cloned().unwrap_or_default()).collect()
+        })
+        .unwrap_or_default();
+    let total_filters: usize = groups.iter().map(Vec::len).sum();
+    if groups.len() > MAX_FILTER_GROUPS
+        || groups.iter().any(|g| g.len() > MAX_FILTERS_PER_GROUP)
+        || total_filters > MAX_FILTERS_TOTAL
+    {
+        return bad_request(&format!(
+            "Too many filters: at most {MAX_FILTER_GROUPS} filterGroups with {MAX_FILTERS_PER_GROUP} filters each and \
+             {MAX_FILTERS_TOTAL} filters in total are allowed"
+        ));
+    }
+    let mut filters = Vec::new();
+    for group in &groups {
+        let mut parsed = Vec::new();
+        for f in group {
+            match Filter::parse(f) {
+                Ok(filter) => parsed.push(filter),
+                Err(message) => return bad_request(&message),
+            }
+        }
+        filters.push(parsed);
+    }
+    let limit = body.get("limit").and_then(Value::as_u64).unwrap_or(10).clamp(1, 200) as usize;
+    let after = match body.get("after") {
+        Some(Value::String(s)) => s.parse::<usize>().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0) as usize,
+        _ => 0,
+    };
+    let wanted = body.get("properties").map(string_list).unwrap_or_default();
+
+    let inner = state.lock();
+    let mut matches: Vec<(u64, &BTreeMap<String, String>)> = inner
+        .search_index
+        .iter()
+        .filter(|((t, _), _)| *t == object_type)
+        .filter(|(_, props)| filters.is_empty() || filters.iter().any(|group| group.iter().all(|f| f.matches(props))))
+        .map(|((_, id), props)| (*id, props))
+        .collect();
+    matches.sort_by_key(|(id, _)| *id); // oldest first, as HubSpot orders by default
+    let total = matches.len();
+    let page: Vec<Value> = matches
+        .iter()
+        .skip(after)
+        .take(limit)
+        .filter_map(|(id, indexed)| {
+            let object = inner.objects.get(&object_type)?.get(id)?;
+            // Search answers from the index, so a lagging index returns stale values.
+            let mut rendered = render(object_type, object, indexed, Some(&wanted));
+            if let Some(props) = rendered.get_mut("properties").and_then(Value::as_object_mut) {
+                for name in &wanted {
+                    if name.starts_with("hs_searchable_calculated_") {
+                        props.insert(name.clone(), indexed.get(name).map_or(Value::Null, |v| json!(v)));
+                    }
+                }
+            }
+            Some(rendered)
+        })
+        .collect();
+    let mut response = json!({"total": total, "results": page});
+    if after + limit < total {
+        response["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+    }
+    (StatusCode::OK, axum::Json(response)).into_response()
+}
+
+/// One search filter.
+struct Filter {
+    property: String,
+    op: FilterOp,
+}
+
+enum FilterOp {
+    Eq(String),
+    Neq(String),
+    In(Vec<String>),
+    ContainsToken(String),
+    HasProperty,
+    NotHasProperty,
+}
+
+impl Filter {
+    fn parse(value: &Value) -> Result<Self, String> {
+        let property = value
+            .get("propertyName")
+            .and_then(Value::as_str)
+            .ok_or("Invalid filter: propertyName is required")?
+            .to_string();
+        let operator = value.get("operator").and_then(Value::as_str).unwrap_or("EQ");
+        let single = || {
+            value
+                .get("value")
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .ok_or_else(|| format!("Invalid filter: operator {operator} requires a value"))
+        };
+        let op = match operator {
+            "EQ" => FilterOp::Eq(single()?),
+            "NEQ" => FilterOp::Neq(single()?),
+            "IN" => FilterOp::In(value.get("values").map(string_list).ok_or("Invalid filter: IN requires values")?),
+            "CONTAINS_TOKEN" => FilterOp::ContainsToken(single()?),
+            "HAS_PROPERTY" => FilterOp::HasProperty,
+            "NOT_HAS_PROPERTY" => FilterOp::NotHasProperty,
+            other => return Err(format!("Unsupported filter operator: {other}")),
+        };
+        Ok(Self { property, op })
+    }
+
+    fn matches(&self, props: &BTreeMap<String, String>) -> bool {
+        let stored = props.get(&self.property).filter(|v| !v.is_empty());
+        match &self.op {
+            // "Values in filters are case-insensitive" — and compared with the stored string as
+            // typed: no phone normalization.
+            FilterOp::Eq(v) => stored.is_some_and(|s| s.to_lowercase() == v.to_lowercase()),
+            FilterOp::Neq(v) => stored.is_none_or(|s| s.to_lowercase() != v.to_lowercase()),
+            // "When searching a string property with this operator, values must be lowercase."
+            FilterOp::In(values) => stored.is_some_and(|s| values.iter().any(|v| *v == s.to_lowercase())),
+            FilterOp::ContainsToken(pattern) => stored.is_some_and(|s| contains_token(s, pattern)),
+            FilterOp::HasProperty => stored.is_some(),
+            FilterOp::NotHasProperty => stored.is_none(),
+        }
+    }
+}
+
+/// Tokens are runs of characters that are not whitespace or common punctuation; `*` in the
+/// pattern matches any run of characters.
+fn contains_token(stored: &str, pattern: &str) -> bool {
+    let pattern = pattern.to_lowercase();
+    let stored = stored.to_lowercase();
+    if glob(&pattern, &stored) {
+        return true;
+    }
+    stored
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '-' | '/'))
+        .filter(|t| !t.is_empty())
+        .any(|token| glob(&pattern, token))
+}
+
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(stripped) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = stripped;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(pos) = rest.find(part) {
+            rest = &rest[pos + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+async fn list_pipelines(State(state): State<Arc<HubSpotState>>, Path(object): Path<String>) -> Response {
+    if ObjectType::parse(&object) != Some(ObjectType::Deals) {
+        return not_found(&format!("Unable to infer object type from: {object}"));
+    }
+    let inner = state.lock();
+    let created = "2021-02-26T17:07:33.457Z";
+    let results: Vec<Value> = inner
+        .pipelines
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let stages: Vec<Value> = p
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    json!({
+                        "label": s.label,
+                        "displayOrder": j,
+                        "metadata": {"isClosed": if s.closed { "true" } else { "false" }, "probability": s.probability},
+                        "id": s.id,
+                        "createdAt": created,
+                        "updatedAt": created,
+                        "archived": false,
+                        "writePermissions": "CRM_PERMISSIONS_ENFORCEMENT",
+                    })
+                })
+                .collect();
+            json!({
+                "label": p.label,
+                "displayOrder": i,
+                "id": p.id,
+                "stages": stages,
+                "createdAt": created,
+                "updatedAt": created,
+                "archived": false,
+            })
+        })
+        .collect();
+    (StatusCode::OK, axum::Json(json!({"results": results}))).into_response()
+}
+
+async fn list_associations(
+    State(state): State<Arc<HubSpotState>>,
+    Path((object, id, to)): Path<(String, String, String)>,
+) -> Response {
+    let (Some(from), Some(to)) = (ObjectType::parse(&object), ObjectType::parse(&to)) else {
+        return not_found("Unable to infer object type");
+    };
+    let inner = state.lock();
+    let Some(id) = id.parse::<u64>().ok().filter(|id| inner.objects.get(&from).is_some_and(|m| m.contains_key(id)))
+    else {
+        return not_found("resource not found");
+    };
+    let type_id = association_type_id(from, to);
+    let results: Vec<Value> = inner
+        .associated_ids((from, id), to)
+        .into_iter()
+        .map(|to_id| {
+            json!({
+                "toObjectId": to_id,
+                "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": null}],
+            })
+        })
+        .collect();
+    (StatusCode::OK, axum::Json(json!({"results": results}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searchable_number_keeps_only_area_code_and_local_number() {
+        for raw in ["+14155550134", "(415) 555-0134", "415-555-0134", "4155550134", "+1 415 555 0134", "1-415-555-0134"]
+        {
+            assert_eq!(searchable_national_number(raw).as_deref(), Some("4155550134"), "{raw}");
+        }
+        assert_eq!(searchable_national_number("+44 20 7946 0958").as_deref(), Some("2079460958"));
+    }
+
+    #[test]
+    fn tokens_and_wildcards() {
+        assert!(contains_token("ada@hubspot.com", "*@hubspot.com"));
+        assert!(contains_token("(415) 555-0134", "555"));
+        assert!(!contains_token("(415) 555-0134", "5550134"));
+    }
+
+    const TOKEN: &str = "sandbox-token";
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    async fn post(sandbox: &HubSpotSandbox, path: &str, body: Value) -> (u16, Value) {
+        let url = sandbox.base_url().join(path).unwrap();
+        let response = client().post(url).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get_json(sandbox: &HubSpotSandbox, path: &str) -> (u16, Value) {
+        let url = sandbox.base_url().join(path).unwrap();
+        let response = client().get(url).bearer_auth(TOKEN).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn a_dropped_response_closes_the_connection_before_any_byte() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        sandbox.state.drop_next_responses_after_apply(1);
+        let body = r#"{"properties":{"firstname":"Ada"}}"#;
+        let request = format!(
+            "POST /crm/v3/objects/contacts HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(sandbox.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "the connection must be closed, not left hanging");
+        assert!(received.is_empty(), "no response byte: {:?}", String::from_utf8_lossy(&received));
+        assert_eq!(sandbox.state.contacts().len(), 1, "the write was applied");
+
+        // The next write is answered normally.
+        let (status, _) = post(&sandbox, "crm/v3/objects/contacts", json!({"properties": {"firstname": "Bo"}})).await;
+        assert_eq!(status, 201);
+    }
+
+    #[tokio::test]
+    async fn embedded_router_fails_the_body_instead() {
+        let state = HubSpotState::new(TOKEN);
+        state.drop_next_responses_after_apply(1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, HubSpotSandbox::router(state.clone())).into_future());
+        let response = client()
+            .post(format!("http://{addr}/crm/v3/objects/contacts"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"properties": {"firstname": "Ada"}}))
+            .send()
+            .await;
+        let failed = match response {
+            Err(_) => true,
+            Ok(response) => response.bytes().await.is_err(),
+        };
+        assert!(failed);
+        assert_eq!(state.contacts().len(), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn wire_shapes_follow_hubspot() {
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        let state = &sandbox.state;
+        let contact = state.insert_contact([("firstname", "Ada"), ("phone", "(415) 555-0134")]);
+
+        // Auth failures carry HubSpot's error body.
+        let url = sandbox.base_url().join("crm/v3/objects/contacts/1").unwrap();
+        let response = client().get(url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["category"], "INVALID_AUTHENTICATION");
+        assert_eq!(body["status"], "error");
+
+        // Too many filter groups is a VALIDATION_ERROR.
+        let group = json!({"filters": [{"propertyName": "phone", "operator": "EQ", "value": "x"}]});
+        let (status, body) =
+            post(&sandbox, "crm/v3/objects/contacts/search", json!({"filterGroups": vec![group; 6]})).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["category"], "VALIDATION_ERROR");
+
+        // EQ on the raw property compares the string as typed.
+        let eq = |value: &str| json!({"filterGroups": [{"filters": [{"propertyName": "phone", "operator": "EQ", "value": value}]}]});
+        let (_, body) = post(&sandbox, "crm/v3/objects/contacts/search", eq("4155550134")).await;
+        assert_eq!(body["total"], 0);
+        let (_, body) = post(&sandbox, "crm/v3/objects/contacts/search", eq("(415) 555-0134")).await;
+        assert_eq!(body["total"], 1);
+        assert_eq!(body["results"][0]["id"], contact.as_str());
+
+        // Calls are created with their association, listed through v4.
+        let create = json!({
+            "properties": {"hs_timestamp": "1795442400000", "hs_call_body": "hi", IDEMPOTENCY_PROPERTY: "k"},
+            "associations": [{"to": {"id": contact}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 194}]}],
+        });
+        let (status, call) = post(&sandbox, "crm/v3/objects/calls", create.clone()).await;
+        assert_eq!(status, 201);
+        let (status, conflict) = post(&sandbox, "crm/v3/objects/calls", create).await;
+        assert_eq!(status, 409);
+        assert!(
+            conflict["message"].as_str().unwrap().ends_with(&format!("Existing ID: {}", call["id"].as_str().unwrap()))
+        );
+        let (status, listed) =
+            get_json(&sandbox, &format!("crm/v4/objects/contacts/{contact}/associations/calls")).await;
+        assert_eq!(status, 200);
+        assert_eq!(listed["results"][0]["toObjectId"].to_string(), call["id"].as_str().unwrap());
+        assert_eq!(listed["results"][0]["associationTypes"][0]["typeId"], 193);
+
+        // A wrong association type is rejected.
+        let bad = json!({
+            "properties": {"hs_timestamp": "1795442400000"},
+            "associations": [{"to": {"id": contact}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 200}]}],
+        });
+        assert_eq!(post(&sandbox, "crm/v3/objects/calls", bad).await.0, 400);
+
+        // Read back by the unique property.
+        let (status, by_key) =
+            get_json(&sandbox, &format!("crm/v3/objects/calls/k?idProperty={IDEMPOTENCY_PROPERTY}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(by_key["id"], call["id"]);
+
+        // Batch reads of missing ids answer 207 with the found ones.
+        let deal = state.insert_deal([("dealname", "D"), ("dealstage", "closedwon")], &contact);
+        let (status, batch) = post(
+            &sandbox,
+            "crm/v3/objects/deals/batch/read",
+            json!({"inputs": [{"id": deal}, {"id": "424242"}], "properties": ["dealname"]}),
+        )
+        .await;
+        assert_eq!(status, 207);
+        assert_eq!(batch["results"][0]["properties"]["dealname"], "D");
+        assert_eq!(batch["errors"][0]["context"]["ids"][0], "424242");
+
+        let (_, contact_json) =
+            get_json(&sandbox, &format!("crm/v3/objects/contacts/{contact}?associations=deals")).await;
+        assert_eq!(contact_json["associations"]["deals"]["results"][0]["id"], deal.as_str());
+        assert_eq!(contact_json["associations"]["deals"]["results"][0]["type"], "contact_to_deal");
+    }
+
+    #[test]
+    fn routes_are_classified_by_family() {
+        assert_eq!(RouteKind::classify(&Method::POST, "/crm/v3/objects/contacts/search"), RouteKind::Search);
+        assert_eq!(RouteKind::classify(&Method::POST, "/crm/v3/objects/deals/batch/read"), RouteKind::Batch);
+        assert_eq!(RouteKind::classify(&Method::POST, "/crm/v3/objects/calls"), RouteKind::Create);
+        assert_eq!(RouteKind::classify(&Method::GET, "/crm/v3/objects/contacts/12"), RouteKind::Read);
+        assert_eq!(RouteKind::classify(&Method::PATCH, "/crm/v3/objects/contacts/12"), RouteKind::Update);
+        assert_eq!(RouteKind::classify(&Method::GET, "/crm/v3/pipelines/deals"), RouteKind::Pipelines);
+        assert_eq!(
+            RouteKind::classify(&Method::GET, "/crm/v4/objects/contacts/12/associations/calls"),
+            RouteKind::Associations
+        );
+    }
+}
