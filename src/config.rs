@@ -1,0 +1,618 @@
+//! Typed configuration: one server file plus one file per tenant (a directory of `*.toml`).
+//!
+//! Everything is parsed and validated at start and every problem is reported at once, each with
+//! its file, key and reason, so an operator fixes a config in one pass. Secrets never live in
+//! these files: credentials are named by environment variable (`*_env` keys) and API keys are
+//! stored as SHA-256 digests.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::identity;
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+    }
+}
+
+/// All problems found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.issues.len())?;
+        for issue in &self.issues {
+            writeln!(f, "  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub writeback: WritebackSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Directory of tenant files, relative to the server file.
+    pub tenants_dir: PathBuf,
+    /// Start the in-process vendor emulators for tenants whose `base_url = "sandbox"`.
+    pub sandbox: bool,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            tenants_dir: PathBuf::from("tenants"),
+            sandbox: true,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket message accepted; larger frames close the socket with 1009.
+    pub max_message_bytes: usize,
+    /// Calls open at once across all tenants; the next one is answered "busy" (503).
+    pub max_concurrent_calls: usize,
+    /// Server-side deadline per tool call; kept below the 5 s client defaults.
+    pub tool_deadline_ms: u64,
+    /// Explicit WebSocket buffer sizes: axum's 128 KiB defaults cost ~1.3 GB per 10k sockets.
+    pub ws_read_buffer_bytes: usize,
+    pub ws_write_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_concurrent_calls: 20_000,
+            tool_deadline_ms: 4_000,
+            ws_read_buffer_bytes: 4 * 1024,
+            ws_write_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `sqlite://PATH`; empty means `<data_dir>/callside.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WritebackSection {
+    /// How long a failing step keeps being retried before it is dead-lettered.
+    pub retry_window_secs: u64,
+    /// Longest wait between two attempts.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for WritebackSection {
+    fn default() -> Self {
+        Self { retry_window_secs: 24 * 3600, max_backoff_secs: 300 }
+    }
+}
+
+/// A tenant file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    pub id: String,
+    pub name: String,
+    pub time_zone: String,
+    #[serde(default = "default_region")]
+    pub default_region: String,
+    /// The numbers callers dial to reach this business; the dialed number selects the tenant.
+    pub numbers: Vec<String>,
+    /// Hex SHA-256 digests of the tenant's API keys (two during a rotation).
+    pub api_key_sha256: Vec<String>,
+    #[serde(default = "default_hold_ttl")]
+    pub hold_ttl_secs: u64,
+    pub crm: VendorSection,
+    pub calendar: VendorSection,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    pub staff: Vec<StaffSection>,
+    pub services: Vec<ServiceSection>,
+}
+
+fn default_region() -> String {
+    "US".into()
+}
+
+fn default_hold_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorSection {
+    /// `hubspot` for a CRM, `google` for a calendar.
+    pub vendor: String,
+    /// The vendor's API base URL, or `sandbox` for the in-process emulator.
+    pub base_url: String,
+    /// Environment variable holding the access token (not needed for the sandbox).
+    #[serde(default)]
+    pub access_token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    pub slot_interval_minutes: u32,
+    pub min_notice_minutes: u32,
+    pub horizon_days: u32,
+    pub reminder_minutes: Vec<u32>,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self { slot_interval_minutes: 15, min_notice_minutes: 60, horizon_days: 30, reminder_minutes: vec![60] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffSection {
+    pub id: String,
+    pub name: String,
+    /// Defaults to the tenant's zone.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    pub calendar_ids: Vec<String>,
+    /// Weekday (`mon`…`sun`) → ranges like `"09:00-12:00"`.
+    pub hours: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub closed_dates: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub id: String,
+    pub name: String,
+    pub duration_minutes: u32,
+    #[serde(default)]
+    pub buffer_before_minutes: u32,
+    #[serde(default)]
+    pub buffer_after_minutes: u32,
+    #[serde(default)]
+    pub synonyms: Vec<String>,
+    #[serde(default)]
+    pub staff: Vec<String>,
+}
+
+/// The validated configuration the service runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store_url: String,
+    pub sandbox: bool,
+    pub shutdown_grace: std::time::Duration,
+    pub limits: Limits,
+    pub writeback: WritebackSection,
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// One tenant, validated: zones parsed, numbers normalized, hours parsed.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: String,
+    pub name: String,
+    pub time_zone: jiff::tz::TimeZone,
+    pub time_zone_name: String,
+    pub default_region: rlibphonenumber::enums::Region,
+    /// Dialed numbers in E.164.
+    pub numbers: Vec<String>,
+    /// API key digests (32 bytes each).
+    pub api_key_digests: Vec<[u8; 32]>,
+    pub hold_ttl: jiff::SignedDuration,
+    pub crm: VendorSection,
+    pub calendar: VendorSection,
+    pub rules: crate::schedule::ScheduleRules,
+    pub reminder_minutes: Vec<u32>,
+    pub staff: Vec<crate::schedule::StaffMember>,
+    pub services: Vec<crate::schedule::ServiceType>,
+}
+
+/// Overrides given on the command line; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub store_url: Option<String>,
+}
+
+impl Config {
+    /// Reads the server file and every tenant file it points to, validating everything.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut issues = Vec::new();
+        let server_text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            issues: vec![ConfigIssue { file: path.to_owned(), key: "-".into(), reason: format!("cannot read: {e}") }],
+        })?;
+        let server: ServerFile = match toml::from_str(&server_text) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(ConfigError { issues: vec![toml_issue(path, &e)] });
+            }
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let tenants_dir = base.join(&server.server.tenants_dir);
+        let mut tenant_files = Vec::new();
+        match std::fs::read_dir(&tenants_dir) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect();
+                paths.sort();
+                for p in paths {
+                    match std::fs::read_to_string(&p) {
+                        Ok(text) => match toml::from_str::<TenantFile>(&text) {
+                            Ok(t) => tenant_files.push((p, t)),
+                            Err(e) => issues.push(toml_issue(&p, &e)),
+                        },
+                        Err(e) => issues.push(ConfigIssue {
+                            file: p.clone(),
+                            key: "-".into(),
+                            reason: format!("cannot read: {e}"),
+                        }),
+                    }
+                }
+            }
+            Err(e) => issues.push(ConfigIssue {
+                file: path.to_owned(),
+                key: "server.tenants_dir".into(),
+                reason: format!("cannot read {}: {e}", tenants_dir.display()),
+            }),
+        }
+        let data_dir_from_file = base.join(&server.server.data_dir);
+        match Self::from_parts(path, server, tenant_files, overrides, data_dir_from_file) {
+            Ok(config) if issues.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError { issues }),
+            Err(mut e) => {
+                issues.append(&mut e.issues);
+                Err(ConfigError { issues })
+            }
+        }
+    }
+
+    /// Validates already-parsed files (used by `load` and by tests that build configs in code).
+    pub fn from_parts(
+        server_path: &Path,
+        server: ServerFile,
+        tenants: Vec<(PathBuf, TenantFile)>,
+        overrides: &Overrides,
+        data_dir: PathBuf,
+    ) -> Result<Config, ConfigError> {
+        let mut issues = Vec::new();
+        let mut issue = |file: &Path, key: &str, reason: String| {
+            issues.push(ConfigIssue { file: file.to_owned(), key: key.into(), reason })
+        };
+        let listen_text = overrides.listen.clone().unwrap_or(server.server.listen.clone());
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                issue(server_path, "server.listen", format!("{listen_text:?} is not an address: {e}"));
+                None
+            }
+        };
+        let limits = server.limits.clone();
+        if limits.max_message_bytes < 1024 {
+            issue(server_path, "limits.max_message_bytes", "must be at least 1024".into());
+        }
+        if limits.max_concurrent_calls == 0 {
+            issue(server_path, "limits.max_concurrent_calls", "must be at least 1".into());
+        }
+        if !(100..5_000).contains(&limits.tool_deadline_ms) {
+            issue(
+                server_path,
+                "limits.tool_deadline_ms",
+                "must be between 100 and 4999 (voice clients give up at 5 s)".into(),
+            );
+        }
+        let data_dir = overrides.data_dir.clone().unwrap_or(data_dir);
+        let store_url = overrides.store_url.clone().unwrap_or(server.store.url.clone());
+        let store_url = if store_url.is_empty() {
+            format!("sqlite://{}", data_dir.join("callside.db").display())
+        } else {
+            store_url
+        };
+        if !store_url.starts_with("sqlite:") {
+            issue(
+                server_path,
+                "store.url",
+                "only sqlite:// is supported by this build (PostgreSQL arrives with multi-instance support)".into(),
+            );
+        }
+
+        let mut seen_ids = HashSet::new();
+        let mut seen_numbers = HashSet::new();
+        let mut out = Vec::new();
+        for (file, t) in tenants {
+            let before = issues.len();
+            let mut issue =
+                |key: &str, reason: String| issues.push(ConfigIssue { file: file.clone(), key: key.into(), reason });
+            if t.id.is_empty() || !t.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                issue("id", "must be non-empty and use only letters, digits, '-' and '_'".into());
+            }
+            if !seen_ids.insert(t.id.clone()) {
+                issue("id", format!("tenant id {:?} is used by another file", t.id));
+            }
+            let tz = match jiff::tz::TimeZone::get(&t.time_zone) {
+                Ok(tz) => Some(tz),
+                Err(_) => {
+                    issue("time_zone", format!("{:?} is not an IANA time zone", t.time_zone));
+                    None
+                }
+            };
+            let region = match t.default_region.parse::<rlibphonenumber::enums::Region>() {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    issue("default_region", format!("{:?} is not a region code", t.default_region));
+                    None
+                }
+            };
+            let mut numbers = Vec::new();
+            if t.numbers.is_empty() {
+                issue("numbers", "at least one dialed number is required".into());
+            }
+            for (i, n) in t.numbers.iter().enumerate() {
+                match identity::Phone::parse(n, region.unwrap_or(rlibphonenumber::enums::Region::US)) {
+                    identity::ParsedPhone::Number(p) => {
+                        if !seen_numbers.insert(p.e164.clone()) {
+                            issue(&format!("numbers[{i}]"), format!("{n} belongs to another tenant"));
+                        }
+                        numbers.push(p.e164);
+                    }
+                    _ => issue(&format!("numbers[{i}]"), format!("{n:?} is not a phone number")),
+                }
+            }
+            let mut digests = Vec::new();
+            if t.api_key_sha256.is_empty() {
+                issue("api_key_sha256", "at least one API key digest is required".into());
+            }
+            for (i, d) in t.api_key_sha256.iter().enumerate() {
+                match hex::decode(d) {
+                    Ok(bytes) if bytes.len() == 32 => {
+                        let mut a = [0u8; 32];
+                        a.copy_from_slice(&bytes);
+                        digests.push(a);
+                    }
+                    _ => issue(
+                        &format!("api_key_sha256[{i}]"),
+                        "must be 64 hex characters (the SHA-256 of the key, never the key)".into(),
+                    ),
+                }
+            }
+            if t.hold_ttl_secs < 30 || t.hold_ttl_secs > 3600 {
+                issue("hold_ttl_secs", "must be between 30 and 3600".into());
+            }
+            for (key, v, kinds) in [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google"][..])] {
+                if !kinds.contains(&v.vendor.as_str()) {
+                    issue(
+                        &format!("{key}.vendor"),
+                        format!("{:?} is not supported (supported: {})", v.vendor, kinds.join(", ")),
+                    );
+                }
+                if v.base_url == "sandbox" {
+                    if !server.server.sandbox {
+                        issue(&format!("{key}.base_url"), "\"sandbox\" needs server.sandbox = true".into());
+                    }
+                } else {
+                    if url::Url::parse(&v.base_url).is_err() {
+                        issue(&format!("{key}.base_url"), format!("{:?} is not a URL", v.base_url));
+                    }
+                    match &v.access_token_env {
+                        None => issue(&format!("{key}.access_token_env"), "required for a real vendor".into()),
+                        Some(var) if std::env::var_os(var).is_none() => {
+                            issue(&format!("{key}.access_token_env"), format!("environment variable {var} is not set"))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            let s = &t.schedule;
+            if s.slot_interval_minutes == 0 || s.slot_interval_minutes > 240 {
+                issue("schedule.slot_interval_minutes", "must be between 1 and 240".into());
+            }
+            if s.horizon_days == 0 || s.horizon_days > 366 {
+                issue("schedule.horizon_days", "must be between 1 and 366".into());
+            }
+            let mut staff = Vec::new();
+            let mut staff_ids = HashSet::new();
+            if t.staff.is_empty() {
+                issue("staff", "at least one staff member is required".into());
+            }
+            for (i, st) in t.staff.iter().enumerate() {
+                if !staff_ids.insert(st.id.clone()) {
+                    issue(&format!("staff[{i}].id"), format!("duplicate staff id {:?}", st.id));
+                }
+                let stz = match &st.time_zone {
+                    None => tz.clone(),
+                    Some(name) => match jiff::tz::TimeZone::get(name) {
+                        Ok(z) => Some(z),
+                        Err(_) => {
+                            issue(&format!("staff[{i}].time_zone"), format!("{name:?} is not an IANA time zone"));
+                            None
+                        }
+                    },
+                };
+                if st.calendar_ids.is_empty() {
+                    issue(&format!("staff[{i}].calendar_ids"), "at least one calendar is required".into());
+                }
+                let mut days: [Vec<crate::schedule::OpeningHours>; 7] = Default::default();
+                for (day, ranges) in &st.hours {
+                    let Some(idx) = weekday_index(day) else {
+                        issue(
+                            &format!("staff[{i}].hours.{day}"),
+                            "weekday must be mon, tue, wed, thu, fri, sat or sun".into(),
+                        );
+                        continue;
+                    };
+                    for (j, r) in ranges.iter().enumerate() {
+                        match parse_range(r) {
+                            Some((open, close)) => days[idx].push(crate::schedule::OpeningHours { open, close }),
+                            None => issue(
+                                &format!("staff[{i}].hours.{day}[{j}]"),
+                                format!("{r:?} must look like \"09:00-17:00\" with open before close"),
+                            ),
+                        }
+                    }
+                }
+                let mut closed = Vec::new();
+                for (j, d) in st.closed_dates.iter().enumerate() {
+                    match d.parse::<jiff::civil::Date>() {
+                        Ok(d) => closed.push(d),
+                        Err(_) => {
+                            issue(&format!("staff[{i}].closed_dates[{j}]"), format!("{d:?} is not a YYYY-MM-DD date"))
+                        }
+                    }
+                }
+                if let Some(stz) = stz {
+                    staff.push(crate::schedule::StaffMember {
+                        id: st.id.clone(),
+                        name: st.name.clone(),
+                        time_zone: stz,
+                        hours: crate::schedule::WeeklyHours::new(days),
+                        calendar_ids: st.calendar_ids.clone(),
+                        closed_dates: closed,
+                    });
+                }
+            }
+            let mut services = Vec::new();
+            let mut service_ids = HashSet::new();
+            if t.services.is_empty() {
+                issue("services", "at least one service is required".into());
+            }
+            for (i, sv) in t.services.iter().enumerate() {
+                if !service_ids.insert(sv.id.clone()) {
+                    issue(&format!("services[{i}].id"), format!("duplicate service id {:?}", sv.id));
+                }
+                if sv.duration_minutes == 0 || sv.duration_minutes > 24 * 60 {
+                    issue(&format!("services[{i}].duration_minutes"), "must be between 1 and 1440".into());
+                }
+                for s in &sv.staff {
+                    if !t.staff.iter().any(|st| &st.id == s) {
+                        issue(&format!("services[{i}].staff"), format!("unknown staff id {s:?}"));
+                    }
+                }
+                services.push(crate::schedule::ServiceType {
+                    id: sv.id.clone(),
+                    name: sv.name.clone(),
+                    duration_minutes: sv.duration_minutes,
+                    buffer_before_minutes: sv.buffer_before_minutes,
+                    buffer_after_minutes: sv.buffer_after_minutes,
+                    synonyms: sv.synonyms.clone(),
+                    staff_ids: sv.staff.clone(),
+                });
+            }
+            if issues.len() == before
+                && let (Some(tz), Some(region)) = (tz, region)
+            {
+                out.push(TenantConfig {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    time_zone: tz,
+                    time_zone_name: t.time_zone.clone(),
+                    default_region: region,
+                    numbers,
+                    api_key_digests: digests,
+                    hold_ttl: jiff::SignedDuration::from_secs(t.hold_ttl_secs as i64),
+                    crm: t.crm.clone(),
+                    calendar: t.calendar.clone(),
+                    rules: crate::schedule::ScheduleRules {
+                        slot_interval_minutes: s.slot_interval_minutes,
+                        min_notice_minutes: s.min_notice_minutes,
+                        horizon_days: s.horizon_days,
+                    },
+                    reminder_minutes: s.reminder_minutes.clone(),
+                    staff,
+                    services,
+                });
+            }
+        }
+        if issues.is_empty() && out.is_empty() {
+            issues.push(ConfigIssue {
+                file: server_path.to_owned(),
+                key: "server.tenants_dir".into(),
+                reason: "no tenant files found".into(),
+            });
+        }
+        match (issues.is_empty(), listen) {
+            (true, Some(listen)) => Ok(Config {
+                listen,
+                data_dir,
+                store_url,
+                sandbox: server.server.sandbox,
+                shutdown_grace: std::time::Duration::from_secs(server.server.shutdown_grace_secs),
+                limits,
+                writeback: server.writeback,
+                tenants: out,
+            }),
+            _ => Err(ConfigError { issues }),
+        }
+    }
+}
+
+fn toml_issue(file: &Path, e: &toml::de::Error) -> ConfigIssue {
+    ConfigIssue {
+        file: file.to_owned(),
+        key: e.span().map(|s| format!("bytes {}..{}", s.start, s.end)).unwrap_or_else(|| "-".into()),
+        reason: e.message().to_string(),
+    }
+}
+
+fn weekday_index(day: &str) -> Option<usize> {
+    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].iter().position(|d| *d == day)
+}
+
+fn parse_range(r: &str) -> Option<(jiff::civil::Time, jiff::civil::Time)> {
+    let (a, b) = r.split_once('-')?;
+    let open: jiff::civil::Time = a.trim().parse().ok()?;
+    let close: jiff::civil::Time = b.trim().parse().ok()?;
+    (open < close).then_some((open, close))
+}
+
+/// SHA-256 of an API key, as stored in tenant files.
+pub fn api_key_digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}

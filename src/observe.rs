@@ -1,0 +1,93 @@
+//! Metrics (Prometheus text via `prometheus-client`) and log redaction helpers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolNameLabel {
+    pub tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+/// Every metric the service exports. One instance per application (not global), so tests that
+/// run several applications in one process see their own numbers.
+pub struct Metrics {
+    registry: Registry,
+    pub tool_calls: Family<ToolLabels, Counter>,
+    pub tool_latency: Family<ToolNameLabel, Histogram>,
+    pub open_calls: Gauge,
+    pub calls_refused: Family<ToolNameLabel, Counter>,
+    pub writeback_steps: Family<StepLabels, Counter>,
+    pub writeback_backlog: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("callside");
+        let tool_calls = Family::<ToolLabels, Counter>::default();
+        // 10 µs .. ~5 s
+        let tool_latency = Family::<ToolNameLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00001, 3.0, 13))
+        });
+        let open_calls = Gauge::default();
+        let calls_refused = Family::<ToolNameLabel, Counter>::default();
+        let writeback_steps = Family::<StepLabels, Counter>::default();
+        let writeback_backlog = Gauge::default();
+        registry.register("tool_calls", "Tool calls by tool and outcome", tool_calls.clone());
+        registry.register("tool_latency_seconds", "Server-side tool call latency", tool_latency.clone());
+        registry.register("open_calls", "Calls currently connected", open_calls.clone());
+        registry.register("calls_refused", "Connections refused, by reason", calls_refused.clone());
+        registry.register("writeback_steps", "Write-back step attempts by kind and outcome", writeback_steps.clone());
+        registry.register("writeback_backlog", "Write-back steps pending", writeback_backlog.clone());
+        Metrics { registry, tool_calls, tool_latency, open_calls, calls_refused, writeback_steps, writeback_backlog }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A phone number for logs: country code and last two digits only.
+pub fn redact_phone(e164: &str) -> String {
+    let digits: Vec<char> = e164.chars().filter(|c| c.is_ascii_digit()).collect();
+    if digits.len() < 4 {
+        return "***".into();
+    }
+    let tail: String = digits[digits.len() - 2..].iter().collect();
+    format!("+{}***{tail}", digits[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_no_more_than_three_digits() {
+        let r = redact_phone("+14155550134");
+        assert_eq!(r, "+1***34");
+        assert!(!r.contains("555"));
+    }
+}

@@ -1,0 +1,538 @@
+//! Durable state. SQLite is the embedded default (WAL, `synchronous=FULL`): the outbox of
+//! write-back steps, calls, bookings and the audit trail. Everything the service acknowledges is
+//! committed here first.
+//!
+//! Times are stored as milliseconds since the Unix epoch from the injected clock.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Other(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A step to persist as part of a plan. `depends_on` is the `seq` of an earlier step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewStep {
+    pub seq: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub depends_on: Option<i64>,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub id: i64,
+    pub call_id: String,
+    pub tenant: String,
+    pub seq: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub depends_on: Option<i64>,
+    pub idempotency_key: String,
+    pub status: String,
+    pub attempts: i64,
+    pub first_attempt_at: Option<i64>,
+    pub external_id: Option<String>,
+    pub last_error: Option<String>,
+    /// The external id produced by the step this one depends on.
+    pub parent_external_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRow {
+    pub call_id: String,
+    pub tenant: String,
+    pub caller: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub sync_status: String,
+    pub outcome: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookingRow {
+    pub idempotency_key: String,
+    pub tenant: String,
+    pub call_id: String,
+    pub staff_id: String,
+    pub calendar_id: String,
+    pub event_id: String,
+    pub service_id: String,
+    pub start_at: i64,
+    pub end_at: i64,
+    pub status: String,
+}
+
+pub fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at a `sqlite://PATH` URL and applies migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::Other(format!("not a sqlite URL: {url}")))?;
+        if let Some(parent) = Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged end_call survives power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn record_call_start(
+        &self,
+        call_id: &str,
+        tenant: &str,
+        caller: Option<&str>,
+        dialed: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO calls (call_id, tenant, caller, dialed, started_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (call_id) DO NOTHING",
+        )
+        .bind(call_id)
+        .bind(tenant)
+        .bind(caller)
+        .bind(dialed)
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Closes the call and persists its write-back plan in one transaction. Returns `false` (and
+    /// writes nothing) if the call was already closed: a call has exactly one plan.
+    pub async fn close_call_with_plan(
+        &self,
+        call_id: &str,
+        tenant: &str,
+        end_reason: &str,
+        outcome: &Value,
+        steps: &[NewStep],
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = ms(at);
+        let closed = sqlx::query(
+            "UPDATE calls SET ended_at = ?, end_reason = ?, outcome = ?, sync_status = ?
+             WHERE call_id = ? AND tenant = ? AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(end_reason)
+        .bind(outcome.to_string())
+        .bind(if steps.is_empty() { "synced" } else { "pending" })
+        .bind(call_id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        if closed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let mut ids: Vec<(i64, i64)> = Vec::with_capacity(steps.len());
+        for s in steps {
+            let depends_on = s
+                .depends_on
+                .map(|seq| {
+                    ids.iter()
+                        .find(|(q, _)| *q == seq)
+                        .map(|(_, id)| *id)
+                        .ok_or_else(|| StoreError::Other(format!("step {} depends on unknown seq {seq}", s.seq)))
+                })
+                .transpose()?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO steps (call_id, tenant, seq, kind, payload, depends_on, idempotency_key, next_attempt_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(call_id)
+            .bind(tenant)
+            .bind(s.seq)
+            .bind(&s.kind)
+            .bind(s.payload.to_string())
+            .bind(depends_on)
+            .bind(&s.idempotency_key)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push((s.seq, id));
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Pending steps whose time has come and whose dependency is done, oldest first.
+    pub async fn due_steps(&self, now: Timestamp, limit: i64) -> Result<Vec<StepRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
+                    s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, p.external_id AS parent_external_id
+             FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
+             WHERE s.status = 'pending' AND s.next_attempt_at <= ?
+               AND (s.depends_on IS NULL OR p.status = 'done')
+             ORDER BY s.next_attempt_at, s.id LIMIT ?",
+        )
+        .bind(ms(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(step_from_row).collect()
+    }
+
+    /// The earliest time any pending step becomes due, if any.
+    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(s.next_attempt_at) FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
+             WHERE s.status = 'pending' AND (s.depends_on IS NULL OR p.status = 'done')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v.and_then(|m| Timestamp::from_millisecond(m).ok()))
+    }
+
+    pub async fn pending_step_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE status = 'pending'").fetch_one(&self.pool).await?)
+    }
+
+    /// Records an external id the moment it is known, before anything else can fail.
+    pub async fn record_external_id(&self, step_id: i64, external_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE steps SET external_id = ? WHERE id = ?")
+            .bind(external_id)
+            .bind(step_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn complete_step(&self, step: &StepRow, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE steps SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(step.id)
+        .execute(&self.pool)
+        .await?;
+        self.refresh_call_status(&step.call_id).await
+    }
+
+    pub async fn retry_step(
+        &self,
+        step: &StepRow,
+        next_at: Timestamp,
+        error: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE steps SET attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),
+                              next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(ms(next_at))
+        .bind(error)
+        .bind(ms(at))
+        .bind(step.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn dead_letter_step(&self, step: &StepRow, error: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(error)
+        .bind(ms(at))
+        .bind(step.id)
+        .execute(&self.pool)
+        .await?;
+        self.refresh_call_status(&step.call_id).await
+    }
+
+    async fn refresh_call_status(&self, call_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET sync_status = CASE
+                 WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
+                 WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'pending') THEN 'pending'
+                 ELSE 'synced' END
+             WHERE call_id = ?1",
+        )
+        .bind(call_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn call(&self, tenant: &str, call_id: &str) -> Result<Option<CallRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT call_id, tenant, caller, started_at, ended_at, end_reason, sync_status, outcome
+             FROM calls WHERE call_id = ? AND tenant = ?",
+        )
+        .bind(call_id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| -> Result<CallRow, StoreError> {
+            let outcome: Option<String> = r.try_get("outcome")?;
+            Ok(CallRow {
+                call_id: r.try_get("call_id")?,
+                tenant: r.try_get("tenant")?,
+                caller: r.try_get("caller")?,
+                started_at: r.try_get("started_at")?,
+                ended_at: r.try_get("ended_at")?,
+                end_reason: r.try_get("end_reason")?,
+                sync_status: r.try_get("sync_status")?,
+                outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn steps_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<StepRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
+                    s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, p.external_id AS parent_external_id
+             FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
+             WHERE s.call_id = ? AND s.tenant = ? ORDER BY s.seq",
+        )
+        .bind(call_id)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(step_from_row).collect()
+    }
+
+    /// Calls that were opened but never closed (the process died mid-call). Closed at start-up
+    /// as disconnected so their write-back still happens.
+    pub async fn open_calls(&self) -> Result<Vec<CallRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT call_id, tenant FROM calls WHERE ended_at IS NULL").fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let call_id: String = r.try_get("call_id")?;
+            let tenant: String = r.try_get("tenant")?;
+            if let Some(c) = self.call(&tenant, &call_id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn insert_booking(&self, b: &BookingRow, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO bookings (idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (idempotency_key) DO UPDATE SET status = excluded.status, event_id = excluded.event_id",
+        )
+        .bind(&b.idempotency_key)
+        .bind(&b.tenant)
+        .bind(&b.call_id)
+        .bind(&b.staff_id)
+        .bind(&b.calendar_id)
+        .bind(&b.event_id)
+        .bind(&b.service_id)
+        .bind(b.start_at)
+        .bind(b.end_at)
+        .bind(&b.status)
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn bookings_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<BookingRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status
+             FROM bookings WHERE tenant = ? AND call_id = ? ORDER BY start_at",
+        )
+        .bind(tenant)
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(BookingRow {
+                    idempotency_key: r.try_get("idempotency_key")?,
+                    tenant: r.try_get("tenant")?,
+                    call_id: r.try_get("call_id")?,
+                    staff_id: r.try_get("staff_id")?,
+                    calendar_id: r.try_get("calendar_id")?,
+                    event_id: r.try_get("event_id")?,
+                    service_id: r.try_get("service_id")?,
+                    start_at: r.try_get("start_at")?,
+                    end_at: r.try_get("end_at")?,
+                    status: r.try_get("status")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends to the audit trail. `detail` must not contain personal data.
+    pub async fn audit(
+        &self,
+        tenant: &str,
+        call_id: Option<&str>,
+        step_id: Option<i64>,
+        action: &str,
+        detail: &Value,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(tenant)
+            .bind(call_id)
+            .bind(step_id)
+            .bind(ms(at))
+            .bind(action)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn audit_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        let rows = sqlx::query("SELECT action, detail FROM audit WHERE tenant = ? AND call_id = ? ORDER BY id")
+            .bind(tenant)
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok((r.try_get("action")?, serde_json::from_str(&detail).unwrap_or(Value::Null)))
+            })
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn step_from_row(r: sqlx::sqlite::SqliteRow) -> Result<StepRow, StoreError> {
+    let payload: String = r.try_get("payload")?;
+    Ok(StepRow {
+        id: r.try_get("id")?,
+        call_id: r.try_get("call_id")?,
+        tenant: r.try_get("tenant")?,
+        seq: r.try_get("seq")?,
+        kind: r.try_get("kind")?,
+        payload: serde_json::from_str(&payload).map_err(|e| StoreError::Other(format!("step payload: {e}")))?,
+        depends_on: r.try_get("depends_on")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        status: r.try_get("status")?,
+        attempts: r.try_get("attempts")?,
+        first_attempt_at: r.try_get("first_attempt_at")?,
+        external_id: r.try_get("external_id")?,
+        last_error: r.try_get("last_error")?,
+        parent_external_id: r.try_get("parent_external_id")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        (dir, Store::open(&url).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_call_gets_exactly_one_plan_and_steps_wait_for_their_dependency() {
+        let (_d, s) = store().await;
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        assert!(s.record_call_start("c1", "demo", Some("+14155550134"), "+15550100000", t0).await.unwrap());
+        assert!(!s.record_call_start("c1", "demo", None, "+15550100000", t0).await.unwrap());
+        let steps = vec![
+            NewStep {
+                seq: 0,
+                kind: "contact".into(),
+                payload: json!({}),
+                depends_on: None,
+                idempotency_key: "c1:0".into(),
+            },
+            NewStep {
+                seq: 1,
+                kind: "call_log".into(),
+                payload: json!({}),
+                depends_on: Some(0),
+                idempotency_key: "c1:1".into(),
+            },
+        ];
+        assert!(s.close_call_with_plan("c1", "demo", "end_call", &json!({}), &steps, t0).await.unwrap());
+        assert!(!s.close_call_with_plan("c1", "demo", "disconnected", &json!({}), &steps, t0).await.unwrap());
+        let due = s.due_steps(t0, 10).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![0]);
+        s.record_external_id(due[0].id, "contact-9").await.unwrap();
+        s.complete_step(&due[0], t0).await.unwrap();
+        let due = s.due_steps(t0, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].parent_external_id.as_deref(), Some("contact-9"));
+        assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
+        s.complete_step(&due[0], t0).await.unwrap();
+        assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "synced");
+        // Tenant scoping: another tenant cannot read the call.
+        assert!(s.call("other", "c1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn retried_steps_are_not_due_before_their_time() {
+        let (_d, s) = store().await;
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        s.record_call_start("c2", "demo", None, "+15550100000", t0).await.unwrap();
+        let steps = vec![NewStep {
+            seq: 0,
+            kind: "contact".into(),
+            payload: json!({}),
+            depends_on: None,
+            idempotency_key: "k".into(),
+        }];
+        s.close_call_with_plan("c2", "demo", "end_call", &json!({}), &steps, t0).await.unwrap();
+        let step = s.due_steps(t0, 10).await.unwrap().remove(0);
+        let later = t0 + jiff::SignedDuration::from_secs(2);
+        s.retry_step(&step, later, "transient", t0).await.unwrap();
+        assert!(s.due_steps(t0, 10).await.unwrap().is_empty());
+        assert_eq!(s.next_due_at().await.unwrap(), Some(later));
+        assert_eq!(s.due_steps(later, 10).await.unwrap().len(), 1);
+        s.dead_letter_step(&step, "gave up", later).await.unwrap();
+        assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "failed");
+    }
+}
