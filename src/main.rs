@@ -1,0 +1,123 @@
+//! The `callside` binary: a thin command-line shell over the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use callside::app::Application;
+use callside::clock::SystemClock;
+use callside::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "callside", version, about = "Caller context, booking and CRM write-back beside a voice AI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// Server config file; tenant files are read from its `tenants_dir`.
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        /// Listen address, overriding the file (e.g. 127.0.0.1:0 for a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory, overriding the file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate the configuration and print every problem found.
+    CheckConfig {
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Exit 0 if the service at URL answers /healthz (for container HEALTHCHECKs: no curl needed).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+    /// Print the SHA-256 digest of an API key read from standard input, for a tenant file.
+    HashKey,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_current_span(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen, data_dir } => {
+            init_tracing();
+            let overrides = Overrides { listen, data_dir, store_url: None };
+            let config = match Config::load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            let app = Application::build(config, Arc::new(SystemClock)).await?;
+            tracing::info!(addr = %app.local_addr(), "callside listening");
+            app.run(shutdown_signal()).await
+        }
+        Command::CheckConfig { config } => match Config::load(&config, &Overrides::default()) {
+            Ok(c) => {
+                println!("configuration ok: {} tenant(s)", c.tenants.len());
+                Ok(())
+            }
+            Err(e) => {
+                eprint!("{e}");
+                std::process::exit(2);
+            }
+        },
+        Command::Healthcheck { url } => {
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            if resp.status().is_success() { Ok(()) } else { anyhow::bail!("{url} answered {}", resp.status()) }
+        }
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key)?;
+            println!("{}", hex::encode(callside::config::api_key_digest(key.trim())));
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

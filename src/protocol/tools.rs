@@ -1,0 +1,306 @@
+//! Tool names, their JSON Schemas (`tools/list`) and typed argument parsing (`tools/call`).
+//!
+//! Only tools that are built are listed. Arguments are parsed here, at the edge, into
+//! [`ToolCall`]; a wrong or missing argument becomes a tool error naming the argument, so the AI
+//! can correct itself.
+
+use serde_json::{Map, Value, json};
+
+/// A parsed tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolCall {
+    StartCall,
+    GetCallerContext,
+    ListServices,
+    FindSlots(FindSlotsArgs),
+    HoldSlot(HoldSlotArgs),
+    ReleaseHold { hold_id: String },
+    BookSlot(BookSlotArgs),
+    EndCall(EndCallArgs),
+}
+
+impl ToolCall {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToolCall::StartCall => "start_call",
+            ToolCall::GetCallerContext => "get_caller_context",
+            ToolCall::ListServices => "list_services",
+            ToolCall::FindSlots(_) => "find_slots",
+            ToolCall::HoldSlot(_) => "hold_slot",
+            ToolCall::ReleaseHold { .. } => "release_hold",
+            ToolCall::BookSlot(_) => "book_slot",
+            ToolCall::EndCall(_) => "end_call",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindSlotsArgs {
+    pub service: String,
+    /// `YYYY-MM-DD` in the business's zone.
+    pub day: Option<String>,
+    /// `morning`, `afternoon` or `evening`.
+    pub part_of_day: Option<String>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldSlotArgs {
+    pub service: String,
+    /// RFC 3339 start, as returned by `find_slots`.
+    pub start: String,
+    pub staff_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookSlotArgs {
+    pub hold_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EndCallArgs {
+    pub summary: String,
+    pub disposition: Option<String>,
+    pub duration_secs: Option<u64>,
+    pub recording_url: Option<String>,
+    pub transcript_url: Option<String>,
+    pub caller_name: Option<String>,
+    pub caller_email: Option<String>,
+    pub caller_zip: Option<String>,
+}
+
+/// Why a `tools/call` could not be turned into a [`ToolCall`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolParseError {
+    /// Not a tool this server has: a protocol fault (-32602 per the MCP tools spec).
+    UnknownTool(String),
+    /// The tool exists but an argument is wrong: a tool error the AI can act on.
+    BadArgument { argument: String, reason: String },
+}
+
+pub fn parse_call(name: &str, arguments: &Value) -> Result<ToolCall, ToolParseError> {
+    let empty = Map::new();
+    let args = match arguments {
+        Value::Null => &empty,
+        Value::Object(m) => m,
+        _ => {
+            return Err(ToolParseError::BadArgument {
+                argument: "arguments".into(),
+                reason: "must be an object".into(),
+            });
+        }
+    };
+    let a = Args(args);
+    Ok(match name {
+        "start_call" => ToolCall::StartCall,
+        "get_caller_context" => ToolCall::GetCallerContext,
+        "list_services" => ToolCall::ListServices,
+        "find_slots" => ToolCall::FindSlots(FindSlotsArgs {
+            service: a.required_str("service")?,
+            day: a.optional_str("day")?,
+            part_of_day: a.optional_enum("part_of_day", &["morning", "afternoon", "evening"])?,
+            count: a.optional_u64("count", 1, 5)?.unwrap_or(3) as usize,
+        }),
+        "hold_slot" => ToolCall::HoldSlot(HoldSlotArgs {
+            service: a.required_str("service")?,
+            start: a.required_str("start")?,
+            staff_id: a.optional_str("staff_id")?,
+        }),
+        "release_hold" => ToolCall::ReleaseHold { hold_id: a.required_str("hold_id")? },
+        "book_slot" => ToolCall::BookSlot(BookSlotArgs {
+            hold_id: a.required_str("hold_id")?,
+            name: a.optional_str("name")?,
+            email: a.optional_str("email")?,
+            notes: a.optional_str("notes")?,
+        }),
+        "end_call" => ToolCall::EndCall(EndCallArgs {
+            summary: a.required_str("summary")?,
+            disposition: a.optional_str("disposition")?,
+            duration_secs: a.optional_u64("duration_secs", 0, 24 * 3600)?,
+            recording_url: a.optional_url("recording_url")?,
+            transcript_url: a.optional_url("transcript_url")?,
+            caller_name: a.optional_str("caller_name")?,
+            caller_email: a.optional_str("caller_email")?,
+            caller_zip: a.optional_str("caller_zip")?,
+        }),
+        other => return Err(ToolParseError::UnknownTool(other.to_owned())),
+    })
+}
+
+struct Args<'a>(&'a Map<String, Value>);
+
+impl Args<'_> {
+    fn bad(argument: &str, reason: &str) -> ToolParseError {
+        ToolParseError::BadArgument { argument: argument.into(), reason: reason.into() }
+    }
+
+    fn optional_str(&self, key: &str) -> Result<Option<String>, ToolParseError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() > 4096 => Err(Self::bad(key, "is too long")),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(_) => Err(Self::bad(key, "must be a string")),
+        }
+    }
+
+    fn required_str(&self, key: &str) -> Result<String, ToolParseError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Err(Self::bad(key, "is required")),
+            Some(_) => self.optional_str(key)?.ok_or_else(|| Self::bad(key, "must not be empty")),
+        }
+    }
+
+    fn optional_enum(&self, key: &str, allowed: &[&str]) -> Result<Option<String>, ToolParseError> {
+        match self.optional_str(key)? {
+            None => Ok(None),
+            Some(v) if allowed.contains(&v.as_str()) => Ok(Some(v)),
+            Some(_) => Err(Self::bad(key, &format!("must be one of: {}", allowed.join(", ")))),
+        }
+    }
+
+    fn optional_u64(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, ToolParseError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+                _ => Err(Self::bad(key, &format!("must be a whole number from {min} to {max}"))),
+            },
+            Some(_) => Err(Self::bad(key, "must be a number")),
+        }
+    }
+
+    fn optional_url(&self, key: &str) -> Result<Option<String>, ToolParseError> {
+        match self.optional_str(key)? {
+            None => Ok(None),
+            Some(v) => match url::Url::parse(&v) {
+                Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Ok(Some(v)),
+                _ => Err(Self::bad(key, "must be an http(s) URL")),
+            },
+        }
+    }
+}
+
+/// The `tools/list` result: every built tool with input and output schemas and a description
+/// written for the model that will call it.
+pub fn list() -> Value {
+    let text = json!({"type": "string"});
+    let tools = vec![
+        tool(
+            "start_call",
+            "Call first. Confirms the call is connected and whether the caller is already known. Returns the business name and the caller's match status.",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            json!({"type": "object", "properties": {"call_id": text, "business": text, "caller_status": text}, "required": ["call_id", "business", "caller_status"]}),
+        ),
+        tool(
+            "get_caller_context",
+            "Who is calling: their CRM record (name, email) and open deals, looked up by the number they call from. Returns status matched, new, ambiguous or withheld, and a safe greeting hint.",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            json!({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["matched", "new", "ambiguous", "withheld", "unavailable"]},
+                "greeting_hint": text,
+                "contact": {"type": ["object", "null"]},
+                "open_deals": {"type": "array"}
+            }, "required": ["status", "greeting_hint"]}),
+        ),
+        tool(
+            "list_services",
+            "What can be booked: each service's id, name and duration in minutes.",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            json!({"type": "object", "properties": {"services": {"type": "array", "items": {"type": "object", "properties": {"id": text, "name": text, "duration_minutes": {"type": "integer"}}}}}, "required": ["services"]}),
+        ),
+        tool(
+            "find_slots",
+            "Offer appointment times for a service. Returns 2-3 options (start times in the business's time zone, with a speakable label). Pass the service id or name as the caller said it; optionally a day (YYYY-MM-DD) and a part of day.",
+            json!({"type": "object", "properties": {
+                "service": {"type": "string", "description": "Service id or spoken name, e.g. \"consult\"."},
+                "day": {"type": "string", "description": "Preferred day, YYYY-MM-DD, business time zone."},
+                "part_of_day": {"type": "string", "enum": ["morning", "afternoon", "evening"]},
+                "count": {"type": "integer", "minimum": 1, "maximum": 5, "default": 3}
+            }, "required": ["service"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"service_id": text, "time_zone": text, "slots": {"type": "array", "items": {"type": "object", "properties": {"start": text, "end": text, "staff_id": text, "label": text}}}}, "required": ["slots"]}),
+        ),
+        tool(
+            "hold_slot",
+            "Reserve one offered time while the caller confirms, so nobody else can take it. Pass the service and the exact start returned by find_slots. The hold expires after a few minutes.",
+            json!({"type": "object", "properties": {
+                "service": text,
+                "start": {"type": "string", "description": "RFC 3339 start time exactly as returned by find_slots."},
+                "staff_id": {"type": "string", "description": "Staff id from find_slots (optional)."}
+            }, "required": ["service", "start"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"hold_id": text, "expires_at": text, "start": text, "staff_id": text}, "required": ["hold_id"]}),
+        ),
+        tool(
+            "release_hold",
+            "Let go of a held time the caller no longer wants.",
+            json!({"type": "object", "properties": {"hold_id": text}, "required": ["hold_id"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"released": {"type": "boolean"}}, "required": ["released"]}),
+        ),
+        tool(
+            "book_slot",
+            "Book a held time into the business calendar. Pass the hold_id and the caller's name and email if known. If the time was taken meanwhile, the result offers alternatives.",
+            json!({"type": "object", "properties": {
+                "hold_id": text, "name": text, "email": text, "notes": text
+            }, "required": ["hold_id"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"booked": {"type": "boolean"}, "event_id": text, "start": text, "end": text, "alternatives": {"type": "array"}}, "required": ["booked"]}),
+        ),
+        tool(
+            "end_call",
+            "Call last, when the conversation is over. Saves the call's outcome; it is written to the CRM after the call. Pass a short summary and whatever the caller told you (name, email, zip).",
+            json!({"type": "object", "properties": {
+                "summary": text,
+                "disposition": {"type": "string", "description": "e.g. booked, info_only, escalated"},
+                "duration_secs": {"type": "integer", "minimum": 0},
+                "recording_url": text, "transcript_url": text,
+                "caller_name": text, "caller_email": text, "caller_zip": text
+            }, "required": ["summary"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"saved": {"type": "boolean"}, "steps": {"type": "integer"}}, "required": ["saved"]}),
+        ),
+    ];
+    json!({ "tools": tools })
+}
+
+fn tool(name: &str, description: &str, input: Value, output: Value) -> Value {
+    json!({"name": name, "description": description, "inputSchema": input, "outputSchema": output})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_tool_parses_and_nothing_unlisted_does() {
+        let listed: Vec<String> =
+            list()["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect();
+        for name in &listed {
+            // Parsing with empty arguments either succeeds or names a missing argument: never
+            // "unknown tool".
+            match parse_call(name, &json!({})) {
+                Ok(call) => assert_eq!(call.name(), name),
+                Err(ToolParseError::BadArgument { .. }) => {}
+                Err(e) => panic!("{name}: {e:?}"),
+            }
+        }
+        assert_eq!(
+            parse_call("reschedule_appointment", &json!({})),
+            Err(ToolParseError::UnknownTool("reschedule_appointment".into()))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let e = parse_call("find_slots", &json!({"service": 5})).unwrap_err();
+        assert_eq!(e, ToolParseError::BadArgument { argument: "service".into(), reason: "must be a string".into() });
+        let e = parse_call("find_slots", &json!({"service": "consult", "count": 9})).unwrap_err();
+        assert!(matches!(e, ToolParseError::BadArgument { argument, .. } if argument == "count"));
+        let e = parse_call("end_call", &json!({"summary": "x", "recording_url": "javascript:alert(1)"})).unwrap_err();
+        assert!(matches!(e, ToolParseError::BadArgument { argument, .. } if argument == "recording_url"));
+        let e = parse_call("hold_slot", &json!({"start": "2026-11-24T10:00:00-05:00"})).unwrap_err();
+        assert!(
+            matches!(e, ToolParseError::BadArgument { argument, reason } if argument == "service" && reason == "is required")
+        );
+    }
+}

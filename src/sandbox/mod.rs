@@ -1,0 +1,53 @@
+//! Vendor-faithful HTTP emulators used by tests, the load test and the no-credentials demo.
+//! Each emulator binds 127.0.0.1:0 inside the current process and follows the vendor's documented
+//! paths, JSON shapes and faults.
+
+pub mod google_calendar;
+pub mod hubspot;
+
+use std::io;
+
+use google_calendar::GoogleCalendarSandbox;
+use hubspot::HubSpotSandbox;
+
+/// The bearer tokens the emulators accept. They protect nothing (loopback, fake data) and exist
+/// so the connectors' auth paths run exactly as against the vendor.
+pub const HUBSPOT_TOKEN: &str = "sandbox-hubspot-token";
+pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
+
+/// Every emulator the service can run against, started together.
+pub struct Sandbox {
+    pub hubspot: HubSpotSandbox,
+    pub google: GoogleCalendarSandbox,
+}
+
+impl Sandbox {
+    /// Starts every emulator on the current tokio runtime.
+    pub async fn start() -> io::Result<Sandbox> {
+        Ok(Sandbox {
+            hubspot: HubSpotSandbox::start(HUBSPOT_TOKEN)?,
+            google: GoogleCalendarSandbox::start(GOOGLE_TOKEN).await?,
+        })
+    }
+
+    /// Demo data for the no-credentials demo: a returning customer with an open deal, so a
+    /// newcomer calling from `+1 415 555 0134` is greeted by name.
+    pub fn seed_demo(&self) {
+        let ana = self.hubspot.state.insert_contact([
+            ("firstname", "Ana"),
+            ("lastname", "López"),
+            ("email", "ana.lopez@example.com"),
+            ("phone", "(415) 555-0134"),
+            ("zip", "94110"),
+        ]);
+        self.hubspot.state.insert_deal(
+            [
+                ("dealname", "Color correction package"),
+                ("dealstage", "appointmentscheduled"),
+                ("pipeline", "default"),
+                ("amount", "240"),
+            ],
+            &ana,
+        );
+    }
+}

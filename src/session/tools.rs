@@ -1,0 +1,340 @@
+//! Tool dispatch: typed calls in, [`ToolResult`]s out. Every failure a caller can hit is a
+//! result with a sentence the AI can say.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{CallSession, Core};
+use crate::booking::{Attendee, BookingError};
+use crate::context::CallerContext;
+use crate::protocol::ToolResult;
+use crate::protocol::tools::{BookSlotArgs, FindSlotsArgs, HoldSlotArgs, ToolCall};
+use crate::schedule::{self, PartOfDay, ServiceMatch, ServiceType, Slot, SlotPreference};
+use crate::tenant::Tenant;
+use crate::writeback::EndReason;
+use crate::writeback::plan::BookedSummary;
+
+pub(super) async fn dispatch(core: &Arc<Core>, s: &Arc<CallSession>, call: ToolCall) -> ToolResult {
+    if s.is_ended() && !matches!(call, ToolCall::EndCall(_)) {
+        return ToolResult::error(json!({"error": "call_ended"}), "This call has already ended.");
+    }
+    match call {
+        ToolCall::StartCall => start_call(s),
+        ToolCall::GetCallerContext => caller_context(s).await,
+        ToolCall::ListServices => list_services(&s.tenant),
+        ToolCall::FindSlots(a) => find_slots(core, s, a).await,
+        ToolCall::HoldSlot(a) => hold_slot(core, s, a).await,
+        ToolCall::ReleaseHold { hold_id } => release_hold(core, s, &hold_id),
+        ToolCall::BookSlot(a) => book_slot(core, s, a).await,
+        ToolCall::EndCall(a) => match core.finish_call(s, EndReason::EndCall, Some(a)).await {
+            Ok(Some(steps)) => ToolResult::ok(json!({"saved": true, "steps": steps}), "Thanks, the call is saved."),
+            Ok(None) => {
+                ToolResult::ok(json!({"saved": true, "steps": 0, "already_ended": true}), "The call was already saved.")
+            }
+            Err(e) => {
+                tracing::error!(call_id = %s.call_id, error = %e, "could not persist the write-back plan");
+                ToolResult::error(json!({"saved": false}), "I couldn't save this call; please try ending it again.")
+            }
+        },
+    }
+}
+
+fn start_call(s: &CallSession) -> ToolResult {
+    let status = s.prefetch.peek().map(|c| c.status()).unwrap_or("pending");
+    ToolResult::ok(
+        json!({"call_id": s.call_id, "business": s.tenant.config.name, "caller_status": status}),
+        format!("Connected to {}.", s.tenant.config.name),
+    )
+}
+
+async fn caller_context(s: &CallSession) -> ToolResult {
+    let ctx = s.context().await;
+    let (contact, deals) = match ctx.as_ref() {
+        CallerContext::Matched { contact, open_deals } => (json!(contact), json!(open_deals)),
+        _ => (Value::Null, json!([])),
+    };
+    let mut structured = json!({
+        "status": ctx.status(),
+        "greeting_hint": ctx.greeting_hint(),
+        "contact": contact,
+        "open_deals": deals,
+    });
+    if let CallerContext::Ambiguous { candidates } = ctx.as_ref() {
+        structured["candidates"] = json!(candidates);
+    }
+    ToolResult::ok(structured, ctx.greeting_hint())
+}
+
+fn list_services(t: &Tenant) -> ToolResult {
+    let services: Vec<Value> = t
+        .config
+        .services
+        .iter()
+        .map(|s| json!({"id": s.id, "name": s.name, "duration_minutes": s.duration_minutes}))
+        .collect();
+    let names: Vec<String> =
+        t.config.services.iter().map(|s| format!("{} ({} minutes)", s.name, s.duration_minutes)).collect();
+    ToolResult::ok(json!({"services": services}), format!("We offer: {}.", names.join(", ")))
+}
+
+fn resolve<'a>(t: &'a Tenant, spoken: &str) -> Result<&'a ServiceType, ToolResult> {
+    match schedule::resolve_service(&t.config.services, spoken) {
+        ServiceMatch::Found(s) => Ok(s),
+        ServiceMatch::Ambiguous(options) => {
+            let names: Vec<&str> = options.iter().map(|s| s.name.as_str()).collect();
+            Err(ToolResult::error(
+                json!({"error": "ambiguous_service", "options": options.iter().map(|s| &s.id).collect::<Vec<_>>()}),
+                format!("Did you mean {}?", names.join(" or ")),
+            ))
+        }
+        ServiceMatch::NotFound => {
+            let names: Vec<&str> = t.config.services.iter().map(|s| s.name.as_str()).collect();
+            Err(ToolResult::error(
+                json!({"error": "unknown_service", "services": t.config.services.iter().map(|s| &s.id).collect::<Vec<_>>()}),
+                format!("I couldn't find that service. We offer {}.", names.join(", ")),
+            ))
+        }
+    }
+}
+
+/// "Tuesday, November 24 at 10:00 AM" in the business's zone.
+fn label(t: &Tenant, at: Timestamp) -> String {
+    at.to_zoned_datetime(t.config.time_zone.clone()).strftime("%A, %B %-d at %-I:%M %p").to_string()
+}
+
+fn slot_json(t: &Tenant, slot: &Slot) -> Value {
+    let tz = t.config.time_zone.clone();
+    json!({
+        "start": slot.start.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        "end": slot.end.to_zoned_datetime(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        "staff_id": slot.staff_id,
+        "label": label(t, slot.start),
+    })
+}
+
+fn speak_options(t: &Tenant, slots: &[Slot]) -> String {
+    let labels: Vec<String> = slots.iter().map(|s| label(t, s.start)).collect();
+    match labels.len() {
+        0 => String::new(),
+        1 => labels[0].clone(),
+        n => format!("{} or {}", labels[..n - 1].join(", "), labels[n - 1]),
+    }
+}
+
+fn calendar_down() -> ToolResult {
+    ToolResult::error(
+        json!({"error": "calendar_unavailable"}),
+        "I can't reach the calendar right now. Let me take your details and we'll call you back to confirm a time.",
+    )
+}
+
+async fn find_slots(core: &Core, s: &CallSession, a: FindSlotsArgs) -> ToolResult {
+    let t = &s.tenant;
+    let service = match resolve(t, &a.service) {
+        Ok(sv) => sv,
+        Err(r) => return r,
+    };
+    let day = match a.day.as_deref().map(str::parse::<jiff::civil::Date>) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(_)) => {
+            return ToolResult::error(
+                json!({"error": "bad_argument", "argument": "day"}),
+                "The day must be a date like 2026-11-24.",
+            );
+        }
+    };
+    let part_of_day = a.part_of_day.as_deref().map(|p| match p {
+        "morning" => PartOfDay::Morning,
+        "afternoon" => PartOfDay::Afternoon,
+        _ => PartOfDay::Evening,
+    });
+    let pref = SlotPreference { day, part_of_day, not_before: None };
+    match core.booking.find(t, service, &pref, a.count).await {
+        Ok(slots) if slots.is_empty() => ToolResult::ok(
+            json!({"service_id": service.id, "time_zone": t.config.time_zone_name, "slots": []}),
+            format!(
+                "I don't have any openings for a {} in the next {} days.",
+                service.name, t.config.rules.horizon_days
+            ),
+        ),
+        Ok(slots) => ToolResult::ok(
+            json!({
+                "service_id": service.id,
+                "time_zone": t.config.time_zone_name,
+                "slots": slots.iter().map(|sl| slot_json(t, sl)).collect::<Vec<_>>(),
+            }),
+            format!("I can offer {}.", speak_options(t, &slots)),
+        ),
+        Err(BookingError::Calendar(e)) => {
+            tracing::warn!(call_id = %s.call_id, error = %e, "calendar read failed");
+            calendar_down()
+        }
+        Err(e) => {
+            tracing::error!(call_id = %s.call_id, error = %e, "find_slots failed");
+            ToolResult::error(
+                json!({"error": "internal"}),
+                "Something went wrong looking up times; let me try that again.",
+            )
+        }
+    }
+}
+
+fn taken(t: &Tenant, alternatives: &[Slot]) -> ToolResult {
+    let structured = json!({
+        "error": "slot_taken",
+        "booked": false,
+        "alternatives": alternatives.iter().map(|sl| slot_json(t, sl)).collect::<Vec<_>>(),
+    });
+    if alternatives.is_empty() {
+        ToolResult::error(structured, "That time was just taken, and I don't see another opening soon.")
+    } else {
+        ToolResult::error(
+            structured,
+            format!("That time was just taken; I can offer {}.", speak_options(t, alternatives)),
+        )
+    }
+}
+
+async fn hold_slot(core: &Core, s: &CallSession, a: HoldSlotArgs) -> ToolResult {
+    let t = &s.tenant;
+    let service = match resolve(t, &a.service) {
+        Ok(sv) => sv,
+        Err(r) => return r,
+    };
+    let start = match parse_instant(&a.start) {
+        Some(ts) => ts,
+        None => {
+            return ToolResult::error(
+                json!({"error": "bad_argument", "argument": "start"}),
+                "The start must be a time exactly as find_slots returned it.",
+            );
+        }
+    };
+    match core.booking.hold(t, &s.call_id, service, start, a.staff_id.as_deref()).await {
+        Ok(hold) => {
+            s.state.lock().expect("call state lock").holds.push((hold.id, service.id.clone()));
+            ToolResult::ok(
+                json!({
+                    "hold_id": hold.id.to_string(),
+                    "expires_at": hold.expires_at.to_string(),
+                    "start": slot_json(t, &Slot { staff_id: hold.staff_id.clone(), start: hold.slot.start, end: hold.slot.end })["start"],
+                    "staff_id": hold.staff_id,
+                }),
+                format!("I'm holding {} for you.", label(t, hold.slot.start)),
+            )
+        }
+        Err(BookingError::NotAvailable { alternatives }) => taken(t, &alternatives),
+        Err(BookingError::Calendar(_)) => calendar_down(),
+        Err(e) => {
+            tracing::error!(call_id = %s.call_id, error = %e, "hold failed");
+            ToolResult::error(json!({"error": "internal"}), "I couldn't hold that time; let me try again.")
+        }
+    }
+}
+
+/// Accepts RFC 3339 with an offset (what find_slots returns) or a UTC `Z` timestamp.
+fn parse_instant(text: &str) -> Option<Timestamp> {
+    text.parse::<Timestamp>().ok()
+}
+
+fn release_hold(core: &Core, s: &CallSession, hold_id: &str) -> ToolResult {
+    let Ok(id) = Uuid::parse_str(hold_id) else {
+        return ToolResult::error(
+            json!({"error": "bad_argument", "argument": "hold_id"}),
+            "I don't recognise that hold.",
+        );
+    };
+    let released = core.booking.ledger.release(s.tenant.id(), id, &s.call_id).is_ok();
+    s.state.lock().expect("call state lock").holds.retain(|(h, _)| *h != id);
+    if released {
+        ToolResult::ok(json!({"released": true}), "Okay, I've let that time go.")
+    } else {
+        ToolResult::error(
+            json!({"released": false, "error": "unknown_hold"}),
+            "That hold had already expired or been released.",
+        )
+    }
+}
+
+async fn book_slot(core: &Core, s: &CallSession, a: BookSlotArgs) -> ToolResult {
+    let t = &s.tenant;
+    let Ok(hold_id) = Uuid::parse_str(&a.hold_id) else {
+        return ToolResult::error(
+            json!({"error": "bad_argument", "argument": "hold_id"}),
+            "I don't recognise that hold.",
+        );
+    };
+    let service_id = {
+        let st = s.state.lock().expect("call state lock");
+        st.holds.iter().find(|(h, _)| *h == hold_id).map(|(_, sv)| sv.clone())
+    };
+    let Some(service) = service_id.and_then(|id| t.config.services.iter().find(|sv| sv.id == id)) else {
+        return ToolResult::error(
+            json!({"error": "unknown_hold", "booked": false}),
+            "That hold has expired or isn't from this call; let me find the time again.",
+        );
+    };
+    if let Some(email) = &a.email
+        && crate::identity::normalize_email(email).is_none()
+    {
+        return ToolResult::error(
+            json!({"error": "bad_argument", "argument": "email", "booked": false}),
+            "That email address doesn't look right; could you spell it for me?",
+        );
+    }
+    let attendee = Attendee {
+        name: a.name.clone(),
+        email: a.email.as_deref().and_then(crate::identity::normalize_email),
+        notes: a.notes.clone(),
+    };
+    match core.booking.commit(t, &s.call_id, hold_id, service, &attendee).await {
+        Ok(b) => {
+            {
+                let mut st = s.state.lock().expect("call state lock");
+                st.holds.retain(|(h, _)| *h != hold_id);
+                st.bookings.push(BookedSummary::from_booked(&b, &service.name));
+                if a.name.is_some() {
+                    st.captured_name = a.name.clone();
+                }
+                if attendee.email.is_some() {
+                    st.captured_email = attendee.email.clone();
+                }
+            }
+            let sl = Slot { staff_id: b.staff_id.clone(), start: b.start, end: b.end };
+            let j = slot_json(t, &sl);
+            ToolResult::ok(
+                json!({"booked": true, "event_id": b.event_id, "start": j["start"], "end": j["end"], "staff_id": b.staff_id, "service_id": b.service_id}),
+                format!("You're booked for a {} on {}.", service.name, label(t, b.start)),
+            )
+        }
+        Err(BookingError::NotAvailable { alternatives }) => {
+            s.state.lock().expect("call state lock").holds.retain(|(h, _)| *h != hold_id);
+            taken(t, &alternatives)
+        }
+        Err(BookingError::Hold(_)) => {
+            s.state.lock().expect("call state lock").holds.retain(|(h, _)| *h != hold_id);
+            ToolResult::error(
+                json!({"error": "hold_expired", "booked": false}),
+                "That hold has expired; let me check the time again.",
+            )
+        }
+        Err(BookingError::Unconfirmed(e)) => {
+            tracing::warn!(call_id = %s.call_id, error = %e, "booking not confirmed");
+            ToolResult::error(
+                json!({"error": "not_confirmed", "booked": false, "hold_id": a.hold_id}),
+                "I couldn't confirm that booking with the calendar yet, so it is not booked. I'm still holding the time; shall I try again?",
+            )
+        }
+        Err(e) => {
+            tracing::error!(call_id = %s.call_id, error = %e, "booking failed");
+            ToolResult::error(
+                json!({"error": "internal", "booked": false}),
+                "Something went wrong booking that; it is not booked yet.",
+            )
+        }
+    }
+}

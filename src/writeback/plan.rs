@@ -1,0 +1,226 @@
+//! From a call's outcome to a plan of steps with dependencies:
+//! resolve or create the contact (with its fields) → log the call → record each appointment.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::booking::Booked;
+use crate::connectors::crm::{AppointmentRecord, CallLog, ContactFields};
+use crate::store::NewStep;
+
+pub const SOURCE: &str = "AI receptionist";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The AI called `end_call`.
+    EndCall,
+    /// The socket dropped (or the service restarted) before `end_call`.
+    Disconnected,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::EndCall => "end_call",
+            EndReason::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Everything the call produced that belongs in the CRM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallOutcome {
+    pub call_id: String,
+    pub end_reason: EndReason,
+    pub started_at: jiff::Timestamp,
+    pub duration_secs: u64,
+    /// Caller's number in E.164, `None` when withheld.
+    pub caller_phone: Option<String>,
+    pub dialed: String,
+    /// The contact matched at ring time, if the match was certain.
+    pub matched_contact_id: Option<String>,
+    pub summary: String,
+    pub disposition: Option<String>,
+    pub recording_url: Option<String>,
+    pub transcript_url: Option<String>,
+    pub caller_name: Option<String>,
+    pub caller_email: Option<String>,
+    pub caller_zip: Option<String>,
+    pub bookings: Vec<BookedSummary>,
+    pub service_names: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookedSummary {
+    pub event_id: String,
+    pub service_name: String,
+    pub start: jiff::Timestamp,
+    pub end: jiff::Timestamp,
+}
+
+impl BookedSummary {
+    pub fn from_booked(b: &Booked, service_name: &str) -> Self {
+        Self { event_id: b.event_id.clone(), service_name: service_name.to_owned(), start: b.start, end: b.end }
+    }
+}
+
+/// The contact step's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactStep {
+    pub known_contact_id: Option<String>,
+    pub phone: Option<String>,
+    pub fields: ContactFields,
+}
+
+pub mod kind {
+    pub const CONTACT: &str = "contact";
+    pub const CALL_LOG: &str = "call_log";
+    pub const APPOINTMENT: &str = "appointment";
+}
+
+/// Splits a spoken full name into first and last (the last word is the family name unless the
+/// name has particles such as "de la" — kept with the family name).
+pub fn split_name(full: &str) -> (Option<String>, Option<String>) {
+    let words: Vec<&str> = full.split_whitespace().collect();
+    match words.len() {
+        0 => (None, None),
+        1 => (Some(words[0].to_owned()), None),
+        _ => {
+            let particles = ["de", "del", "la", "van", "von", "der", "da", "di", "du", "le"];
+            let mut split = words.len() - 1;
+            while split > 1 && particles.contains(&words[split - 1].to_lowercase().as_str()) {
+                split -= 1;
+            }
+            (Some(words[..split].join(" ")), Some(words[split..].join(" ")))
+        }
+    }
+}
+
+/// Builds the plan. Idempotency keys are derived from the call id and the step's place in the
+/// plan, so a replayed step carries the same key to the vendor.
+pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
+    let mut steps = Vec::new();
+    let (first_name, last_name) = outcome.caller_name.as_deref().map(split_name).unwrap_or((None, None));
+    let email = outcome.caller_email.as_deref().and_then(crate::identity::normalize_email);
+    let has_identity = outcome.matched_contact_id.is_some()
+        || outcome.caller_phone.is_some()
+        || email.is_some()
+        || first_name.is_some();
+    if !has_identity {
+        // Withheld number and nothing captured: there is no one to write about. The call itself
+        // stays in callside's own log.
+        return steps;
+    }
+    let contact = ContactStep {
+        known_contact_id: outcome.matched_contact_id.clone(),
+        phone: outcome.caller_phone.clone(),
+        fields: ContactFields {
+            first_name,
+            last_name,
+            email,
+            phone: outcome.caller_phone.clone(),
+            zip: outcome.caller_zip.clone(),
+            source: Some(SOURCE.into()),
+        },
+    };
+    steps.push(NewStep {
+        seq: 0,
+        kind: kind::CONTACT.into(),
+        payload: json!(contact),
+        depends_on: None,
+        idempotency_key: format!("{}:contact", outcome.call_id),
+    });
+    let summary = match outcome.end_reason {
+        EndReason::EndCall => outcome.summary.clone(),
+        EndReason::Disconnected => format!("{} (the call disconnected before it was wrapped up)", outcome.summary),
+    };
+    let log = CallLog {
+        call_id: outcome.call_id.clone(),
+        started_at: outcome.started_at,
+        duration_secs: outcome.duration_secs,
+        from: outcome.caller_phone.clone(),
+        to: outcome.dialed.clone(),
+        summary,
+        disposition: outcome.disposition.clone(),
+        recording_url: outcome.recording_url.clone(),
+        transcript_url: outcome.transcript_url.clone(),
+        source: SOURCE.into(),
+    };
+    steps.push(NewStep {
+        seq: 1,
+        kind: kind::CALL_LOG.into(),
+        payload: json!(log),
+        depends_on: Some(0),
+        idempotency_key: format!("{}:call", outcome.call_id),
+    });
+    for (i, b) in outcome.bookings.iter().enumerate() {
+        let appt = AppointmentRecord {
+            title: b.service_name.clone(),
+            start: b.start,
+            end: b.end,
+            calendar_event_id: b.event_id.clone(),
+            notes: Some(format!("Booked by the AI receptionist during call {}", outcome.call_id)),
+        };
+        steps.push(NewStep {
+            seq: 2 + i as i64,
+            kind: kind::APPOINTMENT.into(),
+            payload: json!(appt),
+            depends_on: Some(0),
+            idempotency_key: format!("{}:appointment:{}", outcome.call_id, b.event_id),
+        });
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> CallOutcome {
+        CallOutcome {
+            call_id: "c1".into(),
+            end_reason: EndReason::EndCall,
+            started_at: "2026-11-23T14:00:00Z".parse().unwrap(),
+            duration_secs: 120,
+            caller_phone: Some("+14155550134".into()),
+            dialed: "+15550100000".into(),
+            matched_contact_id: None,
+            summary: "Booked a consult".into(),
+            disposition: Some("booked".into()),
+            recording_url: None,
+            transcript_url: None,
+            caller_name: Some("María de la Cruz".into()),
+            caller_email: Some(" Maria@Example.com ".into()),
+            caller_zip: None,
+            bookings: vec![],
+            service_names: vec![],
+        }
+    }
+
+    #[test]
+    fn names_split_with_particles_kept() {
+        assert_eq!(split_name("María de la Cruz"), (Some("María".into()), Some("de la Cruz".into())));
+        assert_eq!(split_name("Ana"), (Some("Ana".into()), None));
+        assert_eq!(split_name("Mary Ann O'Brien"), (Some("Mary Ann".into()), Some("O'Brien".into())));
+    }
+
+    #[test]
+    fn plan_orders_contact_first_and_keeps_optional_fields_empty() {
+        let steps = build_plan(&outcome());
+        assert_eq!(steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), vec!["contact", "call_log"]);
+        let c: ContactStep = serde_json::from_value(steps[0].payload.clone()).unwrap();
+        assert_eq!(c.fields.email.as_deref(), Some("maria@example.com"));
+        assert_eq!(c.fields.zip, None);
+        assert_eq!(steps[1].depends_on, Some(0));
+    }
+
+    #[test]
+    fn withheld_caller_with_nothing_captured_writes_nothing() {
+        let mut o = outcome();
+        o.caller_phone = None;
+        o.caller_name = None;
+        o.caller_email = None;
+        assert!(build_plan(&o).is_empty());
+    }
+}

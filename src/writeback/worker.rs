@@ -1,0 +1,298 @@
+//! The outbox worker: applies due steps in dependency order, records every external id the
+//! moment it is known, retries transient and rate-limited failures with exponential backoff and
+//! jitter (next-attempt times from the injected clock), and dead-letters steps that cannot
+//! succeed or whose retry window ran out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{ContactStep, kind};
+use crate::clock::SharedClock;
+use crate::config::WritebackSection;
+use crate::connectors::ConnectorError;
+use crate::connectors::crm::{AppointmentRecord, CallLog, ContactFields, CrmContact};
+use crate::identity::{self, MatchDecision, ParsedPhone, Phone};
+use crate::observe::{Metrics, StepLabels};
+use crate::store::{StepRow, Store, StoreError};
+use crate::tenant::{Tenant, Tenants};
+
+/// What the rest of the service holds to talk to the worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    wake: Arc<Notify>,
+    progress: watch::Receiver<u64>,
+}
+
+impl WorkerHandle {
+    /// Tells the worker new steps were persisted.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A receiver that changes every time the worker records a step result: an explicit signal
+    /// tests (and the console) wait on instead of sleeping.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.clone()
+    }
+}
+
+pub struct Worker {
+    store: Store,
+    tenants: Arc<Tenants>,
+    clock: SharedClock,
+    config: WritebackSection,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    progress: watch::Sender<u64>,
+}
+
+/// How one step attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    Done,
+    Retry { at: Timestamp },
+    Dead,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        tenants: Arc<Tenants>,
+        clock: SharedClock,
+        config: WritebackSection,
+        metrics: Arc<Metrics>,
+    ) -> (Worker, WorkerHandle) {
+        let wake = Arc::new(Notify::new());
+        let (progress, rx) = watch::channel(0);
+        let handle = WorkerHandle { wake: wake.clone(), progress: rx };
+        (Worker { store, tenants, clock, config, metrics, wake, progress }, handle)
+    }
+
+    /// Runs until `shutdown` fires, then makes one last pass over due steps (the flush) and stops.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Err(e) = self.run_once().await {
+                tracing::error!(error = %e, "write-back pass failed; retrying shortly");
+            }
+            let next = self.store.next_due_at().await.ok().flatten();
+            let sleeper = next.map(|at| self.clock.sleep_until(at));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut notified => {},
+                _ = async { match sleeper { Some(s) => s.await, None => std::future::pending().await } } => {},
+                // A slow safety tick in real time: a store error above must not stall the outbox.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {},
+            }
+        }
+        if let Err(e) = self.run_once().await {
+            tracing::warn!(error = %e, "final write-back flush failed; steps stay in the outbox");
+        }
+    }
+
+    /// Applies every step due now, in passes, until none is due. Returns how many attempts ran.
+    /// Public so tests drain the outbox deterministically.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let mut attempts = 0;
+        loop {
+            let due = self.store.due_steps(self.clock.now(), 64).await?;
+            if due.is_empty() {
+                break;
+            }
+            for step in due {
+                self.attempt(&step).await?;
+                attempts += 1;
+            }
+        }
+        if let Ok(n) = self.store.pending_step_count().await {
+            self.metrics.writeback_backlog.set(n);
+        }
+        Ok(attempts)
+    }
+
+    async fn attempt(&self, step: &StepRow) -> Result<StepOutcome, StoreError> {
+        let now = self.clock.now();
+        let Some(tenant) = self.tenants.by_id(&step.tenant).cloned() else {
+            self.store.dead_letter_step(step, "tenant no longer configured", now).await?;
+            self.bump();
+            return Ok(StepOutcome::Dead);
+        };
+        let result = self.apply(&tenant, step).await;
+        let outcome = match result {
+            Ok(external_id) => {
+                if let Some(id) = &external_id {
+                    self.store.record_external_id(step.id, id).await?;
+                }
+                self.store.complete_step(step, self.clock.now()).await?;
+                StepOutcome::Done
+            }
+            Err(err) => {
+                let retry_at = self.next_attempt(step, &err, now);
+                match retry_at {
+                    Some(at) => {
+                        self.store.retry_step(step, at, &err.to_string(), now).await?;
+                        StepOutcome::Retry { at }
+                    }
+                    None => {
+                        self.store.dead_letter_step(step, &err.to_string(), now).await?;
+                        StepOutcome::Dead
+                    }
+                }
+            }
+        };
+        let label = match &outcome {
+            StepOutcome::Done => "done",
+            StepOutcome::Retry { .. } => "retry",
+            StepOutcome::Dead => "dead",
+        };
+        self.metrics
+            .writeback_steps
+            .get_or_create(&StepLabels { kind: step.kind.clone(), outcome: label.into() })
+            .inc();
+        self.store
+            .audit(
+                &step.tenant,
+                Some(&step.call_id),
+                Some(step.id),
+                &format!("crm.{}", step.kind),
+                &json!({"vendor": tenant.crm.vendor(), "attempt": step.attempts + 1, "result": label}),
+                self.clock.now(),
+            )
+            .await?;
+        tracing::info!(call_id = %step.call_id, tenant = %step.tenant, step = %step.kind, result = label, "write-back step");
+        self.bump();
+        Ok(outcome)
+    }
+
+    fn bump(&self) {
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// When to try again, or `None` to dead-letter: exponential backoff from 1 s with full
+    /// jitter, capped, never sooner than the vendor asked, inside the retry window.
+    fn next_attempt(&self, step: &StepRow, err: &ConnectorError, now: Timestamp) -> Option<Timestamp> {
+        if !err.is_retryable() {
+            return None;
+        }
+        let first = step.first_attempt_at.and_then(|m| Timestamp::from_millisecond(m).ok()).unwrap_or(now);
+        let window = SignedDuration::from_secs(self.config.retry_window_secs as i64);
+        let exp = 1u64.checked_shl(step.attempts.clamp(0, 30) as u32).unwrap_or(u64::MAX);
+        let cap = self.config.max_backoff_secs.max(1);
+        let base_ms = exp.min(cap).saturating_mul(1000);
+        let jittered = rand::rng().random_range(base_ms / 2..=base_ms);
+        let mut delay = Duration::from_millis(jittered);
+        if let ConnectorError::RateLimited { retry_after: Some(after), .. } = err {
+            delay = delay.max(*after);
+        }
+        let at = now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(cap as i64));
+        (at.duration_since(first) <= window).then_some(at)
+    }
+
+    /// Applies one step; returns the external id it produced.
+    async fn apply(&self, tenant: &Tenant, step: &StepRow) -> Result<Option<String>, ConnectorError> {
+        let bad_payload = |e: serde_json::Error| ConnectorError::Permanent(format!("step payload: {e}"));
+        match step.kind.as_str() {
+            kind::CONTACT => {
+                let c: ContactStep = serde_json::from_value(step.payload.clone()).map_err(bad_payload)?;
+                self.apply_contact(tenant, step, &c).await.map(Some)
+            }
+            kind::CALL_LOG => {
+                let log: CallLog = serde_json::from_value(step.payload.clone()).map_err(bad_payload)?;
+                let contact = step
+                    .parent_external_id
+                    .as_deref()
+                    .ok_or_else(|| ConnectorError::Permanent("no contact id from the contact step".into()))?;
+                tenant.crm.log_call(contact, &log, &step.idempotency_key).await.map(Some)
+            }
+            kind::APPOINTMENT => {
+                let appt: AppointmentRecord = serde_json::from_value(step.payload.clone()).map_err(bad_payload)?;
+                let contact = step
+                    .parent_external_id
+                    .as_deref()
+                    .ok_or_else(|| ConnectorError::Permanent("no contact id from the contact step".into()))?;
+                tenant.crm.record_appointment(contact, &appt, &step.idempotency_key).await.map(Some)
+            }
+            other => Err(ConnectorError::Permanent(format!("unknown step kind {other}"))),
+        }
+    }
+
+    /// Resolves the caller to one contact — the one matched at ring time, or one found by phone
+    /// now, or a new one created under the step's idempotency key — and writes the captured
+    /// fields. On an existing contact only empty fields are filled: a rep's data is never
+    /// overwritten by this step.
+    async fn apply_contact(&self, tenant: &Tenant, step: &StepRow, c: &ContactStep) -> Result<String, ConnectorError> {
+        // An id recorded by an earlier attempt wins: the contact already exists.
+        if let Some(id) = &step.external_id {
+            return Ok(id.clone());
+        }
+        let mut existing: Option<CrmContact> = None;
+        if let Some(id) = &c.known_contact_id {
+            existing = Some(tenant.crm.read_context(id).await?.contact);
+        } else if let Some(raw) = &c.phone
+            && let ParsedPhone::Number(phone) = Phone::parse(raw, tenant.config.default_region)
+        {
+            let candidates = tenant.crm.find_contacts_by_phone(&phone.query()).await?;
+            if let MatchDecision::Matched(found) =
+                identity::decide_by_phone(&phone, candidates, tenant.config.default_region)
+            {
+                existing = Some(found);
+            }
+        }
+        match existing {
+            Some(contact) => {
+                let fill = fill_blanks(&contact, &c.fields);
+                if fill != ContactFields::default() {
+                    tenant.crm.update_contact(&contact.id, &fill).await?;
+                }
+                Ok(contact.id)
+            }
+            None => {
+                let id = tenant.crm.create_contact(&c.fields, &step.idempotency_key).await?;
+                // Recorded before anything else can fail, so a retry never creates a second one.
+                let _ = self.store.record_external_id(step.id, &id).await;
+                Ok(id)
+            }
+        }
+    }
+}
+
+/// The captured fields that are empty on the existing record.
+fn fill_blanks(contact: &CrmContact, captured: &ContactFields) -> ContactFields {
+    let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+    ContactFields {
+        first_name: captured.first_name.clone().filter(|_| blank(&contact.first_name)),
+        last_name: captured.last_name.clone().filter(|_| blank(&contact.last_name)),
+        email: captured.email.clone().filter(|_| blank(&contact.email)),
+        phone: None,
+        zip: captured.zip.clone().filter(|_| blank(&contact.zip)),
+        source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_blank_fields_are_filled_on_an_existing_contact() {
+        let contact = CrmContact { id: "1".into(), first_name: Some("Ana".into()), email: None, ..Default::default() };
+        let captured = ContactFields {
+            first_name: Some("Anna".into()),
+            email: Some("ana@example.com".into()),
+            source: Some("AI receptionist".into()),
+            ..Default::default()
+        };
+        let fill = fill_blanks(&contact, &captured);
+        assert_eq!(fill.first_name, None);
+        assert_eq!(fill.email.as_deref(), Some("ana@example.com"));
+        assert_eq!(fill.source, None);
+    }
+}
