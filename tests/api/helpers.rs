@@ -1,0 +1,257 @@
+//! The shared fixture: `spawn_app()` builds the real application from the demo tenant file, on
+//! port 0, with a temporary data dir, the sandbox emulators and a manual clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use callside::app::Application;
+use callside::clock::ManualClock;
+use callside::config::{Config, Overrides, ServerFile, TenantFile};
+use callside::sandbox::google_calendar::GoogleCalendarState;
+use callside::sandbox::hubspot::HubSpotState;
+use callside::session::Core;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The demo tenant's development key (its digest is in config/tenants/demo.toml).
+pub const DEMO_KEY: &str = "cs_demo_not_secret_5d0c2a91";
+/// The demo tenant's dialed number.
+pub const DEMO_NUMBER: &str = "+12125550100";
+/// A second tenant for isolation tests: same shape as the demo, its own number and key.
+pub const OTHER_KEY: &str = "cs_other_tenant_key_77e1";
+pub const OTHER_NUMBER: &str = "+12125550199";
+
+pub fn other_tenant() -> TenantFile {
+    let mut t = demo_tenant();
+    t.id = "other".into();
+    t.name = "Other Clinic".into();
+    t.numbers = vec![OTHER_NUMBER.into()];
+    t.api_key_sha256 = vec![hex::encode(callside::config::api_key_digest(OTHER_KEY))];
+    t
+}
+
+/// Monday 2026-11-23 08:00 in New York.
+pub const START: &str = "2026-11-23T13:00:00Z";
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub core: Arc<Core>,
+    pub clock: ManualClock,
+    pub hubspot: Arc<HubSpotState>,
+    pub google: Arc<GoogleCalendarState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub fn demo_tenant() -> TenantFile {
+    let path = repo_path("config/tenants/demo.toml");
+    toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+pub fn server_file(extra: &str) -> ServerFile {
+    toml::from_str(&format!("[server]\nsandbox = true\nshutdown_grace_secs = 1\n{extra}")).unwrap()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(server_file(""), vec![demo_tenant()]).await
+}
+
+pub async fn spawn_app_with(server: ServerFile, tenants: Vec<TenantFile>) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides =
+        Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_owned()), store_url: None };
+    let config = Config::from_parts(
+        Path::new("test.toml"),
+        server,
+        tenants.into_iter().map(|t| (PathBuf::from(format!("{}.toml", t.id)), t)).collect(),
+        &overrides,
+        dir.path().to_owned(),
+    )
+    .expect("test config is valid");
+    let clock = ManualClock::new(START.parse().unwrap());
+    let app = Application::build(config, Arc::new(clock.clone())).await.expect("app builds");
+    let addr = app.local_addr();
+    let core = app.core();
+    let sandbox = app.sandbox().expect("sandbox runs");
+    let hubspot = sandbox.hubspot.state.clone();
+    let google = sandbox.google.state.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp { addr, core, clock, hubspot, google, shutdown: Some(tx), server: Some(server), _dir: dir }
+}
+
+impl TestApp {
+    pub fn ws_url(&self, call_id: &str, from: &str, to: &str) -> String {
+        format!("ws://{}/v1/calls/ws?call_id={}&from={}&to={}", self.addr, call_id, urlencode(from), urlencode(to))
+    }
+
+    /// Connects a call with the demo key as a Bearer header.
+    pub async fn connect(&self, call_id: &str, from: &str) -> Client {
+        self.connect_with(&self.ws_url(call_id, from, DEMO_NUMBER), Some(DEMO_KEY)).await.expect("handshake accepted")
+    }
+
+    /// Connects with an explicit URL and optional bearer key; returns the HTTP status on refusal.
+    pub async fn connect_with(&self, url: &str, bearer: Option<&str>) -> Result<Client, u16> {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mcp"));
+        if let Some(k) = bearer {
+            req.headers_mut().insert("Authorization", HeaderValue::from_str(&format!("Bearer {k}")).unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, resp)) => {
+                assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "mcp");
+                Ok(Client { ws, next_id: 1, notifications: vec![] })
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("unexpected connect error: {e}"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{}", self.addr, path)).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Waits until the call's write-back has finished (synced or failed), woken by the worker's
+    /// progress signal — never by sleeping.
+    pub async fn wait_for_sync(&self, call_id: &str) -> String {
+        let mut progress = self.core.worker.progress();
+        let wait = async {
+            loop {
+                if let Some(call) = self.core.store.call("demo", call_id).await.unwrap()
+                    && (call.sync_status == "synced" || call.sync_status == "failed")
+                {
+                    return call.sync_status;
+                }
+                progress.changed().await.expect("worker alive");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("write-back finished in time")
+    }
+
+    /// Waits until the call has been closed in the store (end_call or disconnect processed).
+    pub async fn wait_for_close(&self, call_id: &str) {
+        let mut progress = self.core.worker.progress();
+        let wait = async {
+            loop {
+                if let Some(call) = self.core.store.call("demo", call_id).await.unwrap()
+                    && call.ended_at.is_some()
+                {
+                    return;
+                }
+                progress.changed().await.expect("worker alive");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("call closed in time");
+    }
+
+    /// Starts the graceful shutdown and returns the server task to await.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.take().expect("server running")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    pub notifications: Vec<Value>,
+}
+
+/// What arrived in answer to a frame.
+#[derive(Debug)]
+pub enum Reply {
+    Message(Value),
+    Closed(Option<u16>),
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next non-notification message, or the close.
+    pub async fn next_reply(&mut self) -> Reply {
+        let read = async {
+            loop {
+                match self.ws.next().await {
+                    None => return Reply::Closed(None),
+                    Some(Err(_)) => return Reply::Closed(None),
+                    Some(Ok(Message::Close(frame))) => return Reply::Closed(frame.map(|f| u16::from(f.code))),
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).unwrap();
+                        if v.get("id").is_none() {
+                            self.notifications.push(v);
+                            continue;
+                        }
+                        return Reply::Message(v);
+                    }
+                    Some(Ok(_)) => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read).await.expect("reply in time")
+    }
+
+    pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()).await;
+        match self.next_reply().await {
+            Reply::Message(v) => {
+                assert_eq!(v["id"], json!(id), "reply to the request just sent");
+                v
+            }
+            Reply::Closed(code) => panic!("socket closed ({code:?}) instead of answering {method}"),
+        }
+    }
+
+    pub async fn initialize(&mut self) -> Value {
+        let r = self
+            .request("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}))
+            .await;
+        self.send_text(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string()).await;
+        r["result"].clone()
+    }
+
+    /// Calls a tool and returns the MCP result object (`content`, `structuredContent`, `isError`).
+    pub async fn tool(&mut self, name: &str, args: Value) -> Value {
+        let r = self.request("tools/call", json!({"name": name, "arguments": args})).await;
+        assert!(r.get("error").is_none(), "{name} answered a protocol error: {r}");
+        r["result"].clone()
+    }
+
+    /// Drops the connection without a close handshake (the caller's network vanished).
+    pub async fn drop_abruptly(self) {
+        let stream = self.ws.into_inner();
+        drop(stream);
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, every test starts its own application on port 0 with the
+//! in-process vendor emulators and a manual clock (see `helpers::spawn_app`).
+
+mod bad_input;
+mod call_flow;
+mod config;
+mod helpers;
+mod lifecycle;
