@@ -3,6 +3,7 @@
 //! paths, JSON shapes and faults.
 
 pub mod google_calendar;
+pub mod graph;
 pub mod hubspot;
 
 use std::io;

@@ -1,6 +1,8 @@
 //! The calendar connector interface. One implementation per provider.
 
+pub mod caldav;
 pub mod google;
+pub mod graph;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
