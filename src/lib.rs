@@ -19,6 +19,7 @@ pub mod app;
 pub mod booking;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod connectors;
 pub mod context;
 pub mod gateway;

@@ -38,8 +38,40 @@
 //!   `Existing ID: <id>` (the format HubSpot uses for its contact-exists conflict), and the object
 //!   can be read back with `?idProperty=callside_idempotency_key`.
 //!
-//! Fault injection (down, the next N responses failing, a response dropped after the write was
-//! applied, added latency) is driven by tests through [`HubSpotState`].
+//! - Notes, tasks and tickets (<https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/notes/guide>,
+//!   <https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/tasks/guide>): `hs_timestamp`
+//!   is a note's time and a task's *due date*; `hs_task_status` `NOT_STARTED`…`COMPLETED`; tickets
+//!   move through ticket pipelines (`hs_pipeline`, `hs_pipeline_stage`), whose stages carry
+//!   `metadata.isClosed` like deal stages. Associations: note→contact 202, task→contact 204,
+//!   ticket→contact 16 (and the reverse ids), listed by
+//!   `GET /crm/v4/associations/{from}/{to}/labels` with `"label": null` for the unlabeled default
+//!   (<https://developers.hubspot.com/docs/api-reference/latest/crm/associations/associations-schema/guide>);
+//!   `PUT /crm/v4/objects/{from}/{id}/associations/default/{to}/{toId}` associates without a label.
+//! - Properties API (`GET /crm/v3/properties/{object}/{name}`, type / fieldType / options /
+//!   `modificationMetadata.readOnlyValue`): writes are checked against the definitions —
+//!   enumeration values must be an option's internal value, `number`s numeric, a `date` property
+//!   holds midnight UTC only (`YYYY-MM-DD` or epoch ms at midnight), `datetime`s ISO 8601 or epoch ms
+//!   (<https://developers.hubspot.com/docs/api-reference/legacy/crm/properties/guide>).
+//! - `propertiesWithHistory`: every version, newest first, with `sourceType` (`INTEGRATION` for
+//!   writes through the API with the app's token, `CRM_UI` with `updatedByUserId` for a person's
+//!   edit), `sourceId` and `timestamp` (objects guide, "Retrieve records";
+//!   <https://developers.hubspot.com/changelog/crm-property-change-source-will-show-owner-id-instead-of-owner-email>).
+//! - Owners (`GET /crm/v3/owners/{id}`, <https://developers.hubspot.com/docs/api-reference/legacy/crm/owners/guide>).
+//! - OAuth (<https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>):
+//!   `GET /oauth/authorize` approves at once and redirects to `redirect_uri?code&state` (PKCE
+//!   `S256` challenge remembered); `POST /oauth/v1/token` (form-encoded) exchanges a single-use
+//!   code — checking `redirect_uri` and the `code_verifier` — or a refresh token, answering
+//!   `{token_type, refresh_token, access_token, expires_in: 1800}`; refresh tokens rotate (switchable);
+//!   an unusable refresh token answers 400 `{"status": "BAD_REFRESH_TOKEN", ...}` (plus RFC 6749's
+//!   `"error": "invalid_grant"`); `DELETE /oauth/v1/refresh-tokens/{token}` revokes. Expired
+//!   access tokens answer 401 `EXPIRED_AUTHENTICATION`; after the grant is revoked (the app
+//!   uninstalled) issued tokens answer 401 `INVALID_AUTHENTICATION`.
+//! - Search rate: "The search endpoints are rate limited to five requests per second" (search
+//!   guide, Limits) — enforced when switched on, answering 429 `SECONDLY`.
+//!
+//! Fault injection (down, slow, the next N responses failing — a 429 storm, 500s — a response
+//! dropped after the write was applied, one property rejected, a property silently ignored) is
+//! driven by tests through [`HubSpotState`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
@@ -57,7 +89,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::serve::{IncomingStream, Listener};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
@@ -71,6 +103,26 @@ pub const IDEMPOTENCY_PROPERTY: &str = "callside_idempotency_key";
 /// The custom contact property holding the lead source label (`hs_analytics_source` is
 /// HubSpot-calculated and read-only).
 pub const SOURCE_PROPERTY: &str = "callside_source";
+
+/// Custom contact properties of the emulated portal, one per value type, for typed writes:
+/// `date` ("midnight UTC", written as `YYYY-MM-DD`), `datetime`, `number` and `enumeration`
+/// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/properties/guide>, "Property
+/// type and fieldType values").
+pub const CUSTOM_DATE_PROPERTY: &str = "callside_next_visit_date";
+pub const CUSTOM_DATETIME_PROPERTY: &str = "callside_last_call_at";
+pub const CUSTOM_NUMBER_PROPERTY: &str = "callside_call_count";
+pub const CUSTOM_ENUM_PROPERTY: &str = "callside_preferred_channel";
+/// The options of [`CUSTOM_ENUM_PROPERTY`] (internal values).
+pub const CUSTOM_ENUM_OPTIONS: [&str; 3] = ["phone", "email", "sms"];
+/// The `sourceId` recorded in property history for writes made with the sandbox's tokens, the way
+/// HubSpot records the app that wrote a value.
+pub const SANDBOX_APP_ID: &str = "callside-sandbox-app";
+/// The sandbox OAuth app's credentials.
+pub const OAUTH_CLIENT_ID: &str = "sandbox-client-id";
+pub const OAUTH_CLIENT_SECRET: &str = "sandbox-client-secret";
+/// Access tokens issued by the sandbox's token endpoint live this long ("expires_in" seconds;
+/// HubSpot's are 30 minutes: <https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>).
+pub const ACCESS_TOKEN_TTL_SECS: u64 = 1800;
 
 /// HubSpot's default call outcomes and their internal GUIDs, as listed in the calls guide.
 pub const DEFAULT_CALL_DISPOSITIONS: [(&str, &str); 6] = [
@@ -107,7 +159,21 @@ pub enum ObjectType {
     Deals,
     Calls,
     Meetings,
+    Notes,
+    Tasks,
+    Tickets,
 }
+
+/// Every object type, for lookups by association type.
+const ALL_TYPES: [ObjectType; 7] = [
+    ObjectType::Contacts,
+    ObjectType::Deals,
+    ObjectType::Calls,
+    ObjectType::Meetings,
+    ObjectType::Notes,
+    ObjectType::Tasks,
+    ObjectType::Tickets,
+];
 
 impl ObjectType {
     /// Accepts the names HubSpot accepts in paths: plural, singular, or the object type id.
@@ -117,6 +183,9 @@ impl ObjectType {
             "deals" | "deal" | "0-3" => Some(Self::Deals),
             "calls" | "call" | "0-48" => Some(Self::Calls),
             "meetings" | "meeting" | "0-47" => Some(Self::Meetings),
+            "notes" | "note" | "0-46" => Some(Self::Notes),
+            "tasks" | "task" | "0-27" => Some(Self::Tasks),
+            "tickets" | "ticket" | "0-5" => Some(Self::Tickets),
             _ => None,
         }
     }
@@ -127,6 +196,9 @@ impl ObjectType {
             Self::Deals => "deals",
             Self::Calls => "calls",
             Self::Meetings => "meetings",
+            Self::Notes => "notes",
+            Self::Tasks => "tasks",
+            Self::Tickets => "tickets",
         }
     }
 
@@ -136,6 +208,9 @@ impl ObjectType {
             Self::Deals => "deal",
             Self::Calls => "call",
             Self::Meetings => "meeting",
+            Self::Notes => "note",
+            Self::Tasks => "task",
+            Self::Tickets => "ticket",
         }
     }
 
@@ -154,7 +229,20 @@ impl ObjectType {
                 "hs_object_id",
                 "pipeline",
             ],
-            Self::Calls | Self::Meetings => &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"],
+            Self::Tickets => &[
+                "content",
+                "createdate",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "hs_pipeline",
+                "hs_pipeline_stage",
+                "hs_ticket_category",
+                "hs_ticket_priority",
+                "subject",
+            ],
+            Self::Calls | Self::Meetings | Self::Notes | Self::Tasks => {
+                &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"]
+            }
         }
     }
 
@@ -175,8 +263,13 @@ impl ObjectType {
                 "jobtitle",
                 "hubspot_owner_id",
                 "lifecyclestage",
+                "hs_lead_status",
                 SOURCE_PROPERTY,
                 IDEMPOTENCY_PROPERTY,
+                CUSTOM_DATE_PROPERTY,
+                CUSTOM_DATETIME_PROPERTY,
+                CUSTOM_NUMBER_PROPERTY,
+                CUSTOM_ENUM_PROPERTY,
             ],
             Self::Deals => &["dealname", "dealstage", "amount", "closedate", "pipeline", "hubspot_owner_id"],
             Self::Calls => &[
@@ -213,6 +306,28 @@ impl ObjectType {
                 "hs_attachment_ids",
                 IDEMPOTENCY_PROPERTY,
             ],
+            Self::Notes => {
+                &["hs_timestamp", "hs_note_body", "hubspot_owner_id", "hs_attachment_ids", IDEMPOTENCY_PROPERTY]
+            }
+            Self::Tasks => &[
+                "hs_timestamp",
+                "hs_task_subject",
+                "hs_task_body",
+                "hs_task_status",
+                "hs_task_priority",
+                "hs_task_type",
+                "hubspot_owner_id",
+                IDEMPOTENCY_PROPERTY,
+            ],
+            Self::Tickets => &[
+                "subject",
+                "content",
+                "hs_pipeline",
+                "hs_pipeline_stage",
+                "hs_ticket_priority",
+                "hs_ticket_category",
+                "hubspot_owner_id",
+            ],
         }
     }
 
@@ -229,7 +344,16 @@ impl ObjectType {
     }
 
     fn has_idempotency_marker(self) -> bool {
-        !matches!(self, Self::Deals)
+        !matches!(self, Self::Deals | Self::Tickets)
+    }
+
+    /// The created / last-modified property names of this object type.
+    fn date_properties(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Contacts => ("createdate", "lastmodifieddate"),
+            Self::Deals | Self::Tickets => ("createdate", "hs_lastmodifieddate"),
+            _ => ("hs_createdate", "hs_lastmodifieddate"),
+        }
     }
 }
 
@@ -243,6 +367,12 @@ fn association_type_id(from: ObjectType, to: ObjectType) -> Option<u32> {
         (Contacts, Calls) => Some(193),
         (Meetings, Contacts) => Some(200),
         (Contacts, Meetings) => Some(199),
+        (Contacts, Tickets) => Some(15),
+        (Tickets, Contacts) => Some(16),
+        (Notes, Contacts) => Some(202),
+        (Contacts, Notes) => Some(201),
+        (Tasks, Contacts) => Some(204),
+        (Contacts, Tasks) => Some(203),
         _ => None,
     }
 }
@@ -364,6 +494,43 @@ struct StoredObject {
     properties: BTreeMap<String, String>,
     created_at: Timestamp,
     updated_at: Timestamp,
+    /// Every value each property had, oldest first (`propertiesWithHistory`).
+    history: BTreeMap<String, Vec<HistoryEntry>>,
+}
+
+/// Who set a property value, as `propertiesWithHistory` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSource {
+    pub source_type: String,
+    pub source_id: Option<String>,
+    pub user_id: Option<String>,
+}
+
+impl ChangeSource {
+    /// A write through the API with an app's token.
+    pub fn integration() -> Self {
+        Self { source_type: "INTEGRATION".into(), source_id: Some(SANDBOX_APP_ID.into()), user_id: None }
+    }
+
+    /// A person editing the record in HubSpot.
+    pub fn crm_ui(user_id: &str) -> Self {
+        Self {
+            source_type: "CRM_UI".into(),
+            source_id: Some(format!("userId:{user_id}")),
+            user_id: Some(user_id.into()),
+        }
+    }
+
+    fn import() -> Self {
+        Self { source_type: "IMPORT".into(), source_id: None, user_id: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct HistoryEntry {
+    value: String,
+    at: Timestamp,
+    source: ChangeSource,
 }
 
 impl StoredObject {
@@ -383,6 +550,34 @@ struct Stage {
     label: String,
     closed: bool,
     probability: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Owner {
+    id: u64,
+    first_name: String,
+    last_name: String,
+    email: String,
+}
+
+/// An authorization code handed out by the authorize endpoint.
+#[derive(Debug, Clone)]
+struct AuthCode {
+    redirect_uri: String,
+    code_challenge: Option<String>,
+    scopes: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct OAuthState {
+    codes: HashMap<String, AuthCode>,
+    /// refresh token → still valid
+    refresh_tokens: HashMap<String, bool>,
+    /// access token → expired
+    access_tokens: HashMap<String, bool>,
+    rotate_refresh_tokens: bool,
+    refreshes: u64,
+    exchanges: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +604,13 @@ struct Inner {
     search_index: HashMap<(ObjectType, u64), BTreeMap<String, String>>,
     search_lag: bool,
     pipelines: Vec<Pipeline>,
+    ticket_pipelines: Vec<Pipeline>,
+    owners: Vec<Owner>,
+    oauth: OAuthState,
+    rejected_properties: Vec<String>,
+    ignored_properties: Vec<String>,
+    search_per_second: Option<u32>,
+    search_times: VecDeque<std::time::Instant>,
     down: bool,
     failures: VecDeque<InjectedFailure>,
     drop_after_apply: u32,
@@ -437,6 +639,13 @@ impl HubSpotState {
                 search_index: HashMap::new(),
                 search_lag: false,
                 pipelines: vec![default_deal_pipeline()],
+                ticket_pipelines: vec![default_ticket_pipeline()],
+                owners: Vec::new(),
+                oauth: OAuthState { rotate_refresh_tokens: true, ..OAuthState::default() },
+                rejected_properties: Vec::new(),
+                ignored_properties: Vec::new(),
+                search_per_second: None,
+                search_times: VecDeque::new(),
                 down: false,
                 failures: VecDeque::new(),
                 drop_after_apply: 0,
@@ -465,7 +674,7 @@ impl HubSpotState {
     {
         let mut inner = self.lock();
         let props = props.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let id = inner.insert(ObjectType::Contacts, props);
+        let id = inner.insert(ObjectType::Contacts, props, &ChangeSource::import());
         inner.index(ObjectType::Contacts, id);
         id.to_string()
     }
@@ -480,12 +689,61 @@ impl HubSpotState {
         let mut inner = self.lock();
         let mut props: BTreeMap<String, String> = props.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         props.entry("pipeline".into()).or_insert_with(|| "default".into());
-        let id = inner.insert(ObjectType::Deals, props);
+        let id = inner.insert(ObjectType::Deals, props, &ChangeSource::import());
         inner.index(ObjectType::Deals, id);
         if let Ok(contact) = contact_id.parse::<u64>() {
             inner.edges.push(Edge { a: (ObjectType::Contacts, contact), b: (ObjectType::Deals, id) });
         }
         id.to_string()
+    }
+
+    /// Inserts a pre-existing object of any type, associated with the contact (HubSpot-defined
+    /// unlabeled association). Indexed for search at once.
+    pub fn insert_associated<K, V>(
+        &self,
+        object_type: ObjectType,
+        props: impl IntoIterator<Item = (K, V)>,
+        contact_id: &str,
+    ) -> String
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut inner = self.lock();
+        let mut props: BTreeMap<String, String> = props.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        if object_type == ObjectType::Tickets {
+            props.entry("hs_pipeline".into()).or_insert_with(|| "0".into());
+        }
+        let id = inner.insert(object_type, props, &ChangeSource::import());
+        inner.index(object_type, id);
+        if let Ok(contact) = contact_id.parse::<u64>() {
+            inner.edges.push(Edge { a: (object_type, id), b: (ObjectType::Contacts, contact) });
+        }
+        id.to_string()
+    }
+
+    /// A HubSpot user who can own records (`GET /crm/v3/owners/{id}`).
+    pub fn insert_owner(&self, first_name: &str, last_name: &str, email: &str) -> String {
+        let mut inner = self.lock();
+        let id = inner.allocate_id();
+        inner.owners.push(Owner {
+            id,
+            first_name: first_name.into(),
+            last_name: last_name.into(),
+            email: email.into(),
+        });
+        id.to_string()
+    }
+
+    /// A person edits a property in HubSpot's UI (recorded as `CRM_UI` by `user_id`).
+    pub fn rep_edit(&self, object_type: ObjectType, id: &str, property: &str, value: &str, user_id: &str) {
+        let Ok(id) = id.parse::<u64>() else {
+            return;
+        };
+        let mut inner = self.lock();
+        let props = BTreeMap::from([(property.to_string(), value.to_string())]);
+        inner.apply_update(object_type, id, props, &ChangeSource::crm_ui(user_id));
+        inner.index_after_write(object_type, id);
     }
 
     /// Adds a deal pipeline. `stages` are `(id, label, is_closed)`.
@@ -534,6 +792,11 @@ impl HubSpotState {
 
     pub fn meetings(&self) -> Vec<SandboxObject> {
         self.objects(ObjectType::Meetings)
+    }
+
+    /// Objects of a type associated with the contact.
+    pub fn associated_with_contact(&self, contact_id: &str, to: ObjectType) -> Vec<SandboxObject> {
+        self.associated(contact_id, to)
     }
 
     /// Calls associated with the contact.
@@ -629,9 +892,14 @@ impl HubSpotState {
         self.lock().latency = latency;
     }
 
-    /// From now on the configured token answers 401 `EXPIRED_AUTHENTICATION`.
+    /// From now on the configured token and every access token issued so far answer 401
+    /// `EXPIRED_AUTHENTICATION`.
     pub fn expire_token(&self) {
-        self.lock().token_expired = true;
+        let mut inner = self.lock();
+        inner.token_expired = true;
+        for expired in inner.oauth.access_tokens.values_mut() {
+            *expired = true;
+        }
     }
 
     /// Whether search sees HubSpot's calculated `hs_searchable_calculated_*` phone properties.
@@ -650,6 +918,56 @@ impl HubSpotState {
         self.lock().conflict_ids = on;
     }
 
+    /// Every write naming `property` is refused with a property-level `VALIDATION_ERROR` (as a
+    /// portal whose property rules reject the value would), until cleared.
+    pub fn reject_property(&self, property: &str) {
+        self.lock().rejected_properties.push(property.to_string());
+    }
+
+    /// Writes naming `property` succeed but the value is silently not stored (a portal workflow or
+    /// a read-only-in-practice property), until cleared.
+    pub fn ignore_property(&self, property: &str) {
+        self.lock().ignored_properties.push(property.to_string());
+    }
+
+    pub fn clear_property_faults(&self) {
+        let mut inner = self.lock();
+        inner.rejected_properties.clear();
+        inner.ignored_properties.clear();
+    }
+
+    /// Enforces HubSpot's search limit ("The search endpoints are rate limited to five requests
+    /// per second", search guide, Limits): a search past it answers 429 `SECONDLY`.
+    pub fn limit_search_rate(&self, per_second: Option<u32>) {
+        self.lock().search_per_second = per_second;
+    }
+
+    /// Whether a refresh hands out a new refresh token and retires the old one (default on; the
+    /// connector must then persist every refresh's token).
+    pub fn set_refresh_rotation(&self, on: bool) {
+        self.lock().oauth.rotate_refresh_tokens = on;
+    }
+
+    /// The user uninstalls the app: every refresh token stops working (`BAD_REFRESH_TOKEN`) and
+    /// every issued access token answers 401.
+    pub fn revoke_grant(&self) {
+        let mut inner = self.lock();
+        for valid in inner.oauth.refresh_tokens.values_mut() {
+            *valid = false;
+        }
+        inner.oauth.access_tokens.clear();
+    }
+
+    /// Token-endpoint refreshes served so far.
+    pub fn refresh_count(&self) -> u64 {
+        self.lock().oauth.refreshes
+    }
+
+    /// Authorization codes exchanged so far.
+    pub fn code_exchange_count(&self) -> u64 {
+        self.lock().oauth.exchanges
+    }
+
     /// Accepts a new token (e.g. after a refresh) and clears the expiry.
     pub fn set_token(&self, token: &str) {
         let mut inner = self.lock();
@@ -665,20 +983,53 @@ impl Inner {
         id
     }
 
-    fn insert(&mut self, object_type: ObjectType, mut properties: BTreeMap<String, String>) -> u64 {
+    fn insert(
+        &mut self,
+        object_type: ObjectType,
+        mut properties: BTreeMap<String, String>,
+        source: &ChangeSource,
+    ) -> u64 {
         let id = self.allocate_id();
         let now = Timestamp::now();
+        let history = properties
+            .iter()
+            .map(|(k, v)| (k.clone(), vec![HistoryEntry { value: v.clone(), at: now, source: source.clone() }]))
+            .collect();
         properties.insert("hs_object_id".into(), id.to_string());
-        let (created, modified) = match object_type {
-            ObjectType::Contacts => ("createdate", "lastmodifieddate"),
-            ObjectType::Deals => ("createdate", "hs_lastmodifieddate"),
-            ObjectType::Calls | ObjectType::Meetings => ("hs_createdate", "hs_lastmodifieddate"),
-        };
+        let (created, modified) = object_type.date_properties();
         properties.insert(created.into(), iso(now));
         properties.insert(modified.into(), iso(now));
-        let object = StoredObject { id, properties, created_at: now, updated_at: now };
+        let object = StoredObject { id, properties, created_at: now, updated_at: now, history };
         self.objects.entry(object_type).or_default().insert(id, object);
         id
+    }
+
+    /// Applies a property update (an empty value clears) and records its history.
+    fn apply_update(
+        &mut self,
+        object_type: ObjectType,
+        id: u64,
+        props: BTreeMap<String, String>,
+        source: &ChangeSource,
+    ) -> Option<StoredObject> {
+        let now = Timestamp::now();
+        let (_, modified) = object_type.date_properties();
+        let object = self.objects.get_mut(&object_type)?.get_mut(&id)?;
+        for (k, v) in props {
+            object.history.entry(k.clone()).or_default().push(HistoryEntry {
+                value: v.clone(),
+                at: now,
+                source: source.clone(),
+            });
+            if v.is_empty() {
+                object.properties.remove(&k); // "To clear a property value, pass an empty string."
+            } else {
+                object.properties.insert(k, v);
+            }
+        }
+        object.updated_at = now;
+        object.properties.insert(modified.into(), iso(now));
+        Some(object.clone())
     }
 
     /// Puts the object's current state into the search index.
@@ -740,6 +1091,27 @@ impl Inner {
             let equal = if name == "email" { stored.eq_ignore_ascii_case(value) } else { stored == value };
             equal.then_some(o.id)
         })
+    }
+}
+
+/// HubSpot's default support pipeline (`0`) and its stages; "Closed" is the closed one
+/// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/pipelines/guide>).
+fn default_ticket_pipeline() -> Pipeline {
+    let stage = |id: &str, label: &str, closed: bool| Stage {
+        id: id.into(),
+        label: label.into(),
+        closed,
+        probability: if closed { "1.0" } else { "0.0" },
+    };
+    Pipeline {
+        id: "0".into(),
+        label: "Support Pipeline".into(),
+        stages: vec![
+            stage("1", "New", false),
+            stage("2", "Waiting on contact", false),
+            stage("3", "Waiting on us", false),
+            stage("4", "Closed", true),
+        ],
     }
 }
 
@@ -832,6 +1204,13 @@ impl HubSpotSandbox {
             .route("/crm/v3/objects/{object}/{id}", get(read_object).patch(update_object))
             .route("/crm/v3/pipelines/{object}", get(list_pipelines))
             .route("/crm/v4/objects/{object}/{id}/associations/{to}", get(list_associations))
+            .route("/crm/v4/objects/{object}/{id}/associations/default/{to}/{to_id}", put(associate_default))
+            .route("/crm/v4/associations/{from}/{to}/labels", get(association_labels))
+            .route("/crm/v3/properties/{object}/{name}", get(read_property))
+            .route("/crm/v3/owners/{id}", get(read_owner))
+            .route("/oauth/authorize", get(oauth_authorize))
+            .route("/oauth/v1/token", post(oauth_token))
+            .route("/oauth/v1/refresh-tokens/{token}", delete(oauth_revoke))
             .fallback(not_found_route)
             .layer(middleware::from_fn_with_state(state.clone(), gatekeeper))
             .with_state(state)
@@ -952,6 +1331,10 @@ async fn gatekeeper(State(state): State<Arc<HubSpotState>>, request: Request, ne
         let mut inner = state.lock();
         if inner.down {
             Some(service_unavailable())
+        } else if path.starts_with("/oauth/") {
+            // The OAuth endpoints authenticate with the app's client credentials, not a bearer
+            // token, and are not subject to the injected API faults.
+            None
         } else if let Some(response) = check_auth(&inner, &request) {
             Some(response)
         } else {
@@ -1007,9 +1390,11 @@ fn check_auth(inner: &Inner, request: &Request) -> Option<Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let issued = presented.and_then(|t| inner.oauth.access_tokens.get(t).copied());
     match presented {
         Some(token) if token == inner.token && !inner.token_expired => None,
-        Some(token) if token == inner.token => Some(error_response(
+        Some(_) if issued == Some(false) => None,
+        Some(token) if token == inner.token || issued == Some(true) => Some(error_response(
             StatusCode::UNAUTHORIZED,
             "EXPIRED_AUTHENTICATION",
             "The OAuth token used to make this call expired 5 minute(s) ago.",
@@ -1274,7 +1659,7 @@ fn validate_properties(
             "hs_meeting_outcome" if !MEETING_OUTCOMES.contains(&value.as_str()) => {
                 Some(("INVALID_OPTION", format!("{value} was not one of the allowed options")))
             }
-            _ => None,
+            _ => check_by_definition(object_type, name, value),
         };
         if let Some((code, message)) = problem {
             problems.push(PropertyError { name: name.clone(), code, message });
@@ -1296,6 +1681,72 @@ fn validate_properties(
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(validation_response(problems).into()) }
+}
+
+/// A property's definition as the properties API describes it: `(type, fieldType, options)`.
+fn property_definition(
+    object_type: ObjectType,
+    name: &str,
+) -> Option<(&'static str, &'static str, &'static [&'static str])> {
+    const LIFECYCLE: &[&str] = &[
+        "subscriber",
+        "lead",
+        "marketingqualifiedlead",
+        "salesqualifiedlead",
+        "opportunity",
+        "customer",
+        "evangelist",
+        "other",
+    ];
+    const LEAD_STATUS: &[&str] =
+        &["NEW", "OPEN", "IN_PROGRESS", "OPEN_DEAL", "UNQUALIFIED", "ATTEMPTED_TO_CONTACT", "CONNECTED", "BAD_TIMING"];
+    const TASK_STATUS: &[&str] = &["NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"];
+    const PRIORITY: &[&str] = &["LOW", "MEDIUM", "HIGH"];
+    const TASK_TYPE: &[&str] = &["EMAIL", "CALL", "TODO"];
+    if !is_known_property(object_type, name) {
+        return None;
+    }
+    Some(match name {
+        "lifecyclestage" => ("enumeration", "radio", LIFECYCLE),
+        "hs_lead_status" => ("enumeration", "radio", LEAD_STATUS),
+        CUSTOM_ENUM_PROPERTY => ("enumeration", "select", &CUSTOM_ENUM_OPTIONS),
+        "hs_task_status" => ("enumeration", "select", TASK_STATUS),
+        "hs_task_priority" | "hs_ticket_priority" => ("enumeration", "select", PRIORITY),
+        "hs_task_type" => ("enumeration", "select", TASK_TYPE),
+        "hs_call_direction" => ("enumeration", "select", &["INBOUND", "OUTBOUND"]),
+        "hs_call_status" => ("enumeration", "select", &CALL_STATUSES),
+        "hs_meeting_outcome" => ("enumeration", "select", &MEETING_OUTCOMES),
+        CUSTOM_DATE_PROPERTY => ("date", "date", &[]),
+        "hs_timestamp" | "hs_meeting_start_time" | "hs_meeting_end_time" | "closedate" | CUSTOM_DATETIME_PROPERTY => {
+            ("datetime", "date", &[])
+        }
+        "amount" | "hs_call_duration" | CUSTOM_NUMBER_PROPERTY => ("number", "number", &[]),
+        "hs_note_body" | "hs_task_body" | "hs_call_body" | "content" => ("string", "html", &[]),
+        _ => ("string", "text", &[]),
+    })
+}
+
+/// Type and option checks from the property definition. A `date` property holds "midnight UTC"
+/// only: `YYYY-MM-DD` or epoch milliseconds at midnight (properties guide, "date").
+fn check_by_definition(object_type: ObjectType, name: &str, value: &str) -> Option<(&'static str, String)> {
+    let (kind, _, options) = property_definition(object_type, name)?;
+    match kind {
+        "enumeration" if !options.contains(&value) => {
+            Some(("INVALID_OPTION", format!("{value} was not one of the allowed options: [{}]", options.join(", "))))
+        }
+        "number" if value.parse::<f64>().is_err() => {
+            Some(("INVALID_INTEGER", format!("{value} was not a valid number")))
+        }
+        "datetime" if !is_hubspot_datetime(value) => {
+            Some(("INVALID_DATE", format!("{value} was not a valid long or ISO 8601 datetime")))
+        }
+        "date" => {
+            let midnight_ms = value.parse::<i64>().is_ok_and(|ms| ms.rem_euclid(86_400_000) == 0);
+            (!midnight_ms && value.parse::<jiff::civil::Date>().is_err())
+                .then(|| ("INVALID_DATE", format!("{value} is not a valid date at midnight UTC")))
+        }
+        _ => None,
+    }
 }
 
 fn looks_like_email(value: &str) -> bool {
@@ -1352,11 +1803,9 @@ async fn create_object(State(state): State<Arc<HubSpotState>>, Path(object): Pat
         for t in assoc.get("types").and_then(Value::as_array).into_iter().flatten() {
             let category = t.get("associationCategory").and_then(Value::as_str).unwrap_or_default();
             let type_id = t.get("associationTypeId").and_then(Value::as_u64);
-            let target = [ObjectType::Contacts, ObjectType::Deals, ObjectType::Calls, ObjectType::Meetings]
-                .into_iter()
-                .find(|to| {
-                    category == "HUBSPOT_DEFINED" && association_type_id(object_type, *to).map(u64::from) == type_id
-                });
+            let target = ALL_TYPES.into_iter().find(|to| {
+                category == "HUBSPOT_DEFINED" && association_type_id(object_type, *to).map(u64::from) == type_id
+            });
             let Some(target) = target else {
                 return bad_request(&format!(
                     "association type id {} ({category}) is not valid from {}",
@@ -1404,7 +1853,10 @@ async fn create_object(State(state): State<Arc<HubSpotState>>, Path(object): Pat
         return (StatusCode::CONFLICT, axum::Json(body)).into_response();
     }
 
-    let id = inner.insert(object_type, props);
+    if let Some(rejected) = property_faults(&inner, &mut props) {
+        return rejected;
+    }
+    let id = inner.insert(object_type, props, &ChangeSource::integration());
     for mut edge in edges {
         edge.a.1 = id;
         inner.edges.push(edge);
@@ -1444,6 +1896,32 @@ async fn read_object(
     let object = &inner.objects[&object_type][&found];
     let wanted = csv(&query, "properties");
     let mut rendered = render(object_type, object, &object.properties, Some(&wanted));
+    let history_wanted = csv(&query, "propertiesWithHistory");
+    if !history_wanted.is_empty() {
+        let mut with_history = Map::new();
+        for name in &history_wanted {
+            let Some(entries) = object.history.get(name) else {
+                continue;
+            };
+            // Newest first, as HubSpot lists versions.
+            let versions: Vec<Value> = entries
+                .iter()
+                .rev()
+                .map(|e| {
+                    let mut v = json!({"value": e.value, "timestamp": iso(e.at), "sourceType": e.source.source_type});
+                    if let Some(id) = &e.source.source_id {
+                        v["sourceId"] = json!(id);
+                    }
+                    if let Some(user) = e.source.user_id.as_deref().and_then(|u| u.parse::<u64>().ok()) {
+                        v["updatedByUserId"] = json!(user);
+                    }
+                    v
+                })
+                .collect();
+            with_history.insert(name.clone(), Value::Array(versions));
+        }
+        rendered["propertiesWithHistory"] = Value::Object(with_history);
+    }
     let mut associations = Map::new();
     for to_name in csv(&query, "associations") {
         let Some(to) = ObjectType::parse(&to_name) else {
@@ -1496,19 +1974,30 @@ async fn update_object(
         let message = format!("{IDEMPOTENCY_PROPERTY} already has that value. Existing ID: {existing}");
         return error_response(StatusCode::CONFLICT, "CONFLICT", &message, None);
     }
-    let now = Timestamp::now();
-    let modified = if object_type == ObjectType::Contacts { "lastmodifieddate" } else { "hs_lastmodifieddate" };
-    let object = inner.objects.get_mut(&object_type).and_then(|m| m.get_mut(&id)).expect("checked above");
-    for (k, v) in props {
-        if v.is_empty() {
-            object.properties.remove(&k); // "To clear a property value, pass an empty string."
-        } else {
-            object.properties.insert(k, v);
+    if object_type == ObjectType::Deals
+        && let Some(stage) = props.get("dealstage").filter(|s| !s.is_empty())
+    {
+        let pipeline = props
+            .get("pipeline")
+            .cloned()
+            .or_else(|| inner.objects.get(&ObjectType::Deals)?.get(&id)?.properties.get("pipeline").cloned());
+        let known = inner
+            .pipelines
+            .iter()
+            .filter(|p| pipeline.as_deref().is_none_or(|id| p.id == id))
+            .any(|p| p.stages.iter().any(|s| s.id == *stage));
+        if !known {
+            return validation_response(vec![PropertyError {
+                name: "dealstage".into(),
+                code: "INVALID_OPTION",
+                message: format!("{stage} was not one of the allowed options"),
+            }]);
         }
     }
-    object.updated_at = now;
-    object.properties.insert(modified.into(), iso(now));
-    let object = object.clone();
+    if let Some(rejected) = property_faults(&inner, &mut props) {
+        return rejected;
+    }
+    let object = inner.apply_update(object_type, id, props, &ChangeSource::integration()).expect("checked above");
     inner.index_after_write(object_type, id);
     let rendered =
         render(object_type, &object, &object.properties, Some(&object.properties.keys().cloned().collect::<Vec<_>>()));
@@ -1632,7 +2121,20 @@ async fn search_objects(State(state): State<Arc<HubSpotState>>, Path(object): Pa
     };
     let wanted = body.get("properties").map(string_list).unwrap_or_default();
 
-    let inner = state.lock();
+    let mut inner = state.lock();
+    if let Some(limit) = inner.search_per_second {
+        let now = std::time::Instant::now();
+        while inner.search_times.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+            inner.search_times.pop_front();
+        }
+        if inner.search_times.len() >= limit as usize {
+            let mut response = injected_failure(InjectedFailure::status(429).with_window(None));
+            response.headers_mut().insert("x-hubspot-ratelimit-secondly-remaining", HeaderValue::from(0));
+            return response;
+        }
+        inner.search_times.push_back(now);
+    }
+    let inner = inner;
     let mut matches: Vec<(u64, &BTreeMap<String, String>)> = inner
         .search_index
         .iter()
@@ -1765,13 +2267,14 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 async fn list_pipelines(State(state): State<Arc<HubSpotState>>, Path(object): Path<String>) -> Response {
-    if ObjectType::parse(&object) != Some(ObjectType::Deals) {
-        return not_found(&format!("Unable to infer object type from: {object}"));
-    }
     let inner = state.lock();
+    let pipelines = match ObjectType::parse(&object) {
+        Some(ObjectType::Deals) => &inner.pipelines,
+        Some(ObjectType::Tickets) => &inner.ticket_pipelines,
+        _ => return not_found(&format!("Unable to infer object type from: {object}")),
+    };
     let created = "2021-02-26T17:07:33.457Z";
-    let results: Vec<Value> = inner
-        .pipelines
+    let results: Vec<Value> = pipelines
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -1830,6 +2333,264 @@ async fn list_associations(
         })
         .collect();
     (StatusCode::OK, axum::Json(json!({"results": results}))).into_response()
+}
+
+/// The fault switches on properties: a rejected one fails the write with a property-level
+/// validation error; an ignored one is dropped silently and the write succeeds.
+fn property_faults(inner: &Inner, props: &mut BTreeMap<String, String>) -> Option<Response> {
+    let rejected: Vec<PropertyError> = props
+        .keys()
+        .filter(|k| inner.rejected_properties.contains(k))
+        .map(|name| PropertyError {
+            name: name.clone(),
+            code: "INVALID_OPTION",
+            message: format!("The value of {name} was rejected by the portal's property rules"),
+        })
+        .collect();
+    if !rejected.is_empty() {
+        return Some(validation_response(rejected));
+    }
+    props.retain(|k, _| !inner.ignored_properties.contains(k));
+    None
+}
+
+/// `PUT /crm/v4/objects/{from}/{id}/associations/default/{to}/{toId}`: an unlabeled,
+/// HubSpot-defined association
+/// (<https://developers.hubspot.com/docs/api-reference/crm-associations-v4/guide>, "Associate
+/// records without a label").
+async fn associate_default(
+    State(state): State<Arc<HubSpotState>>,
+    Path((from, id, to, to_id)): Path<(String, String, String, String)>,
+) -> Response {
+    let (Some(from), Some(to)) = (ObjectType::parse(&from), ObjectType::parse(&to)) else {
+        return not_found("Unable to infer object type");
+    };
+    let mut inner = state.lock();
+    let exists = |inner: &Inner, t: ObjectType, id: &str| {
+        id.parse::<u64>().ok().filter(|id| inner.objects.get(&t).is_some_and(|m| m.contains_key(id)))
+    };
+    let (Some(a), Some(b)) = (exists(&inner, from, &id), exists(&inner, to, &to_id)) else {
+        return not_found("resource not found");
+    };
+    let Some(type_id) = association_type_id(from, to) else {
+        return bad_request("No default association type between these objects");
+    };
+    let edge = Edge { a: (from, a), b: (to, b) };
+    let reverse = Edge { a: (to, b), b: (from, a) };
+    if !inner.edges.contains(&edge) && !inner.edges.contains(&reverse) {
+        inner.edges.push(edge);
+    }
+    let body = json!({
+        "status": "COMPLETE",
+        "results": [{
+            "from": {"id": a.to_string()},
+            "to": {"id": b.to_string()},
+            "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id},
+        }],
+        "startedAt": iso(Timestamp::now()),
+        "completedAt": iso(Timestamp::now()),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `GET /crm/v4/associations/{from}/{to}/labels`: the association types between two objects;
+/// the unlabeled default has `"label": null`
+/// (<https://developers.hubspot.com/docs/api-reference/latest/crm/associations/associations-schema/guide>).
+async fn association_labels(
+    State(_state): State<Arc<HubSpotState>>,
+    Path((from, to)): Path<(String, String)>,
+) -> Response {
+    let (Some(from), Some(to)) = (ObjectType::parse(&from), ObjectType::parse(&to)) else {
+        return not_found("Unable to infer object type");
+    };
+    let results: Vec<Value> = association_type_id(from, to)
+        .map(|id| json!({"category": "HUBSPOT_DEFINED", "typeId": id, "label": null}))
+        .into_iter()
+        .collect();
+    (StatusCode::OK, axum::Json(json!({"results": results}))).into_response()
+}
+
+/// `GET /crm/v3/properties/{object}/{name}`: the property definition with its enumeration
+/// options (<https://developers.hubspot.com/docs/api-reference/legacy/crm/properties/guide>).
+async fn read_property(
+    State(_state): State<Arc<HubSpotState>>,
+    Path((object, name)): Path<(String, String)>,
+) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let Some((kind, field_type, options)) = property_definition(object_type, &name) else {
+        return not_found(&format!("Unable to find property {name} on {}", object_type.plural()));
+    };
+    let options: Vec<Value> = options
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"label": v, "value": v, "displayOrder": i, "hidden": false}))
+        .collect();
+    let read_only = object_type.read_only(&name);
+    let body = json!({
+        "name": name,
+        "label": name,
+        "type": kind,
+        "fieldType": field_type,
+        "groupName": "contactinformation",
+        "options": options,
+        "hasUniqueValue": name == IDEMPOTENCY_PROPERTY || name == "email",
+        "hidden": false,
+        "calculated": read_only,
+        "modificationMetadata": {"archivable": true, "readOnlyDefinition": true, "readOnlyValue": read_only},
+        "formField": true,
+        "archived": false,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `GET /crm/v3/owners/{ownerId}`
+/// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/owners/guide>).
+async fn read_owner(State(state): State<Arc<HubSpotState>>, Path(id): Path<String>) -> Response {
+    let inner = state.lock();
+    let Some(owner) = inner.owners.iter().find(|o| o.id.to_string() == id) else {
+        return not_found("resource not found");
+    };
+    let body = json!({
+        "id": owner.id.to_string(),
+        "email": owner.email,
+        "firstName": owner.first_name,
+        "lastName": owner.last_name,
+        "userId": owner.id,
+        "createdAt": "2024-01-01T00:00:00.000Z",
+        "updatedAt": "2024-01-01T00:00:00.000Z",
+        "archived": false,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The app install page, approved at once: redirects to `redirect_uri` with `code` and the
+/// caller's `state`, as HubSpot does after the user grants access
+/// (<https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>,
+/// "Initiating OAuth access"). PKCE (`code_challenge`, method `S256`) is accepted and checked at
+/// the token exchange.
+async fn oauth_authorize(
+    State(state): State<Arc<HubSpotState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| query.get(k).map(String::as_str).unwrap_or_default();
+    if get("client_id") != OAUTH_CLIENT_ID {
+        return (StatusCode::BAD_REQUEST, "Authorization failed because the client_id is unknown").into_response();
+    }
+    let Ok(mut redirect) = url::Url::parse(get("redirect_uri")) else {
+        return (StatusCode::BAD_REQUEST, "Authorization failed because redirect_uri is missing or invalid")
+            .into_response();
+    };
+    let challenge = query.get("code_challenge").cloned();
+    if challenge.is_some() && get("code_challenge_method") != "S256" {
+        return (StatusCode::BAD_REQUEST, "Only the S256 code challenge method is supported").into_response();
+    }
+    let code = uuid::Uuid::new_v4().to_string();
+    state.lock().oauth.codes.insert(
+        code.clone(),
+        AuthCode {
+            redirect_uri: get("redirect_uri").to_string(),
+            code_challenge: challenge,
+            scopes: get("scope").into(),
+        },
+    );
+    redirect.query_pairs_mut().append_pair("code", &code);
+    if let Some(st) = query.get("state") {
+        redirect.query_pairs_mut().append_pair("state", st);
+    }
+    (StatusCode::FOUND, [(header::LOCATION, redirect.to_string())]).into_response()
+}
+
+/// HubSpot's token-endpoint error: `{"status": "BAD_REFRESH_TOKEN", "message": ...}` with 400
+/// (the body reported for an unusable refresh token), plus the RFC 6749 §5.2 `error` field
+/// (`invalid_grant`) that OAuth clients look for.
+fn oauth_error(status: &str, message: &str, error: &str) -> Response {
+    let body = json!({
+        "status": status,
+        "message": message,
+        "correlationId": uuid::Uuid::new_v4().to_string(),
+        "error": error,
+        "error_description": message,
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// `POST /oauth/v1/token`, form-encoded: `grant_type=authorization_code` (with `code`,
+/// `redirect_uri`, `code_verifier`) or `grant_type=refresh_token`; both with the app's
+/// `client_id` and `client_secret`. Answers `{token_type, refresh_token, access_token,
+/// expires_in}` (v1 tokens guide). Refresh tokens rotate when the switch says so.
+async fn oauth_token(State(state): State<Arc<HubSpotState>>, body: Bytes) -> Response {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    if get("client_id") != OAUTH_CLIENT_ID || get("client_secret") != OAUTH_CLIENT_SECRET {
+        return oauth_error("BAD_CLIENT_ID", "missing or unknown client id or secret", "invalid_client");
+    }
+    let mut inner = state.lock();
+    let refresh_token = match get("grant_type") {
+        "authorization_code" => {
+            let Some(code) = inner.oauth.codes.remove(get("code")) else {
+                return oauth_error("BAD_AUTH_CODE", "missing or unknown auth code", "invalid_grant");
+            };
+            if code.redirect_uri != get("redirect_uri") {
+                return oauth_error("BAD_REDIRECT_URI", "redirect_uri does not match", "invalid_grant");
+            }
+            if let Some(challenge) = &code.code_challenge {
+                let digest = sha2::Sha256::digest(get("code_verifier").as_bytes());
+                let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+                if computed != *challenge {
+                    return oauth_error("BAD_AUTH_CODE", "code_verifier does not match the challenge", "invalid_grant");
+                }
+            }
+            let _ = code.scopes;
+            inner.oauth.exchanges += 1;
+            let refresh = format!("sandbox-refresh-{}", uuid::Uuid::new_v4());
+            inner.oauth.refresh_tokens.insert(refresh.clone(), true);
+            refresh
+        }
+        "refresh_token" => {
+            let presented = get("refresh_token").to_string();
+            if inner.oauth.refresh_tokens.get(&presented) != Some(&true) {
+                return oauth_error("BAD_REFRESH_TOKEN", "missing or invalid refresh token", "invalid_grant");
+            }
+            inner.oauth.refreshes += 1;
+            if inner.oauth.rotate_refresh_tokens {
+                inner.oauth.refresh_tokens.insert(presented, false);
+                let refresh = format!("sandbox-refresh-{}", uuid::Uuid::new_v4());
+                inner.oauth.refresh_tokens.insert(refresh.clone(), true);
+                refresh
+            } else {
+                presented
+            }
+        }
+        other => {
+            return oauth_error("BAD_GRANT_TYPE", &format!("unsupported grant_type {other}"), "unsupported_grant_type");
+        }
+    };
+    let access = format!("sandbox-access-{}", uuid::Uuid::new_v4());
+    inner.oauth.access_tokens.insert(access.clone(), false);
+    let body = json!({
+        "token_type": "bearer",
+        "refresh_token": refresh_token,
+        "access_token": access,
+        "expires_in": ACCESS_TOKEN_TTL_SECS,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `DELETE /oauth/v1/refresh-tokens/{token}`: the refresh token stops working (204).
+async fn oauth_revoke(State(state): State<Arc<HubSpotState>>, Path(token): Path<String>) -> Response {
+    let mut inner = state.lock();
+    match inner.oauth.refresh_tokens.get_mut(&token) {
+        Some(valid) => {
+            *valid = false;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => not_found("refresh token not found"),
+    }
 }
 
 #[cfg(test)]
@@ -1994,6 +2755,62 @@ mod tests {
             get_json(&sandbox, &format!("crm/v3/objects/contacts/{contact}?associations=deals")).await;
         assert_eq!(contact_json["associations"]["deals"]["results"][0]["id"], deal.as_str());
         assert_eq!(contact_json["associations"]["deals"]["results"][0]["type"], "contact_to_deal");
+    }
+
+    #[tokio::test]
+    async fn schema_owner_history_and_oauth_wire_shapes() {
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        let (status, def) = get_json(&sandbox, &format!("crm/v3/properties/contacts/{CUSTOM_ENUM_PROPERTY}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(def["type"], "enumeration");
+        assert_eq!(def["options"][0]["value"], CUSTOM_ENUM_OPTIONS[0]);
+        assert_eq!(get_json(&sandbox, "crm/v3/properties/contacts/nope").await.0, 404);
+        let (_, labels) = get_json(&sandbox, "crm/v4/associations/notes/contacts/labels").await;
+        assert_eq!(labels["results"][0]["typeId"], 202);
+        assert!(labels["results"][0]["label"].is_null());
+
+        let owner = sandbox.state.insert_owner("Rita", "Rep", "rita@example.com");
+        let (_, o) = get_json(&sandbox, &format!("crm/v3/owners/{owner}")).await;
+        assert_eq!(o["firstName"], "Rita");
+
+        // An enumeration value outside the options is refused with the property named.
+        let contact = sandbox.state.insert_contact([("firstname", "Ada")]);
+        let url = sandbox.base_url().join(&format!("crm/v3/objects/contacts/{contact}")).unwrap();
+        let bad = client()
+            .patch(url.clone())
+            .bearer_auth(TOKEN)
+            .json(&json!({"properties": {CUSTOM_ENUM_PROPERTY: "fax"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status().as_u16(), 400);
+        let body: Value = bad.json().await.unwrap();
+        assert_eq!(body["errors"][0]["context"]["propertyName"][0], CUSTOM_ENUM_PROPERTY);
+        let ok = client().patch(url).bearer_auth(TOKEN).json(&json!({"properties": {"firstname": "Ana"}})).send().await;
+        assert_eq!(ok.unwrap().status().as_u16(), 200);
+        sandbox.state.rep_edit(ObjectType::Contacts, &contact, "firstname", "Anna", "77");
+        let (_, read) =
+            get_json(&sandbox, &format!("crm/v3/objects/contacts/{contact}?propertiesWithHistory=firstname")).await;
+        let versions = &read["propertiesWithHistory"]["firstname"];
+        assert_eq!(versions[0]["value"], "Anna");
+        assert_eq!(versions[0]["sourceType"], "CRM_UI");
+        assert_eq!(versions[0]["updatedByUserId"], 77);
+        assert_eq!(versions[1]["sourceType"], "INTEGRATION");
+        assert_eq!(versions[2]["sourceType"], "IMPORT");
+
+        // The token endpoint refuses an unknown refresh token the way HubSpot does.
+        let token_url = sandbox.base_url().join("oauth/v1/token").unwrap();
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", OAUTH_CLIENT_ID),
+            ("client_secret", OAUTH_CLIENT_SECRET),
+            ("refresh_token", "unknown"),
+        ];
+        let refused = client().post(token_url).form(&form).send().await.unwrap();
+        assert_eq!(refused.status().as_u16(), 400);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["status"], "BAD_REFRESH_TOKEN");
+        assert_eq!(body["error"], "invalid_grant");
     }
 
     #[test]

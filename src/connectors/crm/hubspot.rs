@@ -1,13 +1,22 @@
 //! HubSpot CRM connector over the CRM v3 object/search APIs.
 //!
-//! Reads at ring time: one search for the caller's phone, then one contact read (with its deal
-//! associations inline) and one deal batch read. Deal openness comes from the portal's pipeline
-//! definitions (`metadata.isClosed` of each stage), fetched once and cached for the connector's
-//! life, never from stage names.
+//! Reads at ring time: one search for the caller's phone (email and name + ZIP are the other
+//! lookups; searches are spaced to respect the search endpoints' ~5 requests/s), then one contact
+//! read with every association inline (deals, tickets, tasks, calls, notes) and, concurrently, one
+//! batch read per associated type plus the owner. Deal and ticket openness comes from the
+//! portal's pipeline definitions (`metadata.isClosed` of each stage), fetched once and cached for
+//! the connector's life, never from stage names.
+//!
+//! Typed property writes check each value against the property's definition from the properties
+//! API (type, enumeration options, read-only), send the rest in one `PATCH`, re-send without any
+//! property HubSpot rejects, and read the values back so a silently dropped one is reported.
+//! Association type ids come from the v4 labels endpoint, not constants. Conflict data for the
+//! write-back comes from `propertiesWithHistory`. The bearer token comes from a [`TokenSource`]:
+//! a `401` makes an OAuth connection refresh (single-flight) and the request go once more.
 //!
 //! Writes after hangup carry an idempotency key in the custom unique-value property
-//! [`IDEMPOTENCY_PROPERTY`] (`hasUniqueValue: true` on contacts, calls and meetings — it has to be
-//! created in the portal when the connection is set up). A retried create therefore answers
+//! [`IDEMPOTENCY_PROPERTY`] (`hasUniqueValue: true` on contacts, calls, meetings, notes and
+//! tasks — it has to be created in the portal when the connection is set up). A retried create therefore answers
 //! `409`, and the connector returns the existing object's id as success: the id is taken from
 //! HubSpot's `Existing ID: <id>` message, or, when the message does not carry it, read back with
 //! `GET /crm/v3/objects/{type}/{key}?idProperty=callside_idempotency_key` — a read by unique
@@ -36,8 +45,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::{AppointmentRecord, CallLog, ContactFields, CrmConnector, CrmContact, CrmContext, CrmDeal, PhoneQuery};
+use super::{
+    ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
+    CrmDeal, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue,
+    PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+};
 use crate::clock::{SharedClock, SystemClock};
+use crate::connections::{StaticToken, TokenSource};
 use crate::connectors::{ConnectorError, longest, parse_retry_after};
 
 /// The unique-value custom property holding the idempotency key on contacts, calls and meetings.
@@ -48,16 +62,23 @@ pub const IDEMPOTENCY_PROPERTY: &str = "callside_idempotency_key";
 /// not a source, so the label goes into a property of our own.
 pub const SOURCE_PROPERTY: &str = "callside_source";
 
-/// Calls → contact, HubSpot-defined
-/// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/calls/guide>).
-const CALL_TO_CONTACT: u32 = 194;
-/// Meetings → contact, HubSpot-defined
-/// (<https://developers.hubspot.com/docs/api-reference/latest/crm/activities/meetings/guide>).
-const MEETING_TO_CONTACT: u32 = 200;
-
 const CONTACT_PROPERTIES: [&str; 8] =
     ["firstname", "lastname", "email", "phone", "mobilephone", "zip", "hubspot_owner_id", "lifecyclestage"];
 const DEAL_PROPERTIES: [&str; 5] = ["dealname", "dealstage", "amount", "closedate", "pipeline"];
+const TICKET_PROPERTIES: [&str; 4] = ["subject", "hs_pipeline", "hs_pipeline_stage", "hs_ticket_priority"];
+const TASK_PROPERTIES: [&str; 4] = ["hs_task_subject", "hs_task_status", "hs_timestamp", "hubspot_owner_id"];
+const CALL_READ_PROPERTIES: [&str; 3] = ["hs_timestamp", "hs_call_title", "hs_call_body"];
+const NOTE_READ_PROPERTIES: [&str; 2] = ["hs_timestamp", "hs_note_body"];
+/// How many recent calls and notes the context carries.
+const RECENT_ACTIVITY: usize = 5;
+const ACTIVITY_SUMMARY_CHARS: usize = 200;
+/// The phone properties a second number may go into, in order. HubSpot contacts have `phone` and
+/// `mobilephone` by default; the first is never overwritten.
+const PHONE_PROPERTIES: [&str; 2] = ["phone", "mobilephone"];
+/// Spacing between searches from one connector: HubSpot's search endpoints allow about five
+/// requests per second per token ("The search endpoints are rate limited to five requests per
+/// second", search guide, Limits); 250 ms keeps us at four.
+const SEARCH_SPACING: Duration = Duration::from_millis(250);
 
 /// Search limits: "a maximum of five filterGroups with up to six filters in each group, with a
 /// maximum of 18 filters in total" (search guide, Limits).
@@ -68,14 +89,27 @@ const BATCH_LIMIT: usize = 100;
 const SEARCH_LIMIT: u32 = 100;
 const MAX_MESSAGE_CHARS: usize = 300;
 
-/// Stage id → closed, from the deal pipelines.
+/// Stage id → closed, from the deal (or ticket) pipelines.
 #[derive(Debug, Default)]
 struct StageIndex {
     by_pipeline: HashMap<(String, String), bool>,
     by_stage: HashMap<String, bool>,
+    /// `(pipeline id, stage id, label)` of every stage.
+    stages: Vec<(String, String, String)>,
 }
 
 impl StageIndex {
+    /// The stage id a name (id or label, case-insensitive) stands for within a pipeline.
+    fn resolve(&self, pipeline: Option<&str>, name: &str) -> Option<String> {
+        let name = name.trim();
+        let in_pipeline = |p: &String| pipeline.is_none_or(|want| want == p);
+        self.stages
+            .iter()
+            .find(|(p, id, _)| in_pipeline(p) && id == name)
+            .or_else(|| self.stages.iter().find(|(p, _, label)| in_pipeline(p) && label.eq_ignore_ascii_case(name)))
+            .map(|(_, id, _)| id.clone())
+    }
+
     fn is_closed(&self, pipeline: Option<&str>, stage: &str) -> Option<bool> {
         pipeline
             .and_then(|p| self.by_pipeline.get(&(p.to_string(), stage.to_string())))
@@ -87,10 +121,19 @@ impl StageIndex {
 /// A [`CrmConnector`] for HubSpot.
 pub struct HubSpotConnector {
     base_url: Url,
-    access_token: SecretString,
+    tokens: Arc<dyn TokenSource>,
     client: reqwest::Client,
     clock: SharedClock,
     stages: Mutex<Option<Arc<StageIndex>>>,
+    ticket_stages: Mutex<Option<Arc<StageIndex>>>,
+    /// `(from, to)` → the HubSpot-defined unlabeled association type id, from the labels endpoint.
+    association_types: Mutex<HashMap<(String, String), u32>>,
+    /// Contact property definitions by name (`None`: the portal has no such property).
+    property_defs: Mutex<HashMap<String, Option<Arc<PropertyDef>>>>,
+    /// The minimum gap between two searches (`None`: no spacing).
+    search_spacing: Option<Duration>,
+    /// When the last search was sent.
+    last_search: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for HubSpotConnector {
@@ -102,7 +145,37 @@ impl std::fmt::Debug for HubSpotConnector {
 impl HubSpotConnector {
     /// `base_url` is `https://api.hubapi.com` in production, the sandbox's URL in tests.
     pub fn new(base_url: Url, access_token: SecretString, client: reqwest::Client) -> Self {
-        Self { base_url, access_token, client, clock: Arc::new(SystemClock), stages: Mutex::new(None) }
+        Self::with_token_source(base_url, Arc::new(StaticToken::new(access_token)), client)
+    }
+
+    /// A connector whose access token comes from `tokens` (an OAuth connection that refreshes):
+    /// on `401` with an expired token the source is asked for a fresh one and the request is sent
+    /// once more.
+    pub fn with_token_source(base_url: Url, tokens: Arc<dyn TokenSource>, client: reqwest::Client) -> Self {
+        // The vendor's search limit binds against HubSpot; an emulator on loopback (tests, the
+        // demo, the load test) does not enforce it unless told to, so searches are not spaced
+        // there unless asked with `with_search_spacing`.
+        let loopback = matches!(base_url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || matches!(base_url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+            || base_url.host_str() == Some("localhost");
+        Self {
+            search_spacing: (!loopback).then_some(SEARCH_SPACING),
+            base_url,
+            tokens,
+            client,
+            clock: Arc::new(SystemClock),
+            stages: Mutex::new(None),
+            ticket_stages: Mutex::new(None),
+            association_types: Mutex::new(HashMap::new()),
+            property_defs: Mutex::new(HashMap::new()),
+            last_search: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The minimum gap between two searches from this connector (`None`: unspaced).
+    pub fn with_search_spacing(mut self, spacing: Option<Duration>) -> Self {
+        self.search_spacing = spacing;
+        self
     }
 
     /// The clock used to turn an HTTP-date `Retry-After` into a delay.
@@ -128,12 +201,34 @@ impl HubSpotConnector {
         Ok(url)
     }
 
+    /// Sends with the current access token; a `401` makes the token source refresh
+    /// (single-flight) and the request go once more. A `401` means HubSpot did not apply
+    /// anything, so resending a create is safe.
     async fn send(&self, method: Method, url: Url, body: Option<&Value>) -> Result<Raw, ConnectorError> {
-        let mut request = self
-            .client
-            .request(method, url)
-            .bearer_auth(self.access_token.expose_secret())
-            .header(ACCEPT, "application/json");
+        let token = self.tokens.access_token().await?;
+        let raw = self.send_with(method.clone(), url.clone(), body, &token).await?;
+        if raw.status != StatusCode::UNAUTHORIZED {
+            return Ok(raw);
+        }
+        // Expired or not recognized (an uninstalled app's token): a refreshable source tries its
+        // refresh token, which either yields a working token or reveals the revoked grant.
+        match self.tokens.refreshed(&token).await {
+            Ok(fresh) => self.send_with(method, url, body, &fresh).await,
+            // A static token cannot be refreshed: the original answer is classified.
+            Err(ConnectorError::AuthExpired) => Ok(raw),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        token: &SecretString,
+    ) -> Result<Raw, ConnectorError> {
+        let mut request =
+            self.client.request(method, url).bearer_auth(token.expose_secret()).header(ACCEPT, "application/json");
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -171,35 +266,156 @@ impl HubSpotConnector {
     /// The deal stage index, fetched once per connector; `refresh` refetches (a stage unknown to
     /// the cached definitions means the pipelines changed).
     async fn stage_index(&self, refresh: bool) -> Result<Arc<StageIndex>, ConnectorError> {
-        if !refresh && let Some(index) = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        self.pipeline_index("deals", &self.stages, refresh).await
+    }
+
+    async fn pipeline_index(
+        &self,
+        object_type: &str,
+        cache: &Mutex<Option<Arc<StageIndex>>>,
+        refresh: bool,
+    ) -> Result<Arc<StageIndex>, ConnectorError> {
+        if !refresh && let Some(index) = cache.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(index);
         }
-        let url = self.url(&["crm", "v3", "pipelines", "deals"], &[])?;
+        let url = self.url(&["crm", "v3", "pipelines", object_type], &[])?;
         let pipelines: PipelinesResponse = self.call(Method::GET, url, None).await?;
         let mut index = StageIndex::default();
         for pipeline in pipelines.results {
             for stage in pipeline.stages {
                 let closed = stage.metadata.is_closed.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true"));
                 index.by_pipeline.insert((pipeline.id.clone(), stage.id.clone()), closed);
-                index.by_stage.insert(stage.id, closed);
+                index.by_stage.insert(stage.id.clone(), closed);
+                index.stages.push((pipeline.id.clone(), stage.id, stage.label.unwrap_or_default()));
             }
         }
         let index = Arc::new(index);
-        *self.stages.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
         Ok(index)
     }
 
-    async fn read_deals(&self, ids: &[String]) -> Result<Vec<SimpleObject>, ConnectorError> {
-        let mut deals = Vec::with_capacity(ids.len());
+    /// One `batch/read` per 100 ids (none when there are no ids). `207 Multi-Status` lists ids
+    /// that no longer exist under `errors`; the rest are read.
+    async fn read_batch(
+        &self,
+        object_type: &str,
+        ids: &[String],
+        properties: &[&str],
+    ) -> Result<Vec<SimpleObject>, ConnectorError> {
+        let mut objects = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH_LIMIT) {
             let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
-            let body = json!({"inputs": inputs, "properties": DEAL_PROPERTIES});
-            let url = self.url(&["crm", "v3", "objects", "deals", "batch", "read"], &[])?;
-            // 207 Multi-Status lists deals that no longer exist under `errors`; the rest are read.
+            let body = json!({"inputs": inputs, "properties": properties});
+            let url = self.url(&["crm", "v3", "objects", object_type, "batch", "read"], &[])?;
             let batch: BatchResponse = self.call(Method::POST, url, Some(&body)).await?;
-            deals.extend(batch.results);
+            objects.extend(batch.results);
         }
-        Ok(deals)
+        Ok(objects)
+    }
+
+    /// `GET /crm/v3/owners/{ownerId}`; an owner HubSpot no longer has is `None`, not an error.
+    async fn read_owner(&self, owner_id: Option<&str>) -> Result<Option<CrmOwner>, ConnectorError> {
+        let Some(owner_id) = owner_id else {
+            return Ok(None);
+        };
+        let url = self.url(&["crm", "v3", "owners", owner_id], &[])?;
+        match self.call::<OwnerResponse>(Method::GET, url, None).await {
+            Ok(o) => Ok(Some(CrmOwner {
+                id: o.id,
+                first_name: o.first_name.filter(|s| !s.is_empty()),
+                last_name: o.last_name.filter(|s| !s.is_empty()),
+                email: o.email.filter(|s| !s.is_empty()),
+            })),
+            Err(ConnectorError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether each object is open per its pipeline's stage metadata; an unknown stage refetches
+    /// the pipelines once, and a stage no pipeline knows counts as open (better to mention a deal
+    /// than to hide one).
+    async fn open_filter(
+        &self,
+        object_type: &str,
+        cache: &Mutex<Option<Arc<StageIndex>>>,
+        objects: &[SimpleObject],
+        pipeline_property: &str,
+        stage_property: &str,
+    ) -> Result<Vec<bool>, ConnectorError> {
+        let mut stages = self.pipeline_index(object_type, cache, false).await?;
+        let mut refreshed = false;
+        let mut open = Vec::with_capacity(objects.len());
+        for object in objects {
+            let stage = object.prop(stage_property).unwrap_or_default();
+            let pipeline = object.prop(pipeline_property);
+            let mut closed = stages.is_closed(pipeline.as_deref(), &stage);
+            if closed.is_none() && !refreshed {
+                stages = self.pipeline_index(object_type, cache, true).await?;
+                refreshed = true;
+                closed = stages.is_closed(pipeline.as_deref(), &stage);
+            }
+            open.push(closed != Some(true));
+        }
+        Ok(open)
+    }
+
+    /// The HubSpot-defined, unlabeled association type from one object type to another, read from
+    /// `GET /crm/v4/associations/{from}/{to}/labels` once per pair and cached — never hard-coded
+    /// (<https://developers.hubspot.com/docs/api-reference/latest/crm/associations/associations-schema/guide>).
+    async fn association_type(&self, from: &str, to: &str) -> Result<u32, ConnectorError> {
+        let key = (from.to_string(), to.to_string());
+        if let Some(id) = self.association_types.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(*id);
+        }
+        let url = self.url(&["crm", "v4", "associations", from, to, "labels"], &[])?;
+        let labels: LabelsResponse = self.call(Method::GET, url, None).await?;
+        let id = unlabeled_type(&labels)
+            .ok_or_else(|| ConnectorError::Permanent(format!("HubSpot defines no association from {from} to {to}")))?;
+        self.association_types.lock().unwrap_or_else(|p| p.into_inner()).insert(key, id);
+        Ok(id)
+    }
+
+    /// A contact property's definition (type and enumeration options), cached per connector.
+    async fn property_def(&self, name: &str) -> Result<Option<Arc<PropertyDef>>, ConnectorError> {
+        if let Some(def) = self.property_defs.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(def.clone());
+        }
+        let url = self.url(&["crm", "v3", "properties", "contacts", name], &[])?;
+        let def = match self.call::<PropertyDef>(Method::GET, url, None).await {
+            Ok(def) => Some(Arc::new(def)),
+            Err(ConnectorError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        self.property_defs.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), def.clone());
+        Ok(def)
+    }
+
+    /// A contact search, spaced to stay under the search endpoint's own rate limit.
+    async fn search_contacts(&self, body: Value) -> Result<Vec<SimpleObject>, ConnectorError> {
+        if let Some(spacing) = self.search_spacing {
+            let mut last = self.last_search.lock().await;
+            if let Some(at) = *last {
+                tokio::time::sleep_until(at + spacing).await;
+            }
+            *last = Some(tokio::time::Instant::now());
+        }
+        let url = self.url(&["crm", "v3", "objects", "contacts", "search"], &[])?;
+        let found: SearchResponse = self.call(Method::POST, url, Some(&body)).await?;
+        if found.total > u64::from(SEARCH_LIMIT) {
+            tracing::warn!(total = found.total, "contact search matched more contacts than one page holds");
+        }
+        Ok(found.results)
+    }
+
+    async fn read_contact_props(&self, contact_id: &str, names: &[&str]) -> Result<SimpleObject, ConnectorError> {
+        let url = self.url(&["crm", "v3", "objects", "contacts", contact_id], &[("properties", &names.join(","))])?;
+        self.call(Method::GET, url, None).await
+    }
+
+    async fn patch_contact(&self, contact_id: &str, properties: Map<String, Value>) -> Result<(), ConnectorError> {
+        let url = self.url(&["crm", "v3", "objects", "contacts", contact_id], &[])?;
+        let _updated: SimpleObject = self.call(Method::PATCH, url, Some(&json!({"properties": properties}))).await?;
+        Ok(())
     }
 
     // ----- writes ----------------------------------------------------------------------------
@@ -301,58 +517,102 @@ impl CrmConnector for HubSpotConnector {
             "properties": CONTACT_PROPERTIES,
             "limit": SEARCH_LIMIT,
         });
-        let url = self.url(&["crm", "v3", "objects", "contacts", "search"], &[])?;
-        let found: SearchResponse = self.call(Method::POST, url, Some(&body)).await?;
-        if found.total > u64::from(SEARCH_LIMIT) {
-            tracing::warn!(total = found.total, "phone search matched more contacts than one page holds");
-        }
-        Ok(found.results.iter().map(to_contact).collect())
+        Ok(self.search_contacts(body).await?.iter().map(to_contact).collect())
     }
 
-    /// Two requests (three on the connector's first read): the contact with `associations=deals`,
-    /// then one `deals/batch/read`; the pipelines are read once and cached.
+    /// One contact read with every association inline (`associations=deals,tickets,tasks,calls,
+    /// notes`), then — concurrently — one batch read per associated object type and the owner.
+    /// The deal and ticket pipelines are read once per connector and cached. HubSpot has no single
+    /// request returning associated records' properties, so this is the fewest requests the API
+    /// allows.
     async fn read_context(&self, contact_id: &str) -> Result<CrmContext, ConnectorError> {
         let properties = CONTACT_PROPERTIES.join(",");
         let url = self.url(
             &["crm", "v3", "objects", "contacts", contact_id],
-            &[("properties", &properties), ("associations", "deals")],
+            &[("properties", &properties), ("associations", "deals,tickets,tasks,calls,notes")],
         )?;
         let contact: SimpleObject = self.call(Method::GET, url, None).await?;
-        let mut deal_ids: Vec<String> = Vec::new();
-        let mut seen = HashSet::new();
-        for deal in contact.associated("deals") {
-            if seen.insert(deal.clone()) {
-                deal_ids.push(deal);
-            }
-        }
+        let ids = |to: &str| {
+            let mut seen = HashSet::new();
+            contact.associated(to).into_iter().filter(|id| seen.insert(id.clone())).collect::<Vec<_>>()
+        };
+        let (deal_ids, ticket_ids, task_ids) = (ids("deals"), ids("tickets"), ids("tasks"));
+        // The newest calls and notes: HubSpot ids grow over time, so the highest ids are read.
+        let newest = |mut v: Vec<String>| {
+            v.sort_by_key(|id| std::cmp::Reverse(id.parse::<u64>().unwrap_or(0)));
+            v.truncate(BATCH_LIMIT);
+            v
+        };
+        let (call_ids, note_ids) = (newest(ids("calls")), newest(ids("notes")));
+        let owner_id = contact.prop("hubspot_owner_id");
+        let (deals, tickets, tasks, calls, notes, owner) = futures::try_join!(
+            self.read_batch("deals", &deal_ids, &DEAL_PROPERTIES),
+            self.read_batch("tickets", &ticket_ids, &TICKET_PROPERTIES),
+            self.read_batch("tasks", &task_ids, &TASK_PROPERTIES),
+            self.read_batch("calls", &call_ids, &CALL_READ_PROPERTIES),
+            self.read_batch("notes", &note_ids, &NOTE_READ_PROPERTIES),
+            self.read_owner(owner_id.as_deref()),
+        )?;
+
         let mut open_deals = Vec::new();
-        if !deal_ids.is_empty() {
-            let deals = self.read_deals(&deal_ids).await?;
-            let mut stages = self.stage_index(false).await?;
-            let mut refreshed = false;
-            for deal in &deals {
-                let stage = deal.prop("dealstage").unwrap_or_default();
-                let pipeline = deal.prop("pipeline");
-                let mut closed = stages.is_closed(pipeline.as_deref(), &stage);
-                if closed.is_none() && !refreshed {
-                    stages = self.stage_index(true).await?;
-                    refreshed = true;
-                    closed = stages.is_closed(pipeline.as_deref(), &stage);
-                }
-                // A stage no pipeline knows is reported as open: better to mention a deal than to
-                // hide one.
-                if closed != Some(true) {
+        if !deals.is_empty() {
+            let stages = self.open_filter("deals", &self.stages, &deals, "pipeline", "dealstage").await?;
+            for (deal, open) in deals.iter().zip(stages) {
+                if open {
                     open_deals.push(CrmDeal {
                         id: deal.id.clone(),
                         name: deal.prop("dealname").unwrap_or_default(),
-                        stage,
+                        stage: deal.prop("dealstage").unwrap_or_default(),
                         amount: deal.prop("amount"),
                         close_date: deal.prop("closedate"),
                     });
                 }
             }
         }
-        Ok(CrmContext { contact: to_contact(&contact), open_deals })
+        let mut open_tickets = Vec::new();
+        if !tickets.is_empty() {
+            let open =
+                self.open_filter("tickets", &self.ticket_stages, &tickets, "hs_pipeline", "hs_pipeline_stage").await?;
+            for (ticket, open) in tickets.iter().zip(open) {
+                if open {
+                    open_tickets.push(CrmTicket {
+                        id: ticket.id.clone(),
+                        subject: ticket.prop("subject").unwrap_or_default(),
+                        stage: ticket.prop("hs_pipeline_stage").unwrap_or_default(),
+                        priority: ticket.prop("hs_ticket_priority"),
+                    });
+                }
+            }
+        }
+        let open_tasks = tasks
+            .iter()
+            .filter(|t| t.prop("hs_task_status").as_deref() != Some("COMPLETED"))
+            .map(|t| CrmTask {
+                id: t.id.clone(),
+                subject: t.prop("hs_task_subject").unwrap_or_default(),
+                status: t.prop("hs_task_status").unwrap_or_else(|| "NOT_STARTED".into()),
+                due: t.prop("hs_timestamp").as_deref().and_then(parse_hubspot_time),
+                owner_id: t.prop("hubspot_owner_id"),
+            })
+            .collect();
+        let mut recent_activity: Vec<CrmActivity> = calls
+            .iter()
+            .map(|c| CrmActivity {
+                id: c.id.clone(),
+                kind: ActivityKind::Call,
+                at: c.prop("hs_timestamp").as_deref().and_then(parse_hubspot_time),
+                summary: summarize(&c.prop("hs_call_body").or_else(|| c.prop("hs_call_title")).unwrap_or_default()),
+            })
+            .chain(notes.iter().map(|n| CrmActivity {
+                id: n.id.clone(),
+                kind: ActivityKind::Note,
+                at: n.prop("hs_timestamp").as_deref().and_then(parse_hubspot_time),
+                summary: summarize(&n.prop("hs_note_body").unwrap_or_default()),
+            }))
+            .collect();
+        recent_activity.sort_by_key(|a| std::cmp::Reverse(a.at));
+        recent_activity.truncate(RECENT_ACTIVITY);
+        Ok(CrmContext { contact: to_contact(&contact), open_deals, open_tickets, open_tasks, recent_activity, owner })
     }
 
     async fn create_contact(&self, fields: &ContactFields, idempotency_key: &str) -> Result<String, ConnectorError> {
@@ -376,7 +636,7 @@ impl CrmConnector for HubSpotConnector {
         call: &CallLog,
         idempotency_key: &str,
     ) -> Result<String, ConnectorError> {
-        let associations = association(contact_id, CALL_TO_CONTACT);
+        let associations = association(contact_id, self.association_type("calls", "contacts").await?);
         let (properties, disposition_guid) = call_properties(contact_id, call);
         let result = self.create_idempotent("calls", properties, associations.clone(), idempotency_key).await;
         match result {
@@ -390,6 +650,25 @@ impl CrmConnector for HubSpotConnector {
                 self.create_idempotent("calls", properties, associations, idempotency_key).await
             }
             other => other,
+        }
+    }
+
+    /// `PATCH /crm/v3/objects/calls/{callId}` with the call's properties (calls guide,
+    /// <https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/calls/guide>
+    /// "Update calls"). The callee association fields are left as written at create time.
+    async fn update_call_log(&self, call_object_id: &str, call: &CallLog) -> Result<(), ConnectorError> {
+        let (mut properties, _) = call_properties("", call);
+        properties.remove("hs_call_callee_object_id");
+        properties.remove("hs_call_callee_object_type");
+        let url = self.url(&["crm", "v3", "objects", "calls", call_object_id], &[])?;
+        let patch = |properties: Map<String, Value>| json!({"properties": properties});
+        match self.call::<SimpleObject>(Method::PATCH, url.clone(), Some(&patch(properties.clone()))).await {
+            Err(ConnectorError::Validation { fields, .. }) if fields.iter().any(|f| f == "hs_call_disposition") => {
+                properties.remove("hs_call_disposition");
+                let _: SimpleObject = self.call(Method::PATCH, url, Some(&patch(properties))).await?;
+                Ok(())
+            }
+            other => other.map(|_| ()),
         }
     }
 
@@ -416,8 +695,227 @@ impl CrmConnector for HubSpotConnector {
             "hs_internal_meeting_notes".into(),
             json!(format!("Booked by the AI receptionist. Calendar event: {}", appointment.calendar_event_id)),
         );
-        let associations = association(contact_id, MEETING_TO_CONTACT);
+        let associations = association(contact_id, self.association_type("meetings", "contacts").await?);
         self.create_idempotent("meetings", properties, associations, idempotency_key).await
+    }
+
+    /// `email EQ <address>` (search filter values are case-insensitive), then an exact,
+    /// case-insensitive comparison on our side.
+    async fn find_contacts_by_email(&self, email: &str) -> Result<Vec<CrmContact>, ConnectorError> {
+        let wanted = email.trim().to_lowercase();
+        if wanted.is_empty() || !wanted.contains('@') {
+            return Ok(Vec::new());
+        }
+        let body = json!({
+            "filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ", "value": wanted}]}],
+            "properties": CONTACT_PROPERTIES,
+            "limit": SEARCH_LIMIT,
+        });
+        let found = self.search_contacts(body).await?;
+        Ok(found
+            .iter()
+            .map(to_contact)
+            .filter(|c| c.email.as_deref().is_some_and(|e| e.trim().to_lowercase() == wanted))
+            .collect())
+    }
+
+    /// One group ANDing `lastname`, `zip` (and `firstname`) with `EQ`; the answer is re-checked on
+    /// our side (names case- and space-insensitive, ZIPs by their first five characters).
+    async fn find_contacts_by_name_zip(&self, query: &NameZipQuery) -> Result<Vec<CrmContact>, ConnectorError> {
+        let last = query.last_name.trim();
+        let zip = query.zip.trim();
+        if last.is_empty() || zip.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut filters = vec![
+            json!({"propertyName": "lastname", "operator": "EQ", "value": last}),
+            json!({"propertyName": "zip", "operator": "EQ", "value": zip}),
+        ];
+        let first = query.first_name.as_deref().map(str::trim).filter(|f| !f.is_empty());
+        if let Some(first) = first {
+            filters.push(json!({"propertyName": "firstname", "operator": "EQ", "value": first}));
+        }
+        let body = json!({
+            "filterGroups": [{"filters": filters}],
+            "properties": CONTACT_PROPERTIES,
+            "limit": SEARCH_LIMIT,
+        });
+        let found = self.search_contacts(body).await?;
+        let same = |a: Option<&str>, b: &str| a.is_some_and(|a| fold(a) == fold(b));
+        Ok(found
+            .iter()
+            .map(to_contact)
+            .filter(|c| same(c.last_name.as_deref(), last))
+            .filter(|c| first.is_none_or(|f| same(c.first_name.as_deref(), f)))
+            .filter(|c| c.zip.as_deref().is_some_and(|z| zip_key(z) == zip_key(zip)))
+            .collect())
+    }
+
+    /// Checks each value against the property's definition (type, enumeration options) before
+    /// sending, sends the rest in one `PATCH`, drops and reports any property HubSpot rejects and
+    /// sends the others again, then reads the values back so a silently ignored one is reported.
+    async fn update_properties(
+        &self,
+        contact_id: &str,
+        writes: &[PropertyWrite],
+    ) -> Result<Vec<PropertyWriteResult>, ConnectorError> {
+        let mut results: Vec<PropertyWriteResult> = Vec::new();
+        let mut pending: Map<String, Value> = Map::new();
+        for write in writes {
+            let def = self.property_def(&write.name).await?;
+            match format_property(def.as_deref(), &write.value) {
+                Ok(value) => {
+                    pending.insert(write.name.clone(), Value::String(value));
+                }
+                Err(reason) => results.push(PropertyWriteResult {
+                    name: write.name.clone(),
+                    status: PropertyWriteStatus::Rejected { reason },
+                }),
+            }
+        }
+        while !pending.is_empty() {
+            match self.patch_contact(contact_id, pending.clone()).await {
+                Ok(()) => break,
+                Err(ConnectorError::Validation { message, fields }) => {
+                    let named: Vec<String> = fields.into_iter().filter(|f| pending.contains_key(f)).collect();
+                    // Nothing we sent is named: the whole request was refused.
+                    let refused = if named.is_empty() { pending.keys().cloned().collect() } else { named };
+                    for name in refused {
+                        pending.remove(&name);
+                        results.push(PropertyWriteResult {
+                            name,
+                            status: PropertyWriteStatus::Rejected { reason: message.clone() },
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !pending.is_empty() {
+            let names: Vec<&str> = pending.keys().map(String::as_str).collect();
+            let stored = self.read_contact_props(contact_id, &names).await?;
+            for (name, sent) in &pending {
+                let sent = sent.as_str().unwrap_or_default();
+                let now = stored.prop(name).unwrap_or_default();
+                let status =
+                    if same_value(sent, &now) { PropertyWriteStatus::Written } else { PropertyWriteStatus::Ignored };
+                results.push(PropertyWriteResult { name: name.clone(), status });
+            }
+        }
+        // Results in the order the writes were given.
+        results.sort_by_key(|r| writes.iter().position(|w| w.name == r.name).unwrap_or(usize::MAX));
+        Ok(results)
+    }
+
+    /// Reads `phone` and `mobilephone`; a number whose digits are already there is left alone,
+    /// otherwise it goes into the first empty one. A filled property is never overwritten.
+    async fn add_secondary_phone(&self, contact_id: &str, e164: &str) -> Result<SecondaryPhoneOutcome, ConnectorError> {
+        let contact = self.read_contact_props(contact_id, &PHONE_PROPERTIES).await?;
+        for name in PHONE_PROPERTIES {
+            if contact.prop(name).is_some_and(|stored| same_phone(&stored, e164)) {
+                return Ok(SecondaryPhoneOutcome::AlreadyPresent { property: name.to_string() });
+            }
+        }
+        let Some(free) = PHONE_PROPERTIES.iter().find(|name| contact.prop(name).is_none()) else {
+            return Ok(SecondaryPhoneOutcome::NoFreeSlot);
+        };
+        let mut properties = Map::new();
+        properties.insert(free.to_string(), json!(e164));
+        self.patch_contact(contact_id, properties).await?;
+        Ok(SecondaryPhoneOutcome::Added { property: free.to_string() })
+    }
+
+    /// A note (`hs_timestamp`, `hs_note_body`) associated with the contact
+    /// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/notes/guide>).
+    async fn log_note(
+        &self,
+        contact_id: &str,
+        note: &NoteRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        let mut properties = Map::new();
+        properties.insert("hs_timestamp".into(), json!(hubspot_datetime(note.at)));
+        properties.insert("hs_note_body".into(), json!(format!("<p>{}</p>", escape_html(&note.body))));
+        let associations = association(contact_id, self.association_type("notes", "contacts").await?);
+        self.create_idempotent("notes", properties, associations, idempotency_key).await
+    }
+
+    /// A task: `hs_timestamp` is its due date, `hs_task_status` starts `NOT_STARTED`, the owner in
+    /// `hubspot_owner_id`
+    /// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/tasks/guide>).
+    async fn create_task(
+        &self,
+        contact_id: &str,
+        task: &TaskRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        let mut properties = Map::new();
+        properties.insert("hs_timestamp".into(), json!(hubspot_datetime(task.due)));
+        properties.insert("hs_task_subject".into(), json!(task.subject));
+        if let Some(body) = task.body.as_deref().filter(|b| !b.trim().is_empty()) {
+            properties.insert("hs_task_body".into(), json!(format!("<p>{}</p>", escape_html(body))));
+        }
+        properties.insert("hs_task_status".into(), json!("NOT_STARTED"));
+        properties.insert("hs_task_type".into(), json!("TODO"));
+        if let Some(priority) = task.priority.as_deref() {
+            let priority = priority.trim().to_ascii_uppercase();
+            if !matches!(priority.as_str(), "LOW" | "MEDIUM" | "HIGH") {
+                return Err(ConnectorError::Validation {
+                    message: format!("task priority {priority} is not LOW, MEDIUM or HIGH"),
+                    fields: vec!["hs_task_priority".into()],
+                });
+            }
+            properties.insert("hs_task_priority".into(), json!(priority));
+        }
+        if let Some(owner) = task.owner_id.as_deref().filter(|o| !o.is_empty()) {
+            properties.insert("hubspot_owner_id".into(), json!(owner));
+        }
+        let associations = association(contact_id, self.association_type("tasks", "contacts").await?);
+        self.create_idempotent("tasks", properties, associations, idempotency_key).await
+    }
+
+    /// Reads the deal's pipeline, resolves the stage (id or label) in that pipeline's definition
+    /// and patches `dealstage`. A stage the pipeline does not have is a validation error.
+    async fn set_deal_stage(&self, deal_id: &str, stage: &str) -> Result<(), ConnectorError> {
+        let url = self.url(&["crm", "v3", "objects", "deals", deal_id], &[("properties", "pipeline,dealstage")])?;
+        let deal: SimpleObject = self.call(Method::GET, url, None).await?;
+        let pipeline = deal.prop("pipeline");
+        let mut resolved = self.stage_index(false).await?.resolve(pipeline.as_deref(), stage);
+        if resolved.is_none() {
+            resolved = self.stage_index(true).await?.resolve(pipeline.as_deref(), stage);
+        }
+        let Some(stage_id) = resolved else {
+            return Err(ConnectorError::Validation {
+                message: format!("the deal's pipeline has no stage {stage}"),
+                fields: vec!["dealstage".into()],
+            });
+        };
+        if deal.prop("dealstage").as_deref() == Some(stage_id.as_str()) {
+            return Ok(());
+        }
+        let url = self.url(&["crm", "v3", "objects", "deals", deal_id], &[])?;
+        let body = json!({"properties": {"dealstage": stage_id}});
+        let _updated: SimpleObject = self.call(Method::PATCH, url, Some(&body)).await?;
+        Ok(())
+    }
+
+    /// `GET /crm/v3/objects/contacts/{id}?propertiesWithHistory=...`: every version with its
+    /// `sourceType`, `sourceId` and `updatedByUserId` (objects guide, "Retrieve records").
+    async fn property_history(
+        &self,
+        contact_id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError> {
+        if properties.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = properties.join(",");
+        let url = self.url(
+            &["crm", "v3", "objects", "contacts", contact_id],
+            &[("properties", &names), ("propertiesWithHistory", &names)],
+        )?;
+        let object: HistoryObject = self.call(Method::GET, url, None).await?;
+        Ok(to_histories(properties, object))
     }
 }
 
@@ -568,6 +1066,181 @@ fn to_contact(object: &SimpleObject) -> CrmContact {
     }
 }
 
+/// HubSpot datetimes are written as ISO 8601 in UTC with milliseconds
+/// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/properties/guide>, "datetime").
+fn hubspot_datetime(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// A datetime as HubSpot returns it: ISO 8601, or epoch milliseconds in older properties.
+fn parse_hubspot_time(value: &str) -> Option<Timestamp> {
+    value
+        .parse::<Timestamp>()
+        .ok()
+        .or_else(|| value.parse::<i64>().ok().and_then(|ms| Timestamp::from_millisecond(ms).ok()))
+}
+
+/// Plain text of an engagement body (HubSpot stores HTML), bounded.
+fn summarize(html: &str) -> String {
+    let mut text = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let text = text
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'");
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    truncate(&collapsed, ACTIVITY_SUMMARY_CHARS)
+}
+
+fn fold(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// ZIPs compare by their first five alphanumerics (US ZIP+4 equals its ZIP), case-insensitive.
+fn zip_key(zip: &str) -> String {
+    zip.chars().filter(char::is_ascii_alphanumeric).take(5).collect::<String>().to_ascii_uppercase()
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Two phone strings are the same number when their digits agree, allowing one to carry a
+/// country code the other omits (`(415) 555-0134` vs `+14155550134`).
+fn same_phone(a: &str, b: &str) -> bool {
+    let (a, b) = (digits(a), digits(b));
+    if a.len() < 7 || b.len() < 7 {
+        return !a.is_empty() && a == b;
+    }
+    a == b || a.ends_with(&b) || b.ends_with(&a)
+}
+
+/// Whether the value read back is the value sent (numbers compare numerically, an empty value
+/// means cleared).
+fn same_value(sent: &str, stored: &str) -> bool {
+    if sent == stored {
+        return true;
+    }
+    match (sent.parse::<f64>(), stored.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => match (parse_hubspot_time(sent), parse_hubspot_time(stored)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+    }
+}
+
+/// Formats a typed value for a property per its definition, or says why it cannot be written.
+/// Dates: "date" properties hold midnight UTC and take `YYYY-MM-DD`; "datetime" properties take
+/// ISO 8601 (properties guide, "Property type and fieldType values").
+fn format_property(def: Option<&PropertyDef>, value: &PropertyValue) -> Result<String, String> {
+    let Some(def) = def else {
+        return Err("the CRM has no such property".into());
+    };
+    if def.modification_metadata.as_ref().is_some_and(|m| m.read_only_value) || def.calculated {
+        return Err("the property is read-only (calculated by the CRM)".into());
+    }
+    let kind = def.kind.as_str();
+    let enumeration = |v: &str| -> Result<String, String> {
+        if def.options.iter().any(|o| o.value == v) {
+            return Ok(v.to_string());
+        }
+        // A label is accepted and mapped to its internal value.
+        def.options.iter().find(|o| o.label.eq_ignore_ascii_case(v.trim())).map(|o| o.value.clone()).ok_or_else(|| {
+            let allowed: Vec<&str> = def.options.iter().map(|o| o.value.as_str()).collect();
+            format!("{v} is not one of the allowed options: [{}]", allowed.join(", "))
+        })
+    };
+    match (value, kind) {
+        (PropertyValue::Clear, _) => Ok(String::new()),
+        (PropertyValue::Enumeration(v) | PropertyValue::Text(v), "enumeration") => enumeration(v),
+        (PropertyValue::Bool(b), "enumeration" | "bool") => enumeration(&b.to_string()).or(Ok(b.to_string())),
+        (PropertyValue::Enumeration(_), other) => Err(format!("the property is {other}, not an enumeration")),
+        (PropertyValue::Number(n), "number") => Ok(n.to_string()),
+        (PropertyValue::Text(t), "number") => {
+            t.trim().parse::<f64>().map(|_| t.trim().to_string()).map_err(|_| format!("{t} is not a number"))
+        }
+        (PropertyValue::Date(d), "date") => Ok(d.to_string()),
+        (PropertyValue::Date(d), "datetime") => jiff::tz::TimeZone::UTC
+            .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+            .map(hubspot_datetime)
+            .map_err(|e| format!("{d} cannot be written: {e}")),
+        (PropertyValue::DateTime(t), "datetime") => Ok(hubspot_datetime(*t)),
+        (PropertyValue::DateTime(t), "date") => Ok(jiff::tz::TimeZone::UTC.to_datetime(*t).date().to_string()),
+        (PropertyValue::Text(t), "string" | "phone_number") => Ok(t.clone()),
+        (PropertyValue::Number(n), "string") => Ok(n.to_string()),
+        (value, kind) => Err(format!("a {} value cannot be written to a {kind} property", value_kind(value))),
+    }
+}
+
+fn value_kind(value: &PropertyValue) -> &'static str {
+    match value {
+        PropertyValue::Text(_) => "text",
+        PropertyValue::Number(_) => "number",
+        PropertyValue::Bool(_) => "boolean",
+        PropertyValue::Date(_) => "date",
+        PropertyValue::DateTime(_) => "datetime",
+        PropertyValue::Enumeration(_) => "enumeration",
+        PropertyValue::Clear => "empty",
+    }
+}
+
+/// The HubSpot-defined association type without a label (the default association), else the
+/// first HubSpot-defined one. User-defined labels may reuse HubSpot's type ids, so the category
+/// must be checked too.
+fn unlabeled_type(labels: &LabelsResponse) -> Option<u32> {
+    let defined = |l: &&AssociationLabel| l.category.as_deref() == Some("HUBSPOT_DEFINED");
+    labels
+        .results
+        .iter()
+        .filter(defined)
+        .find(|l| l.label.as_deref().is_none_or(str::is_empty))
+        .or_else(|| labels.results.iter().find(defined))
+        .map(|l| l.type_id)
+}
+
+fn to_histories(properties: &[String], object: HistoryObject) -> Vec<PropertyHistory> {
+    properties
+        .iter()
+        .map(|name| {
+            let mut versions: Vec<PropertyVersion> = object
+                .properties_with_history
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| {
+                    Some(PropertyVersion {
+                        value: v.value.clone().unwrap_or_default(),
+                        timestamp: parse_hubspot_time(v.timestamp.as_deref()?)?,
+                        source_type: v.source_type.clone().unwrap_or_default(),
+                        source_id: v.source_id.clone(),
+                        updated_by_user_id: v.updated_by_user_id.as_ref().and_then(|u| match u {
+                            Value::Number(n) => Some(n.to_string()),
+                            Value::String(s) if !s.is_empty() => Some(s.clone()),
+                            _ => None,
+                        }),
+                    })
+                })
+                .collect();
+            versions.sort_by_key(|v| std::cmp::Reverse(v.timestamp));
+            PropertyHistory { name: name.clone(), versions }
+        })
+        .collect()
+}
+
 // ----- response types -----------------------------------------------------------------------------
 
 struct Raw {
@@ -662,6 +1335,8 @@ struct PipelineDef {
 struct StageDef {
     id: String,
     #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
     metadata: StageMetadata,
 }
 
@@ -669,6 +1344,75 @@ struct StageDef {
 struct StageMetadata {
     #[serde(rename = "isClosed")]
     is_closed: Option<String>,
+}
+
+/// `GET /crm/v3/owners/{ownerId}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnerResponse {
+    #[serde(deserialize_with = "id_string")]
+    id: String,
+    email: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LabelsResponse {
+    #[serde(default)]
+    results: Vec<AssociationLabel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AssociationLabel {
+    category: Option<String>,
+    type_id: u32,
+    label: Option<String>,
+}
+
+/// A property definition from the properties API.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PropertyDef {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    options: Vec<PropertyOption>,
+    #[serde(default)]
+    calculated: bool,
+    modification_metadata: Option<ModificationMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PropertyOption {
+    label: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModificationMetadata {
+    #[serde(default)]
+    read_only_value: bool,
+}
+
+/// A record read with `propertiesWithHistory`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryObject {
+    #[serde(default)]
+    properties_with_history: HashMap<String, Vec<HistoryVersion>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryVersion {
+    value: Option<String>,
+    timestamp: Option<String>,
+    source_type: Option<String>,
+    source_id: Option<String>,
+    updated_by_user_id: Option<Value>,
 }
 
 /// HubSpot's error body. "The fields in the example response above should all be treated as
@@ -984,9 +1728,13 @@ mod tests {
         assert_eq!(state.request_count(RouteKind::Batch), 1);
         assert_eq!(state.request_count(RouteKind::Pipelines), 1);
 
+        // The owner (777, unknown to the portal: no owner in the context) is read alongside.
+        assert_eq!(context.owner, None);
+        assert_eq!(state.request_count(RouteKind::Other), 1);
+
         hubspot.read_context(&contact).await.unwrap();
         assert_eq!(state.request_count(RouteKind::Pipelines), 1, "pipelines are cached");
-        assert_eq!(state.total_requests(), 5);
+        assert_eq!(state.total_requests(), 7);
     }
 
     #[tokio::test]
@@ -1387,6 +2135,151 @@ mod tests {
         let stages = &parsed.results[0].stages;
         assert_eq!(stages[0].metadata.is_closed.as_deref(), Some("false"));
         assert_eq!(stages[1].metadata.is_closed.as_deref(), Some("true"));
+    }
+
+    /// The "Read a property" response example of
+    /// <https://developers.hubspot.com/docs/api-reference/crm-properties-v3/core/get-crm-v3-properties-objectType-propertyName>.
+    #[test]
+    fn golden_property_definition_checks_enumeration_values() {
+        let body = r#"{
+          "displayOrder": 2,
+          "fieldType": "select",
+          "formField": true,
+          "groupName": "contactinformation",
+          "hasUniqueValue": false,
+          "hidden": false,
+          "label": "My Contact Property",
+          "modificationMetadata": {
+            "archivable": true,
+            "readOnlyDefinition": false,
+            "readOnlyOptions": false,
+            "readOnlyValue": false
+          },
+          "name": "my_contact_property",
+          "options": [
+            {"description": "Choice number one", "displayOrder": 1, "hidden": false, "label": "Option A", "value": "A"},
+            {"description": "Choice number two", "displayOrder": 2, "hidden": false, "label": "Option B", "value": "B"}
+          ],
+          "type": "enumeration"
+        }"#;
+        let def: PropertyDef = serde_json::from_str(body).unwrap();
+        assert_eq!(format_property(Some(&def), &PropertyValue::Enumeration("A".into())), Ok("A".into()));
+        assert_eq!(format_property(Some(&def), &PropertyValue::Text("option b".into())), Ok("B".into()), "label");
+        let err = format_property(Some(&def), &PropertyValue::Enumeration("C".into())).unwrap_err();
+        assert!(err.contains("[A, B]"), "{err}");
+        assert!(format_property(Some(&def), &PropertyValue::Number(1.into())).is_err());
+        assert!(format_property(None, &PropertyValue::Text("x".into())).is_err(), "unknown property");
+    }
+
+    #[test]
+    fn typed_values_take_hubspots_formats() {
+        let def = |kind: &str| PropertyDef {
+            kind: kind.into(),
+            options: Vec::new(),
+            calculated: false,
+            modification_metadata: None,
+        };
+        let date: jiff::civil::Date = "2026-12-01".parse().unwrap();
+        let at: Timestamp = "2026-11-23T14:30:00Z".parse().unwrap();
+        assert_eq!(format_property(Some(&def("date")), &PropertyValue::Date(date)), Ok("2026-12-01".into()));
+        assert_eq!(format_property(Some(&def("date")), &PropertyValue::DateTime(at)), Ok("2026-11-23".into()));
+        assert_eq!(
+            format_property(Some(&def("datetime")), &PropertyValue::DateTime(at)),
+            Ok("2026-11-23T14:30:00.000Z".into())
+        );
+        assert_eq!(
+            format_property(Some(&def("datetime")), &PropertyValue::Date(date)),
+            Ok("2026-12-01T00:00:00.000Z".into())
+        );
+        assert_eq!(format_property(Some(&def("number")), &PropertyValue::Text(" 12.5 ".into())), Ok("12.5".into()));
+        assert!(format_property(Some(&def("number")), &PropertyValue::Text("twelve".into())).is_err());
+        assert_eq!(format_property(Some(&def("string")), &PropertyValue::Clear), Ok(String::new()));
+        let read_only = PropertyDef {
+            modification_metadata: Some(ModificationMetadata { read_only_value: true }),
+            ..def("string")
+        };
+        assert!(format_property(Some(&read_only), &PropertyValue::Text("x".into())).is_err());
+    }
+
+    /// A labels response for contacts → companies as HubSpot returned it (posted on HubSpot's
+    /// developer community, <https://community.hubspot.com/t5/APIs-Integrations/Association-s-typeId-field-is-not-unique/td-p/1166801>):
+    /// a user-defined label reuses type id 1, the unlabeled default is 279.
+    #[test]
+    fn golden_association_labels_pick_the_unlabeled_hubspot_type() {
+        let body = r#"{
+          "results": [
+            {"category": "USER_DEFINED", "typeId": 1, "label": "Referred By"},
+            {"category": "HUBSPOT_DEFINED", "typeId": 931, "label": "Billing Contact"},
+            {"category": "HUBSPOT_DEFINED", "typeId": 279, "label": null},
+            {"category": "HUBSPOT_DEFINED", "typeId": 1, "label": "Primary"}
+          ]
+        }"#;
+        let labels: LabelsResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(unlabeled_type(&labels), Some(279));
+        let only_labeled: LabelsResponse =
+            serde_json::from_str(r#"{"results": [{"category": "HUBSPOT_DEFINED", "label": "Mentor", "typeId": 1}]}"#)
+                .unwrap();
+        assert_eq!(unlabeled_type(&only_labeled), Some(1));
+    }
+
+    /// A record read with `propertiesWithHistory`, its versions shaped as HubSpot's
+    /// `ValueWithTimestamp` schema (objects API reference,
+    /// <https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/guide>,
+    /// "Retrieve records"; `sourceId` as `userId:<id>` per
+    /// <https://developers.hubspot.com/changelog/crm-property-change-source-will-show-owner-id-instead-of-owner-email>).
+    #[test]
+    fn golden_properties_with_history_tell_people_from_integrations() {
+        let body = r#"{
+          "id": "512",
+          "properties": {"lifecyclestage": "customer"},
+          "propertiesWithHistory": {
+            "lifecyclestage": [
+              {"value": "customer", "timestamp": "2024-01-15T10:30:00.000Z", "sourceType": "CRM_UI",
+               "sourceId": "userId:12345", "sourceLabel": "John Doe", "updatedByUserId": 12345},
+              {"value": "lead", "timestamp": "2023-12-01T09:00:00.000Z", "sourceType": "INTEGRATION",
+               "sourceId": "1234567"}
+            ]
+          },
+          "createdAt": "2023-12-01T09:00:00.000Z",
+          "updatedAt": "2024-01-15T10:30:00.000Z",
+          "archived": false
+        }"#;
+        let object: HistoryObject = serde_json::from_str(body).unwrap();
+        let history = to_histories(&["lifecyclestage".to_string()], object);
+        let versions = &history[0].versions;
+        assert_eq!(versions.len(), 2);
+        assert_eq!(versions[0].value, "customer");
+        assert_eq!(versions[0].updated_by_user_id.as_deref(), Some("12345"));
+        assert!(versions[0].is_human_edit());
+        assert!(!versions[1].is_human_edit());
+    }
+
+    #[tokio::test]
+    async fn searches_stay_under_the_search_rate_limit() {
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        sandbox.state.limit_search_rate(Some(5));
+        let real = HubSpotConnector::new(
+            Url::parse("https://api.hubapi.com").unwrap(),
+            SecretString::from("t".to_string()),
+            http_client(),
+        );
+        assert_eq!(real.search_spacing, Some(SEARCH_SPACING), "spaced by default against HubSpot");
+        assert_eq!(connector(&sandbox).search_spacing, None, "not against a loopback emulator");
+        let hubspot = connector(&sandbox).with_search_spacing(Some(SEARCH_SPACING));
+        for _ in 0..7 {
+            hubspot.find_contacts_by_phone(&query()).await.unwrap();
+        }
+        assert!(sandbox.state.requests().iter().all(|r| r.status == 200));
+
+        // Without the spacing the emulator answers 429 past five a second.
+        let raw = reqwest::Client::new();
+        let url = sandbox.base_url().join("crm/v3/objects/contacts/search").unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let r = raw.post(url.clone()).bearer_auth(TOKEN).json(&json!({})).send().await.unwrap();
+            statuses.push(r.status().as_u16());
+        }
+        assert!(statuses.contains(&429), "{statuses:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The CRM connector interface. One implementation per vendor; the rest of the service sees only
 //! [`CrmConnector`] and the neutral types below.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod hubspot;
 
 use async_trait::async_trait;
@@ -44,11 +46,173 @@ pub struct CrmDeal {
 }
 
 /// What the CRM knows about a caller, read in as few requests as the vendor allows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrmContext {
     pub contact: CrmContact,
-    /// Open deals only (not closed-won / closed-lost).
+    /// Open deals only (not closed-won / closed-lost per the vendor's pipeline definitions).
     pub open_deals: Vec<CrmDeal>,
+    /// Open tickets only (the ticket pipelines say which stages are closed).
+    #[serde(default)]
+    pub open_tickets: Vec<CrmTicket>,
+    /// Tasks not yet completed.
+    #[serde(default)]
+    pub open_tasks: Vec<CrmTask>,
+    /// The most recent calls and notes, newest first.
+    #[serde(default)]
+    pub recent_activity: Vec<CrmActivity>,
+    /// The record owner, when the contact has one the CRM could resolve.
+    #[serde(default)]
+    pub owner: Option<CrmOwner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmTicket {
+    pub id: String,
+    pub subject: String,
+    pub stage: String,
+    pub priority: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmTask {
+    pub id: String,
+    pub subject: String,
+    pub status: String,
+    pub due: Option<Timestamp>,
+    pub owner_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivityKind {
+    Call,
+    Note,
+}
+
+/// A past engagement, summarized for the AI (plain text, bounded length).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmActivity {
+    pub id: String,
+    pub kind: ActivityKind,
+    pub at: Option<Timestamp>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmOwner {
+    pub id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A lookup by name and postal code (the fallback when the phone matches nobody).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameZipQuery {
+    pub first_name: Option<String>,
+    pub last_name: String,
+    pub zip: String,
+}
+
+/// A typed value for one vendor property. The connector formats it the way the vendor wants
+/// (HubSpot: dates as `YYYY-MM-DD`, datetimes as ISO 8601 UTC) and checks enumeration values
+/// against the property's options before sending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum PropertyValue {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+    Date(jiff::civil::Date),
+    DateTime(Timestamp),
+    /// The option's internal value (not its label).
+    Enumeration(String),
+    /// Clears the property.
+    Clear,
+}
+
+/// One property to write, by the vendor's internal property name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyWrite {
+    pub name: String,
+    pub value: PropertyValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PropertyWriteStatus {
+    /// Written and read back with the value sent.
+    Written,
+    /// Refused, before sending (type or option check) or by the vendor; the others were written.
+    Rejected { reason: String },
+    /// The vendor accepted the request but the value did not stick (read back differs).
+    Ignored,
+}
+
+/// The per-property result of [`CrmConnector::update_properties`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyWriteResult {
+    pub name: String,
+    #[serde(flatten)]
+    pub status: PropertyWriteStatus,
+}
+
+/// Where a second phone number ended up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SecondaryPhoneOutcome {
+    /// The number (same digits, any layout) was already on the record.
+    AlreadyPresent { property: String },
+    /// Written into an empty phone property; the existing number was not touched.
+    Added { property: String },
+    /// Every phone property holds another number; nothing was overwritten.
+    NoFreeSlot,
+}
+
+/// A note on the contact's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteRecord {
+    pub body: String,
+    pub at: Timestamp,
+}
+
+/// A follow-up task for a person on the team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub subject: String,
+    pub body: Option<String>,
+    pub due: Timestamp,
+    pub owner_id: Option<String>,
+    /// `LOW`, `MEDIUM` or `HIGH`.
+    pub priority: Option<String>,
+}
+
+/// One past value of a property, with who or what set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyVersion {
+    pub value: String,
+    pub timestamp: Timestamp,
+    /// The vendor's source type (HubSpot: `CRM_UI`, `INTEGRATION`, `API`, `IMPORT`, ...).
+    pub source_type: String,
+    pub source_id: Option<String>,
+    pub updated_by_user_id: Option<String>,
+}
+
+impl PropertyVersion {
+    /// Whether a person made this change (in the CRM's UI, a mobile app or an import), as
+    /// opposed to an integration or automation. The write-back never overwrites such a value
+    /// set after its own last read.
+    pub fn is_human_edit(&self) -> bool {
+        matches!(self.source_type.as_str(), "CRM_UI" | "MOBILE_IOS" | "MOBILE_ANDROID" | "IMPORT" | "EMAIL")
+            || (self.updated_by_user_id.is_some() && !matches!(self.source_type.as_str(), "INTEGRATION" | "API"))
+    }
+}
+
+/// A property's history, newest version first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyHistory {
+    pub name: String,
+    pub versions: Vec<PropertyVersion>,
 }
 
 /// Contact fields to write. `None` means "do not touch", never "clear".
@@ -99,7 +263,7 @@ pub trait CrmConnector: Send + Sync + 'static {
     /// Candidates whose stored phone may be this number (the caller re-checks digits).
     async fn find_contacts_by_phone(&self, phone: &PhoneQuery) -> Result<Vec<CrmContact>, ConnectorError>;
 
-    /// The contact with its open deals.
+    /// The contact with its open deals, open tickets, open tasks, recent calls/notes and owner.
     async fn read_context(&self, contact_id: &str) -> Result<CrmContext, ConnectorError>;
 
     async fn create_contact(&self, fields: &ContactFields, idempotency_key: &str) -> Result<String, ConnectorError>;
@@ -110,6 +274,10 @@ pub trait CrmConnector: Send + Sync + 'static {
     async fn log_call(&self, contact_id: &str, call: &CallLog, idempotency_key: &str)
     -> Result<String, ConnectorError>;
 
+    /// Rewrites a call log already written by [`CrmConnector::log_call`] (e.g. with the voice
+    /// platform's end-of-call report that arrived after it): one call keeps one call object.
+    async fn update_call_log(&self, call_object_id: &str, call: &CallLog) -> Result<(), ConnectorError>;
+
     /// Records a booked appointment on the contact; returns the CRM object's id.
     async fn record_appointment(
         &self,
@@ -117,4 +285,48 @@ pub trait CrmConnector: Send + Sync + 'static {
         appointment: &AppointmentRecord,
         idempotency_key: &str,
     ) -> Result<String, ConnectorError>;
+
+    /// Candidates whose email is this address (case-insensitive).
+    async fn find_contacts_by_email(&self, email: &str) -> Result<Vec<CrmContact>, ConnectorError>;
+
+    /// Candidates with this last name (and first name, when given) and postal code.
+    async fn find_contacts_by_name_zip(&self, query: &NameZipQuery) -> Result<Vec<CrmContact>, ConnectorError>;
+
+    /// Writes typed values; each property gets its own result. A property the vendor rejects does
+    /// not stop the others. `Err` only when nothing could be decided (auth, outage, ...).
+    async fn update_properties(
+        &self,
+        contact_id: &str,
+        writes: &[PropertyWrite],
+    ) -> Result<Vec<PropertyWriteResult>, ConnectorError>;
+
+    /// Adds `e164` as another phone of the contact without overwriting the existing one.
+    async fn add_secondary_phone(&self, contact_id: &str, e164: &str) -> Result<SecondaryPhoneOutcome, ConnectorError>;
+
+    /// A note on the contact; returns its id.
+    async fn log_note(
+        &self,
+        contact_id: &str,
+        note: &NoteRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError>;
+
+    /// A task on the contact for an owner, with a due date; returns its id.
+    async fn create_task(
+        &self,
+        contact_id: &str,
+        task: &TaskRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError>;
+
+    /// Moves a deal to a stage, named by its id or its label; the stage must exist in the deal's
+    /// pipeline.
+    async fn set_deal_stage(&self, deal_id: &str, stage: &str) -> Result<(), ConnectorError>;
+
+    /// The history of the named contact properties, for telling a rep's edit from our own.
+    async fn property_history(
+        &self,
+        contact_id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError>;
 }

@@ -1,0 +1,580 @@
+//! Vendor connections: the OAuth 2.0 authorization-code flow with PKCE (RFC 7636, `S256`) and a
+//! `state` check, tokens encrypted at rest (AES-256-GCM, a key id stored beside each
+//! ciphertext), and refresh that is single-flight per connection.
+//!
+//! HubSpot specifics (<https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>):
+//! the install page is `https://app.hubspot.com/oauth/authorize?client_id&scope&redirect_uri&state`
+//! (plus `code_challenge`/`code_challenge_method`, which the token endpoint's `code_verifier`
+//! parameter pairs with); `POST /oauth/v1/token` is form-encoded with `grant_type`
+//! (`authorization_code` | `refresh_token`), `client_id`, `client_secret`, `redirect_uri`,
+//! `code` or `refresh_token`, and answers `{token_type, refresh_token, access_token,
+//! expires_in}` (seconds; 30 minutes). An unusable refresh token answers 400 with
+//! `"status": "BAD_REFRESH_TOKEN"` (or the OAuth `invalid_grant`): the connection is then marked
+//! revoked and surfaces as [`ConnectorError::AuthRevoked`] until it is re-authorized through the
+//! same start/callback flow.
+//!
+//! The store always holds the live tokens: a refresh's answer (including a rotated refresh
+//! token) is written back before the new access token is handed out, and the refresh runs under a
+//! per-connection lock after re-reading the stored row, so two requests that both saw a 401 cause
+//! one refresh, and a restart never presents a retired refresh token. Across instances the lock
+//! becomes a PostgreSQL advisory lock (multi-instance issue).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jiff::{SignedDuration, Timestamp};
+use rand::RngCore as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::clock::SharedClock;
+use crate::connectors::ConnectorError;
+use crate::store::{ConnectionRow, OAuthStateRow, Store, StoreError};
+
+/// Where a connector gets its bearer token.
+#[async_trait]
+pub trait TokenSource: Send + Sync + 'static {
+    /// The token to send now.
+    async fn access_token(&self) -> Result<SecretString, ConnectorError>;
+
+    /// The vendor refused `rejected` as expired: a fresh token. Concurrent callers holding the
+    /// same rejected token share one refresh.
+    async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError>;
+}
+
+/// A fixed token (a private-app token, the sandbox's token). It cannot be refreshed.
+pub struct StaticToken(SecretString);
+
+impl StaticToken {
+    pub fn new(token: SecretString) -> Self {
+        Self(token)
+    }
+}
+
+#[async_trait]
+impl TokenSource for StaticToken {
+    async fn access_token(&self) -> Result<SecretString, ConnectorError> {
+        Ok(self.0.clone())
+    }
+
+    async fn refreshed(&self, _rejected: &SecretString) -> Result<SecretString, ConnectorError> {
+        Err(ConnectorError::AuthExpired)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("unknown or already used authorization state")]
+    UnknownState,
+    #[error("the authorization request expired; start again")]
+    StateExpired,
+    #[error("the authorization callback is for {0}, not this vendor")]
+    WrongVendor(String),
+    #[error("no connection {0}")]
+    NotFound(String),
+    #[error("token encryption: {0}")]
+    Crypto(String),
+    #[error(transparent)]
+    Vendor(#[from] ConnectorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The environment variable holding the token-encryption key (32 bytes, standard base64).
+pub const SECRET_KEY_ENV: &str = "CALLSIDE_SECRET_KEY";
+
+/// AES-256-GCM under one key. Each ciphertext is `base64(nonce || ciphertext || tag)` with a
+/// random 96-bit nonce, bound to its row and field by the associated data, and stored with
+/// [`TokenCipher::key_id`] so a rotated key can still decrypt older rows once key sets exist.
+pub struct TokenCipher {
+    key_id: String,
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for TokenCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCipher").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl TokenCipher {
+    pub fn new(key: &[u8; 32]) -> Self {
+        // The key id names the key without revealing it: the first bytes of its SHA-256.
+        let key_id = hex::encode(&Sha256::digest(key)[..6]);
+        Self { key_id, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)) }
+    }
+
+    /// Reads the key from [`SECRET_KEY_ENV`].
+    pub fn from_env() -> Result<Self, ConnectionError> {
+        let raw = std::env::var(SECRET_KEY_ENV)
+            .map_err(|_| ConnectionError::Crypto(format!("{SECRET_KEY_ENV} is not set")))?;
+        Self::from_base64(&raw)
+    }
+
+    pub fn from_base64(raw: &str) -> Result<Self, ConnectionError> {
+        let bytes = STANDARD
+            .decode(raw.trim())
+            .map_err(|_| ConnectionError::Crypto("the secret key is not valid base64".into()))?;
+        let key: [u8; 32] =
+            bytes.try_into().map_err(|_| ConnectionError::Crypto("the secret key must be 32 bytes".into()))?;
+        Ok(Self::new(&key))
+    }
+
+    /// A random key, for tests and the sandbox.
+    pub fn generate() -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Self::new(&key)
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn encrypt(&self, plaintext: &str, aad: &str) -> Result<String, ConnectionError> {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
+            .map_err(|_| ConnectionError::Crypto("encryption failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        Ok(STANDARD.encode(out))
+    }
+
+    pub fn decrypt(&self, key_id: &str, ciphertext: &str, aad: &str) -> Result<SecretString, ConnectionError> {
+        if key_id != self.key_id {
+            return Err(ConnectionError::Crypto(format!("encrypted under key {key_id}, which is not configured")));
+        }
+        let raw = STANDARD.decode(ciphertext).map_err(|_| ConnectionError::Crypto("corrupt ciphertext".into()))?;
+        if raw.len() < 12 {
+            return Err(ConnectionError::Crypto("corrupt ciphertext".into()));
+        }
+        let (nonce, sealed) = raw.split_at(12);
+        let plain = self
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: aad.as_bytes() })
+            .map_err(|_| ConnectionError::Crypto("ciphertext does not authenticate".into()))?;
+        String::from_utf8(plain)
+            .map(SecretString::from)
+            .map_err(|_| ConnectionError::Crypto("decrypted token is not UTF-8".into()))
+    }
+}
+
+/// The scopes callside asks HubSpot for, and nothing more: contacts (read/write, which also
+/// covers calls, notes, tasks and meetings on them), deals (read/write: open deals, stage
+/// changes), tickets (read), owners (read) and contact property definitions (typed writes).
+pub const HUBSPOT_SCOPES: [&str; 7] = [
+    "crm.objects.contacts.read",
+    "crm.objects.contacts.write",
+    "crm.objects.deals.read",
+    "crm.objects.deals.write",
+    "tickets",
+    "crm.objects.owners.read",
+    "crm.schemas.contacts.read",
+];
+
+/// An OAuth app registered with a vendor. Config names only the environment variables holding
+/// the client id and secret; the tokens live in the store.
+#[derive(Debug, Clone)]
+pub struct OAuthApp {
+    pub vendor: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub authorize_url: Url,
+    pub token_url: Url,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+}
+
+impl OAuthApp {
+    /// HubSpot: authorize at `{app_base}/oauth/authorize` (`https://app.hubspot.com`), tokens at
+    /// `{api_base}/oauth/v1/token` (`https://api.hubapi.com`).
+    pub fn hubspot(
+        client_id: &str,
+        client_secret: SecretString,
+        redirect_uri: &str,
+        app_base: &Url,
+        api_base: &Url,
+    ) -> Result<Self, url::ParseError> {
+        Ok(Self {
+            vendor: "hubspot".into(),
+            client_id: client_id.into(),
+            client_secret,
+            authorize_url: app_base.join("oauth/authorize")?,
+            token_url: api_base.join("oauth/v1/token")?,
+            redirect_uri: redirect_uri.into(),
+            scopes: HUBSPOT_SCOPES.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+}
+
+impl OAuthApp {
+    /// The HubSpot app whose client id and secret are in the named environment variables (the
+    /// tenant config names the variables, never the values).
+    pub fn hubspot_from_env(
+        client_id_env: &str,
+        client_secret_env: &str,
+        redirect_uri: &str,
+        app_base: &Url,
+        api_base: &Url,
+    ) -> Result<Self, String> {
+        let read = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+        let client_id = read(client_id_env)?;
+        let secret = SecretString::from(read(client_secret_env)?);
+        Self::hubspot(&client_id, secret, redirect_uri, app_base, api_base).map_err(|e| e.to_string())
+    }
+}
+
+/// The token endpoint's answer (RFC 6749 §5.1; HubSpot's v1 shape).
+#[derive(Debug, Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// The token endpoint's error: HubSpot's `{status, message}` or RFC 6749 §5.2 `{error}`.
+#[derive(Debug, Default, Deserialize)]
+struct TokenError {
+    status: Option<String>,
+    message: Option<String>,
+    error: Option<String>,
+}
+
+/// How long an authorization request may wait for its callback.
+const STATE_TTL: SignedDuration = SignedDuration::from_secs(600);
+/// A token this close to its expiry is refreshed before use.
+const EXPIRY_MARGIN: SignedDuration = SignedDuration::from_secs(60);
+
+/// A connection as the rest of the service sees it (no tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub id: String,
+    pub tenant: String,
+    pub vendor: String,
+    pub status: String,
+}
+
+pub struct Connections {
+    store: Store,
+    cipher: Arc<TokenCipher>,
+    http: reqwest::Client,
+    clock: SharedClock,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub fn connection_id(tenant: &str, vendor: &str) -> String {
+    format!("{tenant}:{vendor}")
+}
+
+impl Connections {
+    pub fn new(store: Store, cipher: Arc<TokenCipher>, http: reqwest::Client, clock: SharedClock) -> Self {
+        Self { store, cipher, http, clock, locks: Mutex::new(HashMap::new()) }
+    }
+
+    /// Step 1: the URL to send the installing user to. Also the re-authorize path for a revoked
+    /// connection: its callback replaces the connection's tokens.
+    pub async fn start(&self, app: &OAuthApp, tenant: &str) -> Result<Url, ConnectionError> {
+        let state = random_token(32);
+        let verifier = random_token(64);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let row = OAuthStateRow {
+            verifier_ct: self.cipher.encrypt(&verifier, &format!("oauth_state:{state}"))?,
+            state: state.clone(),
+            tenant: tenant.into(),
+            vendor: app.vendor.clone(),
+            key_id: self.cipher.key_id().into(),
+            created_at: self.clock.now().as_millisecond(),
+        };
+        self.store.save_oauth_state(&row).await?;
+        let mut url = app.authorize_url.clone();
+        url.query_pairs_mut()
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", &app.redirect_uri)
+            .append_pair("scope", &app.scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        Ok(url)
+    }
+
+    /// Step 2: the vendor redirected back with `code` and our `state`. The state is single-use
+    /// and must be fresh; the code is exchanged with the PKCE verifier; the tokens are stored
+    /// encrypted.
+    pub async fn callback(&self, app: &OAuthApp, state: &str, code: &str) -> Result<ConnectionInfo, ConnectionError> {
+        let pending = self.store.take_oauth_state(state).await?.ok_or(ConnectionError::UnknownState)?;
+        let created = Timestamp::from_millisecond(pending.created_at).unwrap_or(Timestamp::UNIX_EPOCH);
+        if self.clock.now().duration_since(created) > STATE_TTL {
+            return Err(ConnectionError::StateExpired);
+        }
+        if pending.vendor != app.vendor {
+            return Err(ConnectionError::WrongVendor(pending.vendor));
+        }
+        let verifier =
+            self.cipher.decrypt(&pending.key_id, &pending.verifier_ct, &format!("oauth_state:{}", pending.state))?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose_secret()),
+            ("redirect_uri", app.redirect_uri.as_str()),
+            ("code", code),
+            ("code_verifier", verifier.expose_secret()),
+        ];
+        let tokens = self.token_request(app, &form).await?;
+        let refresh = tokens
+            .refresh_token
+            .clone()
+            .ok_or_else(|| ConnectorError::Permanent("the token endpoint returned no refresh token".into()))?;
+        let id = connection_id(&pending.tenant, &app.vendor);
+        let row = self.sealed_row(&id, &pending.tenant, &app.vendor, &tokens, &refresh, &app.scopes.join(" "))?;
+        self.store.upsert_connection(&row).await?;
+        Ok(ConnectionInfo { id, tenant: pending.tenant, vendor: app.vendor.clone(), status: "active".into() })
+    }
+
+    pub async fn info(&self, id: &str) -> Result<Option<ConnectionInfo>, ConnectionError> {
+        Ok(self.store.connection(id).await?.map(|r| ConnectionInfo {
+            id: r.id,
+            tenant: r.tenant,
+            vendor: r.vendor,
+            status: r.status,
+        }))
+    }
+
+    /// A token source for a connector, backed by this connection.
+    pub fn token_source(self: &Arc<Self>, app: Arc<OAuthApp>, id: &str) -> Arc<dyn TokenSource> {
+        Arc::new(ConnectionTokens { connections: self.clone(), app, id: id.to_string() })
+    }
+
+    fn sealed_row(
+        &self,
+        id: &str,
+        tenant: &str,
+        vendor: &str,
+        tokens: &TokenResponse,
+        refresh: &str,
+        scopes: &str,
+    ) -> Result<ConnectionRow, ConnectionError> {
+        let now = self.clock.now();
+        let expires = now + SignedDuration::from_secs(tokens.expires_in.unwrap_or(1800).min(i64::MAX as u64) as i64);
+        Ok(ConnectionRow {
+            id: id.into(),
+            tenant: tenant.into(),
+            vendor: vendor.into(),
+            status: "active".into(),
+            key_id: self.cipher.key_id().into(),
+            access_token_ct: self.cipher.encrypt(&tokens.access_token, &format!("{id}:access"))?,
+            refresh_token_ct: self.cipher.encrypt(refresh, &format!("{id}:refresh"))?,
+            expires_at: expires.as_millisecond(),
+            scopes: scopes.into(),
+            updated_at: now.as_millisecond(),
+        })
+    }
+
+    async fn load(&self, id: &str) -> Result<(ConnectionRow, SecretString), ConnectorError> {
+        let row = self
+            .store
+            .connection(id)
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("reading the connection: {e}")))?
+            .ok_or_else(|| ConnectorError::AuthRevoked(format!("no connection {id}; authorize it first")))?;
+        if row.status == "revoked" {
+            return Err(ConnectorError::AuthRevoked(format!("connection {id} was revoked; re-authorize it")));
+        }
+        let access = self
+            .cipher
+            .decrypt(&row.key_id, &row.access_token_ct, &format!("{id}:access"))
+            .map_err(|e| ConnectorError::Permanent(e.to_string()))?;
+        Ok((row, access))
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone()
+    }
+
+    /// Refreshes unless someone already did: under the per-connection lock the stored row is
+    /// read again, and if its access token is no longer the rejected one (and not about to
+    /// expire) that token is returned without calling the vendor.
+    async fn refresh(
+        &self,
+        app: &OAuthApp,
+        id: &str,
+        rejected: Option<&SecretString>,
+    ) -> Result<SecretString, ConnectorError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let (row, current) = self.load(id).await?;
+        let fresh = Timestamp::from_millisecond(row.expires_at).is_ok_and(|at| at - EXPIRY_MARGIN > self.clock.now());
+        let superseded = rejected.is_some_and(|r| r.expose_secret() != current.expose_secret());
+        if superseded || (rejected.is_none() && fresh) {
+            return Ok(current);
+        }
+        let refresh = self
+            .cipher
+            .decrypt(&row.key_id, &row.refresh_token_ct, &format!("{id}:refresh"))
+            .map_err(|e| ConnectorError::Permanent(e.to_string()))?;
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose_secret()),
+            ("redirect_uri", app.redirect_uri.as_str()),
+            ("refresh_token", refresh.expose_secret()),
+        ];
+        let tokens = match self.token_request(app, &form).await {
+            Ok(tokens) => tokens,
+            Err(ConnectorError::AuthRevoked(reason)) => {
+                let _ = self.store.set_connection_status(id, "revoked", self.clock.now().as_millisecond()).await;
+                tracing::warn!(connection = %id, "refresh token refused; the connection must be re-authorized");
+                return Err(ConnectorError::AuthRevoked(reason));
+            }
+            Err(e) => return Err(e),
+        };
+        // A rotated refresh token replaces the old one; otherwise the old one stays.
+        let next_refresh = tokens.refresh_token.clone().unwrap_or_else(|| refresh.expose_secret().to_string());
+        let sealed = self
+            .sealed_row(id, &row.tenant, &row.vendor, &tokens, &next_refresh, &row.scopes)
+            .map_err(|e| ConnectorError::Permanent(e.to_string()))?;
+        // Stored before use: a crash after this point restarts with the live tokens.
+        self.store
+            .upsert_connection(&sealed)
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("storing the refreshed token: {e}")))?;
+        Ok(SecretString::from(tokens.access_token))
+    }
+
+    async fn token_request(&self, app: &OAuthApp, form: &[(&str, &str)]) -> Result<TokenResponse, ConnectorError> {
+        let response = self
+            .http
+            .post(app.token_url.clone())
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::from_transport(&e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|_| ConnectorError::Transient("unreadable token endpoint response".into()));
+        }
+        let error: TokenError = serde_json::from_slice(&body).unwrap_or_default();
+        Err(classify_token_error(status.as_u16(), &error))
+    }
+}
+
+fn classify_token_error(status: u16, error: &TokenError) -> ConnectorError {
+    let code = error.status.as_deref().or(error.error.as_deref()).unwrap_or_default().to_string();
+    let message = error.message.clone().unwrap_or_else(|| format!("HTTP {status}"));
+    match (status, code.as_str()) {
+        (429, _) => ConnectorError::RateLimited { retry_after: None, detail: "token endpoint".into() },
+        (500..=599, _) => ConnectorError::Transient(format!("token endpoint answered HTTP {status}")),
+        (_, "BAD_REFRESH_TOKEN" | "invalid_grant" | "BAD_AUTH_CODE") => {
+            ConnectorError::AuthRevoked(format!("{code}: {message}"))
+        }
+        (_, "BAD_CLIENT_ID" | "invalid_client") => ConnectorError::Permanent(format!("{code}: {message}")),
+        (401 | 403, _) => ConnectorError::AuthRevoked(format!("{code}: {message}")),
+        _ => ConnectorError::Permanent(format!("token endpoint HTTP {status}: {code} {message}")),
+    }
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+struct ConnectionTokens {
+    connections: Arc<Connections>,
+    app: Arc<OAuthApp>,
+    id: String,
+}
+
+#[async_trait]
+impl TokenSource for ConnectionTokens {
+    async fn access_token(&self) -> Result<SecretString, ConnectorError> {
+        let (row, access) = self.connections.load(&self.id).await?;
+        let now = self.connections.clock.now();
+        let expiring = Timestamp::from_millisecond(row.expires_at).is_ok_and(|at| at - EXPIRY_MARGIN <= now);
+        if expiring { self.connections.refresh(&self.app, &self.id, None).await } else { Ok(access) }
+    }
+
+    async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError> {
+        self.connections.refresh(&self.app, &self.id, Some(rejected)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ciphertexts_authenticate_their_row_and_key() {
+        let cipher = TokenCipher::generate();
+        let sealed = cipher.encrypt("secret-token", "t:hubspot:access").unwrap();
+        assert!(!sealed.contains("secret-token"));
+        let opened = cipher.decrypt(cipher.key_id(), &sealed, "t:hubspot:access").unwrap();
+        assert_eq!(opened.expose_secret(), "secret-token");
+        assert!(cipher.decrypt(cipher.key_id(), &sealed, "other:hubspot:access").is_err(), "bound to its row");
+        assert!(TokenCipher::generate().decrypt(cipher.key_id(), &sealed, "t:hubspot:access").is_err());
+        assert!(cipher.decrypt("another-key", &sealed, "t:hubspot:access").is_err());
+    }
+
+    #[test]
+    fn keys_are_read_as_32_bytes_of_base64() {
+        let key = STANDARD.encode([7u8; 32]);
+        let a = TokenCipher::from_base64(&key).unwrap();
+        let b = TokenCipher::from_base64(&key).unwrap();
+        assert_eq!(a.key_id(), b.key_id());
+        let sealed = a.encrypt("x", "aad").unwrap();
+        assert_eq!(b.decrypt(b.key_id(), &sealed, "aad").unwrap().expose_secret(), "x");
+        assert!(TokenCipher::from_base64(&STANDARD.encode([1u8; 16])).is_err());
+        assert!(TokenCipher::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn token_endpoint_errors_are_classified() {
+        let bad_refresh = TokenError {
+            status: Some("BAD_REFRESH_TOKEN".into()),
+            message: Some("missing or invalid refresh token".into()),
+            error: None,
+        };
+        assert!(matches!(classify_token_error(400, &bad_refresh), ConnectorError::AuthRevoked(_)));
+        let grant = TokenError { error: Some("invalid_grant".into()), ..TokenError::default() };
+        assert!(matches!(classify_token_error(400, &grant), ConnectorError::AuthRevoked(_)));
+        assert!(matches!(classify_token_error(502, &TokenError::default()), ConnectorError::Transient(_)));
+    }
+
+    /// The BAD_REFRESH_TOKEN body as reported for HubSpot's token endpoint
+    /// (<https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>
+    /// lists the endpoint; the body is the one HubSpot returns for an unusable refresh token).
+    #[test]
+    fn golden_bad_refresh_token_body() {
+        let body = r#"{"status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token"}"#;
+        let parsed: TokenError = serde_json::from_str(body).unwrap();
+        assert!(matches!(classify_token_error(400, &parsed), ConnectorError::AuthRevoked(_)));
+    }
+
+    /// The token response example of HubSpot's v1 OAuth tokens guide
+    /// (<https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>,
+    /// "Generate initial access and refresh tokens").
+    #[test]
+    fn golden_token_response() {
+        let body = r#"{
+          "token_type": "bearer",
+          "refresh_token": "1e8fbfb1-8e96-4826-8b8d-c8af73715",
+          "access_token": "CIrToaiiMhIHAAEAQAAAARiO1ooBIOP0sgEokNIEMgEAOgEAQgEAUhUAGwGBUv-8hwyTfzRvZTbRRL5sxiRaAA",
+          "expires_in": 1800
+        }"#;
+        let parsed: TokenResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.expires_in, Some(1800));
+        assert_eq!(parsed.refresh_token.as_deref(), Some("1e8fbfb1-8e96-4826-8b8d-c8af73715"));
+        assert!(parsed.access_token.starts_with("CIrToaiiMhIH"));
+    }
+}

@@ -1,0 +1,125 @@
+//! OAuth connections and in-flight authorization requests (see `migrations/sqlite/0003_connections.sql`).
+//! Only ciphertexts pass through here; [`crate::connections`] encrypts and decrypts.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// A stored connection; the token columns are ciphertexts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub tenant: String,
+    pub vendor: String,
+    pub status: String,
+    pub key_id: String,
+    pub access_token_ct: String,
+    pub refresh_token_ct: String,
+    pub expires_at: i64,
+    pub scopes: String,
+    pub updated_at: i64,
+}
+
+/// An authorization request waiting for its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthStateRow {
+    pub state: String,
+    pub tenant: String,
+    pub vendor: String,
+    pub key_id: String,
+    pub verifier_ct: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    pub async fn save_oauth_state(&self, row: &OAuthStateRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_states (state, tenant, vendor, key_id, verifier_ct, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.state)
+        .bind(&row.tenant)
+        .bind(&row.vendor)
+        .bind(&row.key_id)
+        .bind(&row.verifier_ct)
+        .bind(row.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes and returns the request: a `state` is good for one callback only.
+    pub async fn take_oauth_state(&self, state: &str) -> Result<Option<OAuthStateRow>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM oauth_states WHERE state = ? RETURNING state, tenant, vendor, key_id, verifier_ct, created_at",
+        )
+        .bind(state)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| OAuthStateRow {
+            state: r.get("state"),
+            tenant: r.get("tenant"),
+            vendor: r.get("vendor"),
+            key_id: r.get("key_id"),
+            verifier_ct: r.get("verifier_ct"),
+            created_at: r.get("created_at"),
+        }))
+    }
+
+    /// Inserts or replaces the connection of (tenant, vendor) — a re-authorization replaces the
+    /// tokens of a revoked connection and makes it active again.
+    pub async fn upsert_connection(&self, row: &ConnectionRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connections (id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at,
+                                      scopes, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, key_id = excluded.key_id,
+                 access_token_ct = excluded.access_token_ct, refresh_token_ct = excluded.refresh_token_ct,
+                 expires_at = excluded.expires_at, scopes = excluded.scopes, updated_at = excluded.updated_at",
+        )
+        .bind(&row.id)
+        .bind(&row.tenant)
+        .bind(&row.vendor)
+        .bind(&row.status)
+        .bind(&row.key_id)
+        .bind(&row.access_token_ct)
+        .bind(&row.refresh_token_ct)
+        .bind(row.expires_at)
+        .bind(&row.scopes)
+        .bind(row.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn connection(&self, id: &str) -> Result<Option<ConnectionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at
+             FROM connections WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| ConnectionRow {
+            id: r.get("id"),
+            tenant: r.get("tenant"),
+            vendor: r.get("vendor"),
+            status: r.get("status"),
+            key_id: r.get("key_id"),
+            access_token_ct: r.get("access_token_ct"),
+            refresh_token_ct: r.get("refresh_token_ct"),
+            expires_at: r.get("expires_at"),
+            scopes: r.get("scopes"),
+            updated_at: r.get("updated_at"),
+        }))
+    }
+
+    pub async fn set_connection_status(&self, id: &str, status: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE connections SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
