@@ -18,6 +18,12 @@ pub struct ToolNameLabel {
     pub tool: String,
 }
 
+/// The MCP protocol era (version) a call reached over HTTP used.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EraLabel {
+    pub era: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
     pub kind: String,
@@ -34,6 +40,8 @@ pub struct Metrics {
     pub calls_refused: Family<ToolNameLabel, Counter>,
     pub writeback_steps: Family<StepLabels, Counter>,
     pub writeback_backlog: Gauge,
+    /// Calls opened over MCP Streamable HTTP, by the protocol version of the opening request.
+    pub mcp_sessions: Family<EraLabel, Counter>,
 }
 
 impl Metrics {
@@ -54,7 +62,22 @@ impl Metrics {
         registry.register("calls_refused", "Connections refused, by reason", calls_refused.clone());
         registry.register("writeback_steps", "Write-back step attempts by kind and outcome", writeback_steps.clone());
         registry.register("writeback_backlog", "Write-back steps pending", writeback_backlog.clone());
-        Metrics { registry, tool_calls, tool_latency, open_calls, calls_refused, writeback_steps, writeback_backlog }
+        let mcp_sessions = Family::<EraLabel, Counter>::default();
+        registry.register(
+            "mcp_sessions",
+            "Calls opened over MCP Streamable HTTP, by protocol version (era)",
+            mcp_sessions.clone(),
+        );
+        Metrics {
+            registry,
+            tool_calls,
+            tool_latency,
+            open_calls,
+            calls_refused,
+            writeback_steps,
+            writeback_backlog,
+            mcp_sessions,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -27,6 +27,13 @@ impl Tenant {
         // Check every stored digest (no early exit) so timing does not reveal which matched.
         self.config.api_key_digests.iter().fold(subtle::Choice::from(0), |acc, d| acc | d.ct_eq(&digest)).into()
     }
+
+    /// Constant-time check of the secret Vapi presents (`X-Vapi-Secret`) against the stored digest.
+    pub fn accepts_vapi_secret(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let digest = crate::config::api_key_digest(presented);
+        self.config.vapi_secret_digest.is_some_and(|d| bool::from(d.ct_eq(&digest)))
+    }
 }
 
 /// All tenants, indexed by id and by dialed number (E.164).
@@ -55,6 +62,29 @@ impl Tenants {
 
     pub fn by_dialed_number(&self, e164: &str) -> Option<&Arc<Tenant>> {
         self.by_number.get(e164)
+    }
+
+    /// The tenant whose API key this is (transports without a dialed number at connect time,
+    /// e.g. MCP over HTTP). Every tenant's digests are checked, each in constant time.
+    pub fn by_api_key(&self, presented: &str) -> Option<&Arc<Tenant>> {
+        let mut found = None;
+        for t in self.by_id.values() {
+            if t.accepts_key(presented) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
+    }
+
+    /// The tenant whose Vapi server-URL secret this is.
+    pub fn by_vapi_secret(&self, presented: &str) -> Option<&Arc<Tenant>> {
+        let mut found = None;
+        for t in self.by_id.values() {
+            if t.accepts_vapi_secret(presented) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Tenant>> {

@@ -1,6 +1,10 @@
-//! HTTP edge: the per-call WebSocket, health and metrics. Knows axum and the wire; knows no
-//! business rules (those live behind [`crate::session::Core`]).
+//! HTTP edge: the per-call WebSocket, MCP Streamable HTTP (`/mcp`), the Vapi server URL
+//! (`/v1/vapi`), health and metrics. Knows axum and the wire; knows no business rules (those live
+//! behind [`crate::session::Core`]). Every transport runs tools through the same core.
 
+pub mod connect;
+mod mcp_http;
+mod vapi;
 mod ws;
 
 use std::sync::Arc;
@@ -10,13 +14,22 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::config::Limits;
-use crate::session::Core;
+use crate::observe::{ToolLabels, ToolNameLabel};
+use crate::protocol::ToolResult;
+use crate::protocol::tools::ToolCall;
+use crate::session::{CallSession, Core, Notification};
+
+/// Vapi's end-of-call reports carry the transcript and the call object: larger than a tool call.
+const VAPI_BODY_LIMIT: usize = 1024 * 1024;
 
 /// State shared by every route.
 pub struct AppState {
@@ -32,8 +45,22 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let mcp_limit = state.limits.max_message_bytes;
+    // Bodies past the limit are answered 413 before a handler runs.
+    let mcp = Router::new()
+        .route("/mcp", post(mcp_http::post).get(mcp_http::not_allowed).delete(mcp_http::not_allowed))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(mcp_limit));
+    let vapi = Router::new()
+        .route("/v1/vapi", post(vapi::post))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(VAPI_BODY_LIMIT));
     Router::new()
         .route("/v1/calls/ws", get(ws::upgrade))
+        .merge(mcp)
+        .merge(vapi)
+        .route("/v1/connect/{vendor}/start", get(connect::start))
+        .route("/v1/connect/{vendor}/callback", get(connect::callback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -56,4 +83,45 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.core.metrics.render())
+}
+
+/// Runs one tool for an HTTP transport with the server-side deadline, counting it like the
+/// socket does. On deadline the AI gets a speakable answer; the work is not cancelled (a
+/// half-cancelled booking would be worse than a late one).
+pub(crate) async fn run_tool(app: &Arc<AppState>, session: &Arc<CallSession>, call: ToolCall) -> ToolResult {
+    let tool = call.name();
+    let started = tokio::time::Instant::now();
+    let core = app.core.clone();
+    let s = session.clone();
+    let work = tokio::spawn(async move { core.call_tool(&s, call).await });
+    let result = match tokio::time::timeout(Duration::from_millis(app.limits.tool_deadline_ms), work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => {
+            ToolResult::error(json!({"error": "internal"}), "Something went wrong on my side; please try again.")
+        }
+        Err(_) => ToolResult::error(
+            json!({"error": "timeout"}),
+            "That's taking longer than expected; give me a moment and ask again.",
+        ),
+    };
+    app.core
+        .metrics
+        .tool_latency
+        .get_or_create(&ToolNameLabel { tool: tool.into() })
+        .observe(started.elapsed().as_secs_f64());
+    count_tool(app, tool, if result.is_error { "error" } else { "ok" });
+    result
+}
+
+pub(crate) fn count_tool(app: &AppState, tool: &str, outcome: &str) {
+    app.core.metrics.tool_calls.get_or_create(&ToolLabels { tool: tool.into(), outcome: outcome.into() }).inc();
+}
+
+/// A server notification as a JSON-RPC method and params.
+pub(crate) fn notification_message(call_id: &str, n: &Notification) -> (&'static str, Value) {
+    match n {
+        Notification::ContextReady { status } => {
+            ("notifications/callside/context_ready", json!({"call_id": call_id, "status": status}))
+        }
+    }
 }

@@ -57,7 +57,7 @@ fn presented_key<'a>(headers: &'a HeaderMap, query: &'a ConnectQuery) -> Option<
         .find_map(|p| p.strip_prefix(KEY_PROTOCOL_PREFIX))
 }
 
-fn valid_call_id(id: &str) -> bool {
+pub(super) fn valid_call_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 

@@ -4,24 +4,28 @@
 mod tools;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use jiff::Timestamp;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::booking::BookingService;
 use crate::clock::SharedClock;
+use crate::connectors::crm::CallLog;
 use crate::context::{CallerContext, ContextService};
 use crate::identity::ParsedPhone;
 use crate::observe::Metrics;
 use crate::protocol::ToolResult;
+use crate::protocol::tools::EndCallArgs;
 use crate::protocol::tools::ToolCall;
 use crate::store::Store;
 use crate::tenant::{Tenant, Tenants};
-use crate::writeback::plan::BookedSummary;
+use crate::writeback::plan::{BookedSummary, PlatformReport, kind, merge_report};
 use crate::writeback::{CallOutcome, EndReason, WorkerHandle, build_plan};
 
 /// Everything the call core needs, shared by every transport.
@@ -40,9 +44,16 @@ pub struct Core {
 #[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<String, Arc<CallSession>>>,
+    /// Wakes the idle sweeper when an HTTP call opens (its deadline may be the earliest).
+    opened: Notify,
 }
 
 impl Sessions {
+    /// Live calls reached over HTTP (no socket), for the idle sweeper.
+    fn http_calls(&self) -> Vec<Arc<CallSession>> {
+        self.live.lock().expect("sessions lock").values().filter(|s| s.transport == Transport::Http).cloned().collect()
+    }
+
     pub fn get(&self, call_id: &str) -> Option<Arc<CallSession>> {
         self.live.lock().expect("sessions lock").get(call_id).cloned()
     }
@@ -78,10 +89,26 @@ struct CallState {
     bookings: Vec<BookedSummary>,
     captured_name: Option<String>,
     captured_email: Option<String>,
+    appointment_changes: Vec<String>,
+}
+
+/// How the voice AI reaches this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One WebSocket for the call: a dropped socket ends it.
+    Socket,
+    /// Independent HTTP requests naming the call (MCP Streamable HTTP, Vapi): idle expiry ends it.
+    Http,
 }
 
 pub struct CallSession {
     pub call_id: String,
+    pub transport: Transport,
+    /// Domain time (ms) of the last request for this call; the idle sweeper reads it.
+    last_activity: AtomicI64,
+    /// HTTP calls have no socket to push on: their notifications wait here and ride on the next
+    /// tool result of the call.
+    parked: Mutex<Option<mpsc::Receiver<Notification>>>,
     pub tenant: Arc<Tenant>,
     pub caller: ParsedPhone,
     pub dialed: String,
@@ -115,6 +142,32 @@ impl Core {
         caller: ParsedPhone,
         dialed: String,
     ) -> Result<(Arc<CallSession>, mpsc::Receiver<Notification>), OpenError> {
+        self.open_call_via(tenant, call_id, caller, dialed, Transport::Socket).await
+    }
+
+    /// Opens a call reached over HTTP: its notifications are parked on the session (see
+    /// [`CallSession::take_notifications`]) and the idle sweeper watches it.
+    pub async fn open_http_call(
+        self: &Arc<Self>,
+        tenant: Arc<Tenant>,
+        call_id: String,
+        caller: ParsedPhone,
+        dialed: String,
+    ) -> Result<Arc<CallSession>, OpenError> {
+        let (session, rx) = self.open_call_via(tenant, call_id, caller, dialed, Transport::Http).await?;
+        *session.parked.lock().expect("parked lock") = Some(rx);
+        self.sessions.opened.notify_one();
+        Ok(session)
+    }
+
+    async fn open_call_via(
+        self: &Arc<Self>,
+        tenant: Arc<Tenant>,
+        call_id: String,
+        caller: ParsedPhone,
+        dialed: String,
+        transport: Transport,
+    ) -> Result<(Arc<CallSession>, mpsc::Receiver<Notification>), OpenError> {
         let now = self.clock.now();
         let caller_e164 = match &caller {
             ParsedPhone::Number(p) => Some(p.e164.clone()),
@@ -140,6 +193,9 @@ impl Core {
         .shared();
         let session = Arc::new(CallSession {
             call_id: call_id.clone(),
+            transport,
+            last_activity: AtomicI64::new(now.as_millisecond()),
+            parked: Mutex::new(None),
             tenant: tenant.clone(),
             caller,
             dialed: dialed.clone(),
@@ -174,13 +230,19 @@ impl Core {
         reason: EndReason,
         args: Option<crate::protocol::tools::EndCallArgs>,
     ) -> Result<Option<usize>, crate::store::StoreError> {
-        let (bookings, holds, name, email) = {
+        let (bookings, holds, name, email, changes) = {
             let mut st = session.state.lock().expect("call state lock");
             if st.ended {
                 return Ok(None);
             }
             st.ended = true;
-            (st.bookings.clone(), std::mem::take(&mut st.holds), st.captured_name.clone(), st.captured_email.clone())
+            (
+                st.bookings.clone(),
+                std::mem::take(&mut st.holds),
+                st.captured_name.clone(),
+                st.captured_email.clone(),
+                std::mem::take(&mut st.appointment_changes),
+            )
         };
         // Holds die with the call; bookings stay.
         for (h, _) in holds {
@@ -214,6 +276,7 @@ impl Core {
             caller_zip: args.caller_zip,
             bookings,
             service_names: vec![],
+            appointment_changes: changes,
         };
         let steps = build_plan(&outcome);
         let outcome_json = serde_json::to_value(&outcome).expect("outcome serializes");
@@ -233,9 +296,184 @@ impl Core {
     }
 }
 
+/// What a platform's end-of-call report did to the call's write-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportApplied {
+    /// Merged into the call log step before it was written (an idempotent update of the written
+    /// object is planned too, in case the step was being applied at that moment).
+    MergedIntoPending,
+    /// The call log was already written: an update of that CRM object was planned.
+    UpdatePlanned,
+    /// The call has no call log to merge into (nothing to write for it).
+    NothingToMerge,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("unknown call")]
+    UnknownCall,
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Core {
+    /// Applies a voice platform's end-of-call report (Vapi) to a call, whatever happened first:
+    /// a live call is finished with the report; a call already finished (end_call, dropped socket,
+    /// idle expiry) gets the report merged into its one call log — into the pending step if it
+    /// has not been written yet, else as an update of the written CRM object. A call the service
+    /// never saw is opened and finished from the report. Never two call logs for one call.
+    pub async fn apply_platform_report(
+        self: &Arc<Self>,
+        tenant: &Arc<Tenant>,
+        call_id: &str,
+        caller: ParsedPhone,
+        dialed: String,
+        report: &PlatformReport,
+    ) -> Result<ReportApplied, ReportError> {
+        match self.store.call_tenant(call_id).await? {
+            Some(owner) if owner != tenant.id() => return Err(ReportError::UnknownCall),
+            _ => {}
+        }
+        let args = || EndCallArgs {
+            summary: report
+                .summary
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "Call ended without a wrap-up from the assistant.".into()),
+            recording_url: report.recording_url.clone(),
+            duration_secs: report.duration_secs,
+            ..Default::default()
+        };
+        match self.sessions.get(call_id) {
+            Some(s) if s.tenant.id() != tenant.id() => return Err(ReportError::UnknownCall),
+            Some(s) => {
+                self.finish_call(&s, EndReason::EndCall, Some(args())).await?;
+            }
+            None if self.store.call(tenant.id(), call_id).await?.is_none() => {
+                let s = self.open_http_call(tenant.clone(), call_id.to_owned(), caller, dialed).await?;
+                self.finish_call(&s, EndReason::EndCall, Some(args())).await?;
+            }
+            None => {}
+        }
+        let now = self.clock.now();
+        let _ = self.store.set_call_report(call_id, tenant.id(), &report_json(report)).await;
+        let steps = self.store.steps_for_call(tenant.id(), call_id).await?;
+        let Some(step) = steps.iter().find(|s| s.kind == kind::CALL_LOG) else {
+            return Ok(ReportApplied::NothingToMerge);
+        };
+        let Ok(mut log) = serde_json::from_value::<CallLog>(step.payload.clone()) else {
+            return Ok(ReportApplied::NothingToMerge);
+        };
+        merge_report(&mut log, report);
+        let payload = serde_json::to_value(&log).expect("call log serializes");
+        if step.status == "dead" {
+            return Ok(ReportApplied::NothingToMerge);
+        }
+        // Not written yet: the create carries the report. The worker may be applying the step at
+        // this very moment with the old payload, so an update of the written object is planned
+        // too (it runs after the create, idempotent): the report is never lost to that race.
+        let merged = step.status == "pending" && self.store.update_pending_step_payload(step.id, &payload, now).await?;
+        let n = steps.iter().filter(|s| s.kind == kind::CALL_LOG_UPDATE).count();
+        self.store
+            .append_step(
+                call_id,
+                tenant.id(),
+                kind::CALL_LOG_UPDATE,
+                &payload,
+                Some(step.id),
+                &format!("{call_id}:call_update:{n}"),
+                now,
+            )
+            .await?;
+        self.worker.wake();
+        Ok(if merged { ReportApplied::MergedIntoPending } else { ReportApplied::UpdatePlanned })
+    }
+}
+
+/// The report as kept on the call's saved outcome (for the operator), without the transcript.
+fn report_json(r: &PlatformReport) -> serde_json::Value {
+    serde_json::json!({
+        "summary": r.summary,
+        "recording_url": r.recording_url,
+        "duration_secs": r.duration_secs,
+        "evaluation": r.evaluation,
+        "ended_reason": r.ended_reason,
+        "has_transcript": r.transcript.is_some(),
+    })
+}
+
+impl Core {
+    /// Finishes HTTP calls that have been idle past `idle`, as abandoned (their write-back is
+    /// planned like a dropped socket's). Woken by the injected clock, so tests drive it with the
+    /// manual clock; on `stop` the HTTP calls still open are finished as disconnected.
+    pub async fn run_idle_sweeper(self: Arc<Self>, idle: jiff::SignedDuration, stop: CancellationToken) {
+        loop {
+            let opened = self.sessions.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            let now = self.clock.now();
+            let mut next: Option<Timestamp> = None;
+            for s in self.sessions.http_calls() {
+                let due = s.last_activity() + idle;
+                if due <= now {
+                    tracing::info!(call_id = %s.call_id, tenant = %s.tenant.id(), "HTTP call idle; finishing it as abandoned");
+                    if let Err(e) = self.finish_call(&s, EndReason::Abandoned, None).await {
+                        tracing::error!(call_id = %s.call_id, error = %e, "could not persist the write-back of an abandoned call");
+                    }
+                } else {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            }
+            let sleeper = next.map(|at| self.clock.sleep_until(at));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = &mut opened => {},
+                _ = async { match sleeper { Some(s) => s.await, None => std::future::pending().await } } => {},
+            }
+        }
+        for s in self.sessions.http_calls() {
+            if let Err(e) = self.finish_call(&s, EndReason::Disconnected, None).await {
+                tracing::error!(call_id = %s.call_id, error = %e, "could not persist the write-back of an HTTP call at shutdown");
+            }
+        }
+    }
+}
+
 impl CallSession {
+    /// Records activity on the call now (domain time); pushes its idle deadline back.
+    pub fn touch(&self, now: Timestamp) {
+        self.last_activity.fetch_max(now.as_millisecond(), Ordering::Relaxed);
+    }
+
+    pub fn last_activity(&self) -> Timestamp {
+        Timestamp::from_millisecond(self.last_activity.load(Ordering::Relaxed)).unwrap_or(self.started_at)
+    }
+
+    /// Server notifications waiting for an HTTP call (empty for a socket call, whose transport
+    /// delivers them as they happen).
+    pub fn take_notifications(&self) -> Vec<Notification> {
+        let mut parked = self.parked.lock().expect("parked lock");
+        let mut out = Vec::new();
+        if let Some(rx) = parked.as_mut() {
+            while let Ok(n) = rx.try_recv() {
+                out.push(n);
+            }
+        }
+        out
+    }
+
     pub async fn context(&self) -> Arc<CallerContext> {
         self.prefetch.clone().await
+    }
+
+    /// The caller's E.164 number, when not withheld.
+    pub fn caller_e164(&self) -> Option<&str> {
+        match &self.caller {
+            ParsedPhone::Number(p) => Some(&p.e164),
+            _ => None,
+        }
     }
 
     pub fn is_ended(&self) -> bool {

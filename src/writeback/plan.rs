@@ -17,6 +17,8 @@ pub enum EndReason {
     EndCall,
     /// The socket dropped (or the service restarted) before `end_call`.
     Disconnected,
+    /// A call reached over HTTP (no socket) went quiet past the idle timeout without `end_call`.
+    Abandoned,
 }
 
 impl EndReason {
@@ -24,6 +26,7 @@ impl EndReason {
         match self {
             EndReason::EndCall => "end_call",
             EndReason::Disconnected => "disconnected",
+            EndReason::Abandoned => "abandoned",
         }
     }
 }
@@ -49,6 +52,9 @@ pub struct CallOutcome {
     pub caller_zip: Option<String>,
     pub bookings: Vec<BookedSummary>,
     pub service_names: Vec<(String, String)>,
+    /// Reschedules and cancellations made during the call, as sentences for the call log.
+    #[serde(default)]
+    pub appointment_changes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +83,62 @@ pub mod kind {
     pub const CONTACT: &str = "contact";
     pub const CALL_LOG: &str = "call_log";
     pub const APPOINTMENT: &str = "appointment";
+    /// Rewrites an already-written call log (its parent is the call_log step, whose external id
+    /// is the CRM call object): a platform's end-of-call report that arrived after the write.
+    pub const CALL_LOG_UPDATE: &str = "call_log_update";
+}
+
+/// What a voice platform reports once the call is over (Vapi's `end-of-call-report`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlatformReport {
+    pub summary: Option<String>,
+    pub transcript: Option<String>,
+    pub recording_url: Option<String>,
+    pub duration_secs: Option<u64>,
+    /// The platform's verdict, e.g. Vapi's `analysis.successEvaluation`.
+    pub evaluation: Option<String>,
+    /// Why the call ended, as the platform says it (e.g. `customer-ended-call`).
+    pub ended_reason: Option<String>,
+}
+
+/// The longest transcript copied into a call log body.
+const MAX_TRANSCRIPT_CHARS: usize = 8_000;
+
+/// Merges a platform's report into a call log: the report's summary replaces a placeholder
+/// summary (or is added to the assistant's own), the transcript and the platform's evaluation go
+/// into the body, and the recording URL and duration are filled when missing. One call, one log:
+/// this is applied to the pending call_log step or, once written, to an update of that object.
+pub fn merge_report(log: &mut CallLog, report: &PlatformReport) {
+    let mut summary = match report.summary.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(platform) if log.summary.starts_with("Call ended without a wrap-up") => platform.to_owned(),
+        Some(platform) if !log.summary.contains(platform) => format!("{} {}", log.summary, platform),
+        _ => log.summary.clone(),
+    };
+    if let Some(e) = report.evaluation.as_deref().filter(|e| !e.trim().is_empty())
+        && !summary.contains("Platform evaluation:")
+    {
+        summary.push_str(&format!(" Platform evaluation: {}.", e.trim()));
+    }
+    if let Some(r) = report.ended_reason.as_deref().filter(|e| !e.trim().is_empty())
+        && !summary.contains("Ended:")
+    {
+        summary.push_str(&format!(" Ended: {}.", r.trim()));
+    }
+    if let Some(t) = report.transcript.as_deref().map(str::trim).filter(|t| !t.is_empty())
+        && !summary.contains("Transcript:")
+    {
+        let t: String = t.chars().take(MAX_TRANSCRIPT_CHARS).collect();
+        summary.push_str(&format!("\n\nTranscript:\n{t}"));
+    }
+    log.summary = summary;
+    if log.recording_url.is_none() {
+        log.recording_url = report.recording_url.clone();
+    }
+    if let Some(d) = report.duration_secs
+        && d > log.duration_secs
+    {
+        log.duration_secs = d;
+    }
 }
 
 /// Splits a spoken full name into first and last (the last word is the family name unless the
@@ -131,10 +193,18 @@ pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
         depends_on: None,
         idempotency_key: format!("{}:contact", outcome.call_id),
     });
-    let summary = match outcome.end_reason {
+    let mut summary = match outcome.end_reason {
         EndReason::EndCall => outcome.summary.clone(),
         EndReason::Disconnected => format!("{} (the call disconnected before it was wrapped up)", outcome.summary),
+        EndReason::Abandoned => {
+            format!("{} (the assistant stopped responding before it was wrapped up)", outcome.summary)
+        }
     };
+    // Reschedules and cancellations made on the call are part of its log.
+    for change in &outcome.appointment_changes {
+        summary.push('\n');
+        summary.push_str(change);
+    }
     let log = CallLog {
         call_id: outcome.call_id.clone(),
         started_at: outcome.started_at,
@@ -195,6 +265,7 @@ mod tests {
             caller_zip: None,
             bookings: vec![],
             service_names: vec![],
+            appointment_changes: vec![],
         }
     }
 
@@ -213,6 +284,38 @@ mod tests {
         assert_eq!(c.fields.email.as_deref(), Some("maria@example.com"));
         assert_eq!(c.fields.zip, None);
         assert_eq!(steps[1].depends_on, Some(0));
+    }
+
+    #[test]
+    fn a_platform_report_merges_into_the_one_call_log() {
+        let mut o = outcome();
+        o.summary = "Call ended without a wrap-up from the assistant.".into();
+        o.end_reason = EndReason::Abandoned;
+        let steps = build_plan(&o);
+        let mut log: CallLog = serde_json::from_value(steps[1].payload.clone()).unwrap();
+        assert!(log.summary.contains("stopped responding"), "{}", log.summary);
+        let report = PlatformReport {
+            summary: Some("Booked a consult for Monday.".into()),
+            transcript: Some("AI: Hello\nUser: Hi".into()),
+            recording_url: Some("https://r.example/1.wav".into()),
+            duration_secs: Some(245),
+            evaluation: Some("true".into()),
+            ended_reason: Some("customer-ended-call".into()),
+        };
+        merge_report(&mut log, &report);
+        // The placeholder is replaced, the rest is added once.
+        assert!(log.summary.starts_with("Booked a consult for Monday."), "{}", log.summary);
+        assert!(log.summary.contains("Platform evaluation: true.") && log.summary.contains("Transcript:\nAI: Hello"));
+        assert_eq!(log.recording_url.as_deref(), Some("https://r.example/1.wav"));
+        assert_eq!(log.duration_secs, 245);
+        let once = log.clone();
+        merge_report(&mut log, &report);
+        assert_eq!(log, once, "a re-delivered report changes nothing");
+        // The assistant's own summary is kept, the platform's added after it.
+        let mut own = CallLog { summary: "Booked.".into(), recording_url: Some("https://a/b".into()), ..once };
+        merge_report(&mut own, &PlatformReport { summary: Some("Ana booked.".into()), ..Default::default() });
+        assert!(own.summary.starts_with("Booked. Ana booked."), "{}", own.summary);
+        assert_eq!(own.recording_url.as_deref(), Some("https://a/b"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::connectors::ConnectorError;
 use crate::connectors::crm::{AppointmentRecord, CallLog, ContactFields, CrmContact};
 use crate::identity::{self, MatchDecision, ParsedPhone, Phone};
 use crate::observe::{Metrics, StepLabels};
-use crate::store::{StepRow, Store, StoreError};
+use crate::store::{AttemptResult, StepRow, Store, StoreError};
 use crate::tenant::{Tenant, Tenants};
 
 /// What the rest of the service holds to talk to the worker.
@@ -126,27 +126,12 @@ impl Worker {
             return Ok(StepOutcome::Dead);
         };
         let result = self.apply(&tenant, step).await;
-        let outcome = match result {
-            Ok(external_id) => {
-                if let Some(id) = &external_id {
-                    self.store.record_external_id(step.id, id).await?;
-                }
-                self.store.complete_step(step, self.clock.now()).await?;
-                StepOutcome::Done
-            }
-            Err(err) => {
-                let retry_at = self.next_attempt(step, &err, now);
-                match retry_at {
-                    Some(at) => {
-                        self.store.retry_step(step, at, &err.to_string(), now).await?;
-                        StepOutcome::Retry { at }
-                    }
-                    None => {
-                        self.store.dead_letter_step(step, &err.to_string(), now).await?;
-                        StepOutcome::Dead
-                    }
-                }
-            }
+        let (outcome, recorded) = match result {
+            Ok(external_id) => (StepOutcome::Done, AttemptResult::Done { external_id }),
+            Err(err) => match self.next_attempt(step, &err, now) {
+                Some(at) => (StepOutcome::Retry { at }, AttemptResult::Retry { next_at: at, error: err.to_string() }),
+                None => (StepOutcome::Dead, AttemptResult::Dead { error: err.to_string() }),
+            },
         };
         let label = match &outcome {
             StepOutcome::Done => "done",
@@ -158,10 +143,9 @@ impl Worker {
             .get_or_create(&StepLabels { kind: step.kind.clone(), outcome: label.into() })
             .inc();
         self.store
-            .audit(
-                &step.tenant,
-                Some(&step.call_id),
-                Some(step.id),
+            .record_attempt(
+                step,
+                &recorded,
                 &format!("crm.{}", step.kind),
                 &json!({"vendor": tenant.crm.vendor(), "attempt": step.attempts + 1, "result": label}),
                 self.clock.now(),
@@ -211,6 +195,14 @@ impl Worker {
                     .as_deref()
                     .ok_or_else(|| ConnectorError::Permanent("no contact id from the contact step".into()))?;
                 tenant.crm.log_call(contact, &log, &step.idempotency_key).await.map(Some)
+            }
+            kind::CALL_LOG_UPDATE => {
+                let log: CallLog = serde_json::from_value(step.payload.clone()).map_err(bad_payload)?;
+                let call_object = step
+                    .parent_external_id
+                    .as_deref()
+                    .ok_or_else(|| ConnectorError::Permanent("no call object id from the call_log step".into()))?;
+                tenant.crm.update_call_log(call_object, &log).await.map(|()| Some(call_object.to_owned()))
             }
             kind::APPOINTMENT => {
                 let appt: AppointmentRecord = serde_json::from_value(step.payload.clone()).map_err(bad_payload)?;
