@@ -49,6 +49,8 @@ pub struct Booked {
 /// Who the appointment is for, as captured on the call.
 #[derive(Debug, Clone, Default)]
 pub struct Attendee {
+    /// The caller's number in E.164, when known: find_appointments looks bookings up by it.
+    pub phone: Option<String>,
     pub name: Option<String>,
     pub email: Option<String>,
     pub notes: Option<String>,
@@ -58,11 +60,36 @@ pub struct BookingService {
     pub ledger: HoldLedger,
     store: Store,
     clock: SharedClock,
+    /// Busy time per (tenant, staff) read from the provider, so find_slots answers from memory.
+    /// Commits always re-read the provider; our own writes invalidate the entry.
+    busy_cache: moka::future::Cache<(String, String), Arc<CachedBusy>>,
 }
+
+/// Busy intervals of one staff member over the window they were read for.
+#[derive(Debug)]
+pub struct CachedBusy {
+    window: Interval,
+    busy: Vec<Interval>,
+}
+
+/// How long provider busy time is trusted for offering slots. A direct booking made in the
+/// calendar meanwhile is still caught at commit time (free/busy re-read past the cache).
+const BUSY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl BookingService {
     pub fn new(store: Store, clock: SharedClock) -> Self {
-        Self { ledger: HoldLedger::new(), store, clock }
+        Self {
+            ledger: HoldLedger::new(),
+            store,
+            clock,
+            busy_cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(BUSY_TTL).build(),
+        }
+    }
+
+    /// Forgets the cached busy time of one staff member (after our own calendar writes, or when
+    /// the calendar tells us it changed).
+    pub async fn invalidate_busy(&self, tenant: &str, staff_id: &str) {
+        self.busy_cache.invalidate(&(tenant.to_owned(), staff_id.to_owned())).await;
     }
 
     /// Every bookable slot of `service` in `window`, given the calendars' busy time and the
@@ -102,12 +129,48 @@ impl BookingService {
         Ok(schedule::pick_options_from_refs(&slots, count, preference, &tenant.config.time_zone))
     }
 
+    /// Up to three other times near `around` (same day first, then the days after), for a caller
+    /// whose time was just taken. Searches a few days, not the whole horizon: this runs on every
+    /// lost race, so it must stay cheap under a burst.
+    async fn alternatives(
+        &self,
+        tenant: &Tenant,
+        service: &ServiceType,
+        around: Timestamp,
+    ) -> Result<Vec<Slot>, BookingError> {
+        let now = self.clock.now();
+        let horizon = self.horizon(tenant);
+        let start = now.max(around - SignedDuration::from_hours(24));
+        let end = horizon.end.min(around + SignedDuration::from_hours(72));
+        if start < end {
+            let window = Interval::new(start, end);
+            let busy = self.busy(tenant, window, now).await?;
+            let slots =
+                schedule::enumerate_slot_refs(&tenant.config.rules, &tenant.config.staff, service, &busy, window, now);
+            if !slots.is_empty() {
+                return Ok(schedule::pick_options_from_refs(
+                    &slots,
+                    3,
+                    &near(around, tenant),
+                    &tenant.config.time_zone,
+                ));
+            }
+        }
+        self.find(tenant, service, &near(around, tenant), 3).await
+    }
+
     async fn busy(&self, tenant: &Tenant, window: Interval, now: Timestamp) -> Result<Vec<Busy>, BookingError> {
+        let reads = tenant.config.staff.iter().map(|staff| self.staff_busy(tenant, staff, window));
+        let provider = futures::future::try_join_all(reads).await?;
         let mut busy = Vec::new();
-        for staff in &tenant.config.staff {
-            let intervals =
-                tenant.calendar.free_busy(&staff.calendar_ids, window).await.map_err(BookingError::Calendar)?;
-            busy.extend(intervals.into_iter().map(|interval| Busy { staff_id: staff.id.clone(), interval }));
+        for (staff, intervals) in tenant.config.staff.iter().zip(provider) {
+            busy.extend(
+                intervals
+                    .busy
+                    .iter()
+                    .filter(|b| b.overlaps(&window))
+                    .map(|interval| Busy { staff_id: staff.id.clone(), interval: *interval }),
+            );
             busy.extend(
                 self.ledger
                     .busy(tenant.id(), &staff.id, window, now)
@@ -116,6 +179,41 @@ impl BookingService {
             );
         }
         Ok(busy)
+    }
+
+    /// One staff member's provider busy time covering `window`. Reads are single-flight per
+    /// (tenant, staff): a burst of callers asking at once makes one provider request, not one
+    /// each. The read covers the horizon padded by a day on both sides, so the entry stays valid
+    /// while "now" moves for the length of its TTL.
+    async fn staff_busy(
+        &self,
+        tenant: &Tenant,
+        staff: &crate::schedule::StaffMember,
+        window: Interval,
+    ) -> Result<Arc<CachedBusy>, BookingError> {
+        let key = (tenant.id().to_owned(), staff.id.clone());
+        let horizon = self.horizon(tenant);
+        let day = SignedDuration::from_hours(24);
+        let read_window = Interval::new(window.start.min(horizon.start - day), window.end.max(horizon.end + day));
+        let fetch = || async {
+            tenant
+                .calendar
+                .free_busy(&staff.calendar_ids, read_window)
+                .await
+                .map(|busy| Arc::new(CachedBusy { window: read_window, busy }))
+        };
+        let entry = self
+            .busy_cache
+            .try_get_with(key.clone(), fetch())
+            .await
+            .map_err(|e| BookingError::Calendar((*e).clone()))?;
+        if entry.window.start <= window.start && entry.window.end >= window.end {
+            return Ok(entry);
+        }
+        // A window outside what is cached (rare: a question past the horizon): read it directly.
+        let fresh = fetch().await.map_err(BookingError::Calendar)?;
+        self.busy_cache.insert(key, fresh.clone()).await;
+        Ok(fresh)
     }
 
     /// Holds `start` for the caller. The start must be a slot the engine would offer now.
@@ -148,7 +246,7 @@ impl BookingService {
                 Err(e) => return Err(e.into()),
             }
         }
-        let alternatives = self.find(tenant, service, &near(start, tenant), 3).await?;
+        let alternatives = self.alternatives(tenant, service, start).await?;
         Err(BookingError::NotAvailable { alternatives })
     }
 
@@ -178,7 +276,7 @@ impl BookingService {
             tenant.calendar.free_busy(&staff.calendar_ids, hold.blocked).await.map_err(BookingError::Unconfirmed)?;
         if busy.iter().any(|b| b.overlaps(&hold.blocked)) {
             self.ledger.release(tenant.id(), hold_id, call_id)?;
-            let alternatives = self.find(tenant, service, &near(hold.slot.start, tenant), 3).await?;
+            let alternatives = self.alternatives(tenant, service, hold.slot.start).await?;
             return Err(BookingError::NotAvailable { alternatives });
         }
         // 2. Create with an id derived from the hold: a retry after a lost response answers 409
@@ -241,10 +339,11 @@ impl BookingService {
                 )
                 .await?;
             self.ledger.release(tenant.id(), hold_id, call_id)?;
-            let alternatives = self.find(tenant, service, &near(hold.slot.start, tenant), 3).await?;
+            let alternatives = self.alternatives(tenant, service, hold.slot.start).await?;
             return Err(BookingError::NotAvailable { alternatives });
         }
         self.ledger.confirm(tenant.id(), hold_id, call_id, self.clock.now())?;
+        self.invalidate_busy(tenant.id(), &hold.staff_id).await;
         let booked = Booked {
             event_id: event_id.clone(),
             calendar_id: calendar_id.clone(),
@@ -266,12 +365,220 @@ impl BookingService {
                     start_at: ms(hold.slot.start),
                     end_at: ms(hold.slot.end),
                     status: "confirmed".into(),
+                    caller_phone: attendee.phone.clone(),
+                    caller_email: attendee.email.clone(),
                 },
                 self.clock.now(),
             )
             .await?;
         Ok(booked)
     }
+}
+
+impl BookingService {
+    /// Confirmed bookings of this caller that have not started yet.
+    pub async fn upcoming(
+        &self,
+        tenant: &Tenant,
+        phone: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<Vec<BookingRow>, BookingError> {
+        Ok(self.store.upcoming_bookings_for_caller(tenant.id(), phone, email, self.clock.now()).await?)
+    }
+
+    /// Moves a booking to `new_start` with the same staff member, modifying the calendar event in
+    /// place (never delete-and-recreate). The new time is held first; the old time is freed only
+    /// after the provider accepted the move, and restored if it did not.
+    pub async fn reschedule(
+        &self,
+        tenant: &Tenant,
+        call_id: &str,
+        booking: &BookingRow,
+        service: &ServiceType,
+        new_start: Timestamp,
+    ) -> Result<Booked, BookingError> {
+        let now = self.clock.now();
+        let staff = tenant.config.staff.iter().find(|s| s.id == booking.staff_id).ok_or_else(|| {
+            BookingError::Unconfirmed(ConnectorError::Permanent(
+                "the booking's staff member is no longer configured".into(),
+            ))
+        })?;
+        let old_slot = Interval::new(ts(booking.start_at), ts(booking.end_at));
+        let old_blocked = schedule::blocked_interval(service, old_slot.start);
+        let new_slot = Interval::new(new_start, new_start + SignedDuration::from_mins(service.duration_minutes as i64));
+        let new_blocked = schedule::blocked_interval(service, new_start);
+        // Fresh provider read (we are about to write), without the event being moved.
+        let read = Interval::new(new_blocked.start.min(old_slot.start), new_blocked.end.max(old_slot.end));
+        let provider = tenant.calendar.free_busy(&staff.calendar_ids, read).await.map_err(BookingError::Calendar)?;
+        let provider = subtract(&provider, old_slot);
+        self.ledger.remove_booking(tenant.id(), &staff.id, old_blocked);
+        let mut busy: Vec<Busy> =
+            provider.into_iter().map(|interval| Busy { staff_id: staff.id.clone(), interval }).collect();
+        busy.extend(
+            self.ledger
+                .busy(tenant.id(), &staff.id, read, now)
+                .into_iter()
+                .map(|interval| Busy { staff_id: staff.id.clone(), interval }),
+        );
+        let offered =
+            schedule::enumerate_slots(&tenant.config.rules, std::slice::from_ref(staff), service, &busy, new_slot, now);
+        let hold = if offered.iter().any(|s| s.start == new_start) {
+            self.ledger
+                .try_hold(
+                    HoldRequest {
+                        tenant: tenant.id().to_owned(),
+                        staff_id: staff.id.clone(),
+                        call_id: call_id.to_owned(),
+                        slot: new_slot,
+                        blocked: new_blocked,
+                        ttl: tenant.config.hold_ttl,
+                    },
+                    now,
+                )
+                .ok()
+        } else {
+            None
+        };
+        let Some(hold) = hold else {
+            self.restore_block(tenant, staff, call_id, old_slot, old_blocked, now);
+            let alternatives = self.alternatives(tenant, service, new_start).await?;
+            return Err(BookingError::NotAvailable { alternatives });
+        };
+        match self.move_in_place(tenant, booking, new_slot).await {
+            Ok(()) => {
+                self.ledger.confirm(tenant.id(), hold.id, call_id, self.clock.now())?;
+                self.store
+                    .move_booking(tenant.id(), &booking.idempotency_key, new_slot.start, new_slot.end, self.clock.now())
+                    .await?;
+                self.store
+                    .audit(
+                        tenant.id(),
+                        Some(call_id),
+                        None,
+                        "calendar.move_event",
+                        &json!({"provider": tenant.calendar.provider(), "event_id": booking.event_id, "from": old_slot.start.to_string(), "to": new_slot.start.to_string()}),
+                        self.clock.now(),
+                    )
+                    .await?;
+                self.invalidate_busy(tenant.id(), &staff.id).await;
+                Ok(Booked {
+                    event_id: booking.event_id.clone(),
+                    calendar_id: booking.calendar_id.clone(),
+                    staff_id: staff.id.clone(),
+                    service_id: service.id.clone(),
+                    start: new_slot.start,
+                    end: new_slot.end,
+                })
+            }
+            Err(e) => {
+                let _ = self.ledger.release(tenant.id(), hold.id, call_id);
+                self.restore_block(tenant, staff, call_id, old_slot, old_blocked, self.clock.now());
+                Err(BookingError::Unconfirmed(e))
+            }
+        }
+    }
+
+    /// PATCH the event's times conditionally on its current ETag; a 412 (someone edited it
+    /// meanwhile) re-reads and tries once more.
+    async fn move_in_place(&self, tenant: &Tenant, booking: &BookingRow, to: Interval) -> Result<(), ConnectorError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let current = tenant.calendar.get_event(&booking.calendar_id, &booking.event_id).await?;
+            match tenant
+                .calendar
+                .move_event(&booking.calendar_id, &booking.event_id, to.start, to.end, current.etag.as_deref())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e @ ConnectorError::PreconditionFailed(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ConnectorError::Permanent("move failed".into())))
+    }
+
+    /// Puts a booking's block back in the ledger after a failed move.
+    fn restore_block(
+        &self,
+        tenant: &Tenant,
+        staff: &crate::schedule::StaffMember,
+        call_id: &str,
+        slot: Interval,
+        blocked: Interval,
+        now: Timestamp,
+    ) {
+        let req = HoldRequest {
+            tenant: tenant.id().to_owned(),
+            staff_id: staff.id.clone(),
+            call_id: call_id.to_owned(),
+            slot,
+            blocked,
+            ttl: tenant.config.hold_ttl,
+        };
+        if let Ok(h) = self.ledger.try_hold(req, now) {
+            let _ = self.ledger.confirm(tenant.id(), h.id, call_id, now);
+        }
+    }
+
+    /// Cancels a booking in the calendar (asking the provider to notify attendees when `notify`)
+    /// and frees its time.
+    pub async fn cancel(
+        &self,
+        tenant: &Tenant,
+        call_id: &str,
+        booking: &BookingRow,
+        service: Option<&ServiceType>,
+        notify: bool,
+    ) -> Result<(), BookingError> {
+        match tenant.calendar.cancel_event(&booking.calendar_id, &booking.event_id, notify).await {
+            // Already gone from the calendar (cancelled directly): the end state is the same.
+            Ok(()) | Err(ConnectorError::NotFound(_)) => {}
+            Err(e) => return Err(BookingError::Unconfirmed(e)),
+        }
+        if let Some(service) = service {
+            self.ledger.remove_booking(
+                tenant.id(),
+                &booking.staff_id,
+                schedule::blocked_interval(service, ts(booking.start_at)),
+            );
+        }
+        let now = self.clock.now();
+        self.store.set_booking_status(tenant.id(), &booking.idempotency_key, "cancelled", now).await?;
+        self.store
+            .audit(
+                tenant.id(),
+                Some(call_id),
+                None,
+                "calendar.cancel_event",
+                &json!({"provider": tenant.calendar.provider(), "event_id": booking.event_id, "notify": notify}),
+                now,
+            )
+            .await?;
+        self.invalidate_busy(tenant.id(), &booking.staff_id).await;
+        Ok(())
+    }
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// `busy` minus `cut` (both half-open).
+fn subtract(busy: &[Interval], cut: Interval) -> Vec<Interval> {
+    let mut out = Vec::with_capacity(busy.len() + 1);
+    for b in busy {
+        if !b.overlaps(&cut) {
+            out.push(*b);
+            continue;
+        }
+        if b.start < cut.start {
+            out.push(Interval::new(b.start, cut.start));
+        }
+        if cut.end < b.end {
+            out.push(Interval::new(cut.end, b.end));
+        }
+    }
+    out
 }
 
 /// Alternatives for a time that was taken: prefer the same local day.
@@ -285,3 +592,23 @@ fn near(start: Timestamp, tenant: &Tenant) -> SlotPreference {
 
 /// Shared handle.
 pub type SharedBooking = Arc<BookingService>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: i64) -> Timestamp {
+        Timestamp::from_second(h * 3600).unwrap()
+    }
+
+    #[test]
+    fn subtracting_cuts_holes_and_keeps_the_rest() {
+        let busy = [Interval::new(t(1), t(5)), Interval::new(t(6), t(7))];
+        assert_eq!(
+            subtract(&busy, Interval::new(t(2), t(3))),
+            vec![Interval::new(t(1), t(2)), Interval::new(t(3), t(5)), Interval::new(t(6), t(7))]
+        );
+        assert_eq!(subtract(&busy, Interval::new(t(0), t(10))), vec![]);
+        assert_eq!(subtract(&busy, Interval::new(t(5), t(6))), busy.to_vec());
+    }
+}

@@ -16,6 +16,9 @@ pub enum ToolCall {
     HoldSlot(HoldSlotArgs),
     ReleaseHold { hold_id: String },
     BookSlot(BookSlotArgs),
+    FindAppointments,
+    RescheduleAppointment { appointment_id: String, start: String },
+    CancelAppointment { appointment_id: String, reason: Option<String> },
     EndCall(EndCallArgs),
 }
 
@@ -29,6 +32,9 @@ impl ToolCall {
             ToolCall::HoldSlot(_) => "hold_slot",
             ToolCall::ReleaseHold { .. } => "release_hold",
             ToolCall::BookSlot(_) => "book_slot",
+            ToolCall::FindAppointments => "find_appointments",
+            ToolCall::RescheduleAppointment { .. } => "reschedule_appointment",
+            ToolCall::CancelAppointment { .. } => "cancel_appointment",
             ToolCall::EndCall(_) => "end_call",
         }
     }
@@ -116,6 +122,15 @@ pub fn parse_call(name: &str, arguments: &Value) -> Result<ToolCall, ToolParseEr
             email: a.optional_str("email")?,
             notes: a.optional_str("notes")?,
         }),
+        "find_appointments" => ToolCall::FindAppointments,
+        "reschedule_appointment" => ToolCall::RescheduleAppointment {
+            appointment_id: a.required_str("appointment_id")?,
+            start: a.required_str("start")?,
+        },
+        "cancel_appointment" => ToolCall::CancelAppointment {
+            appointment_id: a.required_str("appointment_id")?,
+            reason: a.optional_str("reason")?,
+        },
         "end_call" => ToolCall::EndCall(EndCallArgs {
             summary: a.required_str("summary")?,
             disposition: a.optional_str("disposition")?,
@@ -185,20 +200,32 @@ impl Args<'_> {
 }
 
 /// The `tools/list` result: every built tool with input and output schemas and a description
-/// written for the model that will call it.
+/// written for the model that will call it. One list for every transport: `call_id` is accepted
+/// by every tool (required over HTTP, where it names the call; ignored on the per-call socket),
+/// and `start_call` also takes the caller's and the dialed number (used over HTTP, where no socket
+/// URL carried them). Every result's text is one sentence the assistant can say as is.
 pub fn list() -> Value {
     let text = json!({"type": "string"});
+    let call_id = json!({"type": "string", "description": "The phone call's id, the same on every tool call of this call (required over HTTP)."});
+    let with_call_id = |mut schema: Value| {
+        schema["properties"]["call_id"] = call_id.clone();
+        schema
+    };
     let tools = vec![
         tool(
             "start_call",
-            "Call first. Confirms the call is connected and whether the caller is already known. Returns the business name and the caller's match status.",
-            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            "Call first, when the phone call starts. Opens the call and starts looking the caller up. Returns the business name and whether the caller is known yet; the text says who you are connected to.",
+            json!({"type": "object", "properties": {
+                "call_id": call_id,
+                "from": {"type": "string", "description": "The caller's phone number as received, e.g. +14155550134 (omit if withheld)."},
+                "to": {"type": "string", "description": "The number the caller dialed (the business's number)."}
+            }, "additionalProperties": false}),
             json!({"type": "object", "properties": {"call_id": text, "business": text, "caller_status": text}, "required": ["call_id", "business", "caller_status"]}),
         ),
         tool(
             "get_caller_context",
-            "Who is calling: their CRM record (name, email) and open deals, looked up by the number they call from. Returns status matched, new, ambiguous or withheld, and a safe greeting hint.",
-            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            "Who is calling: their CRM record (name, email) and open deals, found by the number they call from. Returns status matched, new, ambiguous, withheld or unavailable, and a greeting hint that is safe to say.",
+            with_call_id(json!({"type": "object", "properties": {}, "additionalProperties": false})),
             json!({"type": "object", "properties": {
                 "status": {"type": "string", "enum": ["matched", "new", "ambiguous", "withheld", "unavailable"]},
                 "greeting_hint": text,
@@ -208,55 +235,57 @@ pub fn list() -> Value {
         ),
         tool(
             "list_services",
-            "What can be booked: each service's id, name and duration in minutes.",
-            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            "What can be booked: each service's id, name and duration in minutes. The text lists them in one sentence.",
+            with_call_id(json!({"type": "object", "properties": {}, "additionalProperties": false})),
             json!({"type": "object", "properties": {"services": {"type": "array", "items": {"type": "object", "properties": {"id": text, "name": text, "duration_minutes": {"type": "integer"}}}}}, "required": ["services"]}),
         ),
         tool(
             "find_slots",
-            "Offer appointment times for a service. Returns 2-3 options (start times in the business's time zone, with a speakable label). Pass the service id or name as the caller said it; optionally a day (YYYY-MM-DD) and a part of day.",
-            json!({"type": "object", "properties": {
+            "Offer appointment times for a service. Returns 2-3 options (start times in the business's time zone, each with a label to say). Pass the service id or name as the caller said it; optionally a day (YYYY-MM-DD) and a part of day.",
+            with_call_id(json!({"type": "object", "properties": {
                 "service": {"type": "string", "description": "Service id or spoken name, e.g. \"consult\"."},
                 "day": {"type": "string", "description": "Preferred day, YYYY-MM-DD, business time zone."},
                 "part_of_day": {"type": "string", "enum": ["morning", "afternoon", "evening"]},
                 "count": {"type": "integer", "minimum": 1, "maximum": 5, "default": 3}
-            }, "required": ["service"], "additionalProperties": false}),
+            }, "required": ["service"], "additionalProperties": false})),
             json!({"type": "object", "properties": {"service_id": text, "time_zone": text, "slots": {"type": "array", "items": {"type": "object", "properties": {"start": text, "end": text, "staff_id": text, "label": text}}}}, "required": ["slots"]}),
         ),
         tool(
             "hold_slot",
-            "Reserve one offered time while the caller confirms, so nobody else can take it. Pass the service and the exact start returned by find_slots. The hold expires after a few minutes.",
-            json!({"type": "object", "properties": {
+            "Reserve one offered time while the caller confirms, so nobody else can take it. Pass the service and the exact start from find_slots. Returns a hold_id; the hold expires after a few minutes.",
+            with_call_id(json!({"type": "object", "properties": {
                 "service": text,
                 "start": {"type": "string", "description": "RFC 3339 start time exactly as returned by find_slots."},
                 "staff_id": {"type": "string", "description": "Staff id from find_slots (optional)."}
-            }, "required": ["service", "start"], "additionalProperties": false}),
+            }, "required": ["service", "start"], "additionalProperties": false})),
             json!({"type": "object", "properties": {"hold_id": text, "expires_at": text, "start": text, "staff_id": text}, "required": ["hold_id"]}),
         ),
         tool(
             "release_hold",
             "Let go of a held time the caller no longer wants.",
-            json!({"type": "object", "properties": {"hold_id": text}, "required": ["hold_id"], "additionalProperties": false}),
+            with_call_id(
+                json!({"type": "object", "properties": {"hold_id": text}, "required": ["hold_id"], "additionalProperties": false}),
+            ),
             json!({"type": "object", "properties": {"released": {"type": "boolean"}}, "required": ["released"]}),
         ),
         tool(
             "book_slot",
-            "Book a held time into the business calendar. Pass the hold_id and the caller's name and email if known. If the time was taken meanwhile, the result offers alternatives.",
-            json!({"type": "object", "properties": {
+            "Book a held time into the business calendar once the caller confirms. Pass the hold_id and the caller's name and email if known. If the time was taken meanwhile, the result is an error that offers alternatives to say.",
+            with_call_id(json!({"type": "object", "properties": {
                 "hold_id": text, "name": text, "email": text, "notes": text
-            }, "required": ["hold_id"], "additionalProperties": false}),
+            }, "required": ["hold_id"], "additionalProperties": false})),
             json!({"type": "object", "properties": {"booked": {"type": "boolean"}, "event_id": text, "start": text, "end": text, "alternatives": {"type": "array"}}, "required": ["booked"]}),
         ),
         tool(
             "end_call",
-            "Call last, when the conversation is over. Saves the call's outcome; it is written to the CRM after the call. Pass a short summary and whatever the caller told you (name, email, zip).",
-            json!({"type": "object", "properties": {
+            "Call last, when the conversation is over. Saves the call's outcome for the CRM. Pass a one-sentence summary and whatever the caller told you (name, email, zip).",
+            with_call_id(json!({"type": "object", "properties": {
                 "summary": text,
                 "disposition": {"type": "string", "description": "e.g. booked, info_only, escalated"},
                 "duration_secs": {"type": "integer", "minimum": 0},
                 "recording_url": text, "transcript_url": text,
                 "caller_name": text, "caller_email": text, "caller_zip": text
-            }, "required": ["summary"], "additionalProperties": false}),
+            }, "required": ["summary"], "additionalProperties": false})),
             json!({"type": "object", "properties": {"saved": {"type": "boolean"}, "steps": {"type": "integer"}}, "required": ["saved"]}),
         ),
     ];
@@ -284,10 +313,7 @@ mod tests {
                 Err(e) => panic!("{name}: {e:?}"),
             }
         }
-        assert_eq!(
-            parse_call("reschedule_appointment", &json!({})),
-            Err(ToolParseError::UnknownTool("reschedule_appointment".into()))
-        );
+        assert_eq!(parse_call("escalate", &json!({})), Err(ToolParseError::UnknownTool("escalate".into())));
     }
 
     #[test]

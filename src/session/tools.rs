@@ -29,6 +29,9 @@ pub(super) async fn dispatch(core: &Arc<Core>, s: &Arc<CallSession>, call: ToolC
         ToolCall::HoldSlot(a) => hold_slot(core, s, a).await,
         ToolCall::ReleaseHold { hold_id } => release_hold(core, s, &hold_id),
         ToolCall::BookSlot(a) => book_slot(core, s, a).await,
+        ToolCall::FindAppointments => find_appointments(core, s).await,
+        ToolCall::RescheduleAppointment { appointment_id, start } => reschedule(core, s, &appointment_id, &start).await,
+        ToolCall::CancelAppointment { appointment_id, reason } => cancel(core, s, &appointment_id, reason).await,
         ToolCall::EndCall(a) => match core.finish_call(s, EndReason::EndCall, Some(a)).await {
             Ok(Some(steps)) => ToolResult::ok(json!({"saved": true, "steps": steps}), "Thanks, the call is saved."),
             Ok(None) => {
@@ -287,6 +290,7 @@ async fn book_slot(core: &Core, s: &CallSession, a: BookSlotArgs) -> ToolResult 
         );
     }
     let attendee = Attendee {
+        phone: s.caller_e164().map(str::to_owned),
         name: a.name.clone(),
         email: a.email.as_deref().and_then(crate::identity::normalize_email),
         notes: a.notes.clone(),
@@ -334,6 +338,157 @@ async fn book_slot(core: &Core, s: &CallSession, a: BookSlotArgs) -> ToolResult 
             ToolResult::error(
                 json!({"error": "internal", "booked": false}),
                 "Something went wrong booking that; it is not booked yet.",
+            )
+        }
+    }
+}
+
+/// The caller's email as captured so far on this call or known from their CRM record.
+async fn caller_email(s: &CallSession) -> Option<String> {
+    if let Some(e) = s.state.lock().expect("call state lock").captured_email.clone() {
+        return Some(e);
+    }
+    match s.context().await.as_ref() {
+        CallerContext::Matched { contact, .. } => contact.email.as_deref().and_then(crate::identity::normalize_email),
+        _ => None,
+    }
+}
+
+fn appointment_json(t: &Tenant, b: &crate::store::BookingRow) -> Value {
+    let service =
+        t.config.services.iter().find(|sv| sv.id == b.service_id).map(|sv| sv.name.as_str()).unwrap_or("appointment");
+    let start = Timestamp::from_millisecond(b.start_at).unwrap_or(Timestamp::UNIX_EPOCH);
+    let end = Timestamp::from_millisecond(b.end_at).unwrap_or(Timestamp::UNIX_EPOCH);
+    let j = slot_json(t, &Slot { staff_id: b.staff_id.clone(), start, end });
+    json!({"appointment_id": b.event_id, "service": service, "service_id": b.service_id, "start": j["start"], "end": j["end"], "staff_id": b.staff_id, "label": j["label"]})
+}
+
+async fn find_appointments(core: &Core, s: &CallSession) -> ToolResult {
+    let t = &s.tenant;
+    let email = caller_email(s).await;
+    match core.booking.upcoming(t, s.caller_e164(), email.as_deref()).await {
+        Ok(list) if list.is_empty() => {
+            ToolResult::ok(json!({"appointments": []}), "I don't see any upcoming appointments for you.")
+        }
+        Ok(list) => {
+            let spoken: Vec<String> =
+                list.iter().map(|b| appointment_json(t, b)["label"].as_str().unwrap_or_default().to_owned()).collect();
+            ToolResult::ok(
+                json!({"appointments": list.iter().map(|b| appointment_json(t, b)).collect::<Vec<_>>()}),
+                format!(
+                    "You have {} coming up: {}.",
+                    if list.len() == 1 { "one appointment" } else { "appointments" },
+                    spoken.join("; ")
+                ),
+            )
+        }
+        Err(e) => {
+            tracing::error!(call_id = %s.call_id, error = %e, "find_appointments failed");
+            ToolResult::error(json!({"error": "internal"}), "I couldn't look up your appointments just now.")
+        }
+    }
+}
+
+/// The booking behind an appointment id, if it is this caller's and still upcoming.
+async fn callers_booking(
+    core: &Core,
+    s: &CallSession,
+    appointment_id: &str,
+) -> Result<crate::store::BookingRow, ToolResult> {
+    let email = caller_email(s).await;
+    let list = core.booking.upcoming(&s.tenant, s.caller_e164(), email.as_deref()).await.map_err(|e| {
+        tracing::error!(call_id = %s.call_id, error = %e, "appointment lookup failed");
+        ToolResult::error(json!({"error": "internal"}), "I couldn't look up your appointments just now.")
+    })?;
+    list.into_iter().find(|b| b.event_id == appointment_id).ok_or_else(|| {
+        ToolResult::error(
+            json!({"error": "unknown_appointment", "argument": "appointment_id"}),
+            "I can't find that appointment under your details; let me look up your appointments again.",
+        )
+    })
+}
+
+async fn reschedule(core: &Core, s: &CallSession, appointment_id: &str, start: &str) -> ToolResult {
+    let t = &s.tenant;
+    let booking = match callers_booking(core, s, appointment_id).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(new_start) = parse_instant(start) else {
+        return ToolResult::error(
+            json!({"error": "bad_argument", "argument": "start"}),
+            "The new time must be a start time exactly as find_slots returned it.",
+        );
+    };
+    let Some(service) = t.config.services.iter().find(|sv| sv.id == booking.service_id) else {
+        return ToolResult::error(
+            json!({"error": "unknown_service"}),
+            "That appointment's service is no longer offered; a colleague will call you back.",
+        );
+    };
+    let old_label = label(t, Timestamp::from_millisecond(booking.start_at).unwrap_or(Timestamp::UNIX_EPOCH));
+    match core.booking.reschedule(t, &s.call_id, &booking, service, new_start).await {
+        Ok(b) => {
+            let new_label = label(t, b.start);
+            s.state
+                .lock()
+                .expect("call state lock")
+                .appointment_changes
+                .push(format!("Rescheduled {} from {old_label} to {new_label}.", service.name));
+            let j = slot_json(t, &Slot { staff_id: b.staff_id.clone(), start: b.start, end: b.end });
+            ToolResult::ok(
+                json!({"rescheduled": true, "appointment_id": b.event_id, "start": j["start"], "end": j["end"]}),
+                format!("Done: your {} is moved to {new_label}.", service.name),
+            )
+        }
+        Err(BookingError::NotAvailable { alternatives }) => {
+            let mut r = taken(t, &alternatives);
+            r.structured["rescheduled"] = json!(false);
+            r.say = r.say.replace("That time was just taken", "That time isn't available");
+            r
+        }
+        Err(BookingError::Calendar(_)) | Err(BookingError::Unconfirmed(_)) => ToolResult::error(
+            json!({"error": "calendar_unavailable", "rescheduled": false}),
+            "I can't reach the calendar right now, so your appointment stays as it was. Shall I have someone call you back to move it?",
+        ),
+        Err(e) => {
+            tracing::error!(call_id = %s.call_id, error = %e, "reschedule failed");
+            ToolResult::error(
+                json!({"error": "internal", "rescheduled": false}),
+                "Something went wrong; your appointment stays as it was.",
+            )
+        }
+    }
+}
+
+async fn cancel(core: &Core, s: &CallSession, appointment_id: &str, reason: Option<String>) -> ToolResult {
+    let t = &s.tenant;
+    let booking = match callers_booking(core, s, appointment_id).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let service = t.config.services.iter().find(|sv| sv.id == booking.service_id);
+    let when = label(t, Timestamp::from_millisecond(booking.start_at).unwrap_or(Timestamp::UNIX_EPOCH));
+    let name = service.map(|sv| sv.name.as_str()).unwrap_or("appointment");
+    match core.booking.cancel(t, &s.call_id, &booking, service, t.config.notify_on_cancel).await {
+        Ok(()) => {
+            let why = reason.as_deref().map(|r| format!(" Reason: {r}")).unwrap_or_default();
+            s.state
+                .lock()
+                .expect("call state lock")
+                .appointment_changes
+                .push(format!("Cancelled {name} on {when}.{why}"));
+            let notice = if t.config.notify_on_cancel { " You'll get a confirmation by email." } else { "" };
+            ToolResult::ok(
+                json!({"cancelled": true, "appointment_id": booking.event_id}),
+                format!("Your {name} on {when} is cancelled.{notice}"),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(call_id = %s.call_id, error = %e, "cancel failed");
+            ToolResult::error(
+                json!({"error": "calendar_unavailable", "cancelled": false}),
+                "I can't reach the calendar right now, so the appointment is not cancelled yet. Shall I have someone confirm the cancellation with you?",
             )
         }
     }

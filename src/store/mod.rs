@@ -4,6 +4,10 @@
 //!
 //! Times are stored as milliseconds since the Unix epoch from the injected clock.
 
+mod connections;
+
+pub use connections::{ConnectionRow, OAuthStateRow};
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -81,7 +85,24 @@ pub struct BookingRow {
     pub start_at: i64,
     pub end_at: i64,
     pub status: String,
+    pub caller_phone: Option<String>,
+    pub caller_email: Option<String>,
 }
+
+/// The result of one write-back attempt, as recorded by [`Store::record_attempt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Done { external_id: Option<String> },
+    Retry { next_at: Timestamp, error: String },
+    Dead { error: String },
+}
+
+/// A call's sync status from its steps: any dead step → failed, any pending → pending, else synced.
+const CALL_STATUS_SQL: &str = "UPDATE calls SET sync_status = CASE
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'pending') THEN 'pending'
+         ELSE 'synced' END
+     WHERE call_id = ?1";
 
 pub fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
@@ -241,6 +262,71 @@ impl Store {
         Ok(())
     }
 
+    /// Records one attempt's result, the call's resulting sync status and the audit entry in a
+    /// single transaction: one fsync per attempt instead of one per statement, which is what lets
+    /// a backlog drain at the vendor's pace rather than the disk's.
+    pub async fn record_attempt(
+        &self,
+        step: &StepRow,
+        result: &AttemptResult,
+        audit_action: &str,
+        audit_detail: &Value,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let now = ms(at);
+        let mut tx = self.pool.begin().await?;
+        match result {
+            AttemptResult::Done { external_id } => {
+                sqlx::query(
+                    "UPDATE steps SET status = 'done', attempts = attempts + 1, last_error = NULL,
+                                      external_id = COALESCE(?, external_id), updated_at = ? WHERE id = ?",
+                )
+                .bind(external_id)
+                .bind(now)
+                .bind(step.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            AttemptResult::Retry { next_at, error } => {
+                sqlx::query(
+                    "UPDATE steps SET attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),
+                                      next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(now)
+                .bind(ms(*next_at))
+                .bind(error)
+                .bind(now)
+                .bind(step.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            AttemptResult::Dead { error } => {
+                sqlx::query(
+                    "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(error)
+                .bind(now)
+                .bind(step.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if !matches!(result, AttemptResult::Retry { .. }) {
+            sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&step.tenant)
+            .bind(&step.call_id)
+            .bind(step.id)
+            .bind(now)
+            .bind(audit_action)
+            .bind(audit_detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn complete_step(&self, step: &StepRow, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE steps SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
@@ -286,16 +372,7 @@ impl Store {
     }
 
     async fn refresh_call_status(&self, call_id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET sync_status = CASE
-                 WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
-                 WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'pending') THEN 'pending'
-                 ELSE 'synced' END
-             WHERE call_id = ?1",
-        )
-        .bind(call_id)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -338,6 +415,85 @@ impl Store {
         rows.into_iter().map(step_from_row).collect()
     }
 
+    /// The tenant a call id belongs to, if the call is known (call ids are unique across tenants).
+    pub async fn call_tenant(&self, call_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = ?")
+            .bind(call_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Replaces the payload of a step that has not been applied yet. Returns `false` (and changes
+    /// nothing) if the step is no longer pending: the caller then plans an update instead.
+    pub async fn update_pending_step_payload(
+        &self,
+        step_id: i64,
+        payload: &Value,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE steps SET payload = ?, updated_at = ? WHERE id = ? AND status = 'pending'")
+            .bind(payload.to_string())
+            .bind(ms(at))
+            .bind(step_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Adds one step to a call's existing plan (after the call was closed), depending on an
+    /// existing step by id, and marks the call pending again. `seq` is the next free one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_step(
+        &self,
+        call_id: &str,
+        tenant: &str,
+        kind: &str,
+        payload: &Value,
+        depends_on_step: Option<i64>,
+        idempotency_key: &str,
+        at: Timestamp,
+    ) -> Result<i64, StoreError> {
+        // The first statement writes, so the transaction takes the write lock at once (a read
+        // first would fail with SQLITE_BUSY_SNAPSHOT under WAL if the worker wrote meanwhile).
+        let mut tx = self.pool.begin().await?;
+        let now = ms(at);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO steps (call_id, tenant, seq, kind, payload, depends_on, idempotency_key, next_attempt_at, updated_at)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE call_id = ?1), ?3, ?4, ?5, ?6, ?7, ?7)
+             RETURNING id",
+        )
+        .bind(call_id)
+        .bind(tenant)
+        .bind(kind)
+        .bind(payload.to_string())
+        .bind(depends_on_step)
+        .bind(idempotency_key)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = ? AND tenant = ?")
+            .bind(call_id)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Records the platform's report on a closed call's saved outcome (kept for the operator).
+    pub async fn set_call_report(&self, call_id: &str, tenant: &str, report: &Value) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE calls SET outcome = json_set(COALESCE(outcome, '{}'), '$.platform_report', json(?))
+             WHERE call_id = ? AND tenant = ?",
+        )
+        .bind(report.to_string())
+        .bind(call_id)
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Calls that were opened but never closed (the process died mid-call). Closed at start-up
     /// as disconnected so their write-back still happens.
     pub async fn open_calls(&self) -> Result<Vec<CallRow>, StoreError> {
@@ -356,8 +512,8 @@ impl Store {
 
     pub async fn insert_booking(&self, b: &BookingRow, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO bookings (idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO bookings (idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, created_at, caller_phone, caller_email)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (idempotency_key) DO UPDATE SET status = excluded.status, event_id = excluded.event_id",
         )
         .bind(&b.idempotency_key)
@@ -371,36 +527,98 @@ impl Store {
         .bind(b.end_at)
         .bind(&b.status)
         .bind(ms(at))
+        .bind(&b.caller_phone)
+        .bind(&b.caller_email)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn bookings_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<BookingRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status
-             FROM bookings WHERE tenant = ? AND call_id = ? ORDER BY start_at",
+    /// Confirmed bookings for a caller (by phone or email) that have not started yet.
+    pub async fn upcoming_bookings_for_caller(
+        &self,
+        tenant: &str,
+        phone: Option<&str>,
+        email: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<BookingRow>, StoreError> {
+        if phone.is_none() && email.is_none() {
+            return Ok(vec![]);
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {BOOKING_COLUMNS} FROM bookings
+             WHERE tenant = ? AND status = 'confirmed' AND start_at > ?
+               AND ((? IS NOT NULL AND caller_phone = ?) OR (? IS NOT NULL AND caller_email = ?))
+             ORDER BY start_at"
+        ))
+        .bind(tenant)
+        .bind(ms(now))
+        .bind(phone)
+        .bind(phone)
+        .bind(email)
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(booking_from_row).collect()
+    }
+
+    pub async fn booking_by_event(&self, tenant: &str, event_id: &str) -> Result<Option<BookingRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {BOOKING_COLUMNS} FROM bookings WHERE tenant = ? AND event_id = ?"))
+            .bind(tenant)
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(booking_from_row).transpose()
+    }
+
+    /// Moves a booking in place (reschedule): same key, same event, new times.
+    pub async fn move_booking(
+        &self,
+        tenant: &str,
+        key: &str,
+        start: Timestamp,
+        end: Timestamp,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE bookings SET start_at = ?, end_at = ?, updated_at = ? WHERE tenant = ? AND idempotency_key = ?",
         )
+        .bind(ms(start))
+        .bind(ms(end))
+        .bind(ms(at))
+        .bind(tenant)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_booking_status(
+        &self,
+        tenant: &str,
+        key: &str,
+        status: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE bookings SET status = ?, updated_at = ? WHERE tenant = ? AND idempotency_key = ?")
+            .bind(status)
+            .bind(ms(at))
+            .bind(tenant)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn bookings_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<BookingRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BOOKING_COLUMNS} FROM bookings WHERE tenant = ? AND call_id = ? ORDER BY start_at"
+        ))
         .bind(tenant)
         .bind(call_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(BookingRow {
-                    idempotency_key: r.try_get("idempotency_key")?,
-                    tenant: r.try_get("tenant")?,
-                    call_id: r.try_get("call_id")?,
-                    staff_id: r.try_get("staff_id")?,
-                    calendar_id: r.try_get("calendar_id")?,
-                    event_id: r.try_get("event_id")?,
-                    service_id: r.try_get("service_id")?,
-                    start_at: r.try_get("start_at")?,
-                    end_at: r.try_get("end_at")?,
-                    status: r.try_get("status")?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(booking_from_row).collect()
     }
 
     /// Appends to the audit trail. `detail` must not contain personal data.
@@ -442,6 +660,25 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+const BOOKING_COLUMNS: &str = "idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, caller_phone, caller_email";
+
+fn booking_from_row(r: sqlx::sqlite::SqliteRow) -> Result<BookingRow, StoreError> {
+    Ok(BookingRow {
+        idempotency_key: r.try_get("idempotency_key")?,
+        tenant: r.try_get("tenant")?,
+        call_id: r.try_get("call_id")?,
+        staff_id: r.try_get("staff_id")?,
+        calendar_id: r.try_get("calendar_id")?,
+        event_id: r.try_get("event_id")?,
+        service_id: r.try_get("service_id")?,
+        start_at: r.try_get("start_at")?,
+        end_at: r.try_get("end_at")?,
+        status: r.try_get("status")?,
+        caller_phone: r.try_get("caller_phone")?,
+        caller_email: r.try_get("caller_email")?,
+    })
 }
 
 fn step_from_row(r: sqlx::sqlite::SqliteRow) -> Result<StepRow, StoreError> {
