@@ -15,15 +15,19 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::collections::HashMap;
+
 use crate::booking::BookingService;
 use crate::clock::SharedClock;
 use crate::config::{Config, VendorSection};
+use crate::connections::{Connections, OAuthApp, TokenCipher, connection_id};
 use crate::connectors::calendar::CalendarConnector;
 use crate::connectors::calendar::google::GoogleCalendarConnector;
 use crate::connectors::crm::CrmConnector;
 use crate::connectors::crm::hubspot::HubSpotConnector;
 use crate::connectors::http_client;
 use crate::context::ContextService;
+use crate::gateway::connect::ConnectService;
 use crate::gateway::{self, AppState};
 use crate::observe::Metrics;
 use crate::sandbox::{self, Sandbox};
@@ -35,6 +39,7 @@ use crate::writeback::{EndReason, Worker, WorkerHandle};
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    connect: Arc<ConnectService>,
     worker: Worker,
     sandbox: Option<Sandbox>,
     grace: Duration,
@@ -53,9 +58,29 @@ impl Application {
             None
         };
         let client = http_client();
+        let store = Store::open(&config.store_url)
+            .await
+            .with_context(|| format!("opening the store at {}", config.store_url))?;
+        // Bound before the connectors are built: an OAuth redirect URI needs the real address
+        // when the listen port is 0.
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let public_url = if config.connect.public_url.is_empty() {
+            format!("http://{}", listener.local_addr()?)
+        } else {
+            config.connect.public_url.trim_end_matches('/').to_owned()
+        };
+        let connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
         let mut tenants = Vec::new();
         for t in &config.tenants {
-            let crm: Arc<dyn CrmConnector> = {
+            let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
+                let app = connect.apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
+                let url = match (&sandbox, t.crm.base_url.as_str()) {
+                    (Some(s), "sandbox") => s.hubspot.base_url(),
+                    (_, base) => url::Url::parse(base).context("crm.base_url")?,
+                };
+                let tokens = connect.connections.token_source(app, &connection_id(&t.id, "hubspot"));
+                Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()))
+            } else {
                 let (url, token) =
                     endpoint(&t.crm, sandbox.as_ref().map(|s| (s.hubspot.base_url(), sandbox::HUBSPOT_TOKEN)))?;
                 Arc::new(HubSpotConnector::new(url, token, client.clone()))
@@ -68,9 +93,6 @@ impl Application {
             tenants.push(Tenant { config: t.clone(), crm, calendar });
         }
         let tenants = Arc::new(Tenants::new(tenants));
-        let store = Store::open(&config.store_url)
-            .await
-            .with_context(|| format!("opening the store at {}", config.store_url))?;
         let metrics = Arc::new(Metrics::new());
         let (worker, handle): (Worker, WorkerHandle) =
             Worker::new(store.clone(), tenants.clone(), clock.clone(), config.writeback.clone(), metrics.clone());
@@ -85,7 +107,6 @@ impl Application {
             sessions: Sessions::default(),
         });
         recover_open_calls(&core).await?;
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let state = Arc::new(AppState {
             core,
             call_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
@@ -94,7 +115,7 @@ impl Application {
             call_tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
         });
-        Ok(Application { listener, state, worker, sandbox, grace: config.shutdown_grace })
+        Ok(Application { listener, state, connect: Arc::new(connect), worker, sandbox, grace: config.shutdown_grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -111,10 +132,14 @@ impl Application {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, worker, sandbox, grace } = self;
+        let Application { listener, state, connect, worker, sandbox, grace } = self;
         let stop = CancellationToken::new();
         let worker_stop = CancellationToken::new();
         let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
+        // Calls reached over HTTP have no socket to drop: the sweeper finishes idle ones.
+        let sweeper_stop = CancellationToken::new();
+        let idle = jiff::SignedDuration::from_secs(state.limits.http_session_idle_secs as i64);
+        let sweeper_task = tokio::spawn(state.core.clone().run_idle_sweeper(idle, sweeper_stop.clone()));
         {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -122,7 +147,7 @@ impl Application {
                 stop.cancel();
             });
         }
-        let router = gateway::router(state.clone());
+        let router = gateway::router(state.clone()).layer(axum::Extension(connect));
         let serve_stop = stop.clone();
         let draining_state = state.clone();
         axum::serve(listener, router)
@@ -144,6 +169,9 @@ impl Application {
             state.close_calls.cancel();
             state.call_tasks.wait().await;
         }
+        // HTTP calls still open are finished (planned as disconnected) before the last flush.
+        sweeper_stop.cancel();
+        let _ = sweeper_task.await;
         // Phase 2: flush the outbox (one last pass), then close the store.
         worker_stop.cancel();
         let _ = worker_task.await;
@@ -152,6 +180,52 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The OAuth apps and the connection store. A configured `[connect.hubspot]` app is used as is;
+/// with the sandbox running and no app configured, the sandbox's own OAuth app is used so the
+/// connect flow works in the no-credentials demo.
+fn connect_service(
+    config: &Config,
+    sandbox: Option<&Sandbox>,
+    store: &Store,
+    client: &reqwest::Client,
+    clock: &SharedClock,
+    public_url: &str,
+) -> anyhow::Result<ConnectService> {
+    let cipher = match TokenCipher::from_env() {
+        Ok(c) => c,
+        Err(_) if config.connect.hubspot.is_none() => {
+            // Only sandbox connections can exist: their tokens are worthless outside this
+            // process, so a per-process key is acceptable (they cannot be read after a restart).
+            tracing::warn!("CALLSIDE_SECRET_KEY is not set; sandbox connections are encrypted with a per-process key");
+            TokenCipher::generate()
+        }
+        Err(e) => anyhow::bail!("CALLSIDE_SECRET_KEY is required to store OAuth tokens: {e}"),
+    };
+    let connections = Arc::new(Connections::new(store.clone(), Arc::new(cipher), client.clone(), clock.clone()));
+    let mut apps = HashMap::new();
+    let redirect = format!("{public_url}/v1/connect/hubspot/callback");
+    if let Some(app) = &config.connect.hubspot {
+        let parse = |v: &Option<String>, default: &str| url::Url::parse(v.as_deref().unwrap_or(default));
+        let authorize =
+            parse(&app.authorize_base_url, "https://app.hubspot.com/").context("connect.hubspot.authorize_base_url")?;
+        let api = parse(&app.api_base_url, "https://api.hubapi.com/").context("connect.hubspot.api_base_url")?;
+        let oauth = OAuthApp::hubspot_from_env(&app.client_id_env, &app.client_secret_env, &redirect, &authorize, &api)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        apps.insert("hubspot".to_owned(), Arc::new(oauth));
+    } else if let Some(s) = sandbox {
+        let base = s.hubspot.base_url();
+        let oauth = OAuthApp::hubspot(
+            sandbox::hubspot::OAUTH_CLIENT_ID,
+            SecretString::from(sandbox::hubspot::OAUTH_CLIENT_SECRET.to_owned()),
+            &redirect,
+            &base,
+            &base,
+        )?;
+        apps.insert("hubspot".to_owned(), Arc::new(oauth));
+    }
+    Ok(ConnectService { connections, apps })
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {
@@ -188,6 +262,7 @@ async fn recover_open_calls(core: &Arc<Core>) -> anyhow::Result<()> {
                 caller_zip: None,
                 bookings: vec![],
                 service_names: vec![],
+                appointment_changes: vec![],
             }),
             None => vec![],
         };

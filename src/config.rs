@@ -55,6 +55,32 @@ pub struct ServerFile {
     pub store: StoreSection,
     #[serde(default)]
     pub writeback: WritebackSection,
+    #[serde(default)]
+    pub connect: ConnectSection,
+}
+
+/// OAuth apps for connecting tenants' CRMs (`/v1/connect/{vendor}/start`). Only the names of the
+/// environment variables holding the app credentials live here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectSection {
+    /// This service's public base URL; redirect URIs are `{public_url}/v1/connect/{vendor}/callback`.
+    /// Empty: `http://{listen}`.
+    pub public_url: String,
+    pub hubspot: Option<OAuthAppSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthAppSection {
+    pub client_id_env: String,
+    pub client_secret_env: String,
+    /// Where the vendor's authorize page lives (HubSpot: `https://app.hubspot.com/`).
+    #[serde(default)]
+    pub authorize_base_url: Option<String>,
+    /// The vendor's API (token endpoint) base (HubSpot: `https://api.hubapi.com/`).
+    #[serde(default)]
+    pub api_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +119,9 @@ pub struct Limits {
     /// Explicit WebSocket buffer sizes: axum's 128 KiB defaults cost ~1.3 GB per 10k sockets.
     pub ws_read_buffer_bytes: usize,
     pub ws_write_buffer_bytes: usize,
+    /// A call reached over HTTP (MCP Streamable HTTP, Vapi) has no socket to drop: after this
+    /// long without a request it is finished as abandoned and written back.
+    pub http_session_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -103,6 +132,7 @@ impl Default for Limits {
             tool_deadline_ms: 4_000,
             ws_read_buffer_bytes: 4 * 1024,
             ws_write_buffer_bytes: 4 * 1024,
+            http_session_idle_secs: 900,
         }
     }
 }
@@ -142,6 +172,9 @@ pub struct TenantFile {
     pub numbers: Vec<String>,
     /// Hex SHA-256 digests of the tenant's API keys (two during a rotation).
     pub api_key_sha256: Vec<String>,
+    /// Hex SHA-256 digest of the secret Vapi sends in `X-Vapi-Secret` to `/v1/vapi` (optional).
+    #[serde(default)]
+    pub vapi_secret_sha256: Option<String>,
     #[serde(default = "default_hold_ttl")]
     pub hold_ttl_secs: u64,
     pub crm: VendorSection,
@@ -167,9 +200,17 @@ pub struct VendorSection {
     pub vendor: String,
     /// The vendor's API base URL, or `sandbox` for the in-process emulator.
     pub base_url: String,
-    /// Environment variable holding the access token (not needed for the sandbox).
+    /// Environment variable holding the access token (not needed for the sandbox or OAuth).
     #[serde(default)]
     pub access_token_env: Option<String>,
+    /// `token` (a static token from `access_token_env`, or the sandbox's) or `oauth` (the tenant
+    /// connects through `/v1/connect/{vendor}/start`; tokens live encrypted in the store).
+    #[serde(default = "default_auth")]
+    pub auth: String,
+}
+
+fn default_auth() -> String {
+    "token".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,11 +220,19 @@ pub struct ScheduleSection {
     pub min_notice_minutes: u32,
     pub horizon_days: u32,
     pub reminder_minutes: Vec<u32>,
+    /// Ask the calendar provider to email the customer when an appointment is cancelled.
+    pub notify_on_cancel: bool,
 }
 
 impl Default for ScheduleSection {
     fn default() -> Self {
-        Self { slot_interval_minutes: 15, min_notice_minutes: 60, horizon_days: 30, reminder_minutes: vec![60] }
+        Self {
+            slot_interval_minutes: 15,
+            min_notice_minutes: 60,
+            horizon_days: 30,
+            reminder_minutes: vec![60],
+            notify_on_cancel: true,
+        }
     }
 }
 
@@ -228,6 +277,7 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     pub limits: Limits,
     pub writeback: WritebackSection,
+    pub connect: ConnectSection,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -243,11 +293,14 @@ pub struct TenantConfig {
     pub numbers: Vec<String>,
     /// API key digests (32 bytes each).
     pub api_key_digests: Vec<[u8; 32]>,
+    /// Digest of the tenant's Vapi server-URL secret, if Vapi is connected.
+    pub vapi_secret_digest: Option<[u8; 32]>,
     pub hold_ttl: jiff::SignedDuration,
     pub crm: VendorSection,
     pub calendar: VendorSection,
     pub rules: crate::schedule::ScheduleRules,
     pub reminder_minutes: Vec<u32>,
+    pub notify_on_cancel: bool,
     pub staff: Vec<crate::schedule::StaffMember>,
     pub services: Vec<crate::schedule::ServiceType>,
 }
@@ -338,6 +391,9 @@ impl Config {
         if limits.max_message_bytes < 1024 {
             issue(server_path, "limits.max_message_bytes", "must be at least 1024".into());
         }
+        if !(30..=86_400).contains(&limits.http_session_idle_secs) {
+            issue(server_path, "limits.http_session_idle_secs", "must be between 30 and 86400".into());
+        }
         if limits.max_concurrent_calls == 0 {
             issue(server_path, "limits.max_concurrent_calls", "must be at least 1".into());
         }
@@ -347,6 +403,19 @@ impl Config {
                 "limits.tool_deadline_ms",
                 "must be between 100 and 4999 (voice clients give up at 5 s)".into(),
             );
+        }
+        if let Some(app) = &server.connect.hubspot {
+            for (k, var) in [
+                ("connect.hubspot.client_id_env", &app.client_id_env),
+                ("connect.hubspot.client_secret_env", &app.client_secret_env),
+            ] {
+                if std::env::var_os(var).is_none() {
+                    issue(server_path, k, format!("environment variable {var} is not set"));
+                }
+            }
+        }
+        if !server.connect.public_url.is_empty() && url::Url::parse(&server.connect.public_url).is_err() {
+            issue(server_path, "connect.public_url", format!("{:?} is not a URL", server.connect.public_url));
         }
         let data_dir = overrides.data_dir.clone().unwrap_or(data_dir);
         let store_url = overrides.store_url.clone().unwrap_or(server.store.url.clone());
@@ -422,6 +491,20 @@ impl Config {
                     ),
                 }
             }
+            let mut vapi_secret_digest = None;
+            if let Some(d) = &t.vapi_secret_sha256 {
+                match hex::decode(d) {
+                    Ok(bytes) if bytes.len() == 32 => {
+                        let mut a = [0u8; 32];
+                        a.copy_from_slice(&bytes);
+                        vapi_secret_digest = Some(a);
+                    }
+                    _ => issue(
+                        "vapi_secret_sha256",
+                        "must be 64 hex characters (the SHA-256 of the secret, never the secret)".into(),
+                    ),
+                }
+            }
             if t.hold_ttl_secs < 30 || t.hold_ttl_secs > 3600 {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
@@ -431,6 +514,19 @@ impl Config {
                         &format!("{key}.vendor"),
                         format!("{:?} is not supported (supported: {})", v.vendor, kinds.join(", ")),
                     );
+                }
+                if !["token", "oauth"].contains(&v.auth.as_str()) {
+                    issue(&format!("{key}.auth"), format!("{:?} must be \"token\" or \"oauth\"", v.auth));
+                } else if v.auth == "oauth" {
+                    if key != "crm" || v.vendor != "hubspot" {
+                        issue(
+                            &format!("{key}.auth"),
+                            "oauth connections are supported for the HubSpot CRM only so far".into(),
+                        );
+                    } else if v.base_url != "sandbox" && server.connect.hubspot.is_none() {
+                        issue(&format!("{key}.auth"), "oauth needs a [connect.hubspot] app in the server file".into());
+                    }
+                    continue;
                 }
                 if v.base_url == "sandbox" {
                     if !server.server.sandbox {
@@ -555,6 +651,7 @@ impl Config {
                     default_region: region,
                     numbers,
                     api_key_digests: digests,
+                    vapi_secret_digest,
                     hold_ttl: jiff::SignedDuration::from_secs(t.hold_ttl_secs as i64),
                     crm: t.crm.clone(),
                     calendar: t.calendar.clone(),
@@ -564,6 +661,7 @@ impl Config {
                         horizon_days: s.horizon_days,
                     },
                     reminder_minutes: s.reminder_minutes.clone(),
+                    notify_on_cancel: s.notify_on_cancel,
                     staff,
                     services,
                 });
@@ -585,6 +683,7 @@ impl Config {
                 shutdown_grace: std::time::Duration::from_secs(server.server.shutdown_grace_secs),
                 limits,
                 writeback: server.writeback,
+                connect: server.connect.clone(),
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),

@@ -1,8 +1,12 @@
 //! Integration tests: one binary, every test starts its own application on port 0 with the
 //! in-process vendor emulators and a manual clock (see `helpers::spawn_app`).
 
+mod appointments;
 mod bad_input;
 mod call_flow;
 mod config;
+mod connect;
 mod helpers;
 mod lifecycle;
+mod mcp_http;
+mod vapi;
