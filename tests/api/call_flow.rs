@@ -231,3 +231,43 @@ async fn a_hold_expires_on_the_domain_clock_and_frees_the_slot() {
     assert!(app.google.events("alex@demo-salon.example").is_empty(), "nothing was booked");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_known_caller_missing_an_email_gets_it_written_without_a_duplicate() {
+    let app = spawn_app().await;
+    let bo = app.hubspot.insert_contact([("firstname", "Bo"), ("lastname", "Chen"), ("phone", "415.555.0142")]);
+    let before = app.hubspot.contacts().len();
+    let mut c = app.connect("call-bo", "+14155550142").await;
+    c.initialize().await;
+    let ctx = c.tool("get_caller_context", json!({})).await;
+    assert_eq!(ctx["structuredContent"]["contact"]["id"], json!(bo), "{ctx}");
+    c.tool("end_call", json!({"summary": "Asked about opening hours.", "caller_email": "Bo.Chen@Example.com", "caller_name": "Bob Chen"}))
+        .await;
+    assert_eq!(app.wait_for_sync("call-bo").await, "synced");
+    let contact = app.hubspot.contact(&bo).unwrap();
+    assert_eq!(contact.prop("email"), Some("bo.chen@example.com"), "the missing email was filled in, normalized");
+    assert_eq!(contact.prop("firstname"), Some("Bo"), "a name the CRM already has is not overwritten");
+    assert_eq!(app.hubspot.contacts().len(), before, "no duplicate");
+    assert_eq!(app.hubspot.calls_for_contact(&bo).len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tool_past_its_deadline_answers_with_a_speakable_timeout_and_the_socket_lives_on() {
+    let app = crate::helpers::spawn_app_with(
+        crate::helpers::server_file("[limits]\ntool_deadline_ms = 200\n"),
+        vec![crate::helpers::demo_tenant()],
+    )
+    .await;
+    // The CRM answers slower than the deadline.
+    app.hubspot.set_latency(std::time::Duration::from_millis(1500));
+    let mut c = app.connect("call-slow", "+14155550134").await;
+    c.initialize().await;
+    let r = c.tool("get_caller_context", json!({})).await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["structuredContent"]["error"], "timeout");
+    assert!(r["content"][0]["text"].as_str().unwrap().contains("taking longer"), "{r}");
+    assert_eq!(c.request("ping", json!({})).await["result"], json!({}));
+    app.hubspot.set_latency(std::time::Duration::ZERO);
+    app.shutdown().await;
+}
