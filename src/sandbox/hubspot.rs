@@ -1012,9 +1012,11 @@ impl Inner {
         props: BTreeMap<String, String>,
         source: &ChangeSource,
     ) -> Option<StoredObject> {
-        let now = Timestamp::now();
         let (_, modified) = object_type.date_properties();
         let object = self.objects.get_mut(&object_type)?.get_mut(&id)?;
+        // Versions of one object are strictly ordered in time, as HubSpot's history is: two
+        // writes within the same millisecond still get distinct, increasing timestamps.
+        let now = Timestamp::now().max(object.updated_at + jiff::SignedDuration::from_millis(1));
         for (k, v) in props {
             object.history.entry(k.clone()).or_default().push(HistoryEntry {
                 value: v.clone(),

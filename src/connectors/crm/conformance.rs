@@ -357,7 +357,6 @@ pub async fn property_history_tells_a_rep_edit_from_ours(target: &dyn Conformanc
     h.crm.update_properties(&contact, &[write]).await.unwrap();
     let history = h.crm.property_history(&contact, std::slice::from_ref(&p.text)).await.unwrap();
     assert!(!history[0].versions[0].is_human_edit(), "{history:?}");
-    tokio::time::sleep(Duration::from_millis(5)).await;
     h.emulator.rep_edit(&contact, &p.text, "theirs", "4242");
     let history = h.crm.property_history(&contact, std::slice::from_ref(&p.text)).await.unwrap();
     let newest = &history[0].versions[0];
