@@ -23,6 +23,7 @@ use crate::config::{Config, VendorSection};
 use crate::connections::{Connections, OAuthApp, TokenCipher, connection_id};
 use crate::connectors::calendar::CalendarConnector;
 use crate::connectors::calendar::google::GoogleCalendarConnector;
+use crate::connectors::calendar::graph::GraphCalendarConnector;
 use crate::connectors::crm::CrmConnector;
 use crate::connectors::crm::hubspot::HubSpotConnector;
 use crate::connectors::http_client;
@@ -85,10 +86,17 @@ impl Application {
                     endpoint(&t.crm, sandbox.as_ref().map(|s| (s.hubspot.base_url(), sandbox::HUBSPOT_TOKEN)))?;
                 Arc::new(HubSpotConnector::new(url, token, client.clone()))
             };
-            let calendar: Arc<dyn CalendarConnector> = {
-                let (url, token) =
-                    endpoint(&t.calendar, sandbox.as_ref().map(|s| (s.google.base_url(), sandbox::GOOGLE_TOKEN)))?;
-                Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
+            let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
+                "microsoft" => {
+                    let (url, token) =
+                        endpoint(&t.calendar, sandbox.as_ref().map(|s| (s.graph.base_url(), sandbox::GRAPH_TOKEN)))?;
+                    Arc::new(GraphCalendarConnector::new(url, token, client.clone()))
+                }
+                _ => {
+                    let (url, token) =
+                        endpoint(&t.calendar, sandbox.as_ref().map(|s| (s.google.base_url(), sandbox::GOOGLE_TOKEN)))?;
+                    Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
+                }
             };
             tenants.push(Tenant { config: t.clone(), crm, calendar });
         }

@@ -508,7 +508,9 @@ impl Config {
             if t.hold_ttl_secs < 30 || t.hold_ttl_secs > 3600 {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
-            for (key, v, kinds) in [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google"][..])] {
+            for (key, v, kinds) in
+                [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google", "microsoft"][..])]
+            {
                 if !kinds.contains(&v.vendor.as_str()) {
                     issue(
                         &format!("{key}.vendor"),

@@ -15,11 +15,13 @@ use hubspot::HubSpotSandbox;
 /// so the connectors' auth paths run exactly as against the vendor.
 pub const HUBSPOT_TOKEN: &str = "sandbox-hubspot-token";
 pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
+pub const GRAPH_TOKEN: &str = "sandbox-graph-token";
 
 /// Every emulator the service can run against, started together.
 pub struct Sandbox {
     pub hubspot: HubSpotSandbox,
     pub google: GoogleCalendarSandbox,
+    pub graph: graph::GraphSandbox,
 }
 
 impl Sandbox {
@@ -28,6 +30,7 @@ impl Sandbox {
         Ok(Sandbox {
             hubspot: HubSpotSandbox::start(HUBSPOT_TOKEN)?,
             google: GoogleCalendarSandbox::start(GOOGLE_TOKEN).await?,
+            graph: graph::GraphSandbox::start(GRAPH_TOKEN).await?,
         })
     }
 

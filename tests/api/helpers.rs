@@ -9,6 +9,7 @@ use callside::app::Application;
 use callside::clock::ManualClock;
 use callside::config::{Config, Overrides, ServerFile, TenantFile};
 use callside::sandbox::google_calendar::GoogleCalendarState;
+use callside::sandbox::graph::GraphState;
 use callside::sandbox::hubspot::HubSpotState;
 use callside::session::Core;
 use futures::{SinkExt, StreamExt};
@@ -45,6 +46,7 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub hubspot: Arc<HubSpotState>,
     pub google: Arc<GoogleCalendarState>,
+    pub graph: Arc<GraphState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -86,11 +88,12 @@ pub async fn spawn_app_with(server: ServerFile, tenants: Vec<TenantFile>) -> Tes
     let sandbox = app.sandbox().expect("sandbox runs");
     let hubspot = sandbox.hubspot.state.clone();
     let google = sandbox.google.state.clone();
+    let graph = sandbox.graph.state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, core, clock, hubspot, google, shutdown: Some(tx), server: Some(server), _dir: dir }
+    TestApp { addr, core, clock, hubspot, google, graph, shutdown: Some(tx), server: Some(server), _dir: dir }
 }
 
 impl TestApp {

@@ -6,6 +6,7 @@ mod bad_input;
 mod call_flow;
 mod config;
 mod connect;
+mod graph_calendar;
 mod helpers;
 mod lifecycle;
 mod mcp_http;
