@@ -86,6 +86,31 @@ pub fn longest(delays: impl IntoIterator<Item = Option<Duration>>) -> Option<Dur
     delays.into_iter().flatten().max()
 }
 
+/// Percent-encodes one URL path segment: everything but RFC 3986 unreserved characters, so an
+/// id like `owner@example.com` becomes `owner%40example.com`, as the vendors' client libraries
+/// send it.
+pub(crate) fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// At most `max` bytes of `value`, cut on a character boundary (for vendor messages kept in
+/// errors and logs).
+pub(crate) fn truncate_bytes(value: &str, max: usize) -> String {
+    let mut cut = max.min(value.len());
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    value[..cut].to_owned()
+}
+
 /// The outbound HTTP client every connector uses: bounded timeouts so no vendor call can hang a
 /// tool or a worker, and no automatic redirects to other hosts.
 pub fn http_client() -> reqwest::Client {

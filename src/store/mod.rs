@@ -327,55 +327,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn complete_step(&self, step: &StepRow, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE steps SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
-        )
-        .bind(ms(at))
-        .bind(step.id)
-        .execute(&self.pool)
-        .await?;
-        self.refresh_call_status(&step.call_id).await
-    }
-
-    pub async fn retry_step(
-        &self,
-        step: &StepRow,
-        next_at: Timestamp,
-        error: &str,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE steps SET attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),
-                              next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(ms(at))
-        .bind(ms(next_at))
-        .bind(error)
-        .bind(ms(at))
-        .bind(step.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn dead_letter_step(&self, step: &StepRow, error: &str, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(error)
-        .bind(ms(at))
-        .bind(step.id)
-        .execute(&self.pool)
-        .await?;
-        self.refresh_call_status(&step.call_id).await
-    }
-
-    async fn refresh_call_status(&self, call_id: &str) -> Result<(), StoreError> {
-        sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&self.pool).await?;
-        Ok(())
-    }
-
     pub async fn call(&self, tenant: &str, call_id: &str) -> Result<Option<CallRow>, StoreError> {
         let row = sqlx::query(
             "SELECT call_id, tenant, caller, started_at, ended_at, end_reason, sync_status, outcome
@@ -739,12 +690,12 @@ mod tests {
         let due = s.due_steps(t0, 10).await.unwrap();
         assert_eq!(due.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![0]);
         s.record_external_id(due[0].id, "contact-9").await.unwrap();
-        s.complete_step(&due[0], t0).await.unwrap();
+        s.record_attempt(&due[0], &AttemptResult::Done { external_id: None }, "test", &json!({}), t0).await.unwrap();
         let due = s.due_steps(t0, 10).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].parent_external_id.as_deref(), Some("contact-9"));
         assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
-        s.complete_step(&due[0], t0).await.unwrap();
+        s.record_attempt(&due[0], &AttemptResult::Done { external_id: None }, "test", &json!({}), t0).await.unwrap();
         assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "synced");
         // Tenant scoping: another tenant cannot read the call.
         assert!(s.call("other", "c1").await.unwrap().is_none());
@@ -765,11 +716,21 @@ mod tests {
         s.close_call_with_plan("c2", "demo", "end_call", &json!({}), &steps, t0).await.unwrap();
         let step = s.due_steps(t0, 10).await.unwrap().remove(0);
         let later = t0 + jiff::SignedDuration::from_secs(2);
-        s.retry_step(&step, later, "transient", t0).await.unwrap();
+        s.record_attempt(
+            &step,
+            &AttemptResult::Retry { next_at: later, error: "transient".into() },
+            "test",
+            &json!({}),
+            t0,
+        )
+        .await
+        .unwrap();
         assert!(s.due_steps(t0, 10).await.unwrap().is_empty());
         assert_eq!(s.next_due_at().await.unwrap(), Some(later));
         assert_eq!(s.due_steps(later, 10).await.unwrap().len(), 1);
-        s.dead_letter_step(&step, "gave up", later).await.unwrap();
+        s.record_attempt(&step, &AttemptResult::Dead { error: "gave up".into() }, "test", &json!({}), later)
+            .await
+            .unwrap();
         assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "failed");
     }
 }

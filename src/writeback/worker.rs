@@ -121,7 +121,10 @@ impl Worker {
     async fn attempt(&self, step: &StepRow) -> Result<StepOutcome, StoreError> {
         let now = self.clock.now();
         let Some(tenant) = self.tenants.by_id(&step.tenant).cloned() else {
-            self.store.dead_letter_step(step, "tenant no longer configured", now).await?;
+            let dead = AttemptResult::Dead { error: "tenant no longer configured".into() };
+            self.store
+                .record_attempt(step, &dead, &format!("crm.{}", step.kind), &json!({"result": "dead"}), now)
+                .await?;
             self.bump();
             return Ok(StepOutcome::Dead);
         };

@@ -49,8 +49,8 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{CalendarConnector, CalendarEvent, Interval, NewEvent};
-use crate::connectors::{ConnectorError, longest, parse_retry_after};
+use super::{CalendarConnector, CalendarEvent, Interval, NewEvent, merge_intervals};
+use crate::connectors::{ConnectorError, encode_path_segment, longest, parse_retry_after, truncate_bytes};
 
 /// Property carrying the call id on events callside creates.
 pub const CALL_ID_PROPERTY: &str = "X-CALLSIDE-CALL-ID";
@@ -128,7 +128,7 @@ impl CalDavConnector {
         }
         let collection = self.collection_url(calendar_id)?;
         collection
-            .join(&format!("{}.ics", encode_segment(event_id)))
+            .join(&format!("{}.ics", encode_path_segment(event_id)))
             .map_err(|_| ConnectorError::Permanent("invalid CalDAV resource URL".to_owned()))
     }
 
@@ -467,7 +467,7 @@ fn classify(
 ) -> ConnectorError {
     // Server bodies are text or a DAV:error element; keep a short first line only.
     let detail = body.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-    let detail = format!("{} {}", status.as_u16(), truncate(detail, 200));
+    let detail = format!("{} {}", status.as_u16(), truncate_bytes(detail, 200));
     match status {
         StatusCode::TOO_MANY_REQUESTS => ConnectorError::RateLimited { retry_after: longest([retry_after]), detail },
         StatusCode::NOT_IMPLEMENTED => ConnectorError::Permanent(detail),
@@ -485,18 +485,6 @@ fn classify(
         s if s.is_client_error() => ConnectorError::Validation { message: detail, fields: Vec::new() },
         _ => ConnectorError::Permanent(format!("unexpected status {detail}")),
     }
-}
-
-fn truncate(value: &str, max: usize) -> String {
-    let mut out = value.to_owned();
-    if out.len() > max {
-        let mut cut = max;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
-    out
 }
 
 fn unexpected(what: &str) -> ConnectorError {
@@ -635,19 +623,6 @@ fn percent_decode(value: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// Percent-encodes one path segment: everything but RFC 3986 unreserved characters.
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1123,24 +1098,6 @@ pub fn parse_free_busy(text: &str) -> Result<Vec<Interval>, ConnectorError> {
         }
     }
     Ok(busy)
-}
-
-/// Clips to the window, sorts and merges overlapping or touching intervals.
-fn merge_intervals(mut intervals: Vec<Interval>, window: Interval) -> Vec<Interval> {
-    for i in &mut intervals {
-        i.start = i.start.max(window.start);
-        i.end = i.end.min(window.end);
-    }
-    intervals.retain(|i| i.start < i.end);
-    intervals.sort();
-    let mut merged: Vec<Interval> = Vec::with_capacity(intervals.len());
-    for i in intervals {
-        match merged.last_mut() {
-            Some(last) if i.start <= last.end => last.end = last.end.max(i.end),
-            _ => merged.push(i),
-        }
-    }
-    merged
 }
 
 #[cfg(test)]

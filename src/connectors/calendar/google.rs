@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::{CalendarConnector, CalendarEvent, Interval, NewEvent};
-use crate::connectors::{ConnectorError, longest, parse_retry_after};
+use super::{CalendarConnector, CalendarEvent, Interval, NewEvent, merge_intervals};
+use crate::connectors::{ConnectorError, encode_path_segment, longest, parse_retry_after};
 
 /// Private extended property holding the call id on events callside creates.
 pub const CALL_ID_PROPERTY: &str = "callside_call_id";
@@ -100,7 +100,7 @@ impl GoogleCalendarConnector {
                 });
             }
             path.push('/');
-            path.push_str(&encode_segment(segment));
+            path.push_str(&encode_path_segment(segment));
         }
         self.base_url.join(&path).map_err(|_| ConnectorError::Permanent("invalid Google Calendar URL".to_owned()))
     }
@@ -632,38 +632,6 @@ fn rfc3339_in_zone(ts: Timestamp, zone: &str) -> String {
 
 fn parse_timestamp(value: &str) -> Result<Timestamp, ConnectorError> {
     value.parse::<Timestamp>().map_err(|_| unexpected("free/busy time"))
-}
-
-/// Clips to the window, sorts and merges overlapping or touching intervals.
-fn merge_intervals(mut intervals: Vec<Interval>, window: Interval) -> Vec<Interval> {
-    for i in &mut intervals {
-        i.start = i.start.max(window.start);
-        i.end = i.end.min(window.end);
-    }
-    intervals.retain(|i| i.start < i.end);
-    intervals.sort();
-    let mut merged: Vec<Interval> = Vec::with_capacity(intervals.len());
-    for i in intervals {
-        match merged.last_mut() {
-            Some(last) if i.start <= last.end => last.end = last.end.max(i.end),
-            _ => merged.push(i),
-        }
-    }
-    merged
-}
-
-/// Percent-encodes one path segment: everything but RFC 3986 unreserved characters, so
-/// `owner@example.com` becomes `owner%40example.com` (as Google's client libraries send it).
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

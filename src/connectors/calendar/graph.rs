@@ -82,8 +82,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{CalendarConnector, CalendarEvent, Interval, NewEvent};
-use crate::connectors::{ConnectorError, longest, parse_retry_after};
+use super::{CalendarConnector, CalendarEvent, Interval, NewEvent, merge_intervals};
+use crate::connectors::{ConnectorError, encode_path_segment, longest, parse_retry_after, truncate_bytes};
 
 /// The property-set GUID of callside's single-value extended properties (MAPI named properties
 /// `String {GUID} Name <name>`). Fixed forever: changing it would hide every existing marker.
@@ -178,7 +178,7 @@ impl GraphTokenRefresher {
             authority.set_path(&path);
         }
         let token_url = authority
-            .join(&format!("{}/oauth2/v2.0/token", encode_segment(tenant)))
+            .join(&format!("{}/oauth2/v2.0/token", encode_path_segment(tenant)))
             .map_err(|_| ConnectorError::Permanent("invalid token endpoint URL".to_owned()))?;
         Ok(Self {
             token_url,
@@ -269,7 +269,8 @@ fn classify_token_error(status: StatusCode, retry_after: Option<Duration>, body:
     let error: TokenError = serde_json::from_str(body).unwrap_or_default();
     let code = error.error.as_deref().unwrap_or("");
     // The description carries an AADSTS code and message, no secrets; keep its first line.
-    let description = truncate(error.error_description.as_deref().unwrap_or("").lines().next().unwrap_or(""), 200);
+    let description =
+        truncate_bytes(error.error_description.as_deref().unwrap_or("").lines().next().unwrap_or(""), 200);
     if status == StatusCode::TOO_MANY_REQUESTS {
         return ConnectorError::RateLimited { retry_after, detail: "429 token endpoint".to_owned() };
     }
@@ -362,7 +363,7 @@ impl GraphCalendarConnector {
                 });
             }
             path.push('/');
-            path.push_str(&encode_segment(segment));
+            path.push_str(&encode_path_segment(segment));
         }
         self.base_url.join(&path).map_err(|_| ConnectorError::Permanent("invalid Microsoft Graph URL".to_owned()))
     }
@@ -701,7 +702,7 @@ fn classify(
     let error = envelope.error.unwrap_or_default();
     let code = error.code.as_deref();
     let message =
-        truncate(error.message.as_deref().unwrap_or_else(|| status.canonical_reason().unwrap_or("error")), 300);
+        truncate_bytes(error.message.as_deref().unwrap_or_else(|| status.canonical_reason().unwrap_or("error")), 300);
     if status == StatusCode::TOO_MANY_REQUESTS {
         return ConnectorError::RateLimited {
             retry_after: longest([retry_after]),
@@ -723,18 +724,6 @@ fn classify(
         s if s.is_client_error() => ConnectorError::Validation { message, fields: Vec::new() },
         s => ConnectorError::Permanent(format!("unexpected status {}: {message}", s.as_u16())),
     }
-}
-
-fn truncate(value: &str, max: usize) -> String {
-    let mut out = value.to_owned();
-    if out.len() > max {
-        let mut cut = max;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
-    out
 }
 
 fn unexpected(what: &str) -> ConnectorError {
@@ -996,37 +985,6 @@ fn rfc3339_utc(ts: Timestamp) -> String {
 /// An OData string literal's content: single quotes doubled.
 fn odata_string(value: &str) -> String {
     value.replace('\'', "''")
-}
-
-/// Clips to the window, sorts and merges overlapping or touching intervals.
-fn merge_intervals(mut intervals: Vec<Interval>, window: Interval) -> Vec<Interval> {
-    for i in &mut intervals {
-        i.start = i.start.max(window.start);
-        i.end = i.end.min(window.end);
-    }
-    intervals.retain(|i| i.start < i.end);
-    intervals.sort();
-    let mut merged: Vec<Interval> = Vec::with_capacity(intervals.len());
-    for i in intervals {
-        match merged.last_mut() {
-            Some(last) if i.start <= last.end => last.end = last.end.max(i.end),
-            _ => merged.push(i),
-        }
-    }
-    merged
-}
-
-/// Percent-encodes one path segment: everything but RFC 3986 unreserved characters.
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

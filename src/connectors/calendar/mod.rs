@@ -28,6 +28,25 @@ impl Interval {
     }
 }
 
+/// Clips busy intervals to the window, sorts them and merges overlapping or touching ones: the
+/// shape every provider's free/busy answer is normalized to.
+pub(crate) fn merge_intervals(mut intervals: Vec<Interval>, window: Interval) -> Vec<Interval> {
+    for i in &mut intervals {
+        i.start = i.start.max(window.start);
+        i.end = i.end.min(window.end);
+    }
+    intervals.retain(|i| i.start < i.end);
+    intervals.sort();
+    let mut merged: Vec<Interval> = Vec::with_capacity(intervals.len());
+    for i in intervals {
+        match merged.last_mut() {
+            Some(last) if i.start <= last.end => last.end = last.end.max(i.end),
+            _ => merged.push(i),
+        }
+    }
+    merged
+}
+
 /// An event to create. `id` is the idempotency key chosen by the service (for Google: base32hex,
 /// 5–1024 characters), so a retried create can never produce a second event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
