@@ -22,6 +22,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, VendorSection};
 use crate::connections::{Connections, OAuthApp, TokenCipher, connection_id};
 use crate::connectors::calendar::CalendarConnector;
+use crate::connectors::calendar::caldav::{CalDavAuth, CalDavConnector};
 use crate::connectors::calendar::google::GoogleCalendarConnector;
 use crate::connectors::calendar::graph::GraphCalendarConnector;
 use crate::connectors::crm::CrmConnector;
@@ -87,6 +88,7 @@ impl Application {
                 Arc::new(HubSpotConnector::new(url, token, client.clone()))
             };
             let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
+                "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
                 "microsoft" => {
                     let (url, token) =
                         endpoint(&t.calendar, sandbox.as_ref().map(|s| (s.graph.base_url(), sandbox::GRAPH_TOKEN)))?;
@@ -245,6 +247,24 @@ fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Res
     let var = v.access_token_env.as_deref().context("access_token_env is required")?;
     let token = std::env::var(var).with_context(|| format!("environment variable {var}"))?;
     Ok((url, SecretString::from(token)))
+}
+
+/// A CalDAV server from a tenant's `[calendar]`: Basic credentials when configured (the password
+/// read from the named environment variable), the business as the events' organizer.
+fn caldav_connector(v: &VendorSection, business: &str, client: reqwest::Client) -> anyhow::Result<CalDavConnector> {
+    let url = url::Url::parse(&v.base_url).context("caldav base_url")?;
+    let auth = match (&v.username, &v.password_env) {
+        (Some(username), Some(var)) => {
+            let password = std::env::var(var).with_context(|| format!("environment variable {var}"))?;
+            CalDavAuth::Basic { username: username.clone(), password: SecretString::from(password) }
+        }
+        _ => CalDavAuth::None,
+    };
+    let connector = CalDavConnector::new(url, auth, client);
+    Ok(match &v.organizer_email {
+        Some(email) => connector.with_organizer(business, email),
+        None => connector,
+    })
 }
 
 /// Calls left open by a crash: closed as disconnected, so their write-back is planned and nothing

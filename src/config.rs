@@ -183,6 +183,26 @@ pub struct TenantFile {
     pub schedule: ScheduleSection,
     pub staff: Vec<StaffSection>,
     pub services: Vec<ServiceSection>,
+    /// Where customer notifications go when the calendar cannot send them itself (CalDAV).
+    #[serde(default)]
+    pub notifications: Option<NotificationsSection>,
+}
+
+/// The tenant's notification webhook: callside POSTs JSON events (e.g. `appointment.cancelled`)
+/// signed with HMAC-SHA256 (`X-Callside-Signature: t=<unix seconds>,v1=<hex>` over
+/// `"<t>.<body>"`); the secret is named by environment variable, never written here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsSection {
+    pub webhook_url: String,
+    pub webhook_secret_env: String,
+}
+
+/// The validated webhook of a tenant.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: url::Url,
+    pub secret_env: String,
 }
 
 fn default_region() -> String {
@@ -207,6 +227,19 @@ pub struct VendorSection {
     /// connects through `/v1/connect/{vendor}/start`; tokens live encrypted in the store).
     #[serde(default = "default_auth")]
     pub auth: String,
+    /// CalDAV: the HTTP Basic user name (with `password_env`); omit both for a server that needs
+    /// no authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// CalDAV: environment variable holding the password (an app password for iCloud/Fastmail).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Never accepted: present only so a password written into the file gets a clear error.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// CalDAV: the `ORGANIZER` written on events (the business's address), e.g. `bookings@salon.example`.
+    #[serde(default)]
+    pub organizer_email: Option<String>,
 }
 
 fn default_auth() -> String {
@@ -301,6 +334,8 @@ pub struct TenantConfig {
     pub rules: crate::schedule::ScheduleRules,
     pub reminder_minutes: Vec<u32>,
     pub notify_on_cancel: bool,
+    /// The notification webhook, when configured (`[notifications]`).
+    pub webhook: Option<WebhookConfig>,
     pub staff: Vec<crate::schedule::StaffMember>,
     pub services: Vec<crate::schedule::ServiceType>,
 }
@@ -509,8 +544,29 @@ impl Config {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
             for (key, v, kinds) in
-                [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google", "microsoft"][..])]
+                [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..])]
             {
+                if v.password.is_some() {
+                    issue(
+                        &format!("{key}.password"),
+                        "secrets never live in tenant files: put the password in an environment variable and \
+                         name it in password_env"
+                            .into(),
+                    );
+                }
+                if v.vendor == "caldav" {
+                    validate_caldav(v, &t.staff, &mut issue);
+                    continue;
+                }
+                for (field, set) in [
+                    ("username", v.username.is_some()),
+                    ("password_env", v.password_env.is_some()),
+                    ("organizer_email", v.organizer_email.is_some()),
+                ] {
+                    if set {
+                        issue(&format!("{key}.{field}"), "only used with vendor = \"caldav\"".into());
+                    }
+                }
                 if !kinds.contains(&v.vendor.as_str()) {
                     issue(
                         &format!("{key}.vendor"),
@@ -546,6 +602,34 @@ impl Config {
                         Some(_) => {}
                     }
                 }
+            }
+            let mut webhook = None;
+            if let Some(n) = &t.notifications {
+                match url::Url::parse(&n.webhook_url) {
+                    Ok(u) if matches!(u.scheme(), "https" | "http") => {
+                        webhook = Some(WebhookConfig { url: u, secret_env: n.webhook_secret_env.clone() })
+                    }
+                    _ => issue("notifications.webhook_url", format!("{:?} is not an http(s) URL", n.webhook_url)),
+                }
+                match std::env::var(&n.webhook_secret_env) {
+                    Ok(v) if v.len() >= 16 => {}
+                    Ok(_) => issue(
+                        "notifications.webhook_secret_env",
+                        format!("the secret in {} must be at least 16 characters", n.webhook_secret_env),
+                    ),
+                    Err(_) => issue(
+                        "notifications.webhook_secret_env",
+                        format!("environment variable {} is not set", n.webhook_secret_env),
+                    ),
+                }
+            }
+            if t.calendar.vendor == "caldav" && t.schedule.notify_on_cancel && t.notifications.is_none() {
+                issue(
+                    "notifications",
+                    "CalDAV servers send no invitations: notify_on_cancel needs a [notifications] webhook \
+                     (or set schedule.notify_on_cancel = false)"
+                        .into(),
+                );
             }
             let s = &t.schedule;
             if s.slot_interval_minutes == 0 || s.slot_interval_minutes > 240 {
@@ -664,6 +748,7 @@ impl Config {
                     },
                     reminder_minutes: s.reminder_minutes.clone(),
                     notify_on_cancel: s.notify_on_cancel,
+                    webhook,
                     staff,
                     services,
                 });
@@ -689,6 +774,61 @@ impl Config {
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),
+        }
+    }
+}
+
+/// A CalDAV calendar: a URL, Basic credentials named by environment variable (or none), an
+/// optional organizer address, and staff calendar ids that resolve to collections on the same
+/// origin (credentials never travel to another host).
+fn validate_caldav(
+    v: &VendorSection,
+    staff: &[StaffSection],
+    issue: &mut impl FnMut(&str, String),
+) {
+    if v.auth != "token" {
+        issue("calendar.auth", "CalDAV uses username + password_env (HTTP Basic); auth must be left out".into());
+    }
+    if v.access_token_env.is_some() {
+        issue("calendar.access_token_env", "CalDAV uses username + password_env, not a bearer token".into());
+    }
+    let base = match url::Url::parse(&v.base_url) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") => Some(u),
+        _ => {
+            let hint = if v.base_url == "sandbox" { " (there is no CalDAV sandbox; point it at a server)" } else { "" };
+            issue("calendar.base_url", format!("{:?} is not an http(s) URL{hint}", v.base_url));
+            None
+        }
+    };
+    match (&v.username, &v.password_env) {
+        (None, None) => {}
+        (Some(u), Some(var)) => {
+            if u.is_empty() || u.contains(':') {
+                issue("calendar.username", "must be non-empty and contain no ':'".into());
+            }
+            if std::env::var_os(var).is_none() {
+                issue("calendar.password_env", format!("environment variable {var} is not set"));
+            }
+        }
+        (Some(_), None) => issue("calendar.password_env", "required with username".into()),
+        (None, Some(_)) => issue("calendar.username", "required with password_env".into()),
+    }
+    if let Some(e) = &v.organizer_email
+        && identity::normalize_email(e).is_none()
+    {
+        issue("calendar.organizer_email", format!("{e:?} is not an email address"));
+    }
+    if let Some(base) = base {
+        let base = crate::connectors::calendar::caldav::with_trailing_slash(base);
+        for (i, st) in staff.iter().enumerate() {
+            for (j, id) in st.calendar_ids.iter().enumerate() {
+                if crate::connectors::calendar::caldav::collection_url(&base, id).is_err() {
+                    issue(
+                        &format!("staff[{i}].calendar_ids[{j}]"),
+                        format!("{id:?} is not a calendar collection path on the CalDAV server's origin"),
+                    );
+                }
+            }
         }
     }
 }

@@ -63,6 +63,7 @@ pub struct BookingService {
     /// Busy time per (tenant, staff) read from the provider, so find_slots answers from memory.
     /// Commits always re-read the provider; our own writes invalidate the entry.
     busy_cache: moka::future::Cache<(String, String), Arc<CachedBusy>>,
+    notifier: crate::notify::Notifier,
 }
 
 /// Busy intervals of one staff member over the window they were read for.
@@ -83,6 +84,7 @@ impl BookingService {
             store,
             clock,
             busy_cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(BUSY_TTL).build(),
+            notifier: crate::notify::Notifier::default(),
         }
     }
 
@@ -520,8 +522,9 @@ impl BookingService {
         }
     }
 
-    /// Cancels a booking in the calendar (asking the provider to notify attendees when `notify`)
-    /// and frees its time.
+    /// Cancels a booking in the calendar and frees its time. When `notify`, the customer is told:
+    /// by the provider where it does that itself (Google `sendUpdates`, Graph's cancel action),
+    /// otherwise (CalDAV) through the tenant's signed notification webhook.
     pub async fn cancel(
         &self,
         tenant: &Tenant,
@@ -529,8 +532,9 @@ impl BookingService {
         booking: &BookingRow,
         service: Option<&ServiceType>,
         notify: bool,
-    ) -> Result<(), BookingError> {
-        match tenant.calendar.cancel_event(&booking.calendar_id, &booking.event_id, notify).await {
+    ) -> Result<CancelNotice, BookingError> {
+        let native = notify && tenant.calendar.notifies_attendees();
+        match tenant.calendar.cancel_event(&booking.calendar_id, &booking.event_id, native).await {
             // Already gone from the calendar (cancelled directly): the end state is the same.
             Ok(()) | Err(ConnectorError::NotFound(_)) => {}
             Err(e) => return Err(BookingError::Unconfirmed(e)),
@@ -550,13 +554,71 @@ impl BookingService {
                 Some(call_id),
                 None,
                 "calendar.cancel_event",
-                &json!({"provider": tenant.calendar.provider(), "event_id": booking.event_id, "notify": notify}),
+                &json!({"provider": tenant.calendar.provider(), "event_id": booking.event_id, "notify": native}),
                 now,
             )
             .await?;
         self.invalidate_busy(tenant.id(), &booking.staff_id).await;
-        Ok(())
+        let notice = match (notify, native, &tenant.config.webhook) {
+            (false, _, _) => CancelNotice::None,
+            (true, true, _) => CancelNotice::Provider,
+            (true, false, None) => CancelNotice::None,
+            (true, false, Some(webhook)) => {
+                let event = json!({
+                    "type": "appointment.cancelled",
+                    "tenant": tenant.id(),
+                    "business": tenant.config.name,
+                    "appointment_id": booking.event_id,
+                    "service_id": booking.service_id,
+                    "service": service.map(|s| s.name.as_str()),
+                    "staff_id": booking.staff_id,
+                    "start": ts(booking.start_at).to_string(),
+                    "end": ts(booking.end_at).to_string(),
+                    "time_zone": tenant.config.time_zone_name,
+                    "customer": {"phone": booking.caller_phone, "email": booking.caller_email},
+                    "call_id": call_id,
+                });
+                let event_id = format!("cancel:{}", booking.idempotency_key);
+                // One retry for a transient failure; the call is live, so no longer than that.
+                let mut result = self.notifier.send(webhook, &event_id, &event, now).await;
+                if result.as_ref().is_err_and(|e| e.is_retryable()) {
+                    result = self.notifier.send(webhook, &event_id, &event, self.clock.now()).await;
+                }
+                self.store
+                    .audit(
+                        tenant.id(),
+                        Some(call_id),
+                        None,
+                        "notify.webhook",
+                        &json!({"type": "appointment.cancelled", "event_id": event_id, "ok": result.is_ok(), "error": result.as_ref().err().map(|e| e.to_string())}),
+                        self.clock.now(),
+                    )
+                    .await?;
+                match result {
+                    Ok(()) => CancelNotice::Webhook,
+                    Err(e) => {
+                        tracing::warn!(call_id, error = %e, "cancellation webhook not delivered");
+                        CancelNotice::Failed
+                    }
+                }
+            }
+        };
+        Ok(notice)
     }
+}
+
+/// How the customer hears of a cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelNotice {
+    /// Not asked for (or nowhere to send it).
+    None,
+    /// The calendar provider emails the attendee.
+    Provider,
+    /// The tenant's webhook accepted the notification.
+    Webhook,
+    /// The webhook did not accept it; the cancellation itself stands.
+    Failed,
 }
 
 fn ts(ms: i64) -> Timestamp {

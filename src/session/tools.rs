@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{CallSession, Core};
-use crate::booking::{Attendee, BookingError};
+use crate::booking::{Attendee, BookingError, CancelNotice};
 use crate::context::CallerContext;
 use crate::protocol::ToolResult;
 use crate::protocol::tools::{BookSlotArgs, FindSlotsArgs, HoldSlotArgs, ToolCall};
@@ -471,17 +471,21 @@ async fn cancel(core: &Core, s: &CallSession, appointment_id: &str, reason: Opti
     let when = label(t, Timestamp::from_millisecond(booking.start_at).unwrap_or(Timestamp::UNIX_EPOCH));
     let name = service.map(|sv| sv.name.as_str()).unwrap_or("appointment");
     match core.booking.cancel(t, &s.call_id, &booking, service, t.config.notify_on_cancel).await {
-        Ok(()) => {
+        Ok(notice) => {
             let why = reason.as_deref().map(|r| format!(" Reason: {r}")).unwrap_or_default();
             s.state
                 .lock()
                 .expect("call state lock")
                 .appointment_changes
                 .push(format!("Cancelled {name} on {when}.{why}"));
-            let notice = if t.config.notify_on_cancel { " You'll get a confirmation by email." } else { "" };
+            let said = match notice {
+                CancelNotice::Provider | CancelNotice::Webhook => " You'll get a confirmation.",
+                CancelNotice::Failed => " I couldn't send the confirmation message, but the cancellation is done.",
+                CancelNotice::None => "",
+            };
             ToolResult::ok(
-                json!({"cancelled": true, "appointment_id": booking.event_id}),
-                format!("Your {name} on {when} is cancelled.{notice}"),
+                json!({"cancelled": true, "appointment_id": booking.event_id, "notified": notice}),
+                format!("Your {name} on {when} is cancelled.{said}"),
             )
         }
         Err(e) => {

@@ -77,6 +77,46 @@ pub struct CalDavConnector {
     base_url: Url,
     auth: CalDavAuth,
     client: reqwest::Client,
+    organizer: Option<Organizer>,
+}
+
+/// The organizer written on created events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organizer {
+    pub name: String,
+    pub email: String,
+}
+
+/// The base URL with its path ending in `/`, so relative calendar ids resolve below it.
+pub fn with_trailing_slash(mut base_url: Url) -> Url {
+    if !base_url.path().ends_with('/') {
+        let path = format!("{}/", base_url.path());
+        base_url.set_path(&path);
+    }
+    base_url
+}
+
+/// The collection URL of a calendar id (absolute, or relative to `base_url`), with a trailing
+/// slash; an id leading to another origin is refused so credentials never travel elsewhere.
+pub fn collection_url(base_url: &Url, calendar_id: &str) -> Result<Url, ConnectorError> {
+    let invalid = || ConnectorError::Validation {
+        message: "calendar id is not a collection URL on the CalDAV server".to_owned(),
+        fields: vec!["calendar_id".to_owned()],
+    };
+    if calendar_id.trim().is_empty() {
+        return Err(invalid());
+    }
+    let mut url = base_url.join(calendar_id).map_err(|_| invalid())?;
+    if url.origin() != base_url.origin() {
+        return Err(invalid());
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
 }
 
 /// A raw answer the connector inspects itself.
@@ -88,34 +128,20 @@ struct Answer {
 
 impl CalDavConnector {
     pub fn new(base_url: Url, auth: CalDavAuth, client: reqwest::Client) -> Self {
-        let mut base_url = base_url;
-        if !base_url.path().ends_with('/') {
-            let path = format!("{}/", base_url.path());
-            base_url.set_path(&path);
-        }
-        Self { base_url, auth, client }
+        Self { base_url: with_trailing_slash(base_url), auth, client, organizer: None }
+    }
+
+    /// Writes `ORGANIZER;CN=<name>:mailto:<email>` on the events this connector creates (the
+    /// business). Without scheduling (RFC 6638) on the server nobody is invited by it; it tells
+    /// whoever opens the event in a client who booked it.
+    pub fn with_organizer(mut self, name: &str, email: &str) -> Self {
+        self.organizer = Some(Organizer { name: name.to_owned(), email: email.to_owned() });
+        self
     }
 
     /// The collection URL of a calendar id, with a trailing slash.
     pub fn collection_url(&self, calendar_id: &str) -> Result<Url, ConnectorError> {
-        let invalid = || ConnectorError::Validation {
-            message: "calendar id is not a collection URL on the CalDAV server".to_owned(),
-            fields: vec!["calendar_id".to_owned()],
-        };
-        if calendar_id.trim().is_empty() {
-            return Err(invalid());
-        }
-        let mut url = self.base_url.join(calendar_id).map_err(|_| invalid())?;
-        if url.origin() != self.base_url.origin() {
-            return Err(invalid());
-        }
-        url.set_query(None);
-        url.set_fragment(None);
-        if !url.path().ends_with('/') {
-            let path = format!("{}/", url.path());
-            url.set_path(&path);
-        }
-        Ok(url)
+        collection_url(&self.base_url, calendar_id)
     }
 
     /// The resource URL of an event: `{collection}{id}.ics`, the id percent-encoded.
@@ -309,6 +335,10 @@ impl CalendarConnector for CalDavConnector {
         "caldav"
     }
 
+    fn notifies_attendees(&self) -> bool {
+        false
+    }
+
     async fn free_busy(&self, calendar_ids: &[String], window: Interval) -> Result<Vec<Interval>, ConnectorError> {
         if calendar_ids.is_empty() || window.start >= window.end {
             return Ok(Vec::new());
@@ -334,7 +364,7 @@ impl CalendarConnector for CalDavConnector {
             });
         }
         let url = self.resource_url(calendar_id, &event.id)?;
-        let body = write_event(event, Timestamp::now());
+        let body = write_event_with(event, Timestamp::now(), self.organizer.as_ref());
         let answer = self
             .request(
                 Method::PUT,
@@ -1014,6 +1044,11 @@ fn vevent_to_event(vevent: &Component, id: &str, etag: Option<String>) -> Result
 
 /// The iCalendar object for a new event: UTC times, our markers, one display alarm per reminder.
 pub fn write_event(event: &NewEvent, now: Timestamp) -> String {
+    write_event_with(event, now, None)
+}
+
+/// [`write_event`] with an `ORGANIZER` (the business, see [`CalDavConnector::with_organizer`]).
+pub fn write_event_with(event: &NewEvent, now: Timestamp, organizer: Option<&Organizer>) -> String {
     let mut description = event.description.clone();
     if let Some(email) = &event.attendee_email {
         if !description.is_empty() {
@@ -1042,6 +1077,14 @@ pub fn write_event(event: &NewEvent, now: Timestamp) -> String {
     };
     if !description.is_empty() {
         vevent.properties.insert(7, prop("DESCRIPTION", escape_text(&description)));
+    }
+    if let Some(o) = organizer {
+        // RFC 5545 §3.8.4.3: a cal-address with the common name as a (quoted) parameter.
+        vevent.properties.push(Property {
+            name: "ORGANIZER".to_owned(),
+            params: vec![("CN".to_owned(), vec![o.name.replace('"', "'").replace(char::is_control, " ")])],
+            value: format!("mailto:{}", o.email),
+        });
     }
     let mut minutes = event.reminder_minutes.clone();
     minutes.sort_unstable();

@@ -86,6 +86,13 @@ pub struct CalendarEvent {
 pub trait CalendarConnector: Send + Sync + 'static {
     fn provider(&self) -> &'static str;
 
+    /// Whether `cancel_event(.., notify = true)` makes the provider tell the attendees itself
+    /// (Google `sendUpdates`, Graph's cancel action). CalDAV servers without scheduling do not;
+    /// the service then notifies through the tenant's webhook.
+    fn notifies_attendees(&self) -> bool {
+        true
+    }
+
     /// Busy intervals of the given calendars inside the window, merged across calendars.
     async fn free_busy(&self, calendar_ids: &[String], window: Interval) -> Result<Vec<Interval>, ConnectorError>;
 
