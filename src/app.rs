@@ -117,6 +117,11 @@ impl Application {
             sessions: Sessions::default(),
         });
         recover_open_calls(&core).await?;
+        // Pending bookings keep their slots across a restart: re-held before any call is served.
+        let reheld = core.booking.recover_pending().await.context("recovering pending bookings")?;
+        if reheld > 0 {
+            tracing::info!(reheld, "pending bookings recovered");
+        }
         let state = Arc::new(AppState {
             core,
             call_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
@@ -150,6 +155,8 @@ impl Application {
         let sweeper_stop = CancellationToken::new();
         let idle = jiff::SignedDuration::from_secs(state.limits.http_session_idle_secs as i64);
         let sweeper_task = tokio::spawn(state.core.clone().run_idle_sweeper(idle, sweeper_stop.clone()));
+        let pending_stop = CancellationToken::new();
+        let pending_task = tokio::spawn(state.core.clone().run_pending_bookings(pending_stop.clone()));
         {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -182,6 +189,8 @@ impl Application {
         // HTTP calls still open are finished (planned as disconnected) before the last flush.
         sweeper_stop.cancel();
         let _ = sweeper_task.await;
+        pending_stop.cancel();
+        let _ = pending_task.await;
         // Phase 2: flush the outbox (one last pass), then close the store.
         worker_stop.cancel();
         let _ = worker_task.await;

@@ -229,6 +229,31 @@ impl HoldLedger {
         Ok(entry.hold.clone())
     }
 
+    /// Hands a live hold to another owner and keeps it until `until` (never shortened), in one
+    /// critical section: a booking whose calendar was unreachable keeps its slot past the end of
+    /// the call that made it (the new owner is the pending booking).
+    pub fn transfer(
+        &self,
+        tenant: &str,
+        hold_id: Uuid,
+        from_call: &str,
+        to_owner: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Hold, HoldError> {
+        let mut tenants = self.lock();
+        let entry = tenants.get_mut(tenant).and_then(|t| t.entry_mut(hold_id)).ok_or(HoldError::NotFound)?;
+        if entry.hold.call_id != from_call {
+            return Err(HoldError::NotOwner);
+        }
+        if entry.confirmed || entry.expired_hold_at(now) {
+            return Err(HoldError::Expired);
+        }
+        entry.hold.call_id = to_owner.to_owned();
+        entry.hold.expires_at = entry.hold.expires_at.max(until);
+        Ok(entry.hold.clone())
+    }
+
     /// Turns the call's live hold into a booking that never expires. Idempotent: confirming a
     /// booking again answers `Ok`.
     pub fn confirm(&self, tenant: &str, hold_id: Uuid, call_id: &str, now: Timestamp) -> Result<Hold, HoldError> {
@@ -492,6 +517,21 @@ mod tests {
         assert_eq!(l.confirm("t2", h.id, "c1", now()), Err(HoldError::NotFound));
         assert!(l.busy("t2", "bob", iv(at(0, 0), at(23, 0)), now()).is_empty());
         assert_eq!(l.live_holds(now()), 3);
+    }
+
+    #[test]
+    fn a_transferred_hold_changes_owner_and_outlives_the_call() {
+        let l = HoldLedger::new();
+        let h = l.try_hold(plain("t", "ann", "c1", at(9, 0), at(9, 30)), now()).unwrap();
+        let until = at(8, 50);
+        assert_eq!(l.transfer("t", h.id, "c2", "pending:k", until, now()), Err(HoldError::NotOwner));
+        let moved = l.transfer("t", h.id, "c1", "pending:k", until, now()).unwrap();
+        assert_eq!(moved.call_id, "pending:k");
+        assert_eq!(moved.expires_at, until);
+        assert_eq!(l.release_all_for_call("t", "c1"), 0, "the call no longer owns it");
+        let later = at(8, 49);
+        assert_eq!(l.try_hold(plain("t", "ann", "c3", at(9, 0), at(9, 30)), later), Err(HoldError::Overlap));
+        assert!(l.try_hold(plain("t", "ann", "c3", at(9, 0), at(9, 30)), until).is_ok(), "free at its new expiry");
     }
 
     #[test]

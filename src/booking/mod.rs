@@ -5,6 +5,7 @@
 //! directly wins (design invariant 3).
 
 pub mod ledger;
+pub mod pending;
 
 use std::sync::Arc;
 
@@ -31,6 +32,10 @@ pub enum BookingError {
     Hold(#[from] HoldError),
     #[error("the booking could not be confirmed: {0}")]
     Unconfirmed(ConnectorError),
+    /// The calendar did not answer: the booking is recorded as pending and retried in the
+    /// background until `deadline`; it is NOT confirmed.
+    #[error("the booking is pending (calendar unreachable: {cause})")]
+    Pending { key: String, deadline: Timestamp, cause: ConnectorError },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -64,6 +69,9 @@ pub struct BookingService {
     /// Commits always re-read the provider; our own writes invalidate the entry.
     busy_cache: moka::future::Cache<(String, String), Arc<CachedBusy>>,
     notifier: crate::notify::Notifier,
+    commit_hook: std::sync::Mutex<Option<CommitHook>>,
+    /// Pending bookings: the ledger hold each keeps, and the retrier's wake-up and progress.
+    pub pending: pending::PendingState,
 }
 
 /// Busy intervals of one staff member over the window they were read for.
@@ -85,6 +93,8 @@ impl BookingService {
             clock,
             busy_cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(BUSY_TTL).build(),
             notifier: crate::notify::Notifier::default(),
+            commit_hook: std::sync::Mutex::new(None),
+            pending: pending::PendingState::default(),
         }
     }
 
@@ -253,6 +263,9 @@ impl BookingService {
     }
 
     /// Commits a hold to the calendar. Idempotent: the event id is derived from the hold id.
+    /// A calendar that does not answer (outage, rate limit) makes the booking *pending*: it is
+    /// recorded durably, its hold is handed to the pending booking until its deadline, and the
+    /// caller is told it is not confirmed yet (`BookingError::Pending`).
     pub async fn commit(
         &self,
         tenant: &Tenant,
@@ -272,65 +285,97 @@ impl BookingService {
             .iter()
             .find(|s| s.id == hold.staff_id)
             .expect("holds are only made for configured staff");
-        // 1. Re-check the provider, bypassing every cache: a direct booking made since the hold
-        //    was taken wins.
-        let busy =
-            tenant.calendar.free_busy(&staff.calendar_ids, hold.blocked).await.map_err(BookingError::Unconfirmed)?;
-        if busy.iter().any(|b| b.overlaps(&hold.blocked)) {
-            self.ledger.release(tenant.id(), hold_id, call_id)?;
-            let alternatives = self.alternatives(tenant, service, hold.slot.start).await?;
-            return Err(BookingError::NotAvailable { alternatives });
-        }
-        // 2. Create with an id derived from the hold: a retry after a lost response answers 409
-        //    and we adopt the existing event instead of creating a second one.
         let calendar_id = staff.calendar_ids[0].clone();
         let idempotency_key = format!("{}:{}", tenant.id(), hold_id);
         let event_id = event_id_from_key(&idempotency_key);
-        let summary = match &attendee.name {
-            Some(n) => format!("{} — {}", service.name, n),
-            None => service.name.clone(),
-        };
-        let event = NewEvent {
-            id: event_id.clone(),
-            summary,
-            description: format!(
-                "Booked by the AI receptionist (callside) during call {call_id}.{}",
-                attendee.notes.as_deref().map(|n| format!("\nNotes: {n}")).unwrap_or_default()
-            ),
-            start: hold.slot.start,
-            end: hold.slot.end,
-            time_zone: tenant.config.time_zone_name.clone(),
-            attendee_email: attendee.email.clone(),
-            reminder_minutes: tenant.config.reminder_minutes.clone(),
-            call_id: call_id.to_owned(),
-            service_id: service.id.clone(),
-        };
-        match tenant.calendar.create_event(&calendar_id, &event).await {
+        let pending = |e: ConnectorError| PendingCause { error: e, key: idempotency_key.clone() };
+        let outcome = async {
+            self.hook(CommitPoint::BeforeRecheck, tenant, &calendar_id, &hold).await;
+            // 1. Re-check the provider, bypassing every cache: a direct booking made since the
+            //    hold was taken wins.
+            let busy = tenant.calendar.free_busy(&staff.calendar_ids, hold.blocked).await.map_err(pending)?;
+            if busy.iter().any(|b| b.overlaps(&hold.blocked)) {
+                return Ok(Step::Taken);
+            }
+            // 2. Create with an id derived from the hold: a retry after a lost response answers
+            //    409 and we adopt the existing event instead of creating a second one.
+            let event = new_event(tenant, call_id, service, attendee, &event_id, hold.slot);
+            self.create_or_adopt(tenant, call_id, &calendar_id, &event, now).await.map_err(pending)?;
+            self.hook(CommitPoint::BeforeVerify, tenant, &calendar_id, &hold).await;
+            // 3. Verify: a foreign event that appeared concurrently means the customer who
+            //    booked directly wins; withdraw ours.
+            if self.foreign_overlap(tenant, call_id, &calendar_id, &event_id, hold.blocked).await.map_err(pending)? {
+                return Ok(Step::Taken);
+            }
+            Ok(Step::Created)
+        }
+        .await;
+        match outcome {
+            Ok(Step::Taken) => {
+                self.ledger.release(tenant.id(), hold_id, call_id)?;
+                let alternatives = self.alternatives(tenant, service, hold.slot.start).await?;
+                Err(BookingError::NotAvailable { alternatives })
+            }
+            Ok(Step::Created) => {
+                self.ledger.confirm(tenant.id(), hold_id, call_id, self.clock.now())?;
+                self.record_booking(tenant, call_id, &idempotency_key, &calendar_id, &event_id, &hold, service, attendee)
+                    .await
+            }
+            Err(PendingCause { error, key }) if error.is_retryable() => {
+                self.make_pending(tenant, call_id, &key, &calendar_id, &event_id, &hold, service, attendee, error).await
+            }
+            Err(PendingCause { error, .. }) => Err(BookingError::Unconfirmed(error)),
+        }
+    }
+
+    /// Creates the event; a 409 for our derived id means an earlier attempt created it: adopt it.
+    pub(crate) async fn create_or_adopt(
+        &self,
+        tenant: &Tenant,
+        call_id: &str,
+        calendar_id: &str,
+        event: &NewEvent,
+        now: Timestamp,
+    ) -> Result<(), ConnectorError> {
+        match tenant.calendar.create_event(calendar_id, event).await {
             Ok(_) => {}
             Err(ConnectorError::Conflict { .. }) => {
-                // Ours from an earlier attempt (same derived id): adopt it.
-                tenant.calendar.get_event(&calendar_id, &event_id).await.map_err(BookingError::Unconfirmed)?;
+                tenant.calendar.get_event(calendar_id, &event.id).await?;
             }
-            Err(e) => return Err(BookingError::Unconfirmed(e)),
+            Err(e) => return Err(e),
         }
-        self.store
+        let audited = self
+            .store
             .audit(
                 tenant.id(),
                 Some(call_id),
                 None,
                 "calendar.create_event",
-                &json!({"provider": tenant.calendar.provider(), "calendar_id": calendar_id, "event_id": event_id, "start": hold.slot.start.to_string(), "end": hold.slot.end.to_string()}),
+                &json!({"provider": tenant.calendar.provider(), "calendar_id": calendar_id, "event_id": event.id, "start": event.start.to_string(), "end": event.end.to_string()}),
                 now,
             )
-            .await?;
-        // 3. Verify: a foreign event that appeared concurrently means the customer who booked
-        //    directly wins; withdraw ours and offer alternatives.
-        let overlapping =
-            tenant.calendar.list_events(&calendar_id, hold.blocked).await.map_err(BookingError::Unconfirmed)?;
+            .await;
+        if let Err(e) = audited {
+            tracing::error!(error = %e, "audit write failed");
+        }
+        Ok(())
+    }
+
+    /// Whether a foreign busy event overlaps `blocked`; if so ours is withdrawn (audited).
+    pub(crate) async fn foreign_overlap(
+        &self,
+        tenant: &Tenant,
+        call_id: &str,
+        calendar_id: &str,
+        event_id: &str,
+        blocked: Interval,
+    ) -> Result<bool, ConnectorError> {
+        let overlapping = tenant.calendar.list_events(calendar_id, blocked).await?;
         let foreign = overlapping.iter().any(|e| e.id != event_id && e.busy && e.call_id.as_deref() != Some(call_id));
         if foreign {
-            let withdrawn = tenant.calendar.cancel_event(&calendar_id, &event_id, false).await;
-            self.store
+            let withdrawn = tenant.calendar.cancel_event(calendar_id, event_id, false).await;
+            let audited = self
+                .store
                 .audit(
                     tenant.id(),
                     Some(call_id),
@@ -339,30 +384,37 @@ impl BookingService {
                     &json!({"event_id": event_id, "reason": "foreign event overlaps", "ok": withdrawn.is_ok()}),
                     self.clock.now(),
                 )
-                .await?;
-            self.ledger.release(tenant.id(), hold_id, call_id)?;
-            let alternatives = self.alternatives(tenant, service, hold.slot.start).await?;
-            return Err(BookingError::NotAvailable { alternatives });
+                .await;
+            if let Err(e) = audited {
+                tracing::error!(error = %e, "audit write failed");
+            }
         }
-        self.ledger.confirm(tenant.id(), hold_id, call_id, self.clock.now())?;
+        Ok(foreign)
+    }
+
+    /// Records a confirmed booking (store row, busy cache) once its event exists and verified.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn record_booking(
+        &self,
+        tenant: &Tenant,
+        call_id: &str,
+        idempotency_key: &str,
+        calendar_id: &str,
+        event_id: &str,
+        hold: &Hold,
+        service: &ServiceType,
+        attendee: &Attendee,
+    ) -> Result<Booked, BookingError> {
         self.invalidate_busy(tenant.id(), &hold.staff_id).await;
-        let booked = Booked {
-            event_id: event_id.clone(),
-            calendar_id: calendar_id.clone(),
-            staff_id: hold.staff_id.clone(),
-            service_id: service.id.clone(),
-            start: hold.slot.start,
-            end: hold.slot.end,
-        };
         self.store
             .insert_booking(
                 &BookingRow {
-                    idempotency_key,
+                    idempotency_key: idempotency_key.to_owned(),
                     tenant: tenant.id().to_owned(),
                     call_id: call_id.to_owned(),
-                    staff_id: hold.staff_id,
-                    calendar_id,
-                    event_id,
+                    staff_id: hold.staff_id.clone(),
+                    calendar_id: calendar_id.to_owned(),
+                    event_id: event_id.to_owned(),
                     service_id: service.id.clone(),
                     start_at: ms(hold.slot.start),
                     end_at: ms(hold.slot.end),
@@ -373,9 +425,101 @@ impl BookingService {
                 self.clock.now(),
             )
             .await?;
-        Ok(booked)
+        Ok(Booked {
+            event_id: event_id.to_owned(),
+            calendar_id: calendar_id.to_owned(),
+            staff_id: hold.staff_id.clone(),
+            service_id: service.id.clone(),
+            start: hold.slot.start,
+            end: hold.slot.end,
+        })
+    }
+
+    /// Arms the test hook (see [`CommitPoint`]); `None` disarms it.
+    pub fn set_commit_hook(&self, hook: Option<CommitHook>) {
+        *self.commit_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
+    }
+
+    async fn hook(&self, point: CommitPoint, tenant: &Tenant, calendar_id: &str, hold: &Hold) {
+        let hook = self.commit_hook.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(hook) = hook {
+            hook(CommitHookArgs {
+                point,
+                tenant: tenant.id().to_owned(),
+                calendar_id: calendar_id.to_owned(),
+                slot: hold.slot,
+                blocked: hold.blocked,
+            })
+            .await;
+        }
     }
 }
+
+/// Where a commit stands, inside [`BookingService::commit`].
+enum Step {
+    Created,
+    Taken,
+}
+
+/// A calendar failure during a commit, with the booking's key.
+struct PendingCause {
+    error: ConnectorError,
+    key: String,
+}
+
+/// The event callside writes for a booking.
+pub(crate) fn new_event(
+    tenant: &Tenant,
+    call_id: &str,
+    service: &ServiceType,
+    attendee: &Attendee,
+    event_id: &str,
+    slot: Interval,
+) -> NewEvent {
+    let summary = match &attendee.name {
+        Some(n) => format!("{} — {}", service.name, n),
+        None => service.name.clone(),
+    };
+    NewEvent {
+        id: event_id.to_owned(),
+        summary,
+        description: format!(
+            "Booked by the AI receptionist (callside) during call {call_id}.{}",
+            attendee.notes.as_deref().map(|n| format!("\nNotes: {n}")).unwrap_or_default()
+        ),
+        start: slot.start,
+        end: slot.end,
+        time_zone: tenant.config.time_zone_name.clone(),
+        attendee_email: attendee.email.clone(),
+        reminder_minutes: tenant.config.reminder_minutes.clone(),
+        call_id: call_id.to_owned(),
+        service_id: service.id.clone(),
+    }
+}
+
+/// The two points in the commit protocol where a race with a direct booking matters. Tests arm
+/// a hook ([`BookingService::set_commit_hook`]) that runs at the exact point, e.g. to insert a
+/// customer's own event into the calendar — no sleeps, no timing. Unarmed in production (one
+/// uncontended mutex read per commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPoint {
+    /// The hold is taken and the commit started; the provider's free/busy is not re-read yet.
+    BeforeRecheck,
+    /// Our event was created; the overlap check has not listed the calendar yet.
+    BeforeVerify,
+}
+
+/// What a commit hook is told.
+#[derive(Debug, Clone)]
+pub struct CommitHookArgs {
+    pub point: CommitPoint,
+    pub tenant: String,
+    pub calendar_id: String,
+    pub slot: Interval,
+    pub blocked: Interval,
+}
+
+pub type CommitHook = Arc<dyn Fn(CommitHookArgs) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl BookingService {
     /// Confirmed bookings of this caller that have not started yet.

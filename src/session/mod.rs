@@ -1,6 +1,7 @@
 //! A call's lifetime: open (prefetch spawned at once), tool dispatch, hangup. The transport
 //! (WebSocket today, MCP HTTP later) owns the connection; this module owns the call.
 
+mod pending;
 mod tools;
 
 use std::collections::HashMap;
@@ -474,6 +475,17 @@ impl CallSession {
             ParsedPhone::Number(p) => Some(&p.e164),
             _ => None,
         }
+    }
+
+    /// Adds a booking confirmed after the fact (a pending booking) to the call's outcome, if the
+    /// call has not ended yet; `false` when it has (the caller then appends a write-back step).
+    pub fn add_booking_if_live(&self, booking: BookedSummary) -> bool {
+        let mut st = self.state.lock().expect("call state lock");
+        if st.ended {
+            return false;
+        }
+        st.bookings.push(booking);
+        true
     }
 
     pub fn is_ended(&self) -> bool {

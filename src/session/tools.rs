@@ -326,6 +326,15 @@ async fn book_slot(core: &Core, s: &CallSession, a: BookSlotArgs) -> ToolResult 
                 "That hold has expired; let me check the time again.",
             )
         }
+        Err(BookingError::Pending { key, deadline, cause }) => {
+            tracing::warn!(call_id = %s.call_id, error = %cause, "calendar unreachable; booking pending");
+            // The hold now belongs to the pending booking, not to this call.
+            s.state.lock().expect("call state lock").holds.retain(|(h, _)| *h != hold_id);
+            ToolResult::error(
+                json!({"error": "not_confirmed", "booked": false, "pending": true, "pending_id": key, "retry_until": deadline.to_string()}),
+                "I can't reach the calendar right now, so this booking is NOT confirmed yet. I'm keeping the time for you and we'll confirm it as soon as the calendar is back; if we can't, someone will call you.",
+            )
+        }
         Err(BookingError::Unconfirmed(e)) => {
             tracing::warn!(call_id = %s.call_id, error = %e, "booking not confirmed");
             ToolResult::error(

@@ -5,8 +5,10 @@
 //! Times are stored as milliseconds since the Unix epoch from the injected clock.
 
 mod connections;
+mod pending_bookings;
 
 pub use connections::{ConnectionRow, OAuthStateRow};
+pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 
 use std::path::Path;
 use std::str::FromStr;
