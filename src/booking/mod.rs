@@ -313,6 +313,9 @@ impl BookingService {
         match outcome {
             Ok(Step::Taken) => {
                 self.ledger.release(tenant.id(), hold_id, call_id)?;
+                // The cache did not know of the direct booking: neither the alternatives nor the
+                // next caller may be offered that time again.
+                self.invalidate_busy(tenant.id(), &hold.staff_id).await;
                 let alternatives = self.alternatives(tenant, service, hold.slot.start).await?;
                 Err(BookingError::NotAvailable { alternatives })
             }

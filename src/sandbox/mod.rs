@@ -5,6 +5,7 @@
 pub mod google_calendar;
 pub mod graph;
 pub mod hubspot;
+pub mod radicale;
 
 use std::io;
 

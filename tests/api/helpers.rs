@@ -70,7 +70,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(server: ServerFile, tenants: Vec<TenantFile>) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
+    spawn_app_in(server, tenants, tempfile::tempdir().unwrap()).await
+}
+
+/// Starts the application on an existing data dir (a restart: see [`TestApp::stop_keeping_data`]).
+pub async fn spawn_app_in(server: ServerFile, tenants: Vec<TenantFile>, dir: tempfile::TempDir) -> TestApp {
     let overrides =
         Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_owned()), store_url: None };
     let config = Config::from_parts(
@@ -167,6 +171,18 @@ impl TestApp {
             let _ = tx.send(());
         }
         self.server.take().expect("server running")
+    }
+
+    /// Shuts down gracefully and hands back the data dir, for a restart on the same store.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self._dir, dir)
     }
 
     pub async fn shutdown(mut self) {

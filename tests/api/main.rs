@@ -3,11 +3,13 @@
 
 mod appointments;
 mod bad_input;
+mod caldav_booking;
 mod call_flow;
 mod config;
 mod connect;
 mod graph_calendar;
 mod helpers;
 mod lifecycle;
+mod pending_bookings;
 mod mcp_http;
 mod vapi;

@@ -1146,7 +1146,6 @@ pub fn parse_free_busy(text: &str) -> Result<Vec<Interval>, ConnectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -1175,41 +1174,8 @@ mod tests {
     // Radicale
     // -----------------------------------------------------------------------------------------
 
-    /// The Radicale base URL. `.ci/run` starts Radicale and exports `CALLSIDE_RADICALE_URL`;
-    /// under `CI=true` a missing URL fails the tests. Locally the tests start Radicale through
-    /// `tests/radicale/start.sh`, tied to this process (it stops when the tests exit).
     fn radicale_url() -> String {
-        static URL: OnceLock<Result<String, String>> = OnceLock::new();
-        URL.get_or_init(|| {
-            if let Ok(url) = std::env::var("CALLSIDE_RADICALE_URL")
-                && !url.trim().is_empty()
-            {
-                return Ok(url.trim().to_owned());
-            }
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                return Err("CALLSIDE_RADICALE_URL is not set under CI=true: the CalDAV tests need the Radicale that \
-                            .ci/run starts (tests/radicale/start.sh); they never skip in CI"
-                    .to_owned());
-            }
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/radicale/start.sh");
-            let output = std::process::Command::new("bash")
-                .arg(script)
-                .env("RADICALE_WATCH_PID", std::process::id().to_string())
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|err| format!("could not run {script}: {err}"))?;
-            let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-            if !output.status.success() || url.is_empty() {
-                return Err(format!(
-                    "starting Radicale with {script} failed ({}). Run it yourself and export \
-                     CALLSIDE_RADICALE_URL=$(tests/radicale/start.sh), or see its output above",
-                    output.status
-                ));
-            }
-            Ok(url)
-        })
-        .clone()
-        .unwrap_or_else(|err| panic!("{err}"))
+        crate::sandbox::radicale::url()
     }
 
     /// A connector on Radicale plus a fresh calendar collection of its own.
