@@ -781,11 +781,7 @@ impl Config {
 /// A CalDAV calendar: a URL, Basic credentials named by environment variable (or none), an
 /// optional organizer address, and staff calendar ids that resolve to collections on the same
 /// origin (credentials never travel to another host).
-fn validate_caldav(
-    v: &VendorSection,
-    staff: &[StaffSection],
-    issue: &mut impl FnMut(&str, String),
-) {
+fn validate_caldav(v: &VendorSection, staff: &[StaffSection], issue: &mut impl FnMut(&str, String)) {
     if v.auth != "token" {
         issue("calendar.auth", "CalDAV uses username + password_env (HTTP Basic); auth must be left out".into());
     }

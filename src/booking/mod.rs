@@ -321,8 +321,17 @@ impl BookingService {
             }
             Ok(Step::Created) => {
                 self.ledger.confirm(tenant.id(), hold_id, call_id, self.clock.now())?;
-                self.record_booking(tenant, call_id, &idempotency_key, &calendar_id, &event_id, &hold, service, attendee)
-                    .await
+                self.record_booking(
+                    tenant,
+                    call_id,
+                    &idempotency_key,
+                    &calendar_id,
+                    &event_id,
+                    &hold,
+                    service,
+                    attendee,
+                )
+                .await
             }
             Err(PendingCause { error, key }) if error.is_retryable() => {
                 self.make_pending(tenant, call_id, &key, &calendar_id, &event_id, &hold, service, attendee, error).await

@@ -200,7 +200,9 @@ impl BookingService {
                     self.pending.set_hold(&row.idempotency_key, h.id);
                     n += 1;
                 }
-                Err(e) => tracing::warn!(key = %row.idempotency_key, error = %e, "pending booking could not be re-held"),
+                Err(e) => {
+                    tracing::warn!(key = %row.idempotency_key, error = %e, "pending booking could not be re-held")
+                }
             }
         }
         Ok(n)

@@ -65,7 +65,11 @@ impl Core {
         Ok(())
     }
 
-    async fn retry_pending(&self, tenant: &Arc<Tenant>, row: &PendingBookingRow) -> Result<(), crate::store::StoreError> {
+    async fn retry_pending(
+        &self,
+        tenant: &Arc<Tenant>,
+        row: &PendingBookingRow,
+    ) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
         let key = &row.idempotency_key;
         let Some(service) = tenant.config.services.iter().find(|s| s.id == row.service_id) else {
@@ -83,7 +87,14 @@ impl Core {
             Attempt::Confirmed(_) => {
                 self.store.update_pending_booking(key, "booked", attempts, now, None, None, now).await?;
                 self.store
-                    .audit(&row.tenant, Some(&row.call_id), None, "booking.pending_confirmed", &json!({"key": key, "event_id": row.event_id, "attempts": attempts}), now)
+                    .audit(
+                        &row.tenant,
+                        Some(&row.call_id),
+                        None,
+                        "booking.pending_confirmed",
+                        &json!({"key": key, "event_id": row.event_id, "attempts": attempts}),
+                        now,
+                    )
                     .await?;
                 let mut booked = row.clone();
                 booked.status = "booked".into();
@@ -101,7 +112,11 @@ impl Core {
 
     /// Adds a confirmed pending booking to its call's write-back: to the live call's outcome,
     /// or as an appointment step after the closed call's contact step.
-    async fn attach_to_call(&self, tenant: &Arc<Tenant>, row: &PendingBookingRow) -> Result<(), crate::store::StoreError> {
+    async fn attach_to_call(
+        &self,
+        tenant: &Arc<Tenant>,
+        row: &PendingBookingRow,
+    ) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
         let service_name =
             tenant.config.services.iter().find(|s| s.id == row.service_id).map(|s| s.name.clone()).unwrap_or_default();
@@ -114,13 +129,19 @@ impl Core {
         if let Some(session) = self.sessions.get(&row.call_id)
             && session.add_booking_if_live(summary)
         {
-            return self.store.update_pending_booking(&row.idempotency_key, "confirmed", row.attempts, now, None, None, now).await;
+            return self
+                .store
+                .update_pending_booking(&row.idempotency_key, "confirmed", row.attempts, now, None, None, now)
+                .await;
         }
         let closed = self.store.call(&row.tenant, &row.call_id).await?.is_some_and(|c| c.ended_at.is_some());
         if !closed {
             // The call is ending right now (its plan is being written): look again shortly.
             let next = now + SignedDuration::from_secs(1);
-            return self.store.update_pending_booking(&row.idempotency_key, "booked", row.attempts, next, None, None, now).await;
+            return self
+                .store
+                .update_pending_booking(&row.idempotency_key, "booked", row.attempts, next, None, None, now)
+                .await;
         }
         let steps = self.store.steps_for_call(&row.tenant, &row.call_id).await?;
         if let Some(contact) = steps.iter().find(|s| s.kind == kind::CONTACT) {
@@ -137,7 +158,15 @@ impl Core {
             let idem = format!("{}:appointment:{}", row.call_id, row.event_id);
             if !steps.iter().any(|s| s.idempotency_key == idem) {
                 self.store
-                    .append_step(&row.call_id, &row.tenant, kind::APPOINTMENT, &json!(appointment), Some(contact.id), &idem, now)
+                    .append_step(
+                        &row.call_id,
+                        &row.tenant,
+                        kind::APPOINTMENT,
+                        &json!(appointment),
+                        Some(contact.id),
+                        &idem,
+                        now,
+                    )
                     .await?;
                 self.worker.wake();
             }
@@ -150,9 +179,18 @@ impl Core {
         tracing::warn!(key = %row.idempotency_key, reason = why, "pending booking escalated to staff");
         self.booking.release_pending_hold(&row.tenant, &row.idempotency_key);
         self.booking.invalidate_busy(&row.tenant, &row.staff_id).await;
-        self.store.update_pending_booking(&row.idempotency_key, "escalating", row.attempts, now, Some(why), None, now).await?;
         self.store
-            .audit(&row.tenant, Some(&row.call_id), None, "booking.pending_escalated", &json!({"key": row.idempotency_key, "reason": why}), now)
+            .update_pending_booking(&row.idempotency_key, "escalating", row.attempts, now, Some(why), None, now)
+            .await?;
+        self.store
+            .audit(
+                &row.tenant,
+                Some(&row.call_id),
+                None,
+                "booking.pending_escalated",
+                &json!({"key": row.idempotency_key, "reason": why}),
+                now,
+            )
             .await?;
         let mut r = row.clone();
         r.status = "escalating".into();
@@ -169,17 +207,40 @@ impl Core {
         match self.create_staff_task(tenant, row).await {
             Ok(task_id) => {
                 self.store
-                    .update_pending_booking(&row.idempotency_key, "escalated", row.attempts, now, row.last_error.as_deref(), Some(&task_id), now)
+                    .update_pending_booking(
+                        &row.idempotency_key,
+                        "escalated",
+                        row.attempts,
+                        now,
+                        row.last_error.as_deref(),
+                        Some(&task_id),
+                        now,
+                    )
                     .await?;
                 self.store
-                    .audit(&row.tenant, Some(&row.call_id), None, "crm.create_task", &json!({"key": row.idempotency_key, "task_id": task_id}), now)
+                    .audit(
+                        &row.tenant,
+                        Some(&row.call_id),
+                        None,
+                        "crm.create_task",
+                        &json!({"key": row.idempotency_key, "task_id": task_id}),
+                        now,
+                    )
                     .await
             }
             Err(e) => {
                 let attempts = row.attempts + 1;
                 tracing::warn!(key = %row.idempotency_key, error = %e, "staff task not created yet");
                 self.store
-                    .update_pending_booking(&row.idempotency_key, "escalating", attempts, now + backoff(attempts.min(4)), row.last_error.as_deref(), None, now)
+                    .update_pending_booking(
+                        &row.idempotency_key,
+                        "escalating",
+                        attempts,
+                        now + backoff(attempts.min(4)),
+                        row.last_error.as_deref(),
+                        None,
+                        now,
+                    )
                     .await
             }
         }
@@ -190,9 +251,15 @@ impl Core {
         let attendee: StoredAttendee = serde_json::from_value(row.attendee.clone()).unwrap_or_default();
         let contact_id = self.contact_for(tenant, row, &attendee).await?;
         let owner_id = tenant.crm.read_context(&contact_id).await?.owner.map(|o| o.id);
-        let service =
-            tenant.config.services.iter().find(|s| s.id == row.service_id).map(|s| s.name.as_str()).unwrap_or("appointment");
-        let when = ts(row.start_at).to_zoned_datetime(tenant.config.time_zone.clone()).strftime("%A, %B %-d at %-I:%M %p");
+        let service = tenant
+            .config
+            .services
+            .iter()
+            .find(|s| s.id == row.service_id)
+            .map(|s| s.name.as_str())
+            .unwrap_or("appointment");
+        let when =
+            ts(row.start_at).to_zoned_datetime(tenant.config.time_zone.clone()).strftime("%A, %B %-d at %-I:%M %p");
         let task = TaskRecord {
             subject: format!("Call back: {service} on {when} was NOT booked"),
             body: Some(format!(
@@ -225,7 +292,8 @@ impl Core {
             && let ParsedPhone::Number(phone) = Phone::parse(raw, tenant.config.default_region)
         {
             let candidates = tenant.crm.find_contacts_by_phone(&phone.query()).await?;
-            if let MatchDecision::Matched(c) = identity::decide_by_phone(&phone, candidates, tenant.config.default_region)
+            if let MatchDecision::Matched(c) =
+                identity::decide_by_phone(&phone, candidates, tenant.config.default_region)
             {
                 return Ok(c.id);
             }

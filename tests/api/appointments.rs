@@ -186,6 +186,8 @@ async fn a_thousand_concurrent_holds_on_ten_slots_yield_exactly_ten() {
                             won.push(v["result"]["structuredContent"]["start"].clone());
                         } else {
                             assert_eq!(v["result"]["structuredContent"]["error"], "slot_taken", "{v}");
+                            let alternatives = v["result"]["structuredContent"]["alternatives"].as_array();
+                            assert!(alternatives.is_some_and(|a| !a.is_empty()), "the losers get alternatives: {v}");
                         }
                     }
                     other => panic!("socket closed: {other:?}"),

@@ -164,7 +164,8 @@ async fn seed_002_calls_5_to_7_on_radicale() {
     assert!(text.contains(&format!("DTSTART:{}", ical_utc(new_start))), "{text}");
     assert!(text.contains("SEQUENCE:1"), "{text}");
     // The service's write was conditional: the pre-move ETag no longer opens the resource.
-    let stale = dav.move_event(&alex, &event_id, start, start + jiff::SignedDuration::from_mins(120), Some(&etag_before));
+    let stale =
+        dav.move_event(&alex, &event_id, start, start + jiff::SignedDuration::from_mins(120), Some(&etag_before));
     assert!(matches!(stale.await, Err(ConnectorError::PreconditionFailed(_))));
 
     // Call 7: cancel → the resource is deleted and the customer notified by the signed webhook.

@@ -4,12 +4,14 @@
 mod appointments;
 mod bad_input;
 mod caldav_booking;
+mod caldav_config;
 mod call_flow;
+mod commit_races;
 mod config;
 mod connect;
 mod graph_calendar;
 mod helpers;
 mod lifecycle;
-mod pending_bookings;
 mod mcp_http;
+mod pending_bookings;
 mod vapi;
