@@ -156,8 +156,12 @@ impl BookingService {
         };
         // Durable first: once the caller is told "pending", the record exists.
         self.store.insert_pending_booking(&row, now).await?;
-        self.ledger.transfer(tenant.id(), hold.id, call_id, &owner(key), deadline, now)?;
-        self.pending.set_hold(key, hold.id);
+        match self.ledger.transfer(tenant.id(), hold.id, call_id, &owner(key), deadline, now) {
+            Ok(_) => self.pending.set_hold(key, hold.id),
+            // The hold lapsed this very moment: the retrier re-holds the slot before confirming,
+            // and the verify step still protects a direct booking made meanwhile.
+            Err(e) => tracing::warn!(key, error = %e, "pending booking's hold could not be kept"),
+        }
         self.store
             .audit(
                 tenant.id(),

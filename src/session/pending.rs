@@ -178,6 +178,15 @@ impl Core {
         let now = self.clock.now();
         tracing::warn!(key = %row.idempotency_key, reason = why, "pending booking escalated to staff");
         self.booking.release_pending_hold(&row.tenant, &row.idempotency_key);
+        // An earlier attempt may have created our event without confirming it: withdraw it, so
+        // the calendar never shows what the caller was not promised (best effort: the calendar
+        // may still be down, which the staff task then says).
+        if let Some(tenant) = self.tenants.by_id(&row.tenant) {
+            match tenant.calendar.cancel_event(&row.calendar_id, &row.event_id, false).await {
+                Ok(()) | Err(ConnectorError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(key = %row.idempotency_key, error = %e, "could not withdraw a possible event"),
+            }
+        }
         self.booking.invalidate_busy(&row.tenant, &row.staff_id).await;
         self.store
             .update_pending_booking(&row.idempotency_key, "escalating", row.attempts, now, Some(why), None, now)
@@ -263,10 +272,11 @@ impl Core {
         let task = TaskRecord {
             subject: format!("Call back: {service} on {when} was NOT booked"),
             body: Some(format!(
-                "During call {} the caller asked for a {service} on {when} with {}. The calendar could not confirm it ({}), so it is not in the calendar. Please call them back to book.",
+                "During call {} the caller asked for a {service} on {when} with {}. The calendar could not confirm it ({}), so it was not booked. Please call them back to book. If an event with id {} is in the calendar, it is an unconfirmed attempt of ours: remove it or keep it after talking to the customer.",
                 row.call_id,
                 row.staff_id,
                 row.last_error.as_deref().unwrap_or("unreachable"),
+                row.event_id,
             )),
             due: self.clock.now() + SignedDuration::from_hours(1),
             owner_id,

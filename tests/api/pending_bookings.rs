@@ -13,7 +13,7 @@ use callside::store::PendingBookingRow;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, demo_tenant, server_file, spawn_app, spawn_app_in};
+use crate::helpers::{Client, TestApp, demo_tenant, server_file, spawn_app, spawn_app_in};
 
 const ALEX: &str = "alex@demo-salon.example";
 const ANA: &str = "+14155550134";
@@ -21,6 +21,14 @@ const ANA: &str = "+14155550134";
 /// Holds a Color slot for Ana, takes the calendar down, asks to book; returns the answer, the
 /// slot and the pending key. The call is ended afterwards.
 async fn book_while_calendar_down(app: &TestApp, call_id: &str) -> (Value, Interval, String) {
+    let (r, slot, key, c) = book_while_calendar_down_live(app, call_id).await;
+    let mut c = c;
+    c.tool("end_call", json!({"summary": "Tried to book a color."})).await;
+    (r, slot, key)
+}
+
+/// As [`book_while_calendar_down`], with the call left open.
+async fn book_while_calendar_down_live(app: &TestApp, call_id: &str) -> (Value, Interval, String, Client) {
     let mut c = app.connect(call_id, ANA).await;
     c.initialize().await;
     let slots = c.tool("find_slots", json!({"service": "color"})).await;
@@ -36,10 +44,9 @@ async fn book_while_calendar_down(app: &TestApp, call_id: &str) -> (Value, Inter
     assert_eq!(r["structuredContent"]["pending"], true, "{r}");
     let said = r["content"][0]["text"].as_str().unwrap();
     assert!(said.contains("NOT confirmed"), "the caller is told clearly: {said}");
-    c.tool("end_call", json!({"summary": "Tried to book a color."})).await;
     let start: Timestamp = slot["start"].as_str().unwrap().parse().unwrap();
     let key = r["structuredContent"]["pending_id"].as_str().unwrap().to_owned();
-    (r, Interval::new(start, start + SignedDuration::from_mins(120)), key)
+    (r, Interval::new(start, start + SignedDuration::from_mins(120)), key, c)
 }
 
 /// Waits (on the retrier's progress signal, never a sleep) until the row satisfies `done`.
@@ -158,5 +165,23 @@ async fn a_pending_booking_survives_a_restart_and_is_confirmed_after_it() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].id, row.event_id);
     assert_eq!(app.core.store.bookings_for_call("demo", "pend-restart").await.unwrap().len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_booking_confirmed_while_the_call_is_still_open_is_in_its_write_back_plan() {
+    let app = spawn_app().await;
+    let (_, _, key, mut c) = book_while_calendar_down_live(&app, "pend-live").await;
+    app.google.set_down(false);
+    app.clock.advance(SignedDuration::from_secs(15));
+    let row = wait_pending(&app, &key, |r| r.status == "confirmed").await;
+    // No step exists yet: the call is live, so the booking joined its outcome.
+    assert!(app.core.store.steps_for_call("demo", "pend-live").await.unwrap().is_empty());
+    c.tool("end_call", json!({"summary": "Booked a color (confirmed a moment later)."})).await;
+    let steps = app.core.store.steps_for_call("demo", "pend-live").await.unwrap();
+    let appointments: Vec<_> = steps.iter().filter(|s| s.kind == "appointment").collect();
+    assert_eq!(appointments.len(), 1, "{steps:?}");
+    assert_eq!(appointments[0].payload["calendar_event_id"], json!(row.event_id));
+    assert_eq!(app.wait_for_sync("pend-live").await, "synced");
     app.shutdown().await;
 }
