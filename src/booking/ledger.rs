@@ -600,6 +600,7 @@ mod tests {
         Release { hold: usize, call: usize },
         Get { hold: usize },
         Extend { hold: usize, call: usize, by: i64 },
+        Transfer { hold: usize, from: usize, to: usize, by: i64 },
         Confirm { hold: usize, call: usize },
         RemoveBooking { hold: usize },
         ReleaseAll { tenant: usize, call: usize },
@@ -615,6 +616,7 @@ mod tests {
             1 => (any::<usize>(), 0usize..3).prop_map(|(hold, call)| Op::Release { hold, call }),
             1 => any::<usize>().prop_map(|hold| Op::Get { hold }),
             1 => (any::<usize>(), 0usize..3, -2i64..6).prop_map(|(hold, call, by)| Op::Extend { hold, call, by }),
+            1 => (any::<usize>(), 0usize..3, 0usize..3, -2i64..6).prop_map(|(hold, from, to, by)| Op::Transfer { hold, from, to, by }),
             2 => (any::<usize>(), 0usize..3).prop_map(|(hold, call)| Op::Confirm { hold, call }),
             1 => any::<usize>().prop_map(|hold| Op::RemoveBooking { hold }),
             1 => (0usize..2, 0usize..3).prop_map(|(tenant, call)| Op::ReleaseAll { tenant, call }),
@@ -720,6 +722,23 @@ mod tests {
                                 }
                             };
                             prop_assert_eq!(l.extend(&tenant, id, calls[call], until, now), expected);
+                        }
+                    }
+                    Op::Transfer { hold, from, to, by } => {
+                        if let Some((tenant, id)) = pick(hold) {
+                            let until = now + SignedDuration::from_mins(by);
+                            let expected = match m.find(&tenant, id) {
+                                None => Err(HoldError::NotFound),
+                                Some(i) if m.entries[i].0.call_id != calls[from] => Err(HoldError::NotOwner),
+                                Some(i) if m.entries[i].1 || !Model::live(&m.entries[i], now) => Err(HoldError::Expired),
+                                Some(i) => {
+                                    let e = &mut m.entries[i];
+                                    e.0.call_id = calls[to].to_owned();
+                                    e.0.expires_at = e.0.expires_at.max(until);
+                                    Ok(e.0.clone())
+                                }
+                            };
+                            prop_assert_eq!(l.transfer(&tenant, id, calls[from], calls[to], until, now), expected);
                         }
                     }
                     Op::Confirm { hold, call } => {

@@ -270,11 +270,11 @@ pub fn list() -> Value {
         ),
         tool(
             "book_slot",
-            "Book a held time into the business calendar once the caller confirms. Pass the hold_id and the caller's name and email if known. If the time was taken meanwhile, the result is an error that offers alternatives to say.",
+            "Book a held time into the business calendar once the caller confirms. Pass the hold_id and the caller's name and email if known. If the time was taken meanwhile, the result is an error that offers alternatives to say. If the calendar cannot be reached, the result says pending: true — the booking is NOT confirmed yet; tell the caller so: the time is kept and the business confirms it or calls back.",
             with_call_id(json!({"type": "object", "properties": {
                 "hold_id": text, "name": text, "email": text, "notes": text
             }, "required": ["hold_id"], "additionalProperties": false})),
-            json!({"type": "object", "properties": {"booked": {"type": "boolean"}, "event_id": text, "start": text, "end": text, "alternatives": {"type": "array"}}, "required": ["booked"]}),
+            json!({"type": "object", "properties": {"booked": {"type": "boolean"}, "event_id": text, "start": text, "end": text, "alternatives": {"type": "array"}, "pending": {"type": "boolean"}, "pending_id": text, "retry_until": text}, "required": ["booked"]}),
         ),
         tool(
             "end_call",

@@ -182,10 +182,25 @@ impl Core {
         // the calendar never shows what the caller was not promised (best effort: the calendar
         // may still be down, which the staff task then says).
         if let Some(tenant) = self.tenants.by_id(&row.tenant) {
-            match tenant.calendar.cancel_event(&row.calendar_id, &row.event_id, false).await {
-                Ok(()) | Err(ConnectorError::NotFound(_)) => {}
-                Err(e) => tracing::warn!(key = %row.idempotency_key, error = %e, "could not withdraw a possible event"),
-            }
+            let withdrawn = tenant.calendar.cancel_event(&row.calendar_id, &row.event_id, false).await;
+            let outcome = match &withdrawn {
+                Ok(()) => "withdrawn",
+                Err(ConnectorError::NotFound(_)) => "absent",
+                Err(e) => {
+                    tracing::warn!(key = %row.idempotency_key, error = %e, "could not withdraw a possible event");
+                    "unreachable"
+                }
+            };
+            self.store
+                .audit(
+                    &row.tenant,
+                    Some(&row.call_id),
+                    None,
+                    "calendar.withdraw_event",
+                    &json!({"event_id": row.event_id, "reason": "pending booking escalated", "outcome": outcome}),
+                    now,
+                )
+                .await?;
         }
         self.booking.invalidate_busy(&row.tenant, &row.staff_id).await;
         self.store

@@ -63,6 +63,13 @@ async fn caldav_tenant(webhook: Option<String>) -> (TenantFile, CalDavConnector,
 
 /// A local webhook receiver: every POST's headers and body go to the channel; answers 204.
 async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
+    webhook_receiver_answering(axum::http::StatusCode::NO_CONTENT).await
+}
+
+/// A receiver that records every POST and answers `status`.
+async fn webhook_receiver_answering(
+    status: axum::http::StatusCode,
+) -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let router = axum::Router::new().route(
         "/hooks/callside",
@@ -70,7 +77,7 @@ async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<(HeaderMap, Byte
             let tx = tx.clone();
             async move {
                 let _ = tx.send((headers, body));
-                axum::http::StatusCode::NO_CONTENT
+                status
             }
         }),
     );
@@ -266,5 +273,31 @@ async fn on_radicale_a_direct_booking_during_the_commit_wins() {
         }
         assert!(app.core.store.bookings_for_call("demo", call).await.unwrap().is_empty(), "no booking recorded");
     }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_radicale_a_failing_webhook_does_not_undo_the_cancellation_and_the_caller_is_told() {
+    let (hook_url, mut hooks) = webhook_receiver_answering(axum::http::StatusCode::SERVICE_UNAVAILABLE).await;
+    let (tenant, dav, alex) = caldav_tenant(Some(hook_url)).await;
+    let app = spawn_app_with(server_file(""), vec![tenant]).await;
+    let (booked, _) = book_color(&app, "dav-hook-1", 0).await;
+    let event_id = booked["structuredContent"]["event_id"].as_str().unwrap().to_owned();
+    let mut c = app.connect("dav-hook-2", "+14155550134").await;
+    c.initialize().await;
+    let cancelled = c.tool("cancel_appointment", json!({"appointment_id": event_id})).await;
+    assert_eq!(cancelled["structuredContent"]["cancelled"], true, "{cancelled}");
+    assert_eq!(cancelled["structuredContent"]["notified"], "failed", "{cancelled}");
+    let said = cancelled["content"][0]["text"].as_str().unwrap();
+    assert!(said.contains("couldn't send the confirmation"), "{said}");
+    assert!(matches!(dav.get_event(&alex, &event_id).await, Err(ConnectorError::NotFound(_))), "still cancelled");
+    // A 503 is transient: one retry, same event id, then it is given up and audited.
+    let (first, _) = hooks.recv().await.unwrap();
+    let (second, _) = hooks.recv().await.unwrap();
+    assert_eq!(first.get("x-callside-event-id"), second.get("x-callside-event-id"));
+    assert!(hooks.try_recv().is_err(), "two attempts, no more");
+    let audit = app.core.store.audit_for_call("demo", "dav-hook-2").await.unwrap();
+    let hook = audit.iter().find(|(a, _)| a == "notify.webhook").expect("audited");
+    assert_eq!(hook.1["ok"], false, "{audit:?}");
     app.shutdown().await;
 }

@@ -140,6 +140,10 @@ async fn a_booking_never_confirmed_becomes_a_staff_task_for_the_owner_and_frees_
     assert!(!slot_is_blocked(&app, slot), "the hold is released");
     assert!(app.google.events(ALEX).is_empty(), "nothing was booked");
     assert!(app.core.store.bookings_for_call("demo", "pend-never").await.unwrap().is_empty());
+    let audit = app.core.store.audit_for_call("demo", "pend-never").await.unwrap();
+    let withdraw = audit.iter().find(|(a, _)| a == "calendar.withdraw_event").expect("the withdraw is audited");
+    assert_eq!(withdraw.1["outcome"], "unreachable", "the calendar is still down: {audit:?}");
+    assert!(audit.iter().any(|(a, d)| a == "crm.create_task" && d["task_id"] == json!(tasks[0].id)), "{audit:?}");
     app.shutdown().await;
 }
 
