@@ -34,6 +34,7 @@ async fn a_booking_has_the_right_duration_reminders_attendee_and_markers() {
     assert_eq!(e.id, event_id);
     assert_eq!(e.end.duration_since(e.start), jiff::SignedDuration::from_mins(120), "the service's own duration");
     assert_eq!(e.start_time_zone.as_deref(), Some("America/New_York"));
+    assert_eq!(e.organizer_email, ALEX, "organized by the staff member's calendar it was booked into");
     assert_eq!(e.reminder_overrides, vec![("popup".to_owned(), 60), ("popup".to_owned(), 1440)]);
     assert!(!e.reminders_use_default);
     assert_eq!(e.attendees, vec!["ana.lopez@example.com".to_owned()]);

@@ -33,6 +33,7 @@ async fn book_reschedule_cancel_on_microsoft_365() {
     assert_eq!(e.end.duration_since(e.start), jiff::SignedDuration::from_mins(120), "the service's duration");
     assert!(e.transaction_id.is_some(), "created with a transactionId (idempotent create)");
     assert!(e.is_reminder_on);
+    assert!(e.is_organizer, "the staff member's mailbox organizes it (so Graph's cancel notifies attendees)");
     assert_eq!(e.attendees, vec!["ana.lopez@example.com".to_owned()]);
     let graph_id = e.id.clone();
 
