@@ -814,6 +814,112 @@ pub type SharedBooking = Arc<BookingService>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::{OpeningHours, ScheduleRules, StaffMember, WeeklyHours};
+    use jiff::civil::Time;
+    use proptest::prelude::*;
+
+    const ZONES: [&str; 4] = ["America/New_York", "Europe/London", "Australia/Lord_Howe", "America/Havana"];
+
+    fn staff(id: &str, zone: &str) -> StaffMember {
+        let t = |h: i8| Time::new(h, 0, 0, 0).unwrap();
+        StaffMember {
+            id: id.into(),
+            name: id.into(),
+            time_zone: jiff::tz::TimeZone::get(zone).unwrap(),
+            // Small hours too, where most zones change their offset.
+            hours: WeeklyHours::every_day(vec![
+                OpeningHours { open: t(0), close: t(3) },
+                OpeningHours { open: t(8), close: t(18) },
+            ]),
+            calendar_ids: vec![format!("{id}@example.com")],
+            closed_dates: vec![],
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The engine and the ledger agree through any sequence of holds and releases, across
+        /// DST dates: every slot the engine offers (given the provider's busy time and the live
+        /// holds) can be held, and the ledger's holds never overlap one another.
+        #[test]
+        fn offered_slots_can_be_held_and_holds_never_overlap(
+            zone in 0usize..ZONES.len(),
+            transition in 0usize..3,
+            (duration, before, after) in (15u32..=120, 0u32..=20, 0u32..=20),
+            interval in prop_oneof![Just(0u32), Just(15), Just(30)],
+            provider in prop::collection::vec((0usize..2, 0i64..4320, 15i64..=180), 0..6),
+            steps in prop::collection::vec((any::<usize>(), 0usize..3, any::<bool>()), 1..30),
+        ) {
+            let tz = jiff::tz::TimeZone::get(ZONES[zone]).unwrap();
+            let jan: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+            let anchor = if transition < 2 {
+                tz.following(jan).nth(transition).map(|t| t.timestamp()).unwrap_or(jan)
+            } else {
+                "2026-06-15T12:00:00Z".parse().unwrap()
+            };
+            let window = Interval::new(anchor - SignedDuration::from_hours(24), anchor + SignedDuration::from_hours(48));
+            let now = window.start - SignedDuration::from_hours(1);
+            let team = [staff("ann", ZONES[zone]), staff("bob", "America/New_York")];
+            let rules = ScheduleRules { slot_interval_minutes: interval, min_notice_minutes: 0, horizon_days: 5 };
+            let service = ServiceType {
+                id: "s".into(),
+                name: "S".into(),
+                duration_minutes: duration,
+                buffer_before_minutes: before,
+                buffer_after_minutes: after,
+                synonyms: vec![],
+                staff_ids: vec![],
+            };
+            let provider: Vec<Busy> = provider
+                .into_iter()
+                .map(|(who, at, len)| {
+                    let start = window.start + SignedDuration::from_mins(at);
+                    Busy { staff_id: team[who].id.clone(), interval: Interval::new(start, start + SignedDuration::from_mins(len)) }
+                })
+                .collect();
+            let ledger = HoldLedger::new();
+            let calls = ["c0", "c1", "c2"];
+            let mut held: Vec<(Uuid, &str)> = Vec::new();
+            for (pick, call, release) in steps {
+                let mut busy = provider.clone();
+                for m in &team {
+                    busy.extend(ledger.busy("t", &m.id, window, now).into_iter().map(|interval| Busy { staff_id: m.id.clone(), interval }));
+                }
+                let slots = schedule::enumerate_slots(&rules, &team, &service, &busy, window, now);
+                if slots.is_empty() {
+                    break;
+                }
+                let slot = &slots[pick % slots.len()];
+                let got = ledger.try_hold(
+                    HoldRequest {
+                        tenant: "t".into(),
+                        staff_id: slot.staff_id.clone(),
+                        call_id: calls[call].into(),
+                        slot: Interval::new(slot.start, slot.end),
+                        blocked: schedule::blocked_interval(&service, slot.start),
+                        ttl: SignedDuration::from_mins(5),
+                    },
+                    now,
+                );
+                prop_assert!(got.is_ok(), "an offered slot could not be held: {:?} {:?}", slot, got);
+                held.push((got.unwrap().id, calls[call]));
+                if release && held.len() > 1 {
+                    let (id, owner) = held.remove(pick % held.len());
+                    prop_assert!(ledger.release("t", id, owner).is_ok());
+                }
+                for m in &team {
+                    let live = ledger.busy("t", &m.id, window, now);
+                    for pair in live.windows(2) {
+                        prop_assert!(pair[0].end <= pair[1].start, "holds overlap: {:?}", pair);
+                    }
+                    for b in provider.iter().filter(|b| b.staff_id == m.id) {
+                        prop_assert!(live.iter().all(|h| !h.overlaps(&b.interval)), "a hold overlaps the provider's busy time");
+                    }
+                }
+            }
+        }
+    }
 
     fn t(h: i64) -> Timestamp {
         Timestamp::from_second(h * 3600).unwrap()
