@@ -300,6 +300,7 @@ async fn recover_open_calls(core: &Arc<Core>) -> anyhow::Result<()> {
                 bookings: vec![],
                 service_names: vec![],
                 appointment_changes: vec![],
+                ..Default::default()
             }),
             None => vec![],
         };

@@ -186,6 +186,9 @@ pub struct TenantFile {
     /// Where customer notifications go when the calendar cannot send them itself (CalDAV).
     #[serde(default)]
     pub notifications: Option<NotificationsSection>,
+    /// Write-back rules: mode, field mapping, escalation, webhook (`crate::writeback::settings`).
+    #[serde(default)]
+    pub writeback: crate::writeback::settings::WritebackRulesFile,
 }
 
 /// The tenant's notification webhook: callside POSTs JSON events (e.g. `appointment.cancelled`)
@@ -338,6 +341,7 @@ pub struct TenantConfig {
     pub webhook: Option<WebhookConfig>,
     pub staff: Vec<crate::schedule::StaffMember>,
     pub services: Vec<crate::schedule::ServiceType>,
+    pub writeback_rules: crate::writeback::settings::WritebackRules,
 }
 
 /// Overrides given on the command line; they win over the file.
@@ -726,8 +730,17 @@ impl Config {
                     staff_ids: sv.staff.clone(),
                 });
             }
+            let writeback_rules = match t.writeback.validate() {
+                Ok(r) => Some(r),
+                Err(problems) => {
+                    for (key, reason) in problems {
+                        issue(&key, reason);
+                    }
+                    None
+                }
+            };
             if issues.len() == before
-                && let (Some(tz), Some(region)) = (tz, region)
+                && let (Some(tz), Some(region), Some(writeback_rules)) = (tz, region, writeback_rules)
             {
                 out.push(TenantConfig {
                     id: t.id.clone(),
@@ -751,6 +764,7 @@ impl Config {
                     webhook,
                     staff,
                     services,
+                    writeback_rules,
                 });
             }
         }

@@ -42,6 +42,22 @@ impl CallerContext {
         }
     }
 
+    /// The matched contact, as read.
+    pub fn matched_contact(&self) -> Option<&CrmContact> {
+        match self {
+            CallerContext::Matched { contact, .. } => Some(contact),
+            _ => None,
+        }
+    }
+
+    /// Ids of the matched contact's open deals.
+    pub fn open_deal_ids(&self) -> Vec<String> {
+        match self {
+            CallerContext::Matched { open_deals, .. } => open_deals.iter().map(|d| d.id.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn contact_id(&self) -> Option<&str> {
         match self {
             CallerContext::Matched { contact, .. } => Some(&contact.id),

@@ -19,6 +19,7 @@ pub enum ToolCall {
     FindAppointments,
     RescheduleAppointment { appointment_id: String, start: String },
     CancelAppointment { appointment_id: String, reason: Option<String> },
+    Escalate { reason: String, urgency: String },
     EndCall(EndCallArgs),
 }
 
@@ -35,6 +36,7 @@ impl ToolCall {
             ToolCall::FindAppointments => "find_appointments",
             ToolCall::RescheduleAppointment { .. } => "reschedule_appointment",
             ToolCall::CancelAppointment { .. } => "cancel_appointment",
+            ToolCall::Escalate { .. } => "escalate",
             ToolCall::EndCall(_) => "end_call",
         }
     }
@@ -76,6 +78,15 @@ pub struct EndCallArgs {
     pub caller_name: Option<String>,
     pub caller_email: Option<String>,
     pub caller_zip: Option<String>,
+    pub intent: Option<String>,
+    /// Qualification answers by question key.
+    pub answers: std::collections::BTreeMap<String, String>,
+    pub sentiment: Option<String>,
+    /// As the caller said it (any language); the tenant's mapping makes it canonical.
+    pub urgency: Option<String>,
+    /// BCP 47 language tag, e.g. `es` or `en-US`.
+    pub language: Option<String>,
+    pub related_ticket_id: Option<String>,
 }
 
 /// Why a `tools/call` could not be turned into a [`ToolCall`].
@@ -140,7 +151,17 @@ pub fn parse_call(name: &str, arguments: &Value) -> Result<ToolCall, ToolParseEr
             caller_name: a.optional_str("caller_name")?,
             caller_email: a.optional_str("caller_email")?,
             caller_zip: a.optional_str("caller_zip")?,
+            intent: a.optional_str("intent")?,
+            answers: a.optional_answers("answers")?,
+            sentiment: a.optional_enum("sentiment", &["positive", "neutral", "negative"])?,
+            urgency: a.optional_str("urgency")?,
+            language: a.optional_language("language")?,
+            related_ticket_id: a.optional_str("related_ticket_id")?,
         }),
+        "escalate" => ToolCall::Escalate {
+            reason: a.required_str("reason")?,
+            urgency: a.optional_enum("urgency", &["low", "medium", "high"])?.unwrap_or_else(|| "medium".into()),
+        },
         other => return Err(ToolParseError::UnknownTool(other.to_owned())),
     })
 }
@@ -185,6 +206,60 @@ impl Args<'_> {
                 _ => Err(Self::bad(key, &format!("must be a whole number from {min} to {max}"))),
             },
             Some(_) => Err(Self::bad(key, "must be a number")),
+        }
+    }
+
+    /// An object of short string answers keyed by question (at most 30, keys of letters, digits,
+    /// `_` and `-`).
+    fn optional_answers(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, ToolParseError> {
+        let mut out = std::collections::BTreeMap::new();
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(out),
+            Some(Value::Object(m)) => {
+                if m.len() > 30 {
+                    return Err(Self::bad(key, "has more than 30 answers"));
+                }
+                for (k, v) in m {
+                    if k.is_empty()
+                        || k.len() > 64
+                        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
+                        return Err(Self::bad(key, "keys must be 1-64 letters, digits, '_' or '-'"));
+                    }
+                    match v {
+                        Value::Null => {}
+                        Value::String(s) if s.len() > 1000 => return Err(Self::bad(key, "an answer is too long")),
+                        Value::String(s) if s.trim().is_empty() => {}
+                        Value::String(s) => {
+                            out.insert(k.clone(), s.trim().to_owned());
+                        }
+                        Value::Number(n) => {
+                            out.insert(k.clone(), n.to_string());
+                        }
+                        Value::Bool(b) => {
+                            out.insert(k.clone(), if *b { "yes" } else { "no" }.to_owned());
+                        }
+                        _ => return Err(Self::bad(key, "answers must be strings, numbers or booleans")),
+                    }
+                }
+                Ok(out)
+            }
+            Some(_) => Err(Self::bad(key, "must be an object of answers")),
+        }
+    }
+
+    fn optional_language(&self, key: &str) -> Result<Option<String>, ToolParseError> {
+        match self.optional_str(key)? {
+            None => Ok(None),
+            Some(v) => {
+                let ok = v.len() <= 35
+                    && v.split('-')
+                        .all(|p| !p.is_empty() && p.len() <= 8 && p.chars().all(|c| c.is_ascii_alphanumeric()))
+                    && v.split('-')
+                        .next()
+                        .is_some_and(|p| (2..=3).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphabetic()));
+                if ok { Ok(Some(v)) } else { Err(Self::bad(key, "must be a language tag like es or en-US")) }
+            }
         }
     }
 
@@ -277,14 +352,29 @@ pub fn list() -> Value {
             json!({"type": "object", "properties": {"booked": {"type": "boolean"}, "event_id": text, "start": text, "end": text, "alternatives": {"type": "array"}, "pending": {"type": "boolean"}, "pending_id": text, "retry_until": text}, "required": ["booked"]}),
         ),
         tool(
+            "escalate",
+            "Hand the caller to a person: creates a follow-up task for the right team member, due sooner the more urgent it is, and puts the reason on the call log. Use when the caller needs a human (a complaint, an emergency, something you cannot do). Say the returned text.",
+            with_call_id(json!({"type": "object", "properties": {
+                "reason": {"type": "string", "description": "Why a person must follow up, in one sentence."},
+                "urgency": {"type": "string", "enum": ["low", "medium", "high"], "default": "medium"}
+            }, "required": ["reason"], "additionalProperties": false})),
+            json!({"type": "object", "properties": {"escalated": {"type": "boolean"}, "urgency": text, "due_at": text}, "required": ["escalated"]}),
+        ),
+        tool(
             "end_call",
-            "Call last, when the conversation is over. Saves the call's outcome for the CRM. Pass a one-sentence summary and whatever the caller told you (name, email, zip).",
+            "Call last, when the conversation is over. Saves the call's outcome for the CRM. Pass a one-sentence summary and whatever the caller told you (name, email, zip, why they called, answers to the business's questions, urgency, language). Leave out what you did not learn.",
             with_call_id(json!({"type": "object", "properties": {
                 "summary": text,
                 "disposition": {"type": "string", "description": "e.g. booked, info_only, escalated"},
                 "duration_secs": {"type": "integer", "minimum": 0},
                 "recording_url": text, "transcript_url": text,
-                "caller_name": text, "caller_email": text, "caller_zip": text
+                "caller_name": text, "caller_email": text, "caller_zip": text,
+                "intent": {"type": "string", "description": "Why they called, in a few words."},
+                "answers": {"type": "object", "description": "Answers to the business's qualification questions, by question key, as the caller gave them.", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+                "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+                "urgency": {"type": "string", "description": "The caller's urgency as they said it, in their language (e.g. high, alta)."},
+                "language": {"type": "string", "description": "The call's language, e.g. en or es."},
+                "related_ticket_id": {"type": "string", "description": "The id of an existing ticket or work order the call was about."}
             }, "required": ["summary"], "additionalProperties": false})),
             json!({"type": "object", "properties": {"saved": {"type": "boolean"}, "steps": {"type": "integer"}}, "required": ["saved"]}),
         ),
@@ -313,7 +403,7 @@ mod tests {
                 Err(e) => panic!("{name}: {e:?}"),
             }
         }
-        assert_eq!(parse_call("escalate", &json!({})), Err(ToolParseError::UnknownTool("escalate".into())));
+        assert_eq!(parse_call("transfer", &json!({})), Err(ToolParseError::UnknownTool("transfer".into())));
     }
 
     #[test]
@@ -324,6 +414,27 @@ mod tests {
         assert!(matches!(e, ToolParseError::BadArgument { argument, .. } if argument == "count"));
         let e = parse_call("end_call", &json!({"summary": "x", "recording_url": "javascript:alert(1)"})).unwrap_err();
         assert!(matches!(e, ToolParseError::BadArgument { argument, .. } if argument == "recording_url"));
+        let e = parse_call("escalate", &json!({"reason": "x", "urgency": "now"})).unwrap_err();
+        assert!(matches!(e, ToolParseError::BadArgument { argument, .. } if argument == "urgency"));
+        for bad in [json!({"answers": "x"}), json!({"answers": {"bad key": "x"}}), json!({"answers": {"k": [1]}})] {
+            let mut args = bad.clone();
+            args["summary"] = json!("s");
+            let e = parse_call("end_call", &args).unwrap_err();
+            assert!(
+                matches!(e, ToolParseError::BadArgument { ref argument, .. } if argument == "answers"),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = parse_call("end_call", &json!({"summary": "s", "language": "spanish please"})).unwrap_err();
+        assert!(matches!(e, ToolParseError::BadArgument { argument, .. } if argument == "language"));
+        let ok = parse_call(
+            "end_call",
+            &json!({"summary": "s", "language": "es-MX", "answers": {"budget": 1200, "pets": "dos gatos", "new": true}}),
+        )
+        .unwrap();
+        let ToolCall::EndCall(a) = ok else { panic!() };
+        assert_eq!(a.answers.get("budget").map(String::as_str), Some("1200"));
+        assert_eq!(a.answers.get("new").map(String::as_str), Some("yes"));
         let e = parse_call("hold_slot", &json!({"start": "2026-11-24T10:00:00-05:00"})).unwrap_err();
         assert!(
             matches!(e, ToolParseError::BadArgument { argument, reason } if argument == "service" && reason == "is required")

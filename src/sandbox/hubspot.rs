@@ -388,6 +388,8 @@ pub enum RouteKind {
     Create,
     /// `PATCH /crm/v3/objects/{type}/{id}`
     Update,
+    /// `DELETE /crm/v3/objects/{type}/{id}`
+    Delete,
     /// `POST /crm/v3/objects/{type}/batch/read`
     Batch,
     /// `GET /crm/v3/pipelines/{type}`
@@ -406,6 +408,7 @@ impl RouteKind {
             (&Method::POST, ["crm", "v3", "objects", _]) => Self::Create,
             (&Method::GET, ["crm", "v3", "objects", _, _]) => Self::Read,
             (&Method::PATCH, ["crm", "v3", "objects", _, _]) => Self::Update,
+            (&Method::DELETE, ["crm", "v3", "objects", _, _]) => Self::Delete,
             (&Method::GET, ["crm", "v3", "pipelines", ..]) => Self::Pipelines,
             (&Method::GET, ["crm", "v4", "objects", _, _, "associations", _]) => Self::Associations,
             _ => Self::Other,
@@ -413,7 +416,7 @@ impl RouteKind {
     }
 
     fn is_write(self) -> bool {
-        matches!(self, Self::Create | Self::Update)
+        matches!(self, Self::Create | Self::Update | Self::Delete)
     }
 }
 
@@ -1203,7 +1206,7 @@ impl HubSpotSandbox {
             .route("/crm/v3/objects/{object}", post(create_object))
             .route("/crm/v3/objects/{object}/search", post(search_objects))
             .route("/crm/v3/objects/{object}/batch/read", post(batch_read))
-            .route("/crm/v3/objects/{object}/{id}", get(read_object).patch(update_object))
+            .route("/crm/v3/objects/{object}/{id}", get(read_object).patch(update_object).delete(archive_object))
             .route("/crm/v3/pipelines/{object}", get(list_pipelines))
             .route("/crm/v4/objects/{object}/{id}/associations/{to}", get(list_associations))
             .route("/crm/v4/objects/{object}/{id}/associations/default/{to}/{to_id}", put(associate_default))
@@ -1941,6 +1944,29 @@ async fn read_object(
         rendered["associations"] = Value::Object(associations);
     }
     (StatusCode::OK, axum::Json(rendered)).into_response()
+}
+
+/// `DELETE /crm/v3/objects/{type}/{id}`: archives the object (it leaves reads, search and
+/// associations) and answers `204 No Content`; an unknown id answers 404 (objects guide, "Delete
+/// records", <https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/guide>).
+async fn archive_object(
+    State(state): State<Arc<HubSpotState>>,
+    Path((object, id)): Path<(String, String)>,
+) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let mut inner = state.lock();
+    let Some(id) = id.parse::<u64>().ok() else {
+        return not_found("resource not found");
+    };
+    if inner.objects.get_mut(&object_type).and_then(|m| m.remove(&id)).is_none() {
+        return not_found("resource not found");
+    }
+    inner.search_index.remove(&(object_type, id));
+    inner.edges.retain(|e| e.a != (object_type, id) && e.b != (object_type, id));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn update_object(

@@ -27,7 +27,8 @@ use crate::protocol::tools::ToolCall;
 use crate::store::Store;
 use crate::tenant::{Tenant, Tenants};
 use crate::writeback::plan::{BookedSummary, PlatformReport, kind, merge_report};
-use crate::writeback::{CallOutcome, EndReason, WorkerHandle, build_plan};
+use crate::writeback::settings::Mode;
+use crate::writeback::{CallOutcome, EndReason, WorkerHandle, build_plan_with};
 
 /// Everything the call core needs, shared by every transport.
 pub struct Core {
@@ -91,6 +92,7 @@ struct CallState {
     captured_name: Option<String>,
     captured_email: Option<String>,
     appointment_changes: Vec<String>,
+    escalations: Vec<crate::writeback::plan::EscalationRecord>,
 }
 
 /// How the voice AI reaches this call.
@@ -231,7 +233,7 @@ impl Core {
         reason: EndReason,
         args: Option<crate::protocol::tools::EndCallArgs>,
     ) -> Result<Option<usize>, crate::store::StoreError> {
-        let (bookings, holds, name, email, changes) = {
+        let (bookings, holds, name, email, changes, escalations) = {
             let mut st = session.state.lock().expect("call state lock");
             if st.ended {
                 return Ok(None);
@@ -243,6 +245,7 @@ impl Core {
                 st.captured_name.clone(),
                 st.captured_email.clone(),
                 std::mem::take(&mut st.appointment_changes),
+                std::mem::take(&mut st.escalations),
             )
         };
         // Holds die with the call; bookings stay.
@@ -278,13 +281,29 @@ impl Core {
             bookings,
             service_names: vec![],
             appointment_changes: changes,
+            intent: args.intent,
+            answers: args.answers,
+            sentiment: args.sentiment,
+            urgency: args.urgency,
+            language: args.language,
+            related_ticket_id: args.related_ticket_id,
+            escalations,
+            contact_owner_id: ctx.matched_contact().and_then(|c| c.owner_id.clone()),
+            open_deal_ids: ctx.open_deal_ids(),
+            read_watermark: ctx.matched_contact().and_then(|c| c.updated_at),
         };
-        let steps = build_plan(&outcome);
+        let rules = &session.tenant.config.writeback_rules;
+        let steps = build_plan_with(&outcome, rules, session.tenant.config.default_region);
         let outcome_json = serde_json::to_value(&outcome).expect("outcome serializes");
-        let written = self
-            .store
-            .close_call_with_plan(&session.call_id, session.tenant.id(), reason.as_str(), &outcome_json, &steps, now)
-            .await;
+        let (call_id, tenant_id, end) = (&session.call_id, session.tenant.id(), reason.as_str());
+        // Shadow and review plans are kept out of the outbox (see writeback::settings::Mode).
+        let written = match rules.mode {
+            Mode::Auto => self.store.close_call_with_plan(call_id, tenant_id, end, &outcome_json, &steps, now).await,
+            mode => {
+                let review = mode == Mode::Review;
+                self.store.close_call_with_held_plan(call_id, tenant_id, end, &outcome_json, &steps, review, now).await
+            }
+        };
         self.sessions.remove(&session.call_id);
         self.metrics.open_calls.dec();
         written?;
@@ -486,6 +505,11 @@ impl CallSession {
         }
         st.bookings.push(booking);
         true
+    }
+
+    /// Records an `escalate` made during the call; its task is planned with the call's write-back.
+    pub fn record_escalation(&self, escalation: crate::writeback::plan::EscalationRecord) {
+        self.state.lock().expect("call state lock").escalations.push(escalation);
     }
 
     pub fn is_ended(&self) -> bool {

@@ -32,6 +32,7 @@ pub(super) async fn dispatch(core: &Arc<Core>, s: &Arc<CallSession>, call: ToolC
         ToolCall::FindAppointments => find_appointments(core, s).await,
         ToolCall::RescheduleAppointment { appointment_id, start } => reschedule(core, s, &appointment_id, &start).await,
         ToolCall::CancelAppointment { appointment_id, reason } => cancel(core, s, &appointment_id, reason).await,
+        ToolCall::Escalate { reason, urgency } => escalate(core, s, reason, urgency),
         ToolCall::EndCall(a) => match core.finish_call(s, EndReason::EndCall, Some(a)).await {
             Ok(Some(steps)) => ToolResult::ok(json!({"saved": true, "steps": steps}), "Thanks, the call is saved."),
             Ok(None) => {
@@ -43,6 +44,24 @@ pub(super) async fn dispatch(core: &Arc<Core>, s: &Arc<CallSession>, call: ToolC
             }
         },
     }
+}
+
+/// Records the escalation on the call; the task (for the routed owner, the contact's owner or the
+/// tenant's default) and the reason on the call log are written with the call's write-back.
+fn escalate(core: &Arc<Core>, s: &CallSession, reason: String, urgency: String) -> ToolResult {
+    let at = core.clock.now();
+    let minutes = s.tenant.config.writeback_rules.escalation.due_in_minutes(&urgency);
+    let due = at + jiff::SignedDuration::from_mins(i64::from(minutes));
+    s.record_escalation(crate::writeback::plan::EscalationRecord { reason, urgency: urgency.clone(), at });
+    let when = match minutes {
+        0..=90 => "within the hour",
+        91..=480 => "later today",
+        _ => "soon",
+    };
+    ToolResult::ok(
+        json!({"escalated": true, "urgency": urgency, "due_at": due.to_string()}),
+        format!("I've passed this to the team; someone will call you back {when}."),
+    )
 }
 
 fn start_call(s: &CallSession) -> ToolResult {

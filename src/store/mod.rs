@@ -6,9 +6,11 @@
 
 mod connections;
 mod pending_bookings;
+mod writeback_rules;
 
 pub use connections::{ConnectionRow, OAuthStateRow};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
+pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
 
 use std::path::Path;
 use std::str::FromStr;

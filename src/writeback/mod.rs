@@ -2,8 +2,13 @@
 //! is acknowledged), and a worker applies the steps to the CRM with idempotency keys, retries
 //! with backoff, and dead letters.
 
+pub mod mapping;
 pub mod plan;
+pub mod rules;
+pub mod settings;
+pub mod steps;
+pub mod undo;
 pub mod worker;
 
-pub use plan::{CallOutcome, EndReason, build_plan};
+pub use plan::{CallOutcome, EndReason, build_plan, build_plan_with};
 pub use worker::{Worker, WorkerHandle};

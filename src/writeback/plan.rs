@@ -4,16 +4,18 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::settings::WritebackRules;
 use crate::booking::Booked;
 use crate::connectors::crm::{AppointmentRecord, CallLog, ContactFields};
 use crate::store::NewStep;
 
 pub const SOURCE: &str = "AI receptionist";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The AI called `end_call`.
+    #[default]
     EndCall,
     /// The socket dropped (or the service restarted) before `end_call`.
     Disconnected,
@@ -32,7 +34,7 @@ impl EndReason {
 }
 
 /// Everything the call produced that belongs in the CRM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallOutcome {
     pub call_id: String,
     pub end_reason: EndReason,
@@ -55,6 +57,45 @@ pub struct CallOutcome {
     /// Reschedules and cancellations made during the call, as sentences for the call log.
     #[serde(default)]
     pub appointment_changes: Vec<String>,
+    /// Why the caller called, in the assistant's words (e.g. "book a color consultation").
+    #[serde(default)]
+    pub intent: Option<String>,
+    /// Qualification answers by question key, as the caller gave them.
+    #[serde(default)]
+    pub answers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub sentiment: Option<String>,
+    /// The caller's stated urgency, as said ("alta", "high", ...).
+    #[serde(default)]
+    pub urgency: Option<String>,
+    /// The call's language (BCP 47, e.g. `es`).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// A CRM ticket (work order) the call was about.
+    #[serde(default)]
+    pub related_ticket_id: Option<String>,
+    /// `escalate` calls made during the call.
+    #[serde(default)]
+    pub escalations: Vec<EscalationRecord>,
+    /// The matched contact's owner, as read at ring time.
+    #[serde(default)]
+    pub contact_owner_id: Option<String>,
+    /// The matched contact's open deals, as read at ring time.
+    #[serde(default)]
+    pub open_deal_ids: Vec<String>,
+    /// The matched contact's last change in the CRM's time, as of the service's read: the
+    /// hybrid rule's watermark.
+    #[serde(default)]
+    pub read_watermark: Option<jiff::Timestamp>,
+}
+
+/// One `escalate(reason, urgency)` made during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscalationRecord {
+    pub reason: String,
+    /// `low`, `medium` or `high`.
+    pub urgency: String,
+    pub at: jiff::Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +127,15 @@ pub mod kind {
     /// Rewrites an already-written call log (its parent is the call_log step, whose external id
     /// is the CRM call object): a platform's end-of-call report that arrived after the write.
     pub const CALL_LOG_UPDATE: &str = "call_log_update";
+    /// Mapped properties on the contact, under the tenant's write rules (see `writeback::steps`).
+    pub const FIELDS: &str = "fields";
+    /// Qualification answers that have no mapped property.
+    pub const NOTE: &str = "note";
+    /// A follow-up task (an escalation).
+    pub const TASK: &str = "task";
+    pub const DEAL_STAGE: &str = "deal_stage";
+    /// The tenant's own structured webhook, HMAC-signed.
+    pub const WEBHOOK: &str = "webhook";
 }
 
 /// What a voice platform reports once the call is over (Vapi's `end-of-call-report`).
@@ -159,9 +209,19 @@ pub fn split_name(full: &str) -> (Option<String>, Option<String>) {
     }
 }
 
-/// Builds the plan. Idempotency keys are derived from the call id and the step's place in the
-/// plan, so a replayed step carries the same key to the vendor.
+/// Builds the plan with no tenant rules (no mapped fields, no webhook).
 pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
+    build_plan_with(outcome, &WritebackRules::default(), rlibphonenumber::enums::Region::US)
+}
+
+/// Builds the plan under a tenant's rules: contact → fields → call log → note → tasks → deal
+/// stage → appointments → webhook. Idempotency keys are derived from the call id and the step's
+/// place in the plan, so a replayed step carries the same key to the vendor.
+pub fn build_plan_with(
+    outcome: &CallOutcome,
+    rules: &WritebackRules,
+    region: rlibphonenumber::enums::Region,
+) -> Vec<NewStep> {
     let mut steps = Vec::new();
     let (first_name, last_name) = outcome.caller_name.as_deref().map(split_name).unwrap_or((None, None));
     let email = outcome.caller_email.as_deref().and_then(crate::identity::normalize_email);
@@ -193,6 +253,18 @@ pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
         depends_on: None,
         idempotency_key: format!("{}:contact", outcome.call_id),
     });
+    let fields = super::steps::fields_step(outcome, rules, region);
+    let mut seq = 1;
+    if let Some(fields) = &fields {
+        steps.push(NewStep {
+            seq,
+            kind: kind::FIELDS.into(),
+            payload: json!(fields),
+            depends_on: Some(0),
+            idempotency_key: format!("{}:fields", outcome.call_id),
+        });
+        seq += 1;
+    }
     let mut summary = match outcome.end_reason {
         EndReason::EndCall => outcome.summary.clone(),
         EndReason::Disconnected => format!("{} (the call disconnected before it was wrapped up)", outcome.summary),
@@ -204,6 +276,13 @@ pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
     for change in &outcome.appointment_changes {
         summary.push('\n');
         summary.push_str(change);
+    }
+    // Escalation reasons belong on the call log (and become tasks below).
+    for e in &outcome.escalations {
+        summary.push_str(&format!("\nEscalated ({} urgency): {}", e.urgency, e.reason));
+    }
+    if let Some(ticket) = &outcome.related_ticket_id {
+        summary.push_str(&format!("\nAbout ticket {ticket}."));
     }
     let log = CallLog {
         call_id: outcome.call_id.clone(),
@@ -217,14 +296,26 @@ pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
         transcript_url: outcome.transcript_url.clone(),
         source: SOURCE.into(),
     };
+    let call_log_seq = seq;
     steps.push(NewStep {
-        seq: 1,
+        seq,
         kind: kind::CALL_LOG.into(),
         payload: json!(log),
         depends_on: Some(0),
         idempotency_key: format!("{}:call", outcome.call_id),
     });
-    for (i, b) in outcome.bookings.iter().enumerate() {
+    seq += 1;
+    for (k, payload) in super::steps::follow_up_steps(outcome, rules) {
+        steps.push(NewStep {
+            seq,
+            kind: k.into(),
+            payload,
+            depends_on: Some(0),
+            idempotency_key: format!("{}:{k}:{seq}", outcome.call_id),
+        });
+        seq += 1;
+    }
+    for b in &outcome.bookings {
         let appt = AppointmentRecord {
             title: b.service_name.clone(),
             start: b.start,
@@ -233,11 +324,21 @@ pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
             notes: Some(format!("Booked by the AI receptionist during call {}", outcome.call_id)),
         };
         steps.push(NewStep {
-            seq: 2 + i as i64,
+            seq,
             kind: kind::APPOINTMENT.into(),
             payload: json!(appt),
             depends_on: Some(0),
             idempotency_key: format!("{}:appointment:{}", outcome.call_id, b.event_id),
+        });
+        seq += 1;
+    }
+    if rules.webhook.is_some() {
+        steps.push(NewStep {
+            seq,
+            kind: kind::WEBHOOK.into(),
+            payload: super::steps::webhook_body(outcome, fields.as_ref()),
+            depends_on: Some(call_log_seq),
+            idempotency_key: format!("{}:webhook", outcome.call_id),
         });
     }
     steps
@@ -266,6 +367,7 @@ mod tests {
             bookings: vec![],
             service_names: vec![],
             appointment_changes: vec![],
+            ..Default::default()
         }
     }
 

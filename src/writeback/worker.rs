@@ -215,7 +215,10 @@ impl Worker {
                     .ok_or_else(|| ConnectorError::Permanent("no contact id from the contact step".into()))?;
                 tenant.crm.record_appointment(contact, &appt, &step.idempotency_key).await.map(Some)
             }
-            other => Err(ConnectorError::Permanent(format!("unknown step kind {other}"))),
+            other => match super::steps::apply(&self.store, &self.clock, tenant, step).await {
+                Some(result) => result,
+                None => Err(ConnectorError::Permanent(format!("unknown step kind {other}"))),
+            },
         }
     }
 
@@ -253,6 +256,11 @@ impl Worker {
                 let id = tenant.crm.create_contact(&c.fields, &step.idempotency_key).await?;
                 // Recorded before anything else can fail, so a retry never creates a second one.
                 let _ = self.store.record_external_id(step.id, &id).await;
+                // For undo: this contact is the call's own creation (a matched one never is).
+                let _ = self
+                    .store
+                    .record_created_object(&step.tenant, &step.call_id, step.id, "contact", &id, self.clock.now())
+                    .await;
                 Ok(id)
             }
         }

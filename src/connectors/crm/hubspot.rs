@@ -47,8 +47,9 @@ use url::Url;
 
 use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    CrmDeal, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue,
-    PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
+    PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome,
+    TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -917,6 +918,48 @@ impl CrmConnector for HubSpotConnector {
         let object: HistoryObject = self.call(Method::GET, url, None).await?;
         Ok(to_histories(properties, object))
     }
+
+    /// `GET /crm/v3/objects/{type}/{id}?propertiesWithHistory=...` for any object type.
+    async fn object_history(
+        &self,
+        object: CrmObjectType,
+        id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError> {
+        if properties.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = properties.join(",");
+        let url = self.url(
+            &["crm", "v3", "objects", object_path(object), id],
+            &[("properties", &names), ("propertiesWithHistory", &names)],
+        )?;
+        let found: HistoryObject = self.call(Method::GET, url, None).await?;
+        Ok(to_histories(properties, found))
+    }
+
+    /// `DELETE /crm/v3/objects/{type}/{id}` archives the object and answers 204 (objects guide,
+    /// "Delete records"); an object already gone answers 404, which is success here.
+    async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError> {
+        let url = self.url(&["crm", "v3", "objects", object_path(object), id], &[])?;
+        let raw = self.send(Method::DELETE, url, None).await?;
+        if raw.status.is_success() || raw.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(classify(&raw, self.clock.now()))
+    }
+}
+
+/// HubSpot's object type path segment.
+fn object_path(object: CrmObjectType) -> &'static str {
+    match object {
+        CrmObjectType::Contact => "contacts",
+        CrmObjectType::Deal => "deals",
+        CrmObjectType::Call => "calls",
+        CrmObjectType::Meeting => "meetings",
+        CrmObjectType::Note => "notes",
+        CrmObjectType::Task => "tasks",
+    }
 }
 
 // ----- request building -------------------------------------------------------------------------
@@ -1063,6 +1106,7 @@ fn to_contact(object: &SimpleObject) -> CrmContact {
         zip: object.prop("zip"),
         owner_id: object.prop("hubspot_owner_id"),
         lifecycle_stage: object.prop("lifecyclestage"),
+        updated_at: object.updated_at.as_deref().and_then(parse_hubspot_time),
     }
 }
 
@@ -1267,6 +1311,9 @@ struct SimpleObject {
     properties: HashMap<String, Value>,
     #[serde(default)]
     associations: HashMap<String, AssociationList>,
+    /// The record's last change (`updatedAt` of v3 object and search responses).
+    #[serde(default, rename = "updatedAt")]
+    updated_at: Option<String>,
 }
 
 impl SimpleObject {

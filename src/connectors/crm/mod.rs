@@ -34,6 +34,10 @@ pub struct CrmContact {
     pub zip: Option<String>,
     pub owner_id: Option<String>,
     pub lifecycle_stage: Option<String>,
+    /// When the record last changed, in the CRM's own time, as of this read: the write rules'
+    /// watermark for "edited since the service read it".
+    #[serde(default)]
+    pub updated_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +257,37 @@ pub struct AppointmentRecord {
     pub notes: Option<String>,
 }
 
+/// The kinds of CRM object the write-back creates or changes (for undo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrmObjectType {
+    Contact,
+    Deal,
+    Call,
+    Meeting,
+    Note,
+    Task,
+}
+
+impl CrmObjectType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrmObjectType::Contact => "contact",
+            CrmObjectType::Deal => "deal",
+            CrmObjectType::Call => "call",
+            CrmObjectType::Meeting => "meeting",
+            CrmObjectType::Note => "note",
+            CrmObjectType::Task => "task",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Contact, Self::Deal, Self::Call, Self::Meeting, Self::Note, Self::Task]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
 /// One CRM vendor. Every create takes an idempotency key: the connector must make a retried
 /// create with the same key return the existing object's id (vendor search indexes lag, so
 /// "search then create" alone duplicates after a lost response — see design invariant 2).
@@ -329,4 +364,16 @@ pub trait CrmConnector: Send + Sync + 'static {
         contact_id: &str,
         properties: &[String],
     ) -> Result<Vec<PropertyHistory>, ConnectorError>;
+
+    /// The history of the named properties of any object type (undo checks a person's edits on
+    /// objects the write-back created).
+    async fn object_history(
+        &self,
+        object: CrmObjectType,
+        id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError>;
+
+    /// Deletes (HubSpot: archives) an object. Deleting one already gone is not an error.
+    async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError>;
 }
