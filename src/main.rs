@@ -43,6 +43,50 @@ enum Command {
     },
     /// Print the SHA-256 digest of an API key read from standard input, for a tenant file.
     HashKey,
+    /// Revert one call's CRM writes (created objects deleted, overwritten values restored) through
+    /// the running service; fields and objects a person edited since are reported, not touched.
+    Undo(WritebackAdmin),
+    /// Approve a write-back plan held for review (tenant mode "review"): it is written now.
+    Approve(WritebackAdmin),
+    /// Reject a write-back plan held for review: nothing of it is written.
+    Reject(WritebackAdmin),
+}
+
+#[derive(clap::Args)]
+struct WritebackAdmin {
+    /// The call's id.
+    #[arg(long = "call")]
+    call_id: String,
+    /// The running service's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The tenant's API key (read from the environment so it stays out of shell history).
+    #[arg(long, env = "CALLSIDE_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+/// POSTs `/v1/writeback/calls/{call}/{action}` and prints the JSON answer; fails on a non-2xx.
+async fn writeback_admin(action: &str, a: WritebackAdmin) -> anyhow::Result<()> {
+    let base = url::Url::parse(&a.url).with_context(|| format!("{} is not a URL", a.url))?;
+    let mut url = base.clone();
+    url.path_segments_mut().map_err(|()| anyhow::anyhow!("{} cannot be a base URL", a.url))?.pop_if_empty().extend([
+        "v1",
+        "writeback",
+        "calls",
+        &a.call_id,
+        action,
+    ]);
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(a.api_key.trim())
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .with_context(|| format!("POST {action} to {}", a.url))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    println!("{body}");
+    if status.is_success() { Ok(()) } else { anyhow::bail!("the service answered {status}") }
 }
 
 fn init_tracing() {
@@ -97,6 +141,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", hex::encode(callside::config::api_key_digest(key.trim())));
             Ok(())
         }
+        Command::Undo(a) => writeback_admin("undo", a).await,
+        Command::Approve(a) => writeback_admin("approve", a).await,
+        Command::Reject(a) => writeback_admin("reject", a).await,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod connect;
 mod mcp_http;
 mod vapi;
+mod writeback_admin;
 mod ws;
 
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/calls/ws", get(ws::upgrade))
         .merge(mcp)
         .merge(vapi)
+        .merge(writeback_admin::routes())
         .route("/v1/connect/{vendor}/start", get(connect::start))
         .route("/v1/connect/{vendor}/callback", get(connect::callback))
         .route("/healthz", get(healthz))

@@ -153,7 +153,7 @@ pub fn parse_call(name: &str, arguments: &Value) -> Result<ToolCall, ToolParseEr
             caller_zip: a.optional_str("caller_zip")?,
             intent: a.optional_str("intent")?,
             answers: a.optional_answers("answers")?,
-            sentiment: a.optional_enum("sentiment", &["positive", "neutral", "negative"])?,
+            sentiment: a.optional_str("sentiment")?,
             urgency: a.optional_str("urgency")?,
             language: a.optional_language("language")?,
             related_ticket_id: a.optional_str("related_ticket_id")?,
@@ -371,7 +371,7 @@ pub fn list() -> Value {
                 "caller_name": text, "caller_email": text, "caller_zip": text,
                 "intent": {"type": "string", "description": "Why they called, in a few words."},
                 "answers": {"type": "object", "description": "Answers to the business's qualification questions, by question key, as the caller gave them.", "additionalProperties": {"type": ["string", "number", "boolean"]}},
-                "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+                "sentiment": {"type": "string", "description": "The caller's mood: positive, neutral or negative (in the call's language is fine)."},
                 "urgency": {"type": "string", "description": "The caller's urgency as they said it, in their language (e.g. high, alta)."},
                 "language": {"type": "string", "description": "The call's language, e.g. en or es."},
                 "related_ticket_id": {"type": "string", "description": "The id of an existing ticket or work order the call was about."}

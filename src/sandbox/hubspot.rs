@@ -114,6 +114,20 @@ pub const CUSTOM_NUMBER_PROPERTY: &str = "callside_call_count";
 pub const CUSTOM_ENUM_PROPERTY: &str = "callside_preferred_channel";
 /// The options of [`CUSTOM_ENUM_PROPERTY`] (internal values).
 pub const CUSTOM_ENUM_OPTIONS: [&str; 3] = ["phone", "email", "sms"];
+/// Custom contact properties the write-back rules map captured data into (see
+/// `writeback::settings`): what the caller wanted, their urgency and sentiment (enumerations),
+/// a qualification answer as text and one as a number, and the "last written by callside" stamp.
+pub const INTENT_PROPERTY: &str = "callside_intent";
+pub const URGENCY_PROPERTY: &str = "callside_urgency";
+pub const URGENCY_OPTIONS: [&str; 3] = ["low", "medium", "high"];
+pub const SENTIMENT_PROPERTY: &str = "callside_sentiment";
+pub const SENTIMENT_OPTIONS: [&str; 3] = ["positive", "neutral", "negative"];
+pub const SERVICE_INTEREST_PROPERTY: &str = "callside_service_interest";
+pub const BUDGET_PROPERTY: &str = "callside_budget";
+pub const LAST_WRITTEN_PROPERTY: &str = "callside_last_written_at";
+/// HubSpot's default "Preferred language" contact property (`hs_language`), an enumeration of
+/// language codes.
+pub const LANGUAGE_OPTIONS: [&str; 8] = ["en", "es", "fr", "de", "pt", "it", "nl", "zh"];
 /// The `sourceId` recorded in property history for writes made with the sandbox's tokens, the way
 /// HubSpot records the app that wrote a value.
 pub const SANDBOX_APP_ID: &str = "callside-sandbox-app";
@@ -270,6 +284,13 @@ impl ObjectType {
                 CUSTOM_DATETIME_PROPERTY,
                 CUSTOM_NUMBER_PROPERTY,
                 CUSTOM_ENUM_PROPERTY,
+                INTENT_PROPERTY,
+                URGENCY_PROPERTY,
+                SENTIMENT_PROPERTY,
+                SERVICE_INTEREST_PROPERTY,
+                BUDGET_PROPERTY,
+                LAST_WRITTEN_PROPERTY,
+                "hs_language",
             ],
             Self::Deals => &["dealname", "dealstage", "amount", "closedate", "pipeline", "hubspot_owner_id"],
             Self::Calls => &[
@@ -1715,6 +1736,11 @@ fn property_definition(
         "lifecyclestage" => ("enumeration", "radio", LIFECYCLE),
         "hs_lead_status" => ("enumeration", "radio", LEAD_STATUS),
         CUSTOM_ENUM_PROPERTY => ("enumeration", "select", &CUSTOM_ENUM_OPTIONS),
+        URGENCY_PROPERTY => ("enumeration", "select", &URGENCY_OPTIONS),
+        SENTIMENT_PROPERTY => ("enumeration", "select", &SENTIMENT_OPTIONS),
+        "hs_language" => ("enumeration", "select", &LANGUAGE_OPTIONS),
+        LAST_WRITTEN_PROPERTY => ("datetime", "date", &[]),
+        BUDGET_PROPERTY => ("number", "number", &[]),
         "hs_task_status" => ("enumeration", "select", TASK_STATUS),
         "hs_task_priority" | "hs_ticket_priority" => ("enumeration", "select", PRIORITY),
         "hs_task_type" => ("enumeration", "select", TASK_TYPE),

@@ -223,8 +223,10 @@ pub fn build_plan_with(
     region: rlibphonenumber::enums::Region,
 ) -> Vec<NewStep> {
     let mut steps = Vec::new();
-    let (first_name, last_name) = outcome.caller_name.as_deref().map(split_name).unwrap_or((None, None));
-    let email = outcome.caller_email.as_deref().and_then(crate::identity::normalize_email);
+    // Names as people write them ("o'brien" → "O'Brien"); an email that is not one stays out.
+    let (first_name, last_name) =
+        outcome.caller_name.as_deref().map(|n| split_name(&super::mapping::capitalize_name(n))).unwrap_or((None, None));
+    let email = outcome.caller_email.as_deref().and_then(|e| super::mapping::normalize_email(e).ok());
     let has_identity = outcome.matched_contact_id.is_some()
         || outcome.caller_phone.is_some()
         || email.is_some()

@@ -61,6 +61,14 @@ fn watched_properties(object: CrmObjectType) -> &'static [&'static str] {
     }
 }
 
+/// Whether two stored values are the same value (times and numbers compare by value, since the
+/// CRM may store them in another layout than the one sent).
+fn same_stored(a: &str, b: &str) -> bool {
+    a == b
+        || matches!((a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()), (Ok(x), Ok(y)) if x == y)
+        || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+}
+
 fn human_edited(histories: &[PropertyHistory]) -> Option<String> {
     histories.iter().find(|h| h.versions.iter().any(|v| v.is_human_edit())).map(|h| h.name.clone())
 }
@@ -131,7 +139,7 @@ pub async fn undo_call(
                 store.set_field_status(w.step_id, &w.object_id, &w.property, "kept", Some("edited since")).await?;
                 continue;
             }
-            Some(v) if v.value != w.after_value => {
+            Some(v) if !same_stored(&v.value, &w.after_value) => {
                 report.skipped.push(item(Some("it changed again since".into())));
                 continue;
             }

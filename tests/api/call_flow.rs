@@ -36,6 +36,7 @@ async fn a_known_caller_books_and_the_call_is_written_back() {
             "hold_slot",
             "release_hold",
             "book_slot",
+            "escalate",
             "end_call"
         ]
     );

@@ -15,3 +15,4 @@ mod lifecycle;
 mod mcp_http;
 mod pending_bookings;
 mod vapi;
+mod writeback_rules;

@@ -1225,6 +1225,13 @@ fn format_property(def: Option<&PropertyDef>, value: &PropertyValue) -> Result<S
         (PropertyValue::DateTime(t), "datetime") => Ok(hubspot_datetime(*t)),
         (PropertyValue::DateTime(t), "date") => Ok(jiff::tz::TimeZone::UTC.to_datetime(*t).date().to_string()),
         (PropertyValue::Text(t), "string" | "phone_number") => Ok(t.clone()),
+        // Text in the property's own stored form (an undo restoring a value read from history).
+        (PropertyValue::Text(t), "datetime") => {
+            parse_hubspot_time(t.trim()).map(hubspot_datetime).ok_or_else(|| format!("{t} is not a datetime"))
+        }
+        (PropertyValue::Text(t), "date") => {
+            t.trim().parse::<jiff::civil::Date>().map(|d| d.to_string()).map_err(|_| format!("{t} is not a date"))
+        }
         (PropertyValue::Number(n), "string") => Ok(n.to_string()),
         (value, kind) => Err(format!("a {} value cannot be written to a {kind} property", value_kind(value))),
     }
