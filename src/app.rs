@@ -304,16 +304,19 @@ async fn recover_open_calls(core: &Arc<Core>) -> anyhow::Result<()> {
             }),
             None => vec![],
         };
-        core.store
-            .close_call_with_plan(
-                &call.call_id,
-                &call.tenant,
-                EndReason::Disconnected.as_str(),
-                &outcome,
-                &steps,
-                core.clock.now(),
-            )
-            .await?;
+        // A shadow or review tenant's recovered call is held like any other of its calls.
+        let mode = core.tenants.by_id(&call.tenant).map(|t| t.config.writeback_rules.mode);
+        let (id, tenant, reason, now) =
+            (&call.call_id, &call.tenant, EndReason::Disconnected.as_str(), core.clock.now());
+        match mode {
+            Some(m @ (crate::writeback::settings::Mode::Shadow | crate::writeback::settings::Mode::Review)) => {
+                let review = m == crate::writeback::settings::Mode::Review;
+                core.store.close_call_with_held_plan(id, tenant, reason, &outcome, &steps, review, now).await?;
+            }
+            _ => {
+                core.store.close_call_with_plan(id, tenant, reason, &outcome, &steps, now).await?;
+            }
+        }
         tracing::warn!(call_id = %call.call_id, tenant = %call.tenant, "recovered a call left open by a previous run");
     }
     Ok(())

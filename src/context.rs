@@ -14,6 +14,9 @@ use crate::tenant::Tenant;
 /// The caller as the AI should treat them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+// Held behind an `Arc` for the whole call (the prefetch's shared result), never moved around by
+// value in bulk: the matched variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CallerContext {
     Matched {
         contact: CrmContact,

@@ -30,7 +30,7 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
-fn tenant(app: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Response> {
+fn tenant(app: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Box<Response>> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +39,7 @@ fn tenant(app: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Response> 
         .filter(|k| !k.is_empty())
         .and_then(|k| app.core.tenants.by_api_key(k))
         .cloned()
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "a tenant API key is required as a Bearer token"))
+        .ok_or_else(|| Box::new(error(StatusCode::UNAUTHORIZED, "a tenant API key is required as a Bearer token")))
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -50,7 +50,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 async fn awaiting_review(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let t = match tenant(&app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match app.core.store.plans_awaiting_review(t.id()).await {
         Ok(calls) => axum::Json(json!({"awaiting_review": calls})).into_response(),
@@ -61,7 +61,7 @@ async fn awaiting_review(State(app): State<Arc<AppState>>, headers: HeaderMap) -
 async fn conflicts(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let t = match tenant(&app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match app.core.store.conflicts(t.id(), None).await {
         Ok(rows) => axum::Json(json!({"conflicts": rows})).into_response(),
@@ -74,7 +74,7 @@ async fn conflicts(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 async fn call_plan(State(app): State<Arc<AppState>>, headers: HeaderMap, Path(call_id): Path<String>) -> Response {
     let t = match tenant(&app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let store = &app.core.store;
     let call = match store.call(t.id(), &call_id).await {
@@ -113,7 +113,7 @@ async fn call_plan(State(app): State<Arc<AppState>>, headers: HeaderMap, Path(ca
 async fn decide(app: &AppState, headers: &HeaderMap, call_id: &str, approve: bool) -> Response {
     let t = match tenant(app, headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let now = app.core.clock.now();
     match app.core.store.decide_held_plan(t.id(), call_id, approve, "operator api", now).await {
@@ -138,7 +138,7 @@ async fn reject(State(app): State<Arc<AppState>>, headers: HeaderMap, Path(call_
 async fn undo(State(app): State<Arc<AppState>>, headers: HeaderMap, Path(call_id): Path<String>) -> Response {
     let t = match tenant(&app, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match undo_call(&app.core.store, &app.core.clock, &t, &call_id).await {
         Ok(report) => axum::Json(json!({"undone": true, "report": report})).into_response(),

@@ -83,6 +83,27 @@ async fn malformed_frames_get_pinned_answers_and_leave_the_service_intact() {
             call("end_call", json!({"summary": "x", "recording_url": "file:///etc/passwd"})),
             Expect::ToolError { argument: "recording_url" },
         ),
+        (
+            "answers not an object",
+            call("end_call", json!({"summary": "x", "answers": ["budget", 100]})),
+            Expect::ToolError { argument: "answers" },
+        ),
+        (
+            "answer key with spaces",
+            call("end_call", json!({"summary": "x", "answers": {"how much": "100"}})),
+            Expect::ToolError { argument: "answers" },
+        ),
+        (
+            "language not a tag",
+            call("end_call", json!({"summary": "x", "language": "<script>"})),
+            Expect::ToolError { argument: "language" },
+        ),
+        (
+            "escalation urgency unknown",
+            call("escalate", json!({"reason": "x", "urgency": "yesterday"})),
+            Expect::ToolError { argument: "urgency" },
+        ),
+        ("escalation without a reason", call("escalate", json!({})), Expect::ToolError { argument: "reason" }),
         ("binary frame", Frame::Binary, Expect::Close(1003)),
         ("oversized frame", Frame::Oversized, Expect::Close(1009)),
     ];

@@ -75,9 +75,28 @@ pub async fn spawn_app_with(server: ServerFile, tenants: Vec<TenantFile>) -> Tes
 
 /// Starts the application on an existing data dir (a restart: see [`TestApp::stop_keeping_data`]).
 pub async fn spawn_app_in(server: ServerFile, tenants: Vec<TenantFile>, dir: tempfile::TempDir) -> TestApp {
+    spawn_app_configured_in(server, tenants, dir, |_| {}).await
+}
+
+/// Like [`spawn_app_with`], with a last edit of the validated config (for what a file cannot say
+/// in a test, e.g. a secret that would otherwise come from the environment).
+pub async fn spawn_app_configured(
+    server: ServerFile,
+    tenants: Vec<TenantFile>,
+    edit: impl FnOnce(&mut Config),
+) -> TestApp {
+    spawn_app_configured_in(server, tenants, tempfile::tempdir().unwrap(), edit).await
+}
+
+async fn spawn_app_configured_in(
+    server: ServerFile,
+    tenants: Vec<TenantFile>,
+    dir: tempfile::TempDir,
+    edit: impl FnOnce(&mut Config),
+) -> TestApp {
     let overrides =
         Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_owned()), store_url: None };
-    let config = Config::from_parts(
+    let mut config = Config::from_parts(
         Path::new("test.toml"),
         server,
         tenants.into_iter().map(|t| (PathBuf::from(format!("{}.toml", t.id)), t)).collect(),
@@ -85,6 +104,7 @@ pub async fn spawn_app_in(server: ServerFile, tenants: Vec<TenantFile>, dir: tem
         dir.path().to_owned(),
     )
     .expect("test config is valid");
+    edit(&mut config);
     let clock = ManualClock::new(START.parse().unwrap());
     let app = Application::build(config, Arc::new(clock.clone())).await.expect("app builds");
     let addr = app.local_addr();

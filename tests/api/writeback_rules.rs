@@ -6,7 +6,7 @@ use callside::config::TenantFile;
 use callside::sandbox::hubspot::{ObjectType, SandboxObject};
 use serde_json::{Value, json};
 
-use crate::helpers::{DEMO_KEY, TestApp, demo_tenant, server_file, spawn_app_with};
+use crate::helpers::{DEMO_KEY, TestApp, demo_tenant, server_file, spawn_app_configured, spawn_app_with};
 
 /// The demo tenant with a field mapping covering every kind of rule and type.
 fn rules_tenant(mode: &str) -> TenantFile {
@@ -15,6 +15,7 @@ fn rules_tenant(mode: &str) -> TenantFile {
         r#"
         mode = "{mode}"
         last_written_property = "callside_last_written_at"
+        deal_stage_on = {{ booked = "Qualified To Buy" }}
         [[fields]]
         datum = "intent"
         property = "callside_intent"
@@ -499,5 +500,68 @@ async fn undo_deletes_a_contact_the_call_created_unless_a_person_edited_it() {
     assert_eq!(r["report"]["skipped"][0]["object_type"], "contact", "{r}");
     let (status, _) = admin(&app, reqwest::Method::POST, "/v1/writeback/calls/nope/undo", Some(DEMO_KEY)).await;
     assert_eq!(status, 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_booked_call_moves_the_deal_and_the_tenant_webhook_gets_the_signed_mapped_fields() {
+    use axum::http::HeaderMap;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(HeaderMap, axum::body::Bytes)>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let _ = tx.send((headers, body));
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = tokio::spawn(async move { axum::serve(listener, receiver).await });
+    const SECRET: &str = "test-webhook-secret-0123456789";
+    let app = spawn_app_configured(server_file(""), vec![rules_tenant("auto")], |config| {
+        // A test cannot put the secret in the environment safely (tests share the process), so
+        // it is set on the validated config, as the file's `secret_env` would have.
+        config.tenants[0].writeback_rules.webhook = Some(callside::writeback::settings::Webhook {
+            url: hook_url.parse().unwrap(),
+            secret: secrecy::SecretString::from(SECRET.to_string()),
+        });
+    })
+    .await;
+    let ana_id = ana(&app).id;
+    let deal = app.hubspot.associated_with_contact(&ana_id, ObjectType::Deals).remove(0);
+    assert_eq!(deal.prop("dealstage"), Some("appointmentscheduled"));
+    call(
+        &app,
+        "deal-1",
+        "+14155550134",
+        json!({"summary": "Booked the color correction.", "disposition": "booked", "intent": "color correction"}),
+    )
+    .await;
+    assert_eq!(app.wait_for_sync("deal-1").await, "synced");
+    assert_eq!(
+        app.hubspot.deal(&deal.id).unwrap().prop("dealstage"),
+        Some("qualifiedtobuy"),
+        "label resolved to the id"
+    );
+
+    let (headers, body) = rx.recv().await.expect("webhook delivered");
+    let ts: i64 = headers["x-callside-timestamp"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        headers["x-callside-signature"].to_str().unwrap(),
+        callside::writeback::steps::sign(SECRET.as_bytes(), ts, &body),
+        "signed with the tenant's secret"
+    );
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["call_id"], "deal-1");
+    assert_eq!(sent["contact_id"], json!(ana_id));
+    assert_eq!(sent["fields"]["callside_intent"], "color correction");
+    let call_log = &app.hubspot.calls_for_contact(&ana_id)[0];
+    assert_eq!(sent["call_log_id"], json!(call_log.id), "sent after the call log landed");
+
+    // Undo puts the deal back where the call found it.
+    let (status, r) = admin(&app, reqwest::Method::POST, "/v1/writeback/calls/deal-1/undo", Some(DEMO_KEY)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(app.hubspot.deal(&deal.id).unwrap().prop("dealstage"), Some("appointmentscheduled"));
+    receiver.abort();
     app.shutdown().await;
 }

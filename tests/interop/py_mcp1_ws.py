@@ -25,7 +25,7 @@ async def main():
                 init = await session.initialize()
                 c.check("initialize", init.serverInfo.name == "callside", init.serverInfo.name)
                 tools = await session.list_tools()
-                c.check("tools/list", len(tools.tools) == 8, [t.name for t in tools.tools])
+                c.check("tools/list", len(tools.tools) == 9, [t.name for t in tools.tools])
                 await booking_flow(c, session.call_tool, call_id, False, {})
     except Exception as e:
         c.check("ran without an exception", False, repr(e))

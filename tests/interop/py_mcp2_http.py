@@ -15,7 +15,7 @@ from common import Checks, booking_flow
 BASE = os.environ["CALLSIDE_URL"]
 KEY = os.environ["CALLSIDE_KEY"]
 RUN = os.environ.get("RUN_ID", "0")
-EXPECTED_TOOLS = {"start_call", "get_caller_context", "list_services", "find_slots", "hold_slot", "release_hold", "book_slot", "end_call"}
+EXPECTED_TOOLS = {"start_call", "get_caller_context", "list_services", "find_slots", "hold_slot", "release_hold", "book_slot", "escalate", "end_call"}
 
 
 async def run(c, mode, expected_version, call_id):
