@@ -394,6 +394,9 @@ fn association_type_id(from: ObjectType, to: ObjectType) -> Option<u32> {
         (Contacts, Notes) => Some(201),
         (Tasks, Contacts) => Some(204),
         (Contacts, Tasks) => Some(203),
+        // Notes on a ticket's timeline (associations guide, "Association type IDs").
+        (Notes, Tickets) => Some(228),
+        (Tickets, Notes) => Some(227),
         _ => None,
     }
 }
@@ -747,6 +750,19 @@ impl HubSpotState {
     }
 
     /// A HubSpot user who can own records (`GET /crm/v3/owners/{id}`).
+    /// Objects of type `to` associated with an object of any type.
+    pub fn associated_with(&self, from: ObjectType, id: &str, to: ObjectType) -> Vec<SandboxObject> {
+        let Ok(id) = id.parse::<u64>() else {
+            return Vec::new();
+        };
+        let inner = self.lock();
+        inner
+            .associated_ids((from, id), to)
+            .into_iter()
+            .filter_map(|i| inner.objects.get(&to).and_then(|m| m.get(&i)).map(StoredObject::view))
+            .collect()
+    }
+
     pub fn insert_owner(&self, first_name: &str, last_name: &str, email: &str) -> String {
         let mut inner = self.lock();
         let id = inner.allocate_id();

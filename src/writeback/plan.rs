@@ -134,6 +134,8 @@ pub mod kind {
     /// A follow-up task (an escalation).
     pub const TASK: &str = "task";
     pub const DEAL_STAGE: &str = "deal_stage";
+    /// A note on the ticket (work order) the call was about.
+    pub const TICKET_UPDATE: &str = "ticket_update";
     /// The tenant's own structured webhook, HMAC-signed.
     pub const WEBHOOK: &str = "webhook";
 }
@@ -215,7 +217,7 @@ pub fn build_plan(outcome: &CallOutcome) -> Vec<NewStep> {
 }
 
 /// Builds the plan under a tenant's rules: contact → fields → call log → note → tasks → deal
-/// stage → appointments → webhook. Idempotency keys are derived from the call id and the step's
+/// stage → ticket update → appointments → webhook. Idempotency keys are derived from the call id and the step's
 /// place in the plan, so a replayed step carries the same key to the vendor.
 pub fn build_plan_with(
     outcome: &CallOutcome,

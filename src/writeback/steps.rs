@@ -65,7 +65,14 @@ pub fn fields_step(
 
 const MAX_SUBJECT_CHARS: usize = 120;
 
-/// Note, tasks and deal stage, in that order, as `(kind, payload)`.
+/// The ticket step's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketUpdateStep {
+    pub ticket_id: String,
+    pub note: NoteRecord,
+}
+
+/// Note, tasks, deal stage and ticket update, in that order, as `(kind, payload)`.
 pub fn follow_up_steps(outcome: &CallOutcome, rules: &WritebackRules) -> Vec<(&'static str, Value)> {
     let mut out = Vec::new();
     let unmapped = mapping::unmapped_answers(outcome, rules);
@@ -102,6 +109,14 @@ pub fn follow_up_steps(outcome: &CallOutcome, rules: &WritebackRules) -> Vec<(&'
         && let [deal_id] = outcome.open_deal_ids.as_slice()
     {
         out.push((kind::DEAL_STAGE, json!(DealStageStep { deal_id: deal_id.clone(), stage: stage.clone() })));
+    }
+    if let Some(ticket) = outcome.related_ticket_id.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let mut body = format!("Call {} (AI receptionist): {}", outcome.call_id, outcome.summary);
+        for e in &outcome.escalations {
+            body.push_str(&format!("\nEscalated ({} urgency): {}", e.urgency, e.reason));
+        }
+        let note = NoteRecord { body, at: outcome.started_at };
+        out.push((kind::TICKET_UPDATE, json!(TicketUpdateStep { ticket_id: ticket.to_owned(), note })));
     }
     out
 }
@@ -154,6 +169,7 @@ pub async fn apply(
         kind::NOTE => applier.note().await,
         kind::TASK => applier.task().await,
         kind::DEAL_STAGE => applier.deal_stage().await,
+        kind::TICKET_UPDATE => applier.ticket_update().await,
         kind::WEBHOOK => applier.webhook().await,
         _ => return None,
     })
@@ -324,6 +340,23 @@ impl Applier<'_> {
         }
         let id = self.tenant.crm.create_task(contact, &t.task, &self.step.idempotency_key).await?;
         self.created(CrmObjectType::Task, &id).await;
+        Ok(Some(id))
+    }
+
+    /// Only a ticket of the caller's own is updated: the AI names the ticket, and a wrong or
+    /// hostile id must not put a note on someone else's work order.
+    async fn ticket_update(&self) -> Result<Option<String>, ConnectorError> {
+        let t: TicketUpdateStep = serde_json::from_value(self.step.payload.clone()).map_err(bad_payload)?;
+        let contact = self.contact()?;
+        let ctx = self.tenant.crm.read_context(contact).await?;
+        if !ctx.open_tickets.iter().any(|open| open.id == t.ticket_id) {
+            return Err(ConnectorError::Permanent(format!(
+                "ticket {} is not one of the caller's open tickets; not updated",
+                t.ticket_id
+            )));
+        }
+        let id = self.tenant.crm.log_ticket_note(&t.ticket_id, &t.note, &self.step.idempotency_key).await?;
+        self.created(CrmObjectType::Note, &id).await;
         Ok(Some(id))
     }
 

@@ -565,3 +565,37 @@ async fn a_booked_call_moves_the_deal_and_the_tenant_webhook_gets_the_signed_map
     receiver.abort();
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_about_an_open_ticket_notes_that_ticket_and_never_someone_elses() {
+    let app = app("auto").await;
+    let ana_id = ana(&app).id;
+    let ticket = app.hubspot.insert_associated(
+        ObjectType::Tickets,
+        [("subject", "Color came out uneven"), ("hs_pipeline_stage", "1")],
+        &ana_id,
+    );
+    let bo = app.hubspot.insert_contact([("firstname", "Bo"), ("phone", "+13125550000")]);
+    let foreign =
+        app.hubspot.insert_associated(ObjectType::Tickets, [("subject", "Not Ana's"), ("hs_pipeline_stage", "1")], &bo);
+    call(
+        &app,
+        "ticket-1",
+        "+14155550134",
+        json!({"summary": "Follow-up on the uneven color; wants it fixed.", "related_ticket_id": ticket}),
+    )
+    .await;
+    assert_eq!(app.wait_for_sync("ticket-1").await, "synced");
+    let notes = app.hubspot.associated_with(ObjectType::Tickets, &ticket, ObjectType::Notes);
+    assert_eq!(notes.len(), 1, "the ticket gets the call's note");
+    assert!(notes[0].prop("hs_note_body").unwrap_or_default().contains("wants it fixed"));
+
+    call(&app, "ticket-2", "+14155550134", json!({"summary": "Asked about a ticket.", "related_ticket_id": foreign}))
+        .await;
+    let steps = wait_settled(&app, "ticket-2").await;
+    let step = steps.iter().find(|s| s.kind == "ticket_update").unwrap();
+    assert_eq!(step.status, "dead", "{step:?}");
+    assert!(step.last_error.as_deref().unwrap_or_default().contains("not one of the caller's"), "{step:?}");
+    assert!(app.hubspot.associated_with(ObjectType::Tickets, &foreign, ObjectType::Notes).is_empty());
+    app.shutdown().await;
+}

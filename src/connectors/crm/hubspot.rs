@@ -841,6 +841,21 @@ impl CrmConnector for HubSpotConnector {
         self.create_idempotent("notes", properties, associations, idempotency_key).await
     }
 
+    /// A note associated with the ticket (the HubSpot-defined note→ticket type, from the labels
+    /// endpoint like every association type).
+    async fn log_ticket_note(
+        &self,
+        ticket_id: &str,
+        note: &NoteRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        let mut properties = Map::new();
+        properties.insert("hs_timestamp".into(), json!(hubspot_datetime(note.at)));
+        properties.insert("hs_note_body".into(), json!(format!("<p>{}</p>", escape_html(&note.body))));
+        let associations = association(ticket_id, self.association_type("notes", "tickets").await?);
+        self.create_idempotent("notes", properties, associations, idempotency_key).await
+    }
+
     /// A task: `hs_timestamp` is its due date, `hs_task_status` starts `NOT_STARTED`, the owner in
     /// `hubspot_owner_id`
     /// (<https://developers.hubspot.com/docs/api-reference/legacy/crm/activities/tasks/guide>).

@@ -346,6 +346,14 @@ pub trait CrmConnector: Send + Sync + 'static {
         idempotency_key: &str,
     ) -> Result<String, ConnectorError>;
 
+    /// A note on a ticket's timeline (a call about an existing work order); returns its id.
+    async fn log_ticket_note(
+        &self,
+        ticket_id: &str,
+        note: &NoteRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError>;
+
     /// A task on the contact for an owner, with a due date; returns its id.
     async fn create_task(
         &self,
