@@ -194,7 +194,7 @@ async fn seed_call_3_an_existing_caller_by_phone_is_updated_and_the_call_logged_
         "seed-3",
         "+14155550134",
         json!({"summary": "Asked to move her color appointment.", "intent": "reschedule", "urgency": "baja",
-               "caller_zip": "10001"}),
+               "caller_zip": "10001", "sentiment": "furiosa"}),
     )
     .await;
     assert_eq!(app.wait_for_sync("seed-3").await, "synced");
@@ -205,6 +205,13 @@ async fn seed_call_3_an_existing_caller_by_phone_is_updated_and_the_call_logged_
     assert_eq!(a.prop("callside_urgency"), Some("low"));
     assert_eq!(a.prop("zip"), Some("94110"), "zip is rep-owned: never written");
     assert_eq!(app.hubspot.calls_for_contact(&a.id).len(), 1);
+    // A value that is not one of the picklist's options is refused before sending and recorded;
+    // the other fields are written.
+    assert_eq!(a.prop("callside_sentiment"), None);
+    let writes = app.core.store.field_writes_for_call("demo", "seed-3").await.unwrap();
+    let sentiment = writes.iter().find(|w| w.property == "callside_sentiment").unwrap();
+    assert_eq!(sentiment.status, "rejected");
+    assert!(sentiment.reason.as_deref().unwrap_or_default().contains("allowed options"), "{sentiment:?}");
     app.shutdown().await;
 }
 
