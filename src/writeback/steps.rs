@@ -444,17 +444,6 @@ fn decision_label(d: &Decision) -> &'static str {
     }
 }
 
-/// `v1=` + hex HMAC-SHA256 over `"{timestamp}.{body}"` with the tenant's secret. The receiver
-/// recomputes it and rejects stale timestamps (replays).
-pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
@@ -466,19 +455,19 @@ fn http() -> &'static reqwest::Client {
     })
 }
 
-/// POSTs the body, signed. 2xx is delivered; 408, 429 and 5xx are retried; other answers are
-/// permanent failures. `Idempotency-Key` lets the receiver drop a retried delivery.
+/// POSTs the body, signed the same way as the tenant's notification webhook
+/// ([`crate::notify::signature`]: `X-Callside-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+/// "<t>.<body>">`), with `X-Callside-Event-Id` stable across retries so the receiver can drop a
+/// redelivery. 2xx is delivered; 408, 429 and 5xx are retried; other answers are permanent.
 pub async fn deliver_webhook(hook: &Webhook, body: &Value, key: &str, now: Timestamp) -> Result<(), ConnectorError> {
     use secrecy::ExposeSecret;
     let bytes = serde_json::to_vec(body).expect("JSON serializes");
-    let ts = now.as_second();
-    let signature = sign(hook.secret.expose_secret().as_bytes(), ts, &bytes);
+    let signature = crate::notify::signature(hook.secret.expose_secret().as_bytes(), now.as_second(), &bytes);
     let resp = http()
         .post(hook.url.clone())
         .header("content-type", "application/json")
-        .header("x-callside-timestamp", ts.to_string())
-        .header("x-callside-signature", signature)
-        .header("idempotency-key", key)
+        .header(crate::notify::SIGNATURE_HEADER, signature)
+        .header(crate::notify::EVENT_ID_HEADER, key)
         .body(bytes)
         .send()
         .await
@@ -589,17 +578,6 @@ mod tests {
         assert!(log.summary.contains("Escalated (high urgency): Allergic reaction"), "{}", log.summary);
     }
 
-    #[test]
-    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"secret-one-secret-one").unwrap();
-        mac.update(b"1700000000.{\"a\":1}");
-        let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(sign(b"secret-one-secret-one", 1_700_000_000, b"{\"a\":1}"), expected);
-        assert_ne!(sign(b"secret-one-secret-one", 1, b"{}"), sign(b"secret-two-secret-two", 1, b"{}"));
-        assert_ne!(sign(b"secret-one-secret-one", 1, b"{}"), sign(b"secret-one-secret-one", 2, b"{}"));
-    }
-
     #[tokio::test]
     async fn the_webhook_is_delivered_signed_and_failures_are_classified() {
         use axum::http::{HeaderMap, StatusCode};
@@ -628,10 +606,11 @@ mod tests {
         let body = webhook_body(&outcome(), None);
         deliver_webhook(&hook, &body, "c9:webhook", now).await.unwrap();
         let (headers, got) = rx.recv().await.unwrap();
-        let ts: i64 = headers["x-callside-timestamp"].to_str().unwrap().parse().unwrap();
-        assert_eq!(ts, now.as_second());
-        assert_eq!(headers["x-callside-signature"].to_str().unwrap(), sign(b"a-long-webhook-secret", ts, &got));
-        assert_eq!(headers["idempotency-key"], "c9:webhook");
+        let signature = headers["x-callside-signature"].to_str().unwrap();
+        assert!(signature.starts_with(&format!("t={},", now.as_second())), "{signature}");
+        assert!(crate::notify::verify(b"a-long-webhook-secret", signature, &got));
+        assert!(!crate::notify::verify(b"another-secret-entirely", signature, &got));
+        assert_eq!(headers["x-callside-event-id"], "c9:webhook");
         let sent: Value = serde_json::from_slice(&got).unwrap();
         assert_eq!(sent["call_id"], "c9");
         *status.lock().unwrap() = StatusCode::SERVICE_UNAVAILABLE;
