@@ -24,6 +24,7 @@ pub mod connectors;
 pub mod context;
 pub mod gateway;
 pub mod identity;
+pub mod matching;
 pub mod notify;
 pub mod observe;
 pub mod protocol;

@@ -50,6 +50,12 @@ enum Command {
     Approve(WritebackAdmin),
     /// Reject a write-back plan held for review: nothing of it is written.
     Reject(WritebackAdmin),
+    /// Run caller matching over a labelled fixture (JSON Lines, format in README) and print
+    /// precision and recall per class. Exits 2 if the file cannot be read or parsed.
+    MatchEval {
+        /// The fixture, e.g. tests/fixtures/match_cases.jsonl.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -144,6 +150,22 @@ async fn main() -> anyhow::Result<()> {
         Command::Undo(a) => writeback_admin("undo", a).await,
         Command::Approve(a) => writeback_admin("approve", a).await,
         Command::Reject(a) => writeback_admin("reject", a).await,
+        Command::MatchEval { file } => {
+            use callside::matching::eval;
+            let parsed = std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|text| eval::parse(&text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(cases) => {
+                    print!("{}", eval::render(&eval::evaluate(&cases)));
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    std::process::exit(2);
+                }
+            }
+        }
     }
 }
 
