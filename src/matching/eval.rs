@@ -372,3 +372,46 @@ mod tests {
         assert!(!r.name_only_merge);
     }
 }
+
+/// The committed fixture, through the same `parse` → `evaluate` as `callside match-eval`.
+#[cfg(test)]
+mod fixture {
+    use super::*;
+
+    #[test]
+    fn the_labelled_fixture_meets_the_bar() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/match_cases.jsonl");
+        let text = std::fs::read_to_string(path).expect("fixture");
+        let cases = parse(&text).expect("fixture parses");
+        assert!(cases.len() >= 300, "{} cases", cases.len());
+        let report = evaluate(&cases);
+        let printed = render(&report);
+        // Every category the issue names is present.
+        for category in [
+            "phone_format",
+            "exact_email",
+            "email_near_miss",
+            "accents_typos",
+            "household",
+            "same_name_strangers",
+            "withheld",
+            "phone_email_conflict",
+        ] {
+            assert!(report.categories.get(category).is_some_and(|(_, n)| *n >= 10), "{category}\n{printed}");
+        }
+        let regions: std::collections::HashSet<&str> = cases
+            .iter()
+            .filter(|(_, c)| c.category.as_deref() == Some("phone_format"))
+            .filter_map(|(_, c)| c.region.as_deref())
+            .collect();
+        assert!(regions.len() >= 6, "phone formats from {regions:?}");
+        let matched = report.class(Outcome::Matched);
+        assert!(matched.precision().is_some_and(|p| p >= 0.99), "auto-match precision\n{printed}");
+        assert_eq!(report.category_recall("phone_format"), Some(1.0), "same number, any format\n{printed}");
+        assert_eq!(report.category_recall("exact_email"), Some(1.0), "exact email\n{printed}");
+        assert_eq!(report.category_recall("withheld_email"), Some(1.0), "exact email, withheld number\n{printed}");
+        assert_eq!(report.name_only_merges, 0, "{printed}");
+        // Withheld callers never match a record on their (junk) number.
+        assert_eq!(report.category_recall("withheld"), Some(1.0), "{printed}");
+    }
+}

@@ -120,9 +120,16 @@ impl Decision {
     }
 }
 
-/// The caller's stated name, split into first and family name.
+/// Titles people put before their name ("Dr. Raj Patel", "Sra. López").
+const HONORIFICS: &[&str] =
+    &["mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sr", "sra", "srta", "don", "dona", "mme", "mlle", "herr", "frau"];
+
+/// The caller's stated name, split into first and family name, without a leading title.
 fn stated_name(claims: &Claims) -> (Option<String>, Option<String>) {
-    claims.name.as_deref().map(crate::writeback::plan::split_name).unwrap_or((None, None))
+    let Some(name) = claims.name.as_deref() else { return (None, None) };
+    let words: Vec<&str> = name.split_whitespace().collect();
+    let skip = words.iter().take_while(|w| words.len() > 1 && HONORIFICS.contains(&names::fold(w).as_str())).count();
+    crate::writeback::plan::split_name(&words[skip.min(words.len().saturating_sub(1))..].join(" "))
 }
 
 /// The stated first name clearly belongs to someone else than the record.

@@ -12,6 +12,7 @@ mod connect;
 mod graph_calendar;
 mod helpers;
 mod lifecycle;
+mod match_eval;
 mod mcp_http;
 mod pending_bookings;
 mod vapi;
