@@ -45,6 +45,8 @@ pub struct Application {
     worker: Worker,
     sandbox: Option<Sandbox>,
     grace: Duration,
+    /// Seconds between identity index pulls; 0 = off.
+    identity_pull: u64,
 }
 
 impl Application {
@@ -110,7 +112,7 @@ impl Application {
             tenants,
             store: store.clone(),
             clock: clock.clone(),
-            context: ContextService::new(Duration::from_secs(300), 100_000),
+            context: ContextService::new(Duration::from_secs(300), 100_000).with_index(store.clone(), clock.clone()),
             booking: BookingService::new(store.clone(), clock.clone()),
             worker: handle,
             metrics,
@@ -130,7 +132,15 @@ impl Application {
             call_tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
         });
-        Ok(Application { listener, state, connect: Arc::new(connect), worker, sandbox, grace: config.shutdown_grace })
+        Ok(Application {
+            listener,
+            state,
+            connect: Arc::new(connect),
+            worker,
+            sandbox,
+            grace: config.shutdown_grace,
+            identity_pull: config.identity.pull_interval_secs,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -147,7 +157,20 @@ impl Application {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, connect, worker, sandbox, grace } = self;
+        let Application { listener, state, connect, worker, sandbox, grace, identity_pull } = self;
+        // The identity index's incremental pull from each tenant's CRM (off when 0).
+        let identity_stop = CancellationToken::new();
+        let identity_task = (identity_pull > 0).then(|| {
+            let core = &state.core;
+            crate::matching::sync::spawn(
+                core.store.clone(),
+                core.tenants.clone(),
+                core.clock.clone(),
+                jiff::SignedDuration::from_secs(identity_pull as i64),
+                identity_stop.clone(),
+            )
+            .0
+        });
         let stop = CancellationToken::new();
         let worker_stop = CancellationToken::new();
         let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
@@ -191,6 +214,10 @@ impl Application {
         let _ = sweeper_task.await;
         pending_stop.cancel();
         let _ = pending_task.await;
+        identity_stop.cancel();
+        if let Some(t) = identity_task {
+            let _ = t.await;
+        }
         // Phase 2: flush the outbox (one last pass), then close the store.
         worker_stop.cancel();
         let _ = worker_task.await;

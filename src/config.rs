@@ -57,6 +57,23 @@ pub struct ServerFile {
     pub writeback: WritebackSection,
     #[serde(default)]
     pub connect: ConnectSection,
+    #[serde(default)]
+    pub identity: IdentitySection,
+}
+
+/// The identity index's incremental pull from each tenant's CRM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// Seconds between pulls (the first runs at start); 0 turns the pull off (the index then
+    /// learns only from the service's own matches and writes).
+    pub pull_interval_secs: u64,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self { pull_interval_secs: 300 }
+    }
 }
 
 /// OAuth apps for connecting tenants' CRMs (`/v1/connect/{vendor}/start`). Only the names of the
@@ -314,6 +331,7 @@ pub struct Config {
     pub limits: Limits,
     pub writeback: WritebackSection,
     pub connect: ConnectSection,
+    pub identity: IdentitySection,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -785,6 +803,7 @@ impl Config {
                 limits,
                 writeback: server.writeback,
                 connect: server.connect.clone(),
+                identity: server.identity.clone(),
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),

@@ -1,14 +1,22 @@
 //! Read parity: what the CRM knows about the caller, fetched at ring time into a per-instance
 //! cache (moka) keyed by tenant + normalized phone. Fetches are single-flight: concurrent
 //! requests for the same caller share one fetch.
+//!
+//! The caller is found through the identity index first (phone → record ids in the store, read
+//! by id: no vendor search), and by vendor search only on a miss; the decision is
+//! [`crate::matching::decide`]. A mid-call identity update (the caller gives an email or a name)
+//! re-matches with [`ContextService::rematch`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::connectors::crm::{CrmContact, CrmDeal};
-use crate::identity::{self, MatchDecision, ParsedPhone, Phone};
+use crate::clock::SharedClock;
+use crate::connectors::crm::{CrmActivity, CrmContact, CrmContext, CrmDeal, CrmTicket};
+use crate::identity::ParsedPhone;
+use crate::matching::{Claims, Decision, Outcome, resolve};
+use crate::store::Store;
 use crate::tenant::Tenant;
 
 /// The caller as the AI should treat them.
@@ -21,10 +29,18 @@ pub enum CallerContext {
     Matched {
         contact: CrmContact,
         open_deals: Vec<CrmDeal>,
+        open_tickets: Vec<CrmTicket>,
+        /// The most recent call or note on the record.
+        last_touchpoint: Option<CrmActivity>,
+        /// The caller dialed from a number the record does not hold (matched by email or name):
+        /// it is added as an additional phone at write-back.
+        new_number: Option<String>,
     },
-    /// Several records share this number: greet neutrally, ask for a name.
+    /// Several records could be this caller: greet neutrally, ask for a name.
     Ambiguous {
         candidates: usize,
+        /// Why (for the AI: "several people share this number").
+        reason: String,
     },
     New,
     Withheld,
@@ -76,7 +92,7 @@ impl CallerContext {
                 None => "Returning customer: greet them warmly and ask their name.".into(),
             },
             CallerContext::Ambiguous { .. } => {
-                "Several customers share this number: greet neutrally and ask who is calling.".into()
+                "We can't be sure who this is: greet neutrally without a name and ask who is calling.".into()
             }
             CallerContext::New => "New caller: welcome them and ask for their name.".into(),
             CallerContext::Withheld => "The number is withheld: ask for their name and a way to reach them.".into(),
@@ -91,11 +107,19 @@ type Key = (String, String);
 
 pub struct ContextService {
     cache: moka::future::Cache<Key, Arc<CallerContext>>,
+    /// The identity index; without it every lookup is a vendor search.
+    index: Option<(Store, SharedClock)>,
 }
 
 impl ContextService {
     pub fn new(ttl: Duration, capacity: u64) -> Self {
-        Self { cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+        Self { cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(), index: None }
+    }
+
+    /// Looks callers up in the identity index before any vendor search.
+    pub fn with_index(mut self, store: Store, clock: SharedClock) -> Self {
+        self.index = Some((store, clock));
+        self
     }
 
     /// The caller's context. Cached per (tenant, E.164); an `Unavailable` answer is not cached,
@@ -107,10 +131,26 @@ impl ContextService {
         };
         let key = (tenant.id().to_owned(), phone.e164.clone());
         let t = tenant.clone();
-        let result = self.cache.try_get_with(key, async move { read_from_crm(&t, &phone).await.map(Arc::new) }).await;
+        let index = self.index.clone();
+        let result = self
+            .cache
+            .try_get_with(key, async move {
+                let claims = Claims { phone: Some(phone), ..Default::default() };
+                read(&t, index.as_ref(), &claims).await.map(|(ctx, _)| Arc::new(ctx))
+            })
+            .await;
         match result {
             Ok(ctx) => ctx,
             Err(reason) => Arc::new(CallerContext::Unavailable { reason: (*reason).clone() }),
+        }
+    }
+
+    /// Re-matches with what the caller has said on the call (email, name, postal code): not
+    /// cached, since it depends on the call. Returns the decision too.
+    pub async fn rematch(&self, tenant: &Tenant, claims: &Claims) -> (Arc<CallerContext>, Option<Decision>) {
+        match read(tenant, self.index.as_ref(), claims).await {
+            Ok((ctx, d)) => (Arc::new(ctx), Some(d)),
+            Err(reason) => (Arc::new(CallerContext::Unavailable { reason }), None),
         }
     }
 
@@ -120,15 +160,40 @@ impl ContextService {
     }
 }
 
-async fn read_from_crm(tenant: &Tenant, phone: &Phone) -> Result<CallerContext, String> {
-    let candidates = tenant.crm.find_contacts_by_phone(&phone.query()).await.map_err(|e| e.to_string())?;
-    match identity::decide_by_phone(phone, candidates, tenant.config.default_region) {
-        MatchDecision::Matched(contact) => {
-            let ctx = tenant.crm.read_context(&contact.id).await.map_err(|e| e.to_string())?;
-            Ok(CallerContext::Matched { contact: ctx.contact, open_deals: ctx.open_deals })
-        }
-        MatchDecision::Ambiguous(v) => Ok(CallerContext::Ambiguous { candidates: v.len() }),
-        MatchDecision::New => Ok(CallerContext::New),
-        MatchDecision::Withheld => Ok(CallerContext::Withheld),
+fn matched(ctx: CrmContext, decision: &Decision) -> CallerContext {
+    CallerContext::Matched {
+        last_touchpoint: ctx.recent_activity.first().cloned(),
+        contact: ctx.contact,
+        open_deals: ctx.open_deals,
+        open_tickets: ctx.open_tickets,
+        new_number: decision.add_phone.clone(),
     }
+}
+
+async fn read(
+    tenant: &Tenant,
+    index: Option<&(Store, SharedClock)>,
+    claims: &Claims,
+) -> Result<(CallerContext, Decision), String> {
+    let (decision, mut found) =
+        resolve::resolve(tenant, index.map(|(s, _)| s), claims).await.map_err(|e| e.to_string())?;
+    let ctx = match decision.outcome {
+        Outcome::Matched => {
+            let id = decision.record_id.clone().unwrap_or_default();
+            // Found through the index: already read by id. Found by search: one read.
+            let full = match found.contexts.remove(&id) {
+                Some(c) => c,
+                None => tenant.crm.read_context(&id).await.map_err(|e| e.to_string())?,
+            };
+            if let Some((store, clock)) = index {
+                resolve::remember(store, tenant.id(), &id, &decision, claims, clock.now()).await;
+            }
+            matched(full, &decision)
+        }
+        Outcome::Ambiguous => {
+            CallerContext::Ambiguous { candidates: decision.candidates.len(), reason: decision.reason.to_owned() }
+        }
+        Outcome::New => CallerContext::New,
+    };
+    Ok((ctx, decision))
 }

@@ -17,6 +17,8 @@
 pub mod eval;
 pub mod names;
 pub mod nicknames;
+pub mod resolve;
+pub mod sync;
 
 use rlibphonenumber::enums::Region;
 use serde::{Deserialize, Serialize};

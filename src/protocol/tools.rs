@@ -12,11 +12,14 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolCall {
     StartCall,
-    GetCallerContext,
+    /// With what the caller said about themselves, if anything: the lookup is redone with it.
+    GetCallerContext(IdentityArgs),
     ListServices,
     FindSlots(FindSlotsArgs),
     HoldSlot(HoldSlotArgs),
-    ReleaseHold { hold_id: String },
+    ReleaseHold {
+        hold_id: String,
+    },
     BookSlot(BookSlotArgs),
     FindAppointments,
     RescheduleAppointment { appointment_id: String, start: String },
@@ -29,7 +32,7 @@ impl ToolCall {
     pub fn name(&self) -> &'static str {
         match self {
             ToolCall::StartCall => "start_call",
-            ToolCall::GetCallerContext => "get_caller_context",
+            ToolCall::GetCallerContext(_) => "get_caller_context",
             ToolCall::ListServices => "list_services",
             ToolCall::FindSlots(_) => "find_slots",
             ToolCall::HoldSlot(_) => "hold_slot",
@@ -41,6 +44,20 @@ impl ToolCall {
             ToolCall::Escalate { .. } => "escalate",
             ToolCall::EndCall(_) => "end_call",
         }
+    }
+}
+
+/// What the caller said about who they are (mid-call identity update).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IdentityArgs {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub zip: Option<String>,
+}
+
+impl IdentityArgs {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.email.is_none() && self.zip.is_none()
     }
 }
 
@@ -115,7 +132,11 @@ pub fn parse_call(name: &str, arguments: &Value) -> Result<ToolCall, ToolParseEr
     let a = Args(args);
     Ok(match name {
         "start_call" => ToolCall::StartCall,
-        "get_caller_context" => ToolCall::GetCallerContext,
+        "get_caller_context" => ToolCall::GetCallerContext(IdentityArgs {
+            name: a.optional_str("name")?,
+            email: a.optional_str("email")?,
+            zip: a.optional_str("zip")?,
+        }),
         "list_services" => ToolCall::ListServices,
         "find_slots" => ToolCall::FindSlots(FindSlotsArgs {
             service: a.required_str("service")?,
@@ -301,13 +322,21 @@ pub fn list() -> Value {
         ),
         tool(
             "get_caller_context",
-            "Who is calling: their CRM record (name, email) and open deals, found by the number they call from. Returns status matched, new, ambiguous, withheld or unavailable, and a greeting hint that is safe to say.",
-            with_call_id(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+            "Who is calling: their CRM record (name, email), open deals and tickets, the last contact with them and their upcoming appointments, found by the number they call from. If the caller tells you their email (or their name and zip code) call it again with them: the lookup is redone, e.g. for a known customer calling from a new number. Returns status matched, new, ambiguous, withheld or unavailable, and a greeting hint that is safe to say.",
+            with_call_id(json!({"type": "object", "properties": {
+                "email": {"type": "string", "description": "The caller's email, if they gave it."},
+                "name": {"type": "string", "description": "The caller's full name, if they gave it."},
+                "zip": {"type": "string", "description": "The caller's postal code, if they gave it."}
+            }, "additionalProperties": false})),
             json!({"type": "object", "properties": {
                 "status": {"type": "string", "enum": ["matched", "new", "ambiguous", "withheld", "unavailable"]},
                 "greeting_hint": text,
                 "contact": {"type": ["object", "null"]},
-                "open_deals": {"type": "array"}
+                "open_deals": {"type": "array"},
+                "open_tickets": {"type": "array"},
+                "last_touchpoint": {"type": ["object", "null"]},
+                "upcoming_appointments": {"type": "array"},
+                "new_number": {"type": ["string", "null"], "description": "A number the record did not have, added after the call."}
             }, "required": ["status", "greeting_hint"]}),
         ),
         tool(

@@ -2190,6 +2190,28 @@ async fn search_objects(State(state): State<Arc<HubSpotState>>, Path(object): Pa
         _ => 0,
     };
     let wanted = body.get("properties").map(string_list).unwrap_or_default();
+    // "The search endpoints are limited to 10,000 total results for any given query. Attempting
+    // to page beyond 10,000 will result in a 400 error" (search guide, Limits).
+    if after + limit > 10_000 {
+        return bad_request("Paging beyond 10,000 results is not supported for search");
+    }
+    let mut sorts: Vec<(String, bool)> = Vec::new();
+    for sort in body.get("sorts").and_then(Value::as_array).into_iter().flatten() {
+        let (property, direction) = match sort {
+            Value::String(p) => {
+                (p.trim_start_matches('-').to_owned(), if p.starts_with('-') { "DESCENDING" } else { "ASCENDING" })
+            }
+            Value::Object(o) => (
+                o.get("propertyName").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                o.get("direction").and_then(Value::as_str).unwrap_or("ASCENDING"),
+            ),
+            _ => return bad_request("Invalid sort"),
+        };
+        if property.is_empty() || !matches!(direction, "ASCENDING" | "DESCENDING") {
+            return bad_request("Invalid sort: propertyName and a direction of ASCENDING or DESCENDING are required");
+        }
+        sorts.push((property, direction == "DESCENDING"));
+    }
 
     let mut inner = state.lock();
     if let Some(limit) = inner.search_per_second {
@@ -2213,6 +2235,18 @@ async fn search_objects(State(state): State<Arc<HubSpotState>>, Path(object): Pa
         .map(|((_, id), props)| (*id, props))
         .collect();
     matches.sort_by_key(|(id, _)| *id); // oldest first, as HubSpot orders by default
+    // `sorts`: one property, ascending or descending (ties keep id order).
+    if let Some((property, descending)) = sorts.first() {
+        matches.sort_by(|(a_id, a), (b_id, b)| {
+            let ord = match (a.get(property), b.get(property)) {
+                (Some(x), Some(y)) => compare_values(x, y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            (if *descending { ord.reverse() } else { ord }).then(a_id.cmp(b_id))
+        });
+    }
     let total = matches.len();
     let page: Vec<Value> = matches
         .iter()
@@ -2248,6 +2282,9 @@ struct Filter {
 enum FilterOp {
     Eq(String),
     Neq(String),
+    /// `GT`, `GTE`, `LT`, `LTE`: datetimes (ISO 8601 or epoch milliseconds, both accepted by
+    /// HubSpot for datetime properties), then numbers, then strings.
+    Cmp(std::cmp::Ordering, bool, String),
     In(Vec<String>),
     ContainsToken(String),
     HasProperty,
@@ -2274,6 +2311,10 @@ impl Filter {
         let op = match operator {
             "EQ" => FilterOp::Eq(single()?),
             "NEQ" => FilterOp::Neq(single()?),
+            "GT" => FilterOp::Cmp(std::cmp::Ordering::Greater, false, single()?),
+            "GTE" => FilterOp::Cmp(std::cmp::Ordering::Greater, true, single()?),
+            "LT" => FilterOp::Cmp(std::cmp::Ordering::Less, false, single()?),
+            "LTE" => FilterOp::Cmp(std::cmp::Ordering::Less, true, single()?),
             "IN" => FilterOp::In(value.get("values").map(string_list).ok_or("Invalid filter: IN requires values")?),
             "CONTAINS_TOKEN" => FilterOp::ContainsToken(single()?),
             "HAS_PROPERTY" => FilterOp::HasProperty,
@@ -2290,12 +2331,35 @@ impl Filter {
             // typed: no phone normalization.
             FilterOp::Eq(v) => stored.is_some_and(|s| s.to_lowercase() == v.to_lowercase()),
             FilterOp::Neq(v) => stored.is_none_or(|s| s.to_lowercase() != v.to_lowercase()),
+            FilterOp::Cmp(want, or_equal, v) => stored.is_some_and(|s| {
+                let ord = compare_values(s, v);
+                ord == *want || (*or_equal && ord == std::cmp::Ordering::Equal)
+            }),
             // "When searching a string property with this operator, values must be lowercase."
             FilterOp::In(values) => stored.is_some_and(|s| values.iter().any(|v| *v == s.to_lowercase())),
             FilterOp::ContainsToken(pattern) => stored.is_some_and(|s| contains_token(s, pattern)),
             FilterOp::HasProperty => stored.is_some(),
             FilterOp::NotHasProperty => stored.is_none(),
         }
+    }
+}
+
+/// Orders a stored value against a filter value: as instants when both read as one (ISO 8601 or
+/// epoch milliseconds), else as numbers, else as strings.
+fn compare_values(stored: &str, value: &str) -> std::cmp::Ordering {
+    let instant = |v: &str| {
+        v.parse::<Timestamp>()
+            .ok()
+            .or_else(|| v.parse::<i64>().ok().and_then(|ms| Timestamp::from_millisecond(ms).ok()))
+    };
+    if let (Some(a), Some(b)) = (instant(stored), instant(value))
+        && (stored.contains('T') || value.contains('T'))
+    {
+        return a.cmp(&b);
+    }
+    match (stored.parse::<f64>(), value.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+        _ => stored.cmp(value),
     }
 }
 

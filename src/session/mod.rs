@@ -93,6 +93,8 @@ struct CallState {
     captured_email: Option<String>,
     appointment_changes: Vec<String>,
     escalations: Vec<crate::writeback::plan::EscalationRecord>,
+    /// The caller re-matched mid-call (they gave an email or a name): replaces the prefetch.
+    rematched: Option<Arc<CallerContext>>,
 }
 
 /// How the voice AI reaches this call.
@@ -252,7 +254,7 @@ impl Core {
         for (h, _) in holds {
             let _ = session.tenant_release(self, h);
         }
-        let ctx = session.prefetch.clone().await;
+        let ctx = session.context().await;
         let now = self.clock.now();
         let args = args.unwrap_or_else(|| crate::protocol::tools::EndCallArgs {
             summary: "Call ended without a wrap-up from the assistant.".into(),
@@ -485,6 +487,9 @@ impl CallSession {
     }
 
     pub async fn context(&self) -> Arc<CallerContext> {
+        if let Some(ctx) = self.state.lock().expect("call state lock").rematched.clone() {
+            return ctx;
+        }
         self.prefetch.clone().await
     }
 

@@ -11,7 +11,7 @@ use super::{CallSession, Core};
 use crate::booking::{Attendee, BookingError, CancelNotice};
 use crate::context::CallerContext;
 use crate::protocol::ToolResult;
-use crate::protocol::tools::{BookSlotArgs, FindSlotsArgs, HoldSlotArgs, ToolCall};
+use crate::protocol::tools::{BookSlotArgs, FindSlotsArgs, HoldSlotArgs, IdentityArgs, ToolCall};
 use crate::schedule::{self, PartOfDay, ServiceMatch, ServiceType, Slot, SlotPreference};
 use crate::tenant::Tenant;
 use crate::writeback::EndReason;
@@ -23,7 +23,7 @@ pub(super) async fn dispatch(core: &Arc<Core>, s: &Arc<CallSession>, call: ToolC
     }
     match call {
         ToolCall::StartCall => start_call(s),
-        ToolCall::GetCallerContext => caller_context(s).await,
+        ToolCall::GetCallerContext(a) => caller_context(core, s, a).await,
         ToolCall::ListServices => list_services(&s.tenant),
         ToolCall::FindSlots(a) => find_slots(core, s, a).await,
         ToolCall::HoldSlot(a) => hold_slot(core, s, a).await,
@@ -72,20 +72,74 @@ fn start_call(s: &CallSession) -> ToolResult {
     )
 }
 
-async fn caller_context(s: &CallSession) -> ToolResult {
+async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolResult {
+    if !a.is_empty() {
+        let email = match a.email.as_deref().map(crate::identity::normalize_email) {
+            Some(None) => {
+                return ToolResult::error(
+                    json!({"error": "bad_argument", "argument": "email"}),
+                    "That email address doesn't look right; could you spell it for me?",
+                );
+            }
+            Some(Some(e)) => Some(e),
+            None => None,
+        };
+        let (name, email) = {
+            let mut st = s.state.lock().expect("call state lock");
+            if a.name.is_some() {
+                st.captured_name = a.name.clone();
+            }
+            if email.is_some() {
+                st.captured_email = email.clone();
+            }
+            (st.captured_name.clone(), st.captured_email.clone())
+        };
+        let claims = crate::matching::Claims {
+            phone: match &s.caller {
+                crate::identity::ParsedPhone::Number(p) => Some(p.clone()),
+                _ => None,
+            },
+            name,
+            email,
+            zip: a.zip.clone(),
+        };
+        let (ctx, _) = core.context.rematch(&s.tenant, &claims).await;
+        // A failed re-match keeps what the call already knew.
+        if !matches!(ctx.as_ref(), CallerContext::Unavailable { .. }) {
+            s.state.lock().expect("call state lock").rematched = Some(ctx);
+        }
+    }
     let ctx = s.context().await;
-    let (contact, deals) = match ctx.as_ref() {
-        CallerContext::Matched { contact, open_deals } => (json!(contact), json!(open_deals)),
-        _ => (Value::Null, json!([])),
-    };
     let mut structured = json!({
         "status": ctx.status(),
         "greeting_hint": ctx.greeting_hint(),
-        "contact": contact,
-        "open_deals": deals,
+        "contact": Value::Null,
+        "open_deals": [],
+        "open_tickets": [],
+        "last_touchpoint": Value::Null,
+        "upcoming_appointments": [],
+        "new_number": Value::Null,
     });
-    if let CallerContext::Ambiguous { candidates } = ctx.as_ref() {
-        structured["candidates"] = json!(candidates);
+    match ctx.as_ref() {
+        CallerContext::Matched { contact, open_deals, open_tickets, last_touchpoint, new_number } => {
+            structured["contact"] = json!(contact);
+            structured["open_deals"] = json!(open_deals);
+            structured["open_tickets"] = json!(open_tickets);
+            structured["last_touchpoint"] = json!(last_touchpoint);
+            structured["new_number"] = json!(new_number);
+            // Appointments booked here, by the number they call from or the record's email; only
+            // for a certain match (a shared line's bookings may be someone else's).
+            let email = contact.email.as_deref().and_then(crate::identity::normalize_email);
+            if let Ok(list) = core.booking.upcoming(&s.tenant, s.caller_e164(), email.as_deref()).await {
+                structured["upcoming_appointments"] =
+                    json!(list.iter().map(|b| appointment_json(&s.tenant, b)).collect::<Vec<_>>());
+            }
+        }
+        CallerContext::Ambiguous { candidates, reason } => {
+            structured["candidates"] = json!(candidates);
+            structured["reason"] = json!(reason);
+        }
+        _ => {}
     }
     ToolResult::ok(structured, ctx.greeting_hint())
 }

@@ -16,8 +16,11 @@ use super::plan::{ContactStep, kind};
 use crate::clock::SharedClock;
 use crate::config::WritebackSection;
 use crate::connectors::ConnectorError;
-use crate::connectors::crm::{AppointmentRecord, CallLog, ContactFields, CrmContact};
-use crate::identity::{self, MatchDecision, ParsedPhone, Phone};
+use crate::connectors::crm::{
+    AppointmentRecord, CallLog, ContactFields, CrmContact, NoteRecord, SecondaryPhoneOutcome,
+};
+use crate::identity::{self, ParsedPhone, Phone};
+use crate::matching::{Outcome, resolve};
 use crate::observe::{Metrics, StepLabels};
 use crate::store::{AttemptResult, StepRow, Store, StoreError};
 use crate::tenant::{Tenant, Tenants};
@@ -232,28 +235,62 @@ impl Worker {
             return Ok(id.clone());
         }
         let mut existing: Option<CrmContact> = None;
+        let mut review = None;
+        let mut learned = None;
         if let Some(id) = &c.known_contact_id {
             existing = Some(tenant.crm.read_context(id).await?.contact);
-        } else if let Some(raw) = &c.phone
-            && let ParsedPhone::Number(phone) = Phone::parse(raw, tenant.config.default_region)
-        {
-            let candidates = tenant.crm.find_contacts_by_phone(&phone.query()).await?;
-            if let MatchDecision::Matched(found) =
-                identity::decide_by_phone(&phone, candidates, tenant.config.default_region)
-            {
-                existing = Some(found);
+        } else {
+            // Phone, then email, then name + postal code, index first (crate::matching).
+            let name = match (&c.fields.first_name, &c.fields.last_name) {
+                (Some(f), Some(l)) => Some(format!("{f} {l}")),
+                (f, l) => f.clone().or(l.clone()),
+            };
+            let claims =
+                resolve::claims(c.phone.as_deref(), tenant, name, c.fields.email.clone(), c.fields.zip.clone());
+            let (decision, found) = resolve::resolve(tenant, Some(&self.store), &claims).await?;
+            match decision.outcome {
+                Outcome::Matched => {
+                    existing = found.contacts.iter().find(|x| Some(&x.id) == decision.record_id.as_ref()).cloned()
+                }
+                Outcome::Ambiguous => review = resolve::review_task(&decision, &found.contacts, self.clock.now()),
+                Outcome::New => {}
             }
+            learned = Some((decision, claims));
         }
-        match existing {
+        let id = match existing {
             Some(contact) => {
                 let fill = fill_blanks(&contact, &c.fields);
                 if fill != ContactFields::default() {
                     tenant.crm.update_contact(&contact.id, &fill).await?;
                 }
-                Ok(contact.id)
+                // A known caller on a number the record lacks (matched by email, or re-matched
+                // mid-call): the number is added, never swapped in.
+                if let Some(raw) = &c.phone
+                    && let ParsedPhone::Number(p) = Phone::parse(raw, tenant.config.default_region)
+                    && !contact.phones.iter().any(|s| identity::same_number(&p, s, tenant.config.default_region))
+                    && let SecondaryPhoneOutcome::NoFreeSlot =
+                        tenant.crm.add_secondary_phone(&contact.id, &p.e164).await?
+                {
+                    let note = NoteRecord {
+                        body: format!("The caller also calls from {} (no free phone field to store it).", p.e164),
+                        at: self.clock.now(),
+                    };
+                    tenant.crm.log_note(&contact.id, &note, &format!("{}:other-number", step.idempotency_key)).await?;
+                }
+                contact.id
             }
             None => {
                 let id = tenant.crm.create_contact(&c.fields, &step.idempotency_key).await?;
+                // Ambiguous: a new record, flagged where reps work (a task for the owner). Before
+                // the id is recorded, so a failed flag is retried with the step (the create is
+                // idempotent by its key and returns this contact again).
+                if let Some(task) = &review {
+                    let task_id = tenant.crm.create_task(&id, task, &format!("{}:review", step.idempotency_key)).await?;
+                    let _ = self
+                        .store
+                        .record_created_object(&step.tenant, &step.call_id, step.id, "task", &task_id, self.clock.now())
+                        .await;
+                }
                 // Recorded before anything else can fail, so a retry never creates a second one.
                 let _ = self.store.record_external_id(step.id, &id).await;
                 // For undo: this contact is the call's own creation (a matched one never is).
@@ -261,9 +298,13 @@ impl Worker {
                     .store
                     .record_created_object(&step.tenant, &step.call_id, step.id, "contact", &id, self.clock.now())
                     .await;
-                Ok(id)
+                id
             }
+        };
+        if let Some((decision, claims)) = &learned {
+            resolve::remember(&self.store, tenant.id(), &id, decision, claims, self.clock.now()).await;
         }
+        Ok(id)
     }
 }
 

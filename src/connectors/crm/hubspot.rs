@@ -47,7 +47,7 @@ use url::Url;
 
 use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
+    ContactPage, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
     PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome,
     TaskRecord,
 };
@@ -88,6 +88,10 @@ const MAX_FILTER_GROUPS: usize = 5;
 const BATCH_LIMIT: usize = 100;
 /// Candidates returned by one phone search; more than this for one number is noise.
 const SEARCH_LIMIT: u32 = 100;
+/// Contacts per page of the incremental pull (search's maximum page size is 200).
+const PULL_PAGE: u32 = 100;
+/// Search returns at most 10,000 results per query.
+const SEARCH_RESULT_CAP: u64 = 10_000;
 const MAX_MESSAGE_CHARS: usize = 300;
 
 /// Stage id → closed, from the deal (or ticket) pipelines.
@@ -393,6 +397,15 @@ impl HubSpotConnector {
 
     /// A contact search, spaced to stay under the search endpoint's own rate limit.
     async fn search_contacts(&self, body: Value) -> Result<Vec<SimpleObject>, ConnectorError> {
+        let found = self.search_contacts_page(body).await?;
+        if found.total > u64::from(SEARCH_LIMIT) {
+            tracing::warn!(total = found.total, "contact search matched more contacts than one page holds");
+        }
+        Ok(found.results)
+    }
+
+    /// One search request, spaced under HubSpot's search rate limit, with its paging.
+    async fn search_contacts_page(&self, body: Value) -> Result<SearchResponse, ConnectorError> {
         if let Some(spacing) = self.search_spacing {
             let mut last = self.last_search.lock().await;
             if let Some(at) = *last {
@@ -401,11 +414,7 @@ impl HubSpotConnector {
             *last = Some(tokio::time::Instant::now());
         }
         let url = self.url(&["crm", "v3", "objects", "contacts", "search"], &[])?;
-        let found: SearchResponse = self.call(Method::POST, url, Some(&body)).await?;
-        if found.total > u64::from(SEARCH_LIMIT) {
-            tracing::warn!(total = found.total, "contact search matched more contacts than one page holds");
-        }
-        Ok(found.results)
+        self.call(Method::POST, url, Some(&body)).await
     }
 
     async fn read_contact_props(&self, contact_id: &str, names: &[&str]) -> Result<SimpleObject, ConnectorError> {
@@ -917,6 +926,42 @@ impl CrmConnector for HubSpotConnector {
 
     /// `GET /crm/v3/objects/contacts/{id}?propertiesWithHistory=...`: every version with its
     /// `sourceType`, `sourceId` and `updatedByUserId` (objects guide, "Retrieve records").
+    /// `lastmodifieddate GTE since`, sorted ascending, 100 per page, followed with `after`.
+    /// Search caps one query at 10,000 results (paging past it is a 400), so the caller restarts
+    /// from the newest time seen before that (the search guide, Limits:
+    /// <https://developers.hubspot.com/docs/api-reference/legacy/crm/search-the-crm>). The filter value is
+    /// epoch milliseconds, which datetime filters accept.
+    async fn contacts_changed_since(
+        &self,
+        since: Option<Timestamp>,
+        cursor: Option<&str>,
+    ) -> Result<ContactPage, ConnectorError> {
+        let mut properties: Vec<&str> = CONTACT_PROPERTIES.to_vec();
+        properties.push("lastmodifieddate");
+        let mut body = json!({
+            "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+            "properties": properties,
+            "limit": PULL_PAGE,
+        });
+        if let Some(since) = since {
+            body["filterGroups"] = json!([{"filters": [
+                {"propertyName": "lastmodifieddate", "operator": "GTE", "value": since.as_millisecond().to_string()}
+            ]}]);
+        }
+        if let Some(after) = cursor {
+            body["after"] = json!(after);
+        }
+        let page = self.search_contacts_page(body).await?;
+        let newest =
+            page.results.iter().filter_map(|o| o.prop("lastmodifieddate")).filter_map(|v| parse_hubspot_time(&v)).max();
+        let next_cursor = page
+            .paging
+            .and_then(|p| p.next)
+            .map(|n| n.after)
+            .filter(|a| a.parse::<u64>().map_or(true, |n| n + u64::from(PULL_PAGE) <= SEARCH_RESULT_CAP));
+        Ok(ContactPage { contacts: page.results.iter().map(to_contact).collect(), newest, next_cursor })
+    }
+
     async fn property_history(
         &self,
         contact_id: &str,
@@ -1379,6 +1424,18 @@ struct SearchResponse {
     total: u64,
     #[serde(default)]
     results: Vec<SimpleObject>,
+    #[serde(default)]
+    paging: Option<SearchPaging>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchPaging {
+    next: Option<SearchNext>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchNext {
+    after: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -288,6 +288,17 @@ impl CrmObjectType {
     }
 }
 
+/// One page of an incremental pull of contacts ([`CrmConnector::contacts_changed_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactPage {
+    /// Contacts created or changed at or after the asked time, oldest change first.
+    pub contacts: Vec<CrmContact>,
+    /// The newest modification time on this page: the next watermark.
+    pub newest: Option<Timestamp>,
+    /// Pass back to get the next page of the same query; `None` when this was the last.
+    pub next_cursor: Option<String>,
+}
+
 /// One CRM vendor. Every create takes an idempotency key: the connector must make a retried
 /// create with the same key return the existing object's id (vendor search indexes lag, so
 /// "search then create" alone duplicates after a lost response — see design invariant 2).
@@ -384,4 +395,16 @@ pub trait CrmConnector: Send + Sync + 'static {
 
     /// Deletes (HubSpot: archives) an object. Deleting one already gone is not an error.
     async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError>;
+
+    /// Contacts modified at or after `since` (all contacts when `None`), oldest change first, one
+    /// page at a time: the identity index's incremental pull. A vendor without a way to list
+    /// changes keeps the default, and its callers are matched by vendor search alone.
+    async fn contacts_changed_since(
+        &self,
+        since: Option<Timestamp>,
+        cursor: Option<&str>,
+    ) -> Result<ContactPage, ConnectorError> {
+        let _ = (since, cursor);
+        Err(ConnectorError::Permanent(format!("{}: incremental contact pull is not supported", self.vendor())))
+    }
 }

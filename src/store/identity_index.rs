@@ -1,0 +1,221 @@
+//! The identity index (see `migrations/sqlite/0005_identity_index.sql`): phone and email → CRM
+//! record ids per tenant, and each tenant's pull watermark.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// Which identifier an index row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// E.164.
+    Phone,
+    /// Normalized (trimmed, lower case).
+    Email,
+}
+
+impl IdentityKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Phone => "phone",
+            IdentityKind::Email => "email",
+        }
+    }
+}
+
+/// Who told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexSource {
+    /// The CRM itself (incremental pull): the full current state of the record.
+    Crm,
+    /// Our own write-back: what we just wrote or matched.
+    Writeback,
+}
+
+impl IndexSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            IndexSource::Crm => "crm",
+            IndexSource::Writeback => "writeback",
+        }
+    }
+}
+
+impl Store {
+    /// Replaces everything the index holds for one record with its current identifiers, as the
+    /// CRM reports them (a number removed in the CRM leaves the index too).
+    pub async fn index_record(
+        &self,
+        tenant: &str,
+        record_id: &str,
+        phones: &[String],
+        email: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND record_id = ?")
+            .bind(tenant)
+            .bind(record_id)
+            .execute(&mut *tx)
+            .await?;
+        let entries =
+            phones.iter().map(|p| (IdentityKind::Phone, p.as_str())).chain(email.map(|e| (IdentityKind::Email, e)));
+        for (kind, value) in entries {
+            sqlx::query(
+                "INSERT OR REPLACE INTO identity_index (tenant, kind, value, record_id, source, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(tenant)
+            .bind(kind.as_str())
+            .bind(value)
+            .bind(record_id)
+            .bind(IndexSource::Crm.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds one identifier of a record (our own write or match); keeps the others.
+    pub async fn index_identity(
+        &self,
+        tenant: &str,
+        kind: IdentityKind,
+        value: &str,
+        record_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO identity_index (tenant, kind, value, record_id, source, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(value)
+        .bind(record_id)
+        .bind(IndexSource::Writeback.as_str())
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops one identifier → record pair the CRM no longer confirms.
+    pub async fn unindex_identity(
+        &self,
+        tenant: &str,
+        kind: IdentityKind,
+        value: &str,
+        record_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND kind = ? AND value = ? AND record_id = ?")
+            .bind(tenant)
+            .bind(kind.as_str())
+            .bind(value)
+            .bind(record_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The record ids holding this identifier, sorted.
+    pub async fn lookup_identity(
+        &self,
+        tenant: &str,
+        kind: IdentityKind,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record_id FROM identity_index WHERE tenant = ? AND kind = ? AND value = ? ORDER BY record_id",
+        )
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// How many identifiers the index holds for a tenant.
+    pub async fn identity_index_size(&self, tenant: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM identity_index WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The pull watermark (ms since the epoch of the newest modification seen), if any pull ran.
+    pub async fn identity_watermark(&self, tenant: &str, vendor: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT watermark FROM identity_sync WHERE tenant = ? AND vendor = ?")
+            .bind(tenant)
+            .bind(vendor)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|r| r.get::<Option<i64>, _>(0)))
+    }
+
+    pub async fn set_identity_watermark(
+        &self,
+        tenant: &str,
+        vendor: &str,
+        watermark: Option<i64>,
+        records: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO identity_sync (tenant, vendor, watermark, last_run_at, records) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant, vendor) DO UPDATE SET watermark = COALESCE(excluded.watermark, identity_sync.watermark), \
+             last_run_at = excluded.last_run_at, records = identity_sync.records + excluded.records",
+        )
+        .bind(tenant)
+        .bind(vendor)
+        .bind(watermark)
+        .bind(now_ms)
+        .bind(records)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_are_indexed_replaced_and_looked_up_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("i.db").display())).await.unwrap();
+        let phones = vec!["+14155551234".to_string(), "+14155555678".to_string()];
+        store.index_record("t1", "101", &phones, Some("ana@example.com"), 1).await.unwrap();
+        store.index_record("t1", "102", &["+14155551234".into()], None, 1).await.unwrap();
+        store.index_record("t2", "900", &["+14155551234".into()], None, 1).await.unwrap();
+        assert_eq!(store.lookup_identity("t1", IdentityKind::Phone, "+14155551234").await.unwrap(), vec!["101", "102"]);
+        assert_eq!(store.lookup_identity("t1", IdentityKind::Email, "ana@example.com").await.unwrap(), vec!["101"]);
+        assert!(store.lookup_identity("t2", IdentityKind::Email, "ana@example.com").await.unwrap().is_empty());
+        // The CRM now says 101 holds only the second number.
+        store.index_record("t1", "101", &["+14155555678".into()], None, 2).await.unwrap();
+        assert_eq!(store.lookup_identity("t1", IdentityKind::Phone, "+14155551234").await.unwrap(), vec!["102"]);
+        assert!(store.lookup_identity("t1", IdentityKind::Email, "ana@example.com").await.unwrap().is_empty());
+        // Our own write adds without dropping the rest.
+        store.index_identity("t1", IdentityKind::Email, "ana@example.com", "101", 3).await.unwrap();
+        assert_eq!(store.identity_index_size("t1").await.unwrap(), 3);
+        store.unindex_identity("t1", IdentityKind::Phone, "+14155551234", "102").await.unwrap();
+        assert_eq!(store.identity_index_size("t1").await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_watermark_only_moves_when_a_pull_saw_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("i.db").display())).await.unwrap();
+        assert_eq!(store.identity_watermark("t1", "hubspot").await.unwrap(), None);
+        store.set_identity_watermark("t1", "hubspot", Some(1_000), 5, 10).await.unwrap();
+        store.set_identity_watermark("t1", "hubspot", None, 0, 20).await.unwrap();
+        assert_eq!(store.identity_watermark("t1", "hubspot").await.unwrap(), Some(1_000));
+        store.set_identity_watermark("t1", "hubspot", Some(2_000), 1, 30).await.unwrap();
+        assert_eq!(store.identity_watermark("t1", "hubspot").await.unwrap(), Some(2_000));
+    }
+}
