@@ -11,6 +11,7 @@ mod config;
 mod connect;
 mod graph_calendar;
 mod helpers;
+mod identity;
 mod lifecycle;
 mod match_eval;
 mod mcp_http;
