@@ -248,3 +248,19 @@ async fn the_pull_pages_through_more_contacts_than_one_page() {
     assert_eq!(ids.len(), 1);
     app.shutdown().await;
 }
+
+#[test]
+fn a_bad_identity_section_is_refused_naming_the_key() {
+    for (bad, key) in [
+        ("[identity]\npull_interval_secs = -5\n", "pull_interval_secs"),
+        ("[identity]\npull_interval_secs = \"often\"\n", "pull_interval_secs"),
+        ("[identity]\npull_every = 3\n", "pull_every"),
+    ] {
+        let e = toml::from_str::<callside::config::ServerFile>(bad).unwrap_err();
+        assert!(e.to_string().contains(key), "{bad:?}: {e}");
+    }
+    let ok: callside::config::ServerFile = toml::from_str("[identity]\npull_interval_secs = 0\n").unwrap();
+    assert_eq!(ok.identity.pull_interval_secs, 0);
+    let default: callside::config::ServerFile = toml::from_str("").unwrap();
+    assert_eq!(default.identity.pull_interval_secs, 300);
+}
