@@ -163,7 +163,7 @@ fn ids(pool: &[&CrmContact]) -> Vec<String> {
     v
 }
 
-fn dedup<'a>(mut v: Vec<&'a CrmContact>) -> Vec<&'a CrmContact> {
+fn dedup(mut v: Vec<&CrmContact>) -> Vec<&CrmContact> {
     let mut seen = std::collections::HashSet::new();
     v.retain(|r| seen.insert(r.id.clone()));
     v

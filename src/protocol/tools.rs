@@ -22,9 +22,18 @@ pub enum ToolCall {
     },
     BookSlot(BookSlotArgs),
     FindAppointments,
-    RescheduleAppointment { appointment_id: String, start: String },
-    CancelAppointment { appointment_id: String, reason: Option<String> },
-    Escalate { reason: String, urgency: String },
+    RescheduleAppointment {
+        appointment_id: String,
+        start: String,
+    },
+    CancelAppointment {
+        appointment_id: String,
+        reason: Option<String>,
+    },
+    Escalate {
+        reason: String,
+        urgency: String,
+    },
     EndCall(EndCallArgs),
 }
 

@@ -285,7 +285,8 @@ impl Worker {
                 // the id is recorded, so a failed flag is retried with the step (the create is
                 // idempotent by its key and returns this contact again).
                 if let Some(task) = &review {
-                    let task_id = tenant.crm.create_task(&id, task, &format!("{}:review", step.idempotency_key)).await?;
+                    let task_id =
+                        tenant.crm.create_task(&id, task, &format!("{}:review", step.idempotency_key)).await?;
                     let _ = self
                         .store
                         .record_created_object(&step.tenant, &step.call_id, step.id, "task", &task_id, self.clock.now())

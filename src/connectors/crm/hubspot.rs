@@ -46,10 +46,10 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    ContactPage, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
-    PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome,
-    TaskRecord,
+    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmConnector, CrmContact,
+    CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery,
+    PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus,
+    SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
