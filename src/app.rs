@@ -42,6 +42,7 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     connect: Arc<ConnectService>,
+    console: Arc<crate::console::ConsoleState>,
     worker: Worker,
     sandbox: Option<Sandbox>,
     grace: Duration,
@@ -132,10 +133,12 @@ impl Application {
             call_tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
         });
+        let console = Arc::new(crate::console::ConsoleState::new(state.core.clone(), &config.console, &public_url));
         Ok(Application {
             listener,
             state,
             connect: Arc::new(connect),
+            console,
             worker,
             sandbox,
             grace: config.shutdown_grace,
@@ -157,7 +160,7 @@ impl Application {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, connect, worker, sandbox, grace, identity_pull } = self;
+        let Application { listener, state, connect, console, worker, sandbox, grace, identity_pull } = self;
         // The identity index's incremental pull from each tenant's CRM (off when 0).
         let identity_stop = CancellationToken::new();
         let identity_task = (identity_pull > 0).then(|| {
@@ -187,7 +190,8 @@ impl Application {
                 stop.cancel();
             });
         }
-        let router = gateway::router(state.clone()).layer(axum::Extension(connect));
+        let router =
+            gateway::router(state.clone()).merge(crate::console::router(console)).layer(axum::Extension(connect));
         let serve_stop = stop.clone();
         let draining_state = state.clone();
         axum::serve(listener, router)

@@ -59,6 +59,9 @@ pub struct ServerFile {
     pub connect: ConnectSection,
     #[serde(default)]
     pub identity: IdentitySection,
+    /// Operator console logins (issue 9).
+    #[serde(default)]
+    pub console: crate::console::ConsoleSection,
 }
 
 /// The identity index's incremental pull from each tenant's CRM.
@@ -260,6 +263,9 @@ pub struct VendorSection {
     /// CalDAV: the `ORGANIZER` written on events (the business's address), e.g. `bookings@salon.example`.
     #[serde(default)]
     pub organizer_email: Option<String>,
+    /// The HubSpot portal (hub) id, for deep links from the console into the CRM.
+    #[serde(default)]
+    pub portal_id: Option<u64>,
 }
 
 fn default_auth() -> String {
@@ -332,6 +338,7 @@ pub struct Config {
     pub writeback: WritebackSection,
     pub connect: ConnectSection,
     pub identity: IdentitySection,
+    pub console: crate::console::ConsoleSection,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -786,6 +793,9 @@ impl Config {
                 });
             }
         }
+        for (key, reason) in crate::console::validate(&server.console, &seen_ids) {
+            issues.push(ConfigIssue { file: server_path.to_owned(), key, reason });
+        }
         if issues.is_empty() && out.is_empty() {
             issues.push(ConfigIssue {
                 file: server_path.to_owned(),
@@ -804,6 +814,7 @@ impl Config {
                 writeback: server.writeback,
                 connect: server.connect.clone(),
                 identity: server.identity.clone(),
+                console: server.console.clone(),
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),

@@ -11,6 +11,7 @@
 //! - [`writeback`] turns a call's outcome into a durable plan and applies it to the CRM.
 //! - [`connectors`] speak each vendor's API; [`sandbox`] emulates those vendors in-process.
 //! - [`store`] keeps durable state (SQLite by default); [`config`] is the typed configuration.
+//! - [`console`] is the operator console and its JSON API (sync status, re-sync, replay).
 //! - [`clock`] is the injected source of domain time; [`observe`] holds metrics.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod connectors;
+pub mod console;
 pub mod context;
 pub mod gateway;
 pub mod identity;

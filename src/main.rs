@@ -43,6 +43,9 @@ enum Command {
     },
     /// Print the SHA-256 digest of an API key read from standard input, for a tenant file.
     HashKey,
+    /// Print the Argon2id hash of a console operator's password read from standard input, for
+    /// `[[console.operators]]` in the server file.
+    HashPassword,
     /// Revert one call's CRM writes (created objects deleted, overwritten values restored) through
     /// the running service; fields and objects a person edited since are reported, not touched.
     Undo(WritebackAdmin),
@@ -165,6 +168,14 @@ async fn main() -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
             }
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(password.len() >= 12, "use a password of at least 12 characters");
+            println!("{}", callside::console::auth::hash_password(password));
+            Ok(())
         }
     }
 }

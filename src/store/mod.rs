@@ -5,11 +5,13 @@
 //! Times are stored as milliseconds since the Unix epoch from the injected clock.
 
 mod connections;
+mod console;
 mod identity_index;
 mod pending_bookings;
 mod writeback_rules;
 
 pub use connections::{ConnectionRow, OAuthStateRow};
+pub use console::AuditRow;
 pub use identity_index::IdentityKind;
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};

@@ -1,0 +1,182 @@
+//! The JSON API behind the console. Authenticated by a tenant API key (`Authorization: Bearer`,
+//! scoped to that tenant) or an operator session cookie (scoped to the operator's tenants; a POST
+//! also needs the session's CSRF token in `X-CSRF-Token`). A tenant the caller may not see answers
+//! 404, exactly like a missing one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::auth::{SESSION_COOKIE, Session, cookie};
+use super::{ConsoleState, view};
+use crate::tenant::Tenant;
+
+pub(super) enum Who {
+    Tenant(Arc<Tenant>),
+    Operator(Session),
+}
+
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such call or tenant")
+}
+
+fn who(state: &ConsoleState, headers: &HeaderMap) -> Option<Who> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    if let Some(key) = bearer {
+        return state.core.tenants.by_api_key(key).cloned().map(Who::Tenant);
+    }
+    cookie(headers, SESSION_COOKIE).and_then(|t| state.operators.session(t)).map(Who::Operator)
+}
+
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "a tenant API key (Bearer) or an operator session is required")
+}
+
+/// The tenant a request may act on: the key's own, or one of the operator's.
+fn tenant_for(state: &ConsoleState, who: &Who, requested: Option<&str>) -> Result<Arc<Tenant>, Response> {
+    match who {
+        Who::Tenant(t) => match requested {
+            Some(r) if r != t.id() => Err(not_found()),
+            _ => Ok(t.clone()),
+        },
+        Who::Operator(s) => {
+            let id = match (requested, s.tenants.as_slice()) {
+                (Some(r), _) => r,
+                (None, [only]) => only.as_str(),
+                (None, _) => {
+                    return Err(error(StatusCode::BAD_REQUEST, "`tenant` is required: this operator manages several"));
+                }
+            };
+            match state.core.tenants.by_id(id) {
+                Some(t) if s.may_see(id) => Ok(t.clone()),
+                _ => Err(not_found()),
+            }
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "console query failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// `GET /v1/openapi.json`
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
+/// `GET /v1/calls?date=YYYY-MM-DD[&tenant=ID]`: the day's calls in the tenant's zone
+/// (default: yesterday there).
+pub(super) async fn list_calls(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(who) = who(&state, &headers) else {
+        return unauthorized();
+    };
+    let tenant = match tenant_for(&state, &who, q.get("tenant").map(String::as_str)) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let tz = &tenant.config.time_zone;
+    let date = match q.get("date").map(|d| d.parse::<jiff::civil::Date>()) {
+        None => view::yesterday(state.core.clock.now(), tz),
+        Some(Ok(d)) => d,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "`date` must be a calendar date, YYYY-MM-DD"),
+    };
+    match view::day(&state.core.store, &tenant.config, date).await {
+        Ok(calls) => Json(json!({
+            "tenant": tenant.id(),
+            "date": date.to_string(),
+            "time_zone": tenant.config.time_zone_name,
+            "calls": calls,
+        }))
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// The tenant owning a call, if the caller may see it.
+async fn call_tenant(state: &ConsoleState, who: &Who, call_id: &str) -> Result<Arc<Tenant>, Response> {
+    let owner = state.core.store.call_tenant(call_id).await.map_err(internal)?.ok_or_else(not_found)?;
+    tenant_for(state, who, Some(&owner))
+}
+
+/// `GET /v1/calls/{id}`: the call with steps, attempts, audit entries and CRM links.
+pub(super) async fn get_call(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+) -> Response {
+    let Some(who) = who(&state, &headers) else {
+        return unauthorized();
+    };
+    let tenant = match call_tenant(&state, &who, &call_id).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match view::call(&state.core.store, &tenant.config, &call_id).await {
+        Ok(Some(detail)) => Json(detail).into_response(),
+        Ok(None) => not_found(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /v1/calls/{id}/resync`
+pub(super) async fn resync(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+) -> Response {
+    act(&state, &headers, &call_id, false).await
+}
+
+/// `POST /v1/calls/{id}/replay`
+pub(super) async fn replay(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+) -> Response {
+    act(&state, &headers, &call_id, true).await
+}
+
+async fn act(state: &ConsoleState, headers: &HeaderMap, call_id: &str, dead_only: bool) -> Response {
+    let Some(who) = who(state, headers) else {
+        return unauthorized();
+    };
+    let actor = match &who {
+        Who::Tenant(t) => format!("api-key:{}", t.id()),
+        Who::Operator(s) => {
+            let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if !s.csrf_ok(presented) {
+                return error(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token");
+            }
+            format!("operator:{}", s.operator)
+        }
+    };
+    let tenant = match call_tenant(state, &who, call_id).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match state.requeue(tenant.id(), call_id, dead_only, &actor).await {
+        Ok(0) if dead_only => error(StatusCode::CONFLICT, "the call has no dead-lettered steps"),
+        Ok(0) => error(StatusCode::CONFLICT, "the call has nothing to write back yet"),
+        Ok(n) => (StatusCode::ACCEPTED, Json(json!({"call_id": call_id, "requeued_steps": n}))).into_response(),
+        Err(e) => internal(e),
+    }
+}

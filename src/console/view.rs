@@ -1,0 +1,372 @@
+//! What the console and its JSON API show, built from the store: a call's sync status, its
+//! records at the CRM with deep links into the tenant's CRM instance, steps, attempts and audit
+//! entries. One model for both the HTML pages and the JSON, so they cannot disagree.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::TenantConfig;
+use crate::observe::redact_phone;
+use crate::store::{AuditRow, CallRow, StepRow, Store, StoreError};
+use crate::writeback::plan::kind;
+
+/// A call's sync status as the operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// The call is still in progress: nothing planned yet.
+    Open,
+    /// Steps are waiting in the outbox (first attempt or retrying).
+    Pending,
+    /// Every step is done (or there was nothing to write).
+    Synced,
+    /// Some steps are done, at least one is dead-lettered.
+    Partial,
+    /// Dead-lettered with nothing written.
+    Failed,
+}
+
+impl SyncStatus {
+    /// Derived from the steps, the store's record of the truth; `open` from the call row.
+    pub fn of(call: &CallRow, steps: &[&StepRow]) -> SyncStatus {
+        if call.ended_at.is_none() {
+            return SyncStatus::Open;
+        }
+        let dead = steps.iter().any(|s| s.status == "dead");
+        let done = steps.iter().any(|s| s.status == "done");
+        let pending = steps.iter().any(|s| s.status == "pending");
+        match (dead, done, pending) {
+            (true, true, _) => SyncStatus::Partial,
+            (true, false, _) => SyncStatus::Failed,
+            (false, _, true) => SyncStatus::Pending,
+            _ => SyncStatus::Synced,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SyncStatus::Open => "in progress",
+            SyncStatus::Pending => "pending",
+            SyncStatus::Synced => "synced",
+            SyncStatus::Partial => "partial",
+            SyncStatus::Failed => "failed (dead-lettered)",
+        }
+    }
+}
+
+/// A record at the CRM that a step wrote.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordLink {
+    pub object_type: &'static str,
+    pub id: String,
+    /// Deep link into the tenant's CRM instance, when the instance is known.
+    pub url: Option<String>,
+}
+
+/// HubSpot's object type ids as used in record URLs (`/contacts/{portal}/record/{type}/{id}`):
+/// <https://developers.hubspot.com/docs/guides/api/crm/understanding-the-crm> ("Object type IDs").
+fn hubspot_type_id(object_type: &str) -> Option<&'static str> {
+    Some(match object_type {
+        "contact" => "0-1",
+        "company" => "0-2",
+        "deal" => "0-3",
+        "task" => "0-27",
+        "note" => "0-46",
+        "meeting" => "0-47",
+        "call" => "0-48",
+        _ => return None,
+    })
+}
+
+/// The deep link to a record in the tenant's CRM instance.
+pub fn crm_record_url(tenant: &TenantConfig, object_type: &str, id: &str) -> Option<String> {
+    match tenant.crm.vendor.as_str() {
+        "hubspot" => {
+            let portal = tenant.crm.portal_id?;
+            let type_id = hubspot_type_id(object_type)?;
+            let id: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+            Some(format!("https://app.hubspot.com/contacts/{portal}/record/{type_id}/{id}"))
+        }
+        _ => None,
+    }
+}
+
+/// The CRM object a step kind writes.
+fn step_object(step_kind: &str) -> Option<&'static str> {
+    Some(match step_kind {
+        kind::CONTACT => "contact",
+        kind::CALL_LOG | kind::CALL_LOG_UPDATE => "call",
+        kind::APPOINTMENT => "meeting",
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub tenant: String,
+    /// RFC 3339 in the tenant's zone.
+    pub started_at: String,
+    /// `HH:MM` in the tenant's zone.
+    pub time: String,
+    /// Redacted: the console is for sync status, not a phone book.
+    pub caller: String,
+    pub disposition: Option<String>,
+    pub end_reason: Option<String>,
+    pub status: SyncStatus,
+    pub status_label: &'static str,
+    pub records: Vec<RecordLink>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub id: i64,
+    pub seq: i64,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
+    pub external_id: Option<String>,
+    pub record: Option<RecordLink>,
+    pub last_error: Option<String>,
+    pub depends_on: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditView {
+    pub id: i64,
+    pub at: String,
+    pub step_id: Option<i64>,
+    pub action: String,
+    pub detail: Value,
+}
+
+/// One request to the CRM as the audit trail recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub step_id: i64,
+    pub at: String,
+    pub action: String,
+    pub result: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallDetail {
+    #[serde(flatten)]
+    pub summary: CallSummary,
+    pub ended_at: Option<String>,
+    pub recording_url: Option<String>,
+    pub transcript_url: Option<String>,
+    pub steps: Vec<StepView>,
+    pub attempts: Vec<AttemptView>,
+    pub audit: Vec<AuditView>,
+    /// What an operator can do now.
+    pub actions: Vec<&'static str>,
+}
+
+fn zoned(ms: i64, tz: &TimeZone) -> Option<jiff::ZonedDateTime> {
+    Timestamp::from_millisecond(ms).ok().map(|t| t.to_zoned_datetime(tz.clone()))
+}
+
+fn rfc3339(ms: i64, tz: &TimeZone) -> String {
+    zoned(ms, tz).map(|z| z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()).unwrap_or_default()
+}
+
+/// Only http(s) links are shown: an outcome is written by the AI and could carry anything.
+fn web_link(v: Option<&Value>) -> Option<String> {
+    let s = v?.as_str()?;
+    let u = url::Url::parse(s).ok()?;
+    matches!(u.scheme(), "https" | "http").then(|| u.to_string())
+}
+
+fn summarize(tenant: &TenantConfig, call: &CallRow, steps: &[&StepRow]) -> CallSummary {
+    let tz = &tenant.time_zone;
+    let status = SyncStatus::of(call, steps);
+    let mut records: Vec<RecordLink> = Vec::new();
+    for s in steps {
+        if let (Some(object_type), Some(id)) = (step_object(&s.kind), s.external_id.as_deref())
+            && s.status == "done"
+            && !records.iter().any(|r| r.object_type == object_type && r.id == id)
+        {
+            records.push(RecordLink { object_type, id: id.to_owned(), url: crm_record_url(tenant, object_type, id) });
+        }
+    }
+    let disposition = call.outcome.as_ref().and_then(|o| o.get("disposition")).and_then(Value::as_str);
+    CallSummary {
+        call_id: call.call_id.clone(),
+        tenant: call.tenant.clone(),
+        started_at: rfc3339(call.started_at, tz),
+        time: zoned(call.started_at, tz).map(|z| z.strftime("%H:%M").to_string()).unwrap_or_default(),
+        caller: call.caller.as_deref().map(redact_phone).unwrap_or_else(|| "withheld".into()),
+        disposition: disposition.map(str::to_owned),
+        end_reason: call.end_reason.clone(),
+        status,
+        status_label: status.label(),
+        records,
+    }
+}
+
+/// The `[start, end)` of a civil day in the tenant's zone (DST days are 23 or 25 hours).
+pub fn day_bounds(date: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), jiff::Error> {
+    let start = date.to_zoned_datetime(tz.clone())?;
+    let end = date.tomorrow()?.to_zoned_datetime(tz.clone())?;
+    Ok((start.timestamp(), end.timestamp()))
+}
+
+/// Yesterday in the tenant's zone, by the injected clock.
+pub fn yesterday(now: Timestamp, tz: &TimeZone) -> Date {
+    let today = now.to_zoned_datetime(tz.clone()).date();
+    today.yesterday().unwrap_or(today)
+}
+
+/// Every call the tenant had on `date` (its zone), with status and records.
+pub async fn day(store: &Store, tenant: &TenantConfig, date: Date) -> Result<Vec<CallSummary>, StoreError> {
+    let (from, to) = day_bounds(date, &tenant.time_zone).map_err(|e| StoreError::Other(e.to_string()))?;
+    let calls = store.calls_started_between(&tenant.id, from, to).await?;
+    let ids: Vec<String> = calls.iter().map(|c| c.call_id.clone()).collect();
+    let steps = store.steps_for_calls(&tenant.id, &ids).await?;
+    let mut by_call: HashMap<&str, Vec<&StepRow>> = HashMap::new();
+    for s in &steps {
+        by_call.entry(s.call_id.as_str()).or_default().push(s);
+    }
+    Ok(calls
+        .iter()
+        .map(|c| summarize(tenant, c, by_call.get(c.call_id.as_str()).map_or(&[][..], Vec::as_slice)))
+        .collect())
+}
+
+/// One call in full, or `None` if the tenant has no such call.
+pub async fn call(store: &Store, tenant: &TenantConfig, call_id: &str) -> Result<Option<CallDetail>, StoreError> {
+    let Some(call) = store.call(&tenant.id, call_id).await? else {
+        return Ok(None);
+    };
+    let tz = &tenant.time_zone;
+    let steps = store.steps_for_call(&tenant.id, call_id).await?;
+    let refs: Vec<&StepRow> = steps.iter().collect();
+    let summary = summarize(tenant, &call, &refs);
+    let audit: Vec<AuditRow> = store.audit_rows_for_call(&tenant.id, call_id).await?;
+    let attempts = audit
+        .iter()
+        .filter(|a| a.action.starts_with("crm."))
+        .filter_map(|a| {
+            Some(AttemptView {
+                step_id: a.step_id?,
+                at: rfc3339(a.at, tz),
+                action: a.action.clone(),
+                result: a.detail.get("result").and_then(Value::as_str).map(str::to_owned),
+            })
+        })
+        .collect();
+    let mut actions = Vec::new();
+    if call.ended_at.is_some() && !steps.is_empty() {
+        actions.push("resync");
+    }
+    if steps.iter().any(|s| s.status == "dead") {
+        actions.push("replay");
+    }
+    let outcome = call.outcome.as_ref();
+    Ok(Some(CallDetail {
+        ended_at: call.ended_at.map(|m| rfc3339(m, tz)),
+        recording_url: web_link(outcome.and_then(|o| o.get("recording_url"))),
+        transcript_url: web_link(outcome.and_then(|o| o.get("transcript_url"))),
+        steps: steps
+            .iter()
+            .map(|s| StepView {
+                id: s.id,
+                seq: s.seq,
+                kind: s.kind.clone(),
+                status: s.status.clone(),
+                attempts: s.attempts,
+                external_id: s.external_id.clone(),
+                record: step_object(&s.kind).zip(s.external_id.as_deref()).map(|(t, id)| RecordLink {
+                    object_type: t,
+                    id: id.to_owned(),
+                    url: crm_record_url(tenant, t, id),
+                }),
+                last_error: s.last_error.clone(),
+                depends_on: s.depends_on,
+            })
+            .collect(),
+        attempts,
+        audit: audit
+            .into_iter()
+            .map(|a| AuditView {
+                id: a.id,
+                at: rfc3339(a.at, tz),
+                step_id: a.step_id,
+                action: a.action,
+                detail: a.detail,
+            })
+            .collect(),
+        actions,
+        summary,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(ended: bool) -> CallRow {
+        CallRow {
+            call_id: "c".into(),
+            tenant: "demo".into(),
+            caller: None,
+            started_at: 0,
+            ended_at: ended.then_some(1),
+            end_reason: None,
+            sync_status: "pending".into(),
+            outcome: None,
+        }
+    }
+
+    fn step(status: &str) -> StepRow {
+        StepRow {
+            id: 1,
+            call_id: "c".into(),
+            tenant: "demo".into(),
+            seq: 0,
+            kind: "contact".into(),
+            payload: Value::Null,
+            depends_on: None,
+            idempotency_key: "k".into(),
+            status: status.into(),
+            attempts: 1,
+            first_attempt_at: None,
+            external_id: None,
+            last_error: None,
+            parent_external_id: None,
+        }
+    }
+
+    #[test]
+    fn status_follows_the_steps() {
+        let (done, dead, pending) = (step("done"), step("dead"), step("pending"));
+        assert_eq!(SyncStatus::of(&call(false), &[]), SyncStatus::Open);
+        assert_eq!(SyncStatus::of(&call(true), &[]), SyncStatus::Synced);
+        assert_eq!(SyncStatus::of(&call(true), &[&done]), SyncStatus::Synced);
+        assert_eq!(SyncStatus::of(&call(true), &[&done, &pending]), SyncStatus::Pending);
+        assert_eq!(SyncStatus::of(&call(true), &[&done, &dead]), SyncStatus::Partial);
+        assert_eq!(SyncStatus::of(&call(true), &[&dead, &pending]), SyncStatus::Failed);
+    }
+
+    #[test]
+    fn a_day_in_new_york_is_25_hours_when_the_clocks_go_back() {
+        let tz = TimeZone::get("America/New_York").unwrap();
+        let (a, b) = day_bounds(jiff::civil::date(2026, 11, 1), &tz).unwrap();
+        assert_eq!(b.duration_since(a), jiff::SignedDuration::from_hours(25));
+        assert_eq!(a.to_string(), "2026-11-01T04:00:00Z");
+        let now: Timestamp = "2026-11-23T03:00:00Z".parse().unwrap(); // 22:00 on the 22nd in New York
+        assert_eq!(yesterday(now, &tz), jiff::civil::date(2026, 11, 21));
+    }
+
+    #[test]
+    fn only_web_links_are_shown() {
+        assert_eq!(web_link(Some(&Value::from("javascript:alert(1)"))), None);
+        assert_eq!(web_link(Some(&Value::from("https://r.example/1.wav"))).as_deref(), Some("https://r.example/1.wav"));
+    }
+}

@@ -1,0 +1,219 @@
+//! Queries behind the operator console and its JSON API (issue 9): a tenant's calls in a time
+//! range with their steps, the audit trail with times, and the operator actions that put a call's
+//! write-back back into the outbox (re-sync, dead-letter replay). Every query is tenant-scoped.
+
+use jiff::Timestamp;
+use serde_json::Value;
+use sqlx::Row;
+
+use super::{CallRow, Store, StoreError, ms};
+
+/// One audit entry with its id, time and step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub step_id: Option<i64>,
+    pub at: i64,
+    pub action: String,
+    pub detail: Value,
+}
+
+impl Store {
+    /// The tenant's calls that started in `[from, to)`, oldest first.
+    pub async fn calls_started_between(
+        &self,
+        tenant: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<CallRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT call_id, tenant, caller, started_at, ended_at, end_reason, sync_status, outcome
+             FROM calls WHERE tenant = ? AND started_at >= ? AND started_at < ? ORDER BY started_at, call_id",
+        )
+        .bind(tenant)
+        .bind(ms(from))
+        .bind(ms(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let outcome: Option<String> = r.try_get("outcome")?;
+                Ok(CallRow {
+                    call_id: r.try_get("call_id")?,
+                    tenant: r.try_get("tenant")?,
+                    caller: r.try_get("caller")?,
+                    started_at: r.try_get("started_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    end_reason: r.try_get("end_reason")?,
+                    sync_status: r.try_get("sync_status")?,
+                    outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+                })
+            })
+            .collect()
+    }
+
+    /// The steps of many calls at once (for a day view), grouped by the caller.
+    pub async fn steps_for_calls(&self, tenant: &str, call_ids: &[String]) -> Result<Vec<super::StepRow>, StoreError> {
+        let mut out = Vec::new();
+        // SQLite's bound-parameter limit is far above a day's calls per chunk.
+        for chunk in call_ids.chunks(200) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
+                        s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error,
+                        p.external_id AS parent_external_id
+                 FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
+                 WHERE s.tenant = ? AND s.call_id IN ({marks}) ORDER BY s.call_id, s.seq"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(super::step_from_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The call's audit trail with ids and times, oldest first.
+    pub async fn audit_rows_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, step_id, at, action, detail FROM audit WHERE tenant = ? AND call_id = ? ORDER BY id",
+        )
+        .bind(tenant)
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditRow {
+                    id: r.try_get("id")?,
+                    step_id: r.try_get("step_id")?,
+                    at: r.try_get("at")?,
+                    action: r.try_get("action")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+                })
+            })
+            .collect()
+    }
+
+    /// Puts a call's steps back into the outbox, due now, with a fresh retry window, and marks the
+    /// call pending; with `dead_only` just the dead-lettered steps and the steps waiting on them
+    /// (a replay), otherwise every step (a re-sync: applying a done step again is safe because
+    /// each step writes under its idempotency key and reuses a recorded external id). The audit
+    /// entry naming the operator is written in the same transaction. Returns how many steps were
+    /// requeued; 0 changes nothing (no audit entry either).
+    pub async fn requeue_call_steps(
+        &self,
+        tenant: &str,
+        call_id: &str,
+        dead_only: bool,
+        action: &str,
+        detail: &Value,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let now = ms(at);
+        let mut tx = self.pool.begin().await?;
+        // A call still open has no plan yet; a re-sync must not touch it.
+        let closed: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM calls WHERE call_id = ? AND tenant = ? AND ended_at IS NOT NULL")
+                .bind(call_id)
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if closed.is_none() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let filter = if dead_only { "AND status IN ('dead', 'pending')" } else { "" };
+        let has_dead: bool = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM steps WHERE call_id = ? AND tenant = ? AND status = 'dead'",
+        )
+        .bind(call_id)
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?
+            > 0;
+        if dead_only && !has_dead {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let r = sqlx::query(&format!(
+            "UPDATE steps SET status = 'pending', next_attempt_at = ?, first_attempt_at = NULL, last_error = NULL,
+                              updated_at = ?
+             WHERE call_id = ? AND tenant = ? {filter}"
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(call_id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = ? AND tenant = ?")
+            .bind(call_id)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, NULL, ?, ?, ?)")
+            .bind(tenant)
+            .bind(call_id)
+            .bind(now)
+            .bind(action)
+            .bind(detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AttemptResult, NewStep};
+    use serde_json::json;
+
+    fn step(seq: i64, depends_on: Option<i64>) -> NewStep {
+        NewStep { seq, kind: "contact".into(), payload: json!({}), depends_on, idempotency_key: format!("k{seq}") }
+    }
+
+    #[tokio::test]
+    async fn replay_requeues_dead_and_blocked_steps_and_resync_requeues_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&format!("sqlite://{}", dir.path().join("c.db").display())).await.unwrap();
+        let t0: Timestamp = "2026-11-22T15:00:00Z".parse().unwrap();
+        s.record_call_start("c1", "demo", None, "+12125550100", t0).await.unwrap();
+        // An open call has no plan: nothing to requeue.
+        assert_eq!(s.requeue_call_steps("demo", "c1", false, "t", &json!({}), t0).await.unwrap(), 0);
+        s.close_call_with_plan("c1", "demo", "end_call", &json!({}), &[step(0, None), step(1, Some(0))], t0)
+            .await
+            .unwrap();
+        let first = s.due_steps(t0, 10).await.unwrap().remove(0);
+        s.record_attempt(&first, &AttemptResult::Dead { error: "400".into() }, "crm.contact", &json!({}), t0)
+            .await
+            .unwrap();
+        assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "failed");
+        // Another tenant cannot requeue it.
+        assert_eq!(s.requeue_call_steps("other", "c1", true, "t", &json!({}), t0).await.unwrap(), 0);
+        assert_eq!(s.requeue_call_steps("demo", "c1", true, "console.replay", &json!({}), t0).await.unwrap(), 2);
+        assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
+        assert_eq!(s.due_steps(t0, 10).await.unwrap().len(), 1);
+        // Nothing dead any more: a replay is a no-op and leaves no audit entry.
+        assert_eq!(s.requeue_call_steps("demo", "c1", true, "console.replay", &json!({}), t0).await.unwrap(), 0);
+        let audit = s.audit_rows_for_call("demo", "c1").await.unwrap();
+        assert_eq!(audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), vec!["crm.contact", "console.replay"]);
+        let day = s.calls_started_between("demo", t0, t0 + jiff::SignedDuration::from_secs(1)).await.unwrap();
+        assert_eq!(day.len(), 1);
+        assert!(
+            s.calls_started_between("other", t0, t0 + jiff::SignedDuration::from_secs(1)).await.unwrap().is_empty()
+        );
+        let steps = s.steps_for_calls("demo", &["c1".into()]).await.unwrap();
+        assert_eq!(steps.len(), 2);
+    }
+}
