@@ -9,6 +9,8 @@ mod call_flow;
 mod commit_races;
 mod config;
 mod connect;
+mod console;
+mod console_browser;
 mod graph_calendar;
 mod helpers;
 mod identity;
