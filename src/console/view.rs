@@ -134,6 +134,8 @@ pub struct StepView {
     pub record: Option<RecordLink>,
     pub last_error: Option<String>,
     pub depends_on: Option<i64>,
+    /// Pending but waiting on a dead-lettered step: it runs only after a replay or re-sync.
+    pub blocked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,6 +291,8 @@ pub async fn call(store: &Store, tenant: &TenantConfig, call_id: &str) -> Result
                 }),
                 last_error: s.last_error.clone(),
                 depends_on: s.depends_on,
+                blocked: s.status == "pending"
+                    && s.depends_on.is_some_and(|d| steps.iter().any(|p| p.id == d && p.status == "dead")),
             })
             .collect(),
         attempts,

@@ -252,6 +252,8 @@ async fn the_api_shows_each_status_and_links_records_into_the_portal() {
     let dead: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(dead["steps"][0]["status"], "dead");
     assert_eq!(dead["steps"][1]["status"], "pending");
+    assert_eq!(dead["steps"][1]["blocked"], true, "waits on the dead contact step");
+    assert_eq!(dead["steps"][0]["blocked"], false);
     assert_eq!(dead["attempts"].as_array().unwrap().len(), 2, "{body}");
     assert_eq!(dead["actions"], serde_json::json!(["resync", "replay"]));
     assert_eq!(dead["recording_url"], format!("https://recordings.example.com/{DEAD}.wav"));
@@ -372,4 +374,23 @@ async fn posts_without_the_csrf_token_are_refused() {
     assert_eq!(ana.get("/console/t/demo/calls").await.location.as_deref(), Some("/console/login"));
     assert_eq!(ana.get("/v1/calls").await.status, StatusCode::UNAUTHORIZED);
     app.shutdown().await;
+}
+
+#[test]
+fn a_console_operator_with_a_plain_password_or_unknown_tenant_is_a_config_error() {
+    let server = server_file(
+        "[[console.operators]]\nusername = \"ana\"\npassword_argon2 = \"hunter2hunter2\"\ntenants = [\"nope\"]\n",
+    );
+    let err = callside::config::Config::from_parts(
+        std::path::Path::new("server.toml"),
+        server,
+        vec![(std::path::PathBuf::from("demo.toml"), demo_tenant())],
+        &callside::config::Overrides::default(),
+        std::path::PathBuf::from("data"),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"console.operators[0].password_argon2"), "{err}");
+    assert!(keys.contains(&"console.operators[0].tenants"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "the bad value is not echoed: {err}");
 }
