@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::{SESSION_COOKIE, Session, cookie};
-use super::{ConsoleState, view};
+use super::{Action, ActionResult, ConsoleState, view};
 use crate::tenant::Tenant;
 
 pub(super) enum Who {
@@ -141,25 +141,26 @@ pub(super) async fn get_call(
     }
 }
 
-/// `POST /v1/calls/{id}/resync`
-pub(super) async fn resync(
-    State(state): State<Arc<ConsoleState>>,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-) -> Response {
-    act(&state, &headers, &call_id, false).await
+macro_rules! action_route {
+    ($name:ident, $action:expr, $doc:literal) => {
+        #[doc = $doc]
+        pub(super) async fn $name(
+            State(state): State<Arc<ConsoleState>>,
+            headers: HeaderMap,
+            Path(call_id): Path<String>,
+        ) -> Response {
+            act(&state, &headers, &call_id, $action).await
+        }
+    };
 }
 
-/// `POST /v1/calls/{id}/replay`
-pub(super) async fn replay(
-    State(state): State<Arc<ConsoleState>>,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-) -> Response {
-    act(&state, &headers, &call_id, true).await
-}
+action_route!(resync, Action::Resync, "`POST /v1/calls/{id}/resync`");
+action_route!(replay, Action::Replay, "`POST /v1/calls/{id}/replay`");
+action_route!(approve, Action::Approve, "`POST /v1/calls/{id}/approve`");
+action_route!(reject, Action::Reject, "`POST /v1/calls/{id}/reject`");
+action_route!(undo, Action::Undo, "`POST /v1/calls/{id}/undo`");
 
-async fn act(state: &ConsoleState, headers: &HeaderMap, call_id: &str, dead_only: bool) -> Response {
+async fn act(state: &ConsoleState, headers: &HeaderMap, call_id: &str, action: Action) -> Response {
     let Some(who) = who(state, headers) else {
         return unauthorized();
     };
@@ -177,10 +178,14 @@ async fn act(state: &ConsoleState, headers: &HeaderMap, call_id: &str, dead_only
         Ok(t) => t,
         Err(r) => return r,
     };
-    match state.requeue(tenant.id(), call_id, dead_only, &actor).await {
-        Ok(0) if dead_only => error(StatusCode::CONFLICT, "the call has no dead-lettered steps"),
-        Ok(0) => error(StatusCode::CONFLICT, "the call has nothing to write back yet"),
-        Ok(n) => (StatusCode::ACCEPTED, Json(json!({"call_id": call_id, "requeued_steps": n}))).into_response(),
+    match state.perform(&tenant, call_id, action, &actor).await {
+        Ok(ActionResult::Done(body)) => {
+            let status =
+                if matches!(action, Action::Resync | Action::Replay) { StatusCode::ACCEPTED } else { StatusCode::OK };
+            (status, Json(body)).into_response()
+        }
+        Ok(ActionResult::Nothing(why)) => error(StatusCode::CONFLICT, why),
+        Ok(ActionResult::Refused(why)) => error(StatusCode::CONFLICT, &why),
         Err(e) => internal(e),
     }
 }

@@ -25,7 +25,45 @@ use serde_json::json;
 pub use auth::{ConsoleSection, Operators, validate};
 
 use crate::session::Core;
-use crate::store::StoreError;
+use crate::store::{Decided, StoreError};
+use crate::tenant::Tenant;
+use crate::writeback::undo::{UndoError, undo_call};
+
+/// An operator action on one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Every step again (idempotent at the CRM).
+    Resync,
+    /// The dead-lettered steps (and those waiting on them).
+    Replay,
+    /// A plan held by review mode: written now.
+    Approve,
+    /// A plan held by review mode: never written.
+    Reject,
+    /// Revert what the call's write-back wrote (`writeback::undo`).
+    Undo,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Resync => "resync",
+            Action::Replay => "replay",
+            Action::Approve => "approve",
+            Action::Reject => "reject",
+            Action::Undo => "undo",
+        }
+    }
+}
+
+/// What an action did.
+pub enum ActionResult {
+    Done(serde_json::Value),
+    /// Nothing to do (no dead letter, no plan awaiting review, call still open, …).
+    Nothing(&'static str),
+    /// Refused by the CRM or by the state of the write-back; the message is safe to show.
+    Refused(String),
+}
 
 /// The hand-written OpenAPI document (a reviewed file rather than a generator: no derive-macro
 /// crate in the build, and the document is the contract the tests check the routes against).
@@ -51,8 +89,63 @@ impl ConsoleState {
         }
     }
 
-    /// Records an operator action and wakes the outbox: the audit entry is written with the
-    /// requeue in one transaction.
+    /// Runs an action for `who` (already authorized for the tenant) and audits it.
+    pub(crate) async fn perform(
+        &self,
+        tenant: &Tenant,
+        call_id: &str,
+        action: Action,
+        who: &str,
+    ) -> Result<ActionResult, StoreError> {
+        let store = &self.core.store;
+        let now = self.core.clock.now();
+        let result = match action {
+            Action::Resync | Action::Replay => {
+                match self.requeue(tenant.id(), call_id, action == Action::Replay, who).await? {
+                    0 if action == Action::Replay => ActionResult::Nothing("the call has no dead-lettered steps"),
+                    0 => ActionResult::Nothing("the call has nothing to write back yet"),
+                    n => return Ok(ActionResult::Done(json!({"call_id": call_id, "requeued_steps": n}))),
+                }
+            }
+            Action::Approve | Action::Reject => {
+                match store.decide_held_plan(tenant.id(), call_id, action == Action::Approve, who, now).await? {
+                    Decided::Approved { steps } => {
+                        self.core.worker.wake();
+                        ActionResult::Done(json!({"call_id": call_id, "approved": true, "steps": steps}))
+                    }
+                    Decided::Rejected => ActionResult::Done(json!({"call_id": call_id, "rejected": true})),
+                    Decided::NotAwaiting => ActionResult::Nothing("no plan is awaiting review for this call"),
+                }
+            }
+            Action::Undo => match undo_call(store, &self.core.clock, tenant, call_id).await {
+                Ok(report) => ActionResult::Done(json!({"call_id": call_id, "undone": true, "report": report})),
+                Err(UndoError::UnknownCall) => ActionResult::Nothing("unknown call"),
+                Err(UndoError::StillRunning) => ActionResult::Refused(UndoError::StillRunning.to_string()),
+                Err(UndoError::Crm(e)) => {
+                    tracing::warn!(call_id, error = %e, "undo stopped by the CRM");
+                    ActionResult::Refused(format!("the CRM refused: {e}; nothing further was changed, retry later"))
+                }
+                Err(UndoError::Store(e)) => return Err(e),
+            },
+        };
+        if let ActionResult::Done(_) = &result {
+            store
+                .audit(
+                    tenant.id(),
+                    Some(call_id),
+                    None,
+                    &format!("console.{}", action.name()),
+                    &json!({"by": who}),
+                    now,
+                )
+                .await?;
+            tracing::info!(call_id, tenant = tenant.id(), action = action.name(), "operator action");
+        }
+        Ok(result)
+    }
+
+    /// Puts a call's steps back into the outbox and wakes the worker: the audit entry is written
+    /// with the requeue in one transaction.
     pub(crate) async fn requeue(
         &self,
         tenant: &str,
@@ -82,6 +175,9 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/v1/calls/{call_id}", get(api::get_call))
         .route("/v1/calls/{call_id}/resync", post(api::resync))
         .route("/v1/calls/{call_id}/replay", post(api::replay))
+        .route("/v1/calls/{call_id}/approve", post(api::approve))
+        .route("/v1/calls/{call_id}/reject", post(api::reject))
+        .route("/v1/calls/{call_id}/undo", post(api::undo))
         .route("/console", get(pages::home))
         .route("/console/login", get(pages::login_form).post(pages::login))
         .route("/console/logout", post(pages::logout))
@@ -89,6 +185,9 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/console/t/{tenant}/calls/{call_id}", get(pages::call))
         .route("/console/t/{tenant}/calls/{call_id}/resync", post(pages::resync))
         .route("/console/t/{tenant}/calls/{call_id}/replay", post(pages::replay))
+        .route("/console/t/{tenant}/calls/{call_id}/approve", post(pages::approve))
+        .route("/console/t/{tenant}/calls/{call_id}/reject", post(pages::reject))
+        .route("/console/t/{tenant}/calls/{call_id}/undo", post(pages::undo))
         .route("/console/t/{tenant}/connect/{vendor}", post(pages::reauthorize))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .with_state(state)

@@ -17,7 +17,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::auth::{LOGIN_COOKIE, SESSION_COOKIE, Session, cookie, random_token, set_cookie};
-use super::{ConsoleState, view};
+use super::{Action, ActionResult, ConsoleState, view};
 use crate::gateway::connect::ConnectService;
 use crate::tenant::Tenant;
 
@@ -280,6 +280,9 @@ pub(super) async fn call(
             let notice = match q.get("done").map(String::as_str) {
                 Some("resync") => Some("Re-sync queued."),
                 Some("replay") => Some("Dead letters queued for replay."),
+                Some("approve") => Some("Plan approved: it is being written."),
+                Some("reject") => Some("Plan rejected: nothing will be written."),
+                Some("undo") => Some("Undone: see the audit trail for what was restored and what was left alone."),
                 Some("nothing") => Some("Nothing to do: no step was waiting for that action."),
                 _ => None,
             };
@@ -303,25 +306,25 @@ pub(super) async fn call(
     }
 }
 
-/// `POST /console/t/{tenant}/calls/{id}/resync`
-pub(super) async fn resync(
-    State(state): State<Arc<ConsoleState>>,
-    headers: HeaderMap,
-    Path((tenant, call_id)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    act(&state, &headers, &tenant, &call_id, &form, false).await
+macro_rules! action_route {
+    ($name:ident, $action:expr, $doc:literal) => {
+        #[doc = $doc]
+        pub(super) async fn $name(
+            State(state): State<Arc<ConsoleState>>,
+            headers: HeaderMap,
+            Path((tenant, call_id)): Path<(String, String)>,
+            Form(form): Form<CsrfForm>,
+        ) -> Response {
+            act(&state, &headers, &tenant, &call_id, &form, $action).await
+        }
+    };
 }
 
-/// `POST /console/t/{tenant}/calls/{id}/replay`
-pub(super) async fn replay(
-    State(state): State<Arc<ConsoleState>>,
-    headers: HeaderMap,
-    Path((tenant, call_id)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    act(&state, &headers, &tenant, &call_id, &form, true).await
-}
+action_route!(resync, Action::Resync, "`POST /console/t/{tenant}/calls/{id}/resync`");
+action_route!(replay, Action::Replay, "`POST /console/t/{tenant}/calls/{id}/replay`");
+action_route!(approve, Action::Approve, "`POST /console/t/{tenant}/calls/{id}/approve`");
+action_route!(reject, Action::Reject, "`POST /console/t/{tenant}/calls/{id}/reject`");
+action_route!(undo, Action::Undo, "`POST /console/t/{tenant}/calls/{id}/undo`");
 
 async fn act(
     state: &ConsoleState,
@@ -329,7 +332,7 @@ async fn act(
     tenant: &str,
     call_id: &str,
     form: &CsrfForm,
-    dead_only: bool,
+    action: Action,
 ) -> Response {
     let s = match post_session(state, headers, form) {
         Ok(s) => s,
@@ -349,10 +352,12 @@ async fn act(
             return message(state, StatusCode::INTERNAL_SERVER_ERROR, Some(&s), "Error", "The action failed.");
         }
     }
-    let done = match state.requeue(tenant.id(), call_id, dead_only, &format!("operator:{}", s.operator)).await {
-        Ok(0) => "nothing",
-        Ok(_) if dead_only => "replay",
-        Ok(_) => "resync",
+    let done = match state.perform(&tenant, call_id, action, &format!("operator:{}", s.operator)).await {
+        Ok(ActionResult::Done(_)) => action.name(),
+        Ok(ActionResult::Nothing(_)) => "nothing",
+        Ok(ActionResult::Refused(why)) => {
+            return message(state, StatusCode::CONFLICT, Some(&s), "Not done", &why);
+        }
         Err(e) => {
             tracing::error!(error = %e, "console action failed");
             return message(state, StatusCode::INTERNAL_SERVER_ERROR, Some(&s), "Error", "The action failed.");

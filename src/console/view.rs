@@ -29,13 +29,26 @@ pub enum SyncStatus {
     Partial,
     /// Dead-lettered with nothing written.
     Failed,
+    /// The tenant's review mode holds the plan until an operator approves it.
+    NeedsReview,
+    /// Shadow mode: the plan is shown, never written.
+    Shadow,
+    /// An operator rejected the held plan: nothing is written.
+    Rejected,
 }
 
 impl SyncStatus {
-    /// Derived from the steps, the store's record of the truth; `open` from the call row.
-    pub fn of(call: &CallRow, steps: &[&StepRow]) -> SyncStatus {
+    /// Derived from the steps, the store's record of the truth; `open` and the held-plan states
+    /// from the call row; a done call with property writes the CRM rejected is partial.
+    pub fn of(call: &CallRow, steps: &[&StepRow], rejected_fields: i64) -> SyncStatus {
         if call.ended_at.is_none() {
             return SyncStatus::Open;
+        }
+        match call.sync_status.as_str() {
+            "awaiting_review" => return SyncStatus::NeedsReview,
+            "shadow" => return SyncStatus::Shadow,
+            "rejected" => return SyncStatus::Rejected,
+            _ => {}
         }
         let dead = steps.iter().any(|s| s.status == "dead");
         let done = steps.iter().any(|s| s.status == "done");
@@ -44,6 +57,7 @@ impl SyncStatus {
             (true, true, _) => SyncStatus::Partial,
             (true, false, _) => SyncStatus::Failed,
             (false, _, true) => SyncStatus::Pending,
+            _ if rejected_fields > 0 => SyncStatus::Partial,
             _ => SyncStatus::Synced,
         }
     }
@@ -55,6 +69,9 @@ impl SyncStatus {
             SyncStatus::Synced => "synced",
             SyncStatus::Partial => "partial",
             SyncStatus::Failed => "failed (dead-lettered)",
+            SyncStatus::NeedsReview => "needs review",
+            SyncStatus::Shadow => "shadow (not written)",
+            SyncStatus::Rejected => "rejected",
         }
     }
 }
@@ -64,6 +81,8 @@ impl SyncStatus {
 pub struct RecordLink {
     pub object_type: &'static str,
     pub id: String,
+    /// `created` by this call's write-back, or `updated` (an existing record it wrote to).
+    pub action: &'static str,
     /// Deep link into the tenant's CRM instance, when the instance is known.
     pub url: Option<String>,
 }
@@ -102,6 +121,10 @@ fn step_object(step_kind: &str) -> Option<&'static str> {
         kind::CONTACT => "contact",
         kind::CALL_LOG | kind::CALL_LOG_UPDATE => "call",
         kind::APPOINTMENT => "meeting",
+        kind::FIELDS => "contact",
+        kind::NOTE => "note",
+        kind::TASK => "task",
+        kind::DEAL_STAGE => "deal",
         _ => return None,
     })
 }
@@ -168,6 +191,31 @@ pub struct CallDetail {
     pub audit: Vec<AuditView>,
     /// What an operator can do now.
     pub actions: Vec<&'static str>,
+    /// `auto`, or the tenant mode that held the plan (`review`, `shadow`).
+    pub mode: String,
+    /// Each property write and its result (values are left out: they are the caller's data).
+    pub fields: Vec<FieldView>,
+    /// Hybrid fields not written because a person edited them after the write-back read them.
+    pub conflicts: Vec<ConflictView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldView {
+    pub step_id: i64,
+    pub object_type: String,
+    pub object_id: String,
+    pub property: String,
+    /// `sending | written | rejected | ignored | undone | kept`
+    pub status: String,
+    /// The CRM's message for a rejection, or why a write was skipped.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictView {
+    pub object_id: String,
+    pub property: String,
+    pub status: String,
 }
 
 fn zoned(ms: i64, tz: &TimeZone) -> Option<jiff::ZonedDateTime> {
@@ -185,16 +233,38 @@ fn web_link(v: Option<&Value>) -> Option<String> {
     matches!(u.scheme(), "https" | "http").then(|| u.to_string())
 }
 
-fn summarize(tenant: &TenantConfig, call: &CallRow, steps: &[&StepRow]) -> CallSummary {
+/// Whether the call's write-back created this object (rather than writing to an existing one).
+fn created(step_kind: &str, object_type: &str, id: &str, created: &[(&str, &str)]) -> bool {
+    // Call logs and meetings are always created by their step (as `writeback::undo` relies on).
+    matches!(step_kind, kind::CALL_LOG | kind::APPOINTMENT)
+        || created.iter().any(|(t, c)| *t == object_type && *c == id)
+}
+
+fn record(tenant: &TenantConfig, s: &StepRow, created_objects: &[(&str, &str)]) -> Option<RecordLink> {
+    let (object_type, id) = step_object(&s.kind).zip(s.external_id.as_deref())?;
+    Some(RecordLink {
+        object_type,
+        id: id.to_owned(),
+        action: if created(&s.kind, object_type, id, created_objects) { "created" } else { "updated" },
+        url: crm_record_url(tenant, object_type, id),
+    })
+}
+
+fn summarize(
+    tenant: &TenantConfig,
+    call: &CallRow,
+    steps: &[&StepRow],
+    rejected_fields: i64,
+    created_objects: &[(&str, &str)],
+) -> CallSummary {
     let tz = &tenant.time_zone;
-    let status = SyncStatus::of(call, steps);
+    let status = SyncStatus::of(call, steps, rejected_fields);
     let mut records: Vec<RecordLink> = Vec::new();
-    for s in steps {
-        if let (Some(object_type), Some(id)) = (step_object(&s.kind), s.external_id.as_deref())
-            && s.status == "done"
-            && !records.iter().any(|r| r.object_type == object_type && r.id == id)
+    for s in steps.iter().filter(|s| s.status == "done") {
+        if let Some(r) = record(tenant, s, created_objects)
+            && !records.iter().any(|x| x.object_type == r.object_type && x.id == r.id)
         {
-            records.push(RecordLink { object_type, id: id.to_owned(), url: crm_record_url(tenant, object_type, id) });
+            records.push(r);
         }
     }
     let disposition = call.outcome.as_ref().and_then(|o| o.get("disposition")).and_then(Value::as_str);
@@ -231,13 +301,28 @@ pub async fn day(store: &Store, tenant: &TenantConfig, date: Date) -> Result<Vec
     let calls = store.calls_started_between(&tenant.id, from, to).await?;
     let ids: Vec<String> = calls.iter().map(|c| c.call_id.clone()).collect();
     let steps = store.steps_for_calls(&tenant.id, &ids).await?;
+    let rejected = store.rejected_field_counts(&tenant.id, &ids).await?;
+    let created_rows = store.created_objects_for_calls(&tenant.id, &ids).await?;
     let mut by_call: HashMap<&str, Vec<&StepRow>> = HashMap::new();
     for s in &steps {
         by_call.entry(s.call_id.as_str()).or_default().push(s);
     }
+    let mut created_by_call: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    for (call, t, id) in &created_rows {
+        created_by_call.entry(call.as_str()).or_default().push((t.as_str(), id.as_str()));
+    }
     Ok(calls
         .iter()
-        .map(|c| summarize(tenant, c, by_call.get(c.call_id.as_str()).map_or(&[][..], Vec::as_slice)))
+        .map(|c| {
+            let id = c.call_id.as_str();
+            summarize(
+                tenant,
+                c,
+                by_call.get(id).map_or(&[][..], Vec::as_slice),
+                rejected.get(id).copied().unwrap_or(0),
+                created_by_call.get(id).map_or(&[][..], Vec::as_slice),
+            )
+        })
         .collect())
 }
 
@@ -249,7 +334,14 @@ pub async fn call(store: &Store, tenant: &TenantConfig, call_id: &str) -> Result
     let tz = &tenant.time_zone;
     let steps = store.steps_for_call(&tenant.id, call_id).await?;
     let refs: Vec<&StepRow> = steps.iter().collect();
-    let summary = summarize(tenant, &call, &refs);
+    let field_rows = store.field_writes_for_call(&tenant.id, call_id).await?;
+    let rejected = field_rows.iter().filter(|f| f.status == "rejected").count() as i64;
+    let created_rows = store.created_objects_for_call(&tenant.id, call_id).await?;
+    let created_refs: Vec<(&str, &str)> =
+        created_rows.iter().map(|o| (o.object_type.as_str(), o.object_id.as_str())).collect();
+    let summary = summarize(tenant, &call, &refs, rejected, &created_refs);
+    let held = store.held_plan(&tenant.id, call_id).await?;
+    let conflicts = store.conflicts(&tenant.id, Some(call_id)).await?;
     let audit: Vec<AuditRow> = store.audit_rows_for_call(&tenant.id, call_id).await?;
     let attempts = audit
         .iter()
@@ -270,6 +362,13 @@ pub async fn call(store: &Store, tenant: &TenantConfig, call_id: &str) -> Result
     if steps.iter().any(|s| s.status == "dead") {
         actions.push("replay");
     }
+    if held.as_ref().is_some_and(|h| h.status == "awaiting_review") {
+        actions.extend(["approve", "reject"]);
+    }
+    // Undo reverts what was written; it refuses while steps are still running.
+    if steps.iter().any(|s| s.status == "done") && !steps.iter().any(|s| s.status == "pending") {
+        actions.push("undo");
+    }
     let outcome = call.outcome.as_ref();
     Ok(Some(CallDetail {
         ended_at: call.ended_at.map(|m| rfc3339(m, tz)),
@@ -284,11 +383,7 @@ pub async fn call(store: &Store, tenant: &TenantConfig, call_id: &str) -> Result
                 status: s.status.clone(),
                 attempts: s.attempts,
                 external_id: s.external_id.clone(),
-                record: step_object(&s.kind).zip(s.external_id.as_deref()).map(|(t, id)| RecordLink {
-                    object_type: t,
-                    id: id.to_owned(),
-                    url: crm_record_url(tenant, t, id),
-                }),
+                record: record(tenant, s, &created_refs),
                 last_error: s.last_error.clone(),
                 depends_on: s.depends_on,
                 blocked: s.status == "pending"
@@ -307,6 +402,26 @@ pub async fn call(store: &Store, tenant: &TenantConfig, call_id: &str) -> Result
             })
             .collect(),
         actions,
+        mode: held.as_ref().map(|h| h.mode.clone()).unwrap_or_else(|| "auto".into()),
+        fields: field_rows
+            .iter()
+            .map(|f| FieldView {
+                step_id: f.step_id,
+                object_type: f.object_type.clone(),
+                object_id: f.object_id.clone(),
+                property: f.property.clone(),
+                status: f.status.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+        conflicts: conflicts
+            .iter()
+            .map(|c| ConflictView {
+                object_id: c.object_id.clone(),
+                property: c.property.clone(),
+                status: c.status.clone(),
+            })
+            .collect(),
         summary,
     }))
 }
@@ -350,12 +465,16 @@ mod tests {
     #[test]
     fn status_follows_the_steps() {
         let (done, dead, pending) = (step("done"), step("dead"), step("pending"));
-        assert_eq!(SyncStatus::of(&call(false), &[]), SyncStatus::Open);
-        assert_eq!(SyncStatus::of(&call(true), &[]), SyncStatus::Synced);
-        assert_eq!(SyncStatus::of(&call(true), &[&done]), SyncStatus::Synced);
-        assert_eq!(SyncStatus::of(&call(true), &[&done, &pending]), SyncStatus::Pending);
-        assert_eq!(SyncStatus::of(&call(true), &[&done, &dead]), SyncStatus::Partial);
-        assert_eq!(SyncStatus::of(&call(true), &[&dead, &pending]), SyncStatus::Failed);
+        assert_eq!(SyncStatus::of(&call(false), &[], 0), SyncStatus::Open);
+        assert_eq!(SyncStatus::of(&call(true), &[], 0), SyncStatus::Synced);
+        assert_eq!(SyncStatus::of(&call(true), &[&done], 0), SyncStatus::Synced);
+        assert_eq!(SyncStatus::of(&call(true), &[&done], 1), SyncStatus::Partial, "a field was rejected");
+        assert_eq!(SyncStatus::of(&call(true), &[&done, &pending], 0), SyncStatus::Pending);
+        assert_eq!(SyncStatus::of(&call(true), &[&done, &dead], 0), SyncStatus::Partial);
+        assert_eq!(SyncStatus::of(&call(true), &[&dead, &pending], 0), SyncStatus::Failed);
+        let mut held = call(true);
+        held.sync_status = "awaiting_review".into();
+        assert_eq!(SyncStatus::of(&held, &[], 0), SyncStatus::NeedsReview);
     }
 
     #[test]

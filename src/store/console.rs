@@ -76,6 +76,54 @@ impl Store {
         Ok(out)
     }
 
+    /// Per call, how many property writes the CRM rejected (the write-back rules' field results).
+    pub async fn rejected_field_counts(
+        &self,
+        tenant: &str,
+        call_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in call_ids.chunks(200) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT call_id, COUNT(*) AS n FROM field_writes
+                 WHERE tenant = ? AND status = 'rejected' AND call_id IN ({marks}) GROUP BY call_id"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("call_id")?, r.try_get("n")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The objects the write-back created, as (call id, object type, object id), for many calls.
+    pub async fn created_objects_for_calls(
+        &self,
+        tenant: &str,
+        call_ids: &[String],
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in call_ids.chunks(200) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT call_id, object_type, object_id FROM created_objects
+                 WHERE tenant = ? AND call_id IN ({marks}) ORDER BY at"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push((r.try_get("call_id")?, r.try_get("object_type")?, r.try_get("object_id")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The call's audit trail with ids and times, oldest first.
     pub async fn audit_rows_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(

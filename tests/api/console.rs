@@ -60,6 +60,7 @@ pub async fn seed_call(app: &TestApp, call_id: &str, phone: &str, at: &str, disp
         bookings: vec![],
         service_names: vec![],
         appointment_changes: vec![],
+        ..Default::default()
     };
     let steps = build_plan(&outcome);
     assert!(!steps.is_empty());
@@ -393,4 +394,70 @@ fn a_console_operator_with_a_plain_password_or_unknown_tenant_is_a_config_error(
     assert!(keys.contains(&"console.operators[0].password_argon2"), "{err}");
     assert!(keys.contains(&"console.operators[0].tenants"), "{err}");
     assert!(!err.to_string().contains("hunter2"), "the bad value is not echoed: {err}");
+}
+
+#[tokio::test]
+async fn a_plan_held_for_review_is_approved_from_the_console_and_undone_through_the_api() {
+    let app = spawn_app_with(console_server(), tenants()).await;
+    let store = &app.core.store;
+    let at: Timestamp = "2026-11-22T16:00:00Z".parse().unwrap();
+    let call_id = "call-review";
+    store.record_call_start(call_id, "demo", Some("+12125550144"), DEMO_NUMBER, at).await.unwrap();
+    let outcome = CallOutcome {
+        call_id: call_id.into(),
+        end_reason: EndReason::EndCall,
+        started_at: at,
+        duration_secs: 60,
+        caller_phone: Some("+12125550144".into()),
+        dialed: DEMO_NUMBER.into(),
+        matched_contact_id: None,
+        summary: "Wants a quote.".into(),
+        disposition: Some("quote requested".into()),
+        recording_url: None,
+        transcript_url: None,
+        caller_name: Some("Robin Example".into()),
+        caller_email: None,
+        caller_zip: None,
+        bookings: vec![],
+        service_names: vec![],
+        appointment_changes: vec![],
+        ..Default::default()
+    };
+    let steps = build_plan(&outcome);
+    let outcome = serde_json::to_value(&outcome).unwrap();
+    assert!(store.close_call_with_held_plan(call_id, "demo", "end_call", &outcome, &steps, true, at).await.unwrap());
+    let contacts_before = app.hubspot.contacts().len();
+
+    let mut ana = Browser::new(&app);
+    let csrf = ana.login("ana", ANA_PASSWORD).await;
+    let day = ana.get("/v1/calls?date=2026-11-22").await;
+    assert_eq!(json(&day)["calls"][0]["status"], "needs_review", "{}", day.body);
+    let page = ana.get(&format!("/console/t/demo/calls/{call_id}")).await;
+    assert!(page.body.contains("id=\"approve\"") && !page.body.contains("id=\"undo\""), "{}", page.body);
+    assert_eq!(app.hubspot.contacts().len(), contacts_before, "nothing written before approval");
+
+    let r = ana.post_form(&format!("/console/t/demo/calls/{call_id}/approve"), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location.as_deref(), Some(format!("/console/t/demo/calls/{call_id}?done=approve").as_str()));
+    assert_eq!(app.wait_for_sync(call_id).await, "synced");
+    assert_eq!(app.hubspot.contacts().len(), contacts_before + 1);
+    // Approving twice does nothing more.
+    let again = ana.post_json(&format!("/v1/calls/{call_id}/approve"), Some(&csrf)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+
+    let detail = json(&ana.get(&format!("/v1/calls/{call_id}")).await);
+    let contact = detail["records"].as_array().unwrap().iter().find(|r| r["object_type"] == "contact").unwrap().clone();
+    assert_eq!(contact["action"], "created");
+    assert!(detail["actions"].as_array().unwrap().contains(&Value::from("undo")), "{detail}");
+
+    let r = ana.post_json(&format!("/v1/calls/{call_id}/undo"), Some(&csrf)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let report = json(&r);
+    let deleted: Vec<&str> =
+        report["report"]["deleted"].as_array().unwrap().iter().map(|d| d["object_id"].as_str().unwrap()).collect();
+    assert!(deleted.contains(&contact["id"].as_str().unwrap()), "{report}");
+    let audit = app.core.store.audit_rows_for_call("demo", call_id).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).filter(|a| a.starts_with("console.")).collect();
+    assert_eq!(actions, vec!["console.approve", "console.undo"]);
+    app.shutdown().await;
 }

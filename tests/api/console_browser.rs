@@ -151,6 +151,12 @@ async fn the_console_in_headless_chromium() {
     c.find(Locator::Id("username")).await.unwrap().send_keys("ana").await.unwrap();
     c.find(Locator::Id("password")).await.unwrap().send_keys(ANA_PASSWORD).await.unwrap();
     c.find(Locator::Id("sign-in")).await.unwrap().click().await.unwrap();
+    // A click does not wait for the navigation it starts: wait for the next page's URL.
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_url(&url::Url::parse(&format!("{base}/console/t/demo/calls")).unwrap())
+        .await
+        .unwrap();
 
     // Yesterday's day view (the default): each badge and each CRM link.
     let url = c.current_url().await.unwrap();
@@ -180,6 +186,7 @@ async fn the_console_in_headless_chromium() {
 
     // The dead-lettered call's page; the CRM recovers; re-sync; it turns synced.
     c.find(Locator::Css(&format!("[data-call-id='{DEAD}'] a.open-call"))).await.unwrap().click().await.unwrap();
+    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("status")).await.unwrap();
     assert_eq!(c.find(Locator::Id("status")).await.unwrap().text().await.unwrap(), "failed (dead-lettered)");
     let error = c.find(Locator::Css(".step-error")).await.unwrap().text().await.unwrap();
     assert!(!error.is_empty());
@@ -189,12 +196,14 @@ async fn the_console_in_headless_chromium() {
     screenshot(&c, "04-call-dead").await;
     app.hubspot.set_down(false);
     c.find(Locator::Id("resync")).await.unwrap().click().await.unwrap();
+    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("notice")).await.unwrap();
     assert_eq!(c.find(Locator::Id("notice")).await.unwrap().text().await.unwrap(), "Re-sync queued.");
     assert_eq!(app.wait_for_sync(DEAD).await, "synced");
     c.refresh().await.unwrap();
     assert_eq!(c.find(Locator::Id("status")).await.unwrap().text().await.unwrap(), "synced");
     screenshot(&c, "05-call-synced").await;
     c.find(Locator::Id("back-to-day")).await.unwrap().click().await.unwrap();
+    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("summary")).await.unwrap();
     assert_eq!(badge(&c, DEAD).await.0, "synced");
     assert_eq!(links(&c, DEAD).await, expected_links(&app, DEAD).await);
     assert_eq!(links(&c, DEAD).await.len(), 2);
