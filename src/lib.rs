@@ -24,6 +24,7 @@ pub mod connections;
 pub mod connectors;
 pub mod console;
 pub mod context;
+pub mod failpoint;
 pub mod gateway;
 pub mod identity;
 pub mod matching;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use callside::app::Application;
 use callside::clock::SystemClock;
 use callside::config::{Config, Overrides};
+use callside::sandbox::{Sandbox, SandboxPorts};
 
 #[derive(Parser)]
 #[command(name = "callside", version, about = "Caller context, booking and CRM write-back beside a voice AI")]
@@ -58,6 +59,19 @@ enum Command {
     MatchEval {
         /// The fixture, e.g. tests/fixtures/match_cases.jsonl.
         file: PathBuf,
+    },
+    /// Serve the vendor emulators in their own process (so their state outlives a service that
+    /// is killed and restarted), plus a loopback control port to inspect them and inject faults.
+    /// Prints one JSON line with every base URL and token, then serves until SIGTERM/Ctrl-C.
+    Sandbox {
+        #[arg(long, default_value_t = 0)]
+        hubspot_port: u16,
+        #[arg(long, default_value_t = 0)]
+        google_port: u16,
+        #[arg(long, default_value_t = 0)]
+        graph_port: u16,
+        #[arg(long, default_value_t = 0)]
+        control_port: u16,
     },
 }
 
@@ -113,6 +127,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen, data_dir } => {
             init_tracing();
+            match callside::failpoint::arm_from_env() {
+                Ok(armed) if !armed.is_empty() => tracing::warn!(?armed, "failpoints armed (crash testing only)"),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            }
             let overrides = Overrides { listen, data_dir, store_url: None };
             let config = match Config::load(&config, &overrides) {
                 Ok(c) => c,
@@ -143,6 +165,30 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("GET {url}"))?;
             if resp.status().is_success() { Ok(()) } else { anyhow::bail!("{url} answered {}", resp.status()) }
+        }
+        Command::Sandbox { hubspot_port, google_port, graph_port, control_port } => {
+            init_tracing();
+            let ports = SandboxPorts { hubspot: hubspot_port, google: google_port, graph: graph_port };
+            let sandbox = Sandbox::start_on(ports).await.context("starting the emulators")?;
+            sandbox.seed_demo();
+            let control = tokio::net::TcpListener::bind(("127.0.0.1", control_port))
+                .await
+                .with_context(|| format!("binding the control port {control_port}"))?;
+            let urls = serde_json::json!({
+                "hubspot": sandbox.hubspot.base_url().as_str(),
+                "google": sandbox.google.base_url().as_str(),
+                "graph": sandbox.graph.base_url().as_str(),
+                "control": format!("http://{}/", control.local_addr()?),
+                "tokens": {
+                    "hubspot": callside::sandbox::HUBSPOT_TOKEN,
+                    "google": callside::sandbox::GOOGLE_TOKEN,
+                    "graph": callside::sandbox::GRAPH_TOKEN,
+                },
+            });
+            println!("{urls}");
+            let router = callside::sandbox::control::router(sandbox.hubspot.state.clone());
+            axum::serve(control, router).with_graceful_shutdown(shutdown_signal()).await.context("control port")?;
+            Ok(())
         }
         Command::HashKey => {
             let mut key = String::new();

@@ -417,7 +417,12 @@ impl GoogleCalendarSandbox {
 
     /// Starts an emulator over existing state.
     pub async fn serve(state: Arc<GoogleCalendarState>) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::serve_on(state, 0).await
+    }
+
+    /// [`Self::serve`] on a given loopback port (0: any free one).
+    pub async fn serve_on(state: Arc<GoogleCalendarState>, port: u16) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let app = Self::router(state.clone());
         let task = tokio::spawn(async move {

@@ -191,7 +191,7 @@ const ALL_TYPES: [ObjectType; 7] = [
 
 impl ObjectType {
     /// Accepts the names HubSpot accepts in paths: plural, singular, or the object type id.
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "contacts" | "contact" | "0-1" => Some(Self::Contacts),
             "deals" | "deal" | "0-3" => Some(Self::Deals),
@@ -1216,8 +1216,13 @@ impl HubSpotSandbox {
     /// Binds `127.0.0.1:0` and serves the emulator on the current tokio runtime. Must be called
     /// from within a runtime. Requests must carry `Authorization: Bearer <token>`.
     pub fn start(token: &str) -> io::Result<Self> {
+        Self::start_on(token, 0)
+    }
+
+    /// [`HubSpotSandbox::start`] on a given loopback port (0: any free one).
+    pub fn start_on(token: &str, port: u16) -> io::Result<Self> {
         let state = HubSpotState::new(token);
-        let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let listener = KillableListener { inner: TcpListener::from_std(std_listener)? };

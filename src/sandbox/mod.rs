@@ -2,6 +2,7 @@
 //! Each emulator binds 127.0.0.1:0 inside the current process and follows the vendor's documented
 //! paths, JSON shapes and faults.
 
+pub mod control;
 pub mod google_calendar;
 pub mod graph;
 pub mod hubspot;
@@ -18,6 +19,14 @@ pub const HUBSPOT_TOKEN: &str = "sandbox-hubspot-token";
 pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
 pub const GRAPH_TOKEN: &str = "sandbox-graph-token";
 
+/// Loopback ports for [`Sandbox::start_on`]; 0 picks a free one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SandboxPorts {
+    pub hubspot: u16,
+    pub google: u16,
+    pub graph: u16,
+}
+
 /// Every emulator the service can run against, started together.
 pub struct Sandbox {
     pub hubspot: HubSpotSandbox,
@@ -28,10 +37,19 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts every emulator on the current tokio runtime.
     pub async fn start() -> io::Result<Sandbox> {
+        Self::start_on(SandboxPorts::default()).await
+    }
+
+    /// Starts every emulator on the given loopback ports (0: any free one).
+    pub async fn start_on(ports: SandboxPorts) -> io::Result<Sandbox> {
         Ok(Sandbox {
-            hubspot: HubSpotSandbox::start(HUBSPOT_TOKEN)?,
-            google: GoogleCalendarSandbox::start(GOOGLE_TOKEN).await?,
-            graph: graph::GraphSandbox::start(GRAPH_TOKEN).await?,
+            hubspot: HubSpotSandbox::start_on(HUBSPOT_TOKEN, ports.hubspot)?,
+            google: GoogleCalendarSandbox::serve_on(
+                google_calendar::GoogleCalendarState::new(GOOGLE_TOKEN),
+                ports.google,
+            )
+            .await?,
+            graph: graph::GraphSandbox::serve_on(graph::GraphState::new(GRAPH_TOKEN), ports.graph).await?,
         })
     }
 

@@ -309,6 +309,7 @@ impl Core {
         self.sessions.remove(&session.call_id);
         self.metrics.open_calls.dec();
         written?;
+        crate::failpoint::hit(crate::failpoint::END_CALL_AFTER_COMMIT);
         if let ParsedPhone::Number(p) = &session.caller {
             // The write-back will change the record: the next call must not see a stale one.
             self.context.invalidate(session.tenant.id(), &p.e164).await;

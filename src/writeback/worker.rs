@@ -19,6 +19,7 @@ use crate::connectors::ConnectorError;
 use crate::connectors::crm::{
     AppointmentRecord, CallLog, ContactFields, CrmContact, NoteRecord, SecondaryPhoneOutcome,
 };
+use crate::failpoint;
 use crate::identity::{self, ParsedPhone, Phone};
 use crate::matching::{Outcome, resolve};
 use crate::observe::{Metrics, StepLabels};
@@ -110,8 +111,11 @@ impl Worker {
             if due.is_empty() {
                 break;
             }
-            for step in due {
-                self.attempt(&step).await?;
+            for (i, step) in due.iter().enumerate() {
+                if i > 0 {
+                    failpoint::hit(failpoint::WORKER_MID_BATCH);
+                }
+                self.attempt(step).await?;
                 attempts += 1;
             }
         }
@@ -132,6 +136,7 @@ impl Worker {
             return Ok(StepOutcome::Dead);
         };
         let result = self.apply(&tenant, step).await;
+        failpoint::hit(failpoint::WORKER_AFTER_VENDOR);
         let (outcome, recorded) = match result {
             Ok(external_id) => (StepOutcome::Done, AttemptResult::Done { external_id }),
             Err(err) => match self.next_attempt(step, &err, now) {
@@ -159,6 +164,7 @@ impl Worker {
             .await?;
         tracing::info!(call_id = %step.call_id, tenant = %step.tenant, step = %step.kind, result = label, "write-back step");
         self.bump();
+        failpoint::hit(failpoint::WORKER_MID_PLAN);
         Ok(outcome)
     }
 
