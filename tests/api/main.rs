@@ -11,6 +11,7 @@ mod config;
 mod connect;
 mod console;
 mod console_browser;
+mod crash;
 mod graph_calendar;
 mod helpers;
 mod identity;
