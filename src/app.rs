@@ -74,7 +74,7 @@ impl Application {
         } else {
             config.connect.public_url.trim_end_matches('/').to_owned()
         };
-        let connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
+        let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
         let mut tenants = Vec::new();
         for t in &config.tenants {
             let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
@@ -84,11 +84,11 @@ impl Application {
                     (_, base) => url::Url::parse(base).context("crm.base_url")?,
                 };
                 let tokens = connect.connections.token_source(app, &connection_id(&t.id, "hubspot"));
-                Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()))
+                Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()))
             } else {
                 let (url, token) =
                     endpoint(&t.crm, sandbox.as_ref().map(|s| (s.hubspot.base_url(), sandbox::HUBSPOT_TOKEN)))?;
-                Arc::new(HubSpotConnector::new(url, token, client.clone()))
+                Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
             };
             let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
                 "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
@@ -109,6 +109,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let (worker, handle): (Worker, WorkerHandle) =
             Worker::new(store.clone(), tenants.clone(), clock.clone(), config.writeback.clone(), metrics.clone());
+        connect.worker = Some(handle.clone());
         let core = Arc::new(Core {
             tenants,
             store: store.clone(),
@@ -275,7 +276,7 @@ fn connect_service(
         )?;
         apps.insert("hubspot".to_owned(), Arc::new(oauth));
     }
-    Ok(ConnectService { connections, apps })
+    Ok(ConnectService { connections, apps, worker: None })
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {

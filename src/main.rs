@@ -60,6 +60,26 @@ enum Command {
         /// The fixture, e.g. tests/fixtures/match_cases.jsonl.
         file: PathBuf,
     },
+    /// List dead-lettered write-back steps (newest first).
+    DeadLetters {
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put a call's dead-lettered (and parked) write-back steps back in the outbox, due now, with
+    /// their original idempotency keys. A running service picks them up on its next pass.
+    Replay {
+        /// The call whose steps to replay.
+        #[arg(long = "call")]
+        call_id: String,
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Serve the vendor emulators in their own process (so their state outlives a service that
     /// is killed and restarted), plus a loopback control port to inspect them and inject faults.
     /// Prints one JSON line with every base URL and token, then serves until SIGTERM/Ctrl-C.
@@ -190,6 +210,39 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(control, router).with_graceful_shutdown(shutdown_signal()).await.context("control port")?;
             Ok(())
         }
+        Command::DeadLetters { config, data_dir, limit } => {
+            let store = open_store(&config, data_dir).await?;
+            let dead = store.dead_letters(limit).await?;
+            if dead.is_empty() {
+                println!("no dead letters");
+            }
+            for d in dead {
+                println!(
+                    "{}\t{}\tstep {} ({})\t{} attempts\t{}\t{}",
+                    d.updated_at,
+                    d.tenant,
+                    d.step_id,
+                    d.kind,
+                    d.attempts,
+                    d.call_id,
+                    d.last_error.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Replay { call_id, config, data_dir } => {
+            let store = open_store(&config, data_dir).await?;
+            match store.replay_call(&call_id, jiff::Timestamp::now()).await? {
+                Some(n) => {
+                    println!("replayed {n} step(s) of call {call_id}");
+                    Ok(())
+                }
+                None => {
+                    eprintln!("no call {call_id} in the store");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;
@@ -224,6 +277,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The store named by a config file (for the operator commands; the service need not run).
+async fn open_store(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<callside::store::Store> {
+    let overrides = Overrides { listen: None, data_dir, store_url: None };
+    let config = match Config::load(config, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            std::process::exit(2);
+        }
+    };
+    callside::store::Store::open(&config.store_url)
+        .await
+        .with_context(|| format!("opening the store at {}", config.store_url))
 }
 
 async fn shutdown_signal() {

@@ -24,6 +24,8 @@ use crate::connections::{ConnectionError, Connections, OAuthApp};
 pub struct ConnectService {
     pub connections: Arc<Connections>,
     pub apps: HashMap<String, Arc<OAuthApp>>,
+    /// Woken after a (re-)authorization, so write-back parked on a revoked grant resumes now.
+    pub worker: Option<crate::writeback::WorkerHandle>,
 }
 
 fn not_configured() -> Response {
@@ -96,6 +98,9 @@ pub async fn finish(service: &ConnectService, vendor: &str, query: &HashMap<Stri
     match service.connections.callback(oauth, state, code).await {
         Ok(info) => {
             tracing::info!(tenant = %info.tenant, vendor = %info.vendor, "connection authorized");
+            if let Some(worker) = &service.worker {
+                worker.wake();
+            }
             (StatusCode::OK, format!("Connected {} for {}. You can close this window.", info.vendor, info.tenant))
                 .into_response()
         }
@@ -142,7 +147,11 @@ mod tests {
             http_client(),
             Arc::new(SystemClock),
         ));
-        let service = ConnectService { connections, apps: HashMap::from([("hubspot".to_string(), Arc::new(oauth))]) };
+        let service = ConnectService {
+            connections,
+            apps: HashMap::from([("hubspot".to_string(), Arc::new(oauth))]),
+            worker: None,
+        };
 
         assert_eq!(start_for(&service, "acme", "salesforce").await.status(), StatusCode::NOT_FOUND);
         let started = start_for(&service, "acme", "hubspot").await;

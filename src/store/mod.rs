@@ -7,12 +7,14 @@
 mod connections;
 mod console;
 mod identity_index;
+mod outbox;
 mod pending_bookings;
 mod writeback_rules;
 
 pub use connections::{ConnectionRow, OAuthStateRow};
 pub use console::AuditRow;
 pub use identity_index::IdentityKind;
+pub use outbox::{DeadLetter, StepSchedule};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
 
@@ -105,9 +107,11 @@ pub enum AttemptResult {
     Dead { error: String },
 }
 
-/// A call's sync status from its steps: any dead step → failed, any pending → pending, else synced.
+/// A call's sync status from its steps: any dead step → failed, any parked (its connection was
+/// revoked) → parked, any pending → pending, else synced.
 const CALL_STATUS_SQL: &str = "UPDATE calls SET sync_status = CASE
          WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'parked') THEN 'parked'
          WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'pending') THEN 'pending'
          ELSE 'synced' END
      WHERE call_id = ?1";

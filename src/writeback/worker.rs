@@ -60,8 +60,12 @@ pub struct Worker {
 #[derive(Debug, PartialEq, Eq)]
 pub enum StepOutcome {
     Done,
-    Retry { at: Timestamp },
+    Retry {
+        at: Timestamp,
+    },
     Dead,
+    /// The connection was revoked: kept aside until it is re-authorized.
+    Parked,
 }
 
 impl Worker {
@@ -106,6 +110,10 @@ impl Worker {
     /// Public so tests drain the outbox deterministically.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let mut attempts = 0;
+        let resumed = self.store.unpark_reauthorized(self.clock.now()).await?;
+        if resumed > 0 {
+            tracing::info!(steps = resumed, "write-back resumed after a connection was re-authorized");
+        }
         loop {
             let due = self.store.due_steps(self.clock.now(), 64).await?;
             if due.is_empty() {
@@ -137,6 +145,9 @@ impl Worker {
         };
         let result = self.apply(&tenant, step).await;
         failpoint::hit(failpoint::WORKER_AFTER_VENDOR);
+        if let Err(ConnectorError::AuthRevoked(detail)) = &result {
+            return self.park(&tenant, step, detail).await;
+        }
         let (outcome, recorded) = match result {
             Ok(external_id) => (StepOutcome::Done, AttemptResult::Done { external_id }),
             Err(err) => match self.next_attempt(step, &err, now) {
@@ -148,6 +159,7 @@ impl Worker {
             StepOutcome::Done => "done",
             StepOutcome::Retry { .. } => "retry",
             StepOutcome::Dead => "dead",
+            StepOutcome::Parked => "parked",
         };
         self.metrics
             .writeback_steps
@@ -166,6 +178,28 @@ impl Worker {
         self.bump();
         failpoint::hit(failpoint::WORKER_MID_PLAN);
         Ok(outcome)
+    }
+
+    /// The tenant's CRM grant was revoked: the step is parked (kept, not retried, not dead) and
+    /// an alert is raised; it resumes when the connection is re-authorized (see `run_once`).
+    async fn park(&self, tenant: &Tenant, step: &StepRow, detail: &str) -> Result<StepOutcome, StoreError> {
+        let detail_json = json!({"vendor": tenant.crm.vendor(), "attempt": step.attempts + 1, "result": "parked"});
+        self.store.park_step(step, detail, &detail_json, self.clock.now()).await?;
+        self.metrics
+            .writeback_steps
+            .get_or_create(&StepLabels { kind: step.kind.clone(), outcome: "parked".into() })
+            .inc();
+        tracing::error!(
+            alert = "crm_connection_revoked",
+            call_id = %step.call_id,
+            tenant = %step.tenant,
+            step = %step.kind,
+            "write-back parked: the tenant's CRM connection was revoked; re-authorize it (/v1/connect/{}/start) to resume",
+            tenant.crm.vendor()
+        );
+        self.bump();
+        failpoint::hit(failpoint::WORKER_MID_PLAN);
+        Ok(StepOutcome::Parked)
     }
 
     fn bump(&self) {

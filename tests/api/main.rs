@@ -21,3 +21,4 @@ mod mcp_http;
 mod pending_bookings;
 mod vapi;
 mod writeback_rules;
+mod writeback_durability;

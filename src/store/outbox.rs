@@ -1,0 +1,279 @@
+//! The outbox's less travelled states: parked steps (their CRM connection was revoked — kept,
+//! never dropped, resumed once the connection is re-authorized) and dead letters (visible,
+//! replayable). Status values of `steps.status`: `pending | done | dead | parked`.
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::{CALL_STATUS_SQL, StepRow, Store, StoreError, ms};
+
+/// A step's retry bookkeeping, for the operator and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSchedule {
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Timestamp,
+}
+
+/// A dead-lettered step as the operator sees it (no payload: it may hold personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub step_id: i64,
+    pub call_id: String,
+    pub tenant: String,
+    pub kind: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+fn ts(v: i64) -> Timestamp {
+    Timestamp::from_millisecond(v).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+impl Store {
+    /// Parks a step whose connection was revoked: counted as an attempt, kept out of the due
+    /// queue until [`Store::unpark_reauthorized`] (or a replay) puts it back. Its call shows
+    /// `parked`. One transaction with the audit entry.
+    pub async fn park_step(
+        &self,
+        step: &StepRow,
+        error: &str,
+        audit_detail: &Value,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let now = ms(at);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE steps SET status = 'parked', attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),
+                              last_error = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(now)
+        .bind(error)
+        .bind(now)
+        .bind(step.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, 'writeback.parked', ?)")
+            .bind(&step.tenant)
+            .bind(&step.call_id)
+            .bind(step.id)
+            .bind(now)
+            .bind(audit_detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts back in the due queue every parked step whose tenant has an active connection that
+    /// changed since the step was parked (it was re-authorized). The retry window restarts: the
+    /// outage was the grant's, not the vendor's. Returns how many steps resumed.
+    pub async fn unpark_reauthorized(&self, at: Timestamp) -> Result<u64, StoreError> {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM steps WHERE status = 'parked')")
+            .fetch_one(&self.pool)
+            .await?;
+        if !any {
+            return Ok(0);
+        }
+        let now = ms(at);
+        let mut tx = self.pool.begin().await?;
+        let calls: Vec<String> = sqlx::query_scalar(
+            "UPDATE steps SET status = 'pending', next_attempt_at = ?1, first_attempt_at = NULL, updated_at = ?1
+             WHERE status = 'parked' AND EXISTS (
+                 SELECT 1 FROM connections c
+                 WHERE c.tenant = steps.tenant AND c.status = 'active' AND c.updated_at >= steps.updated_at)
+             RETURNING call_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for call in dedup(&calls) {
+            sqlx::query(CALL_STATUS_SQL).bind(call).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(calls.len() as u64)
+    }
+
+    /// Dead-lettered steps, newest first.
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, call_id, tenant, kind, attempts, last_error, updated_at FROM steps
+             WHERE status = 'dead' ORDER BY updated_at DESC, id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    step_id: r.try_get("id")?,
+                    call_id: r.try_get("call_id")?,
+                    tenant: r.try_get("tenant")?,
+                    kind: r.try_get("kind")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    updated_at: ts(r.try_get("updated_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Replays a call's dead-lettered and parked steps: back to pending, due now, with a fresh
+    /// retry window (attempt counts are kept for the record; idempotency keys are unchanged, so a
+    /// step the vendor did apply is not applied twice). Returns how many steps were replayed;
+    /// `None` if the call is unknown.
+    pub async fn replay_call(&self, call_id: &str, at: Timestamp) -> Result<Option<u64>, StoreError> {
+        let now = ms(at);
+        let mut tx = self.pool.begin().await?;
+        let replayed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE steps SET status = 'pending', next_attempt_at = ?1, first_attempt_at = NULL, updated_at = ?1
+             WHERE call_id = ?2 AND status IN ('dead', 'parked') RETURNING id",
+        )
+        .bind(now)
+        .bind(call_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = ?")
+            .bind(call_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(tenant) = tenant else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        if !replayed.is_empty() {
+            sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, NULL, ?, 'writeback.replay', ?)",
+            )
+            .bind(&tenant)
+            .bind(call_id)
+            .bind(now)
+            .bind(json!({"steps": replayed}).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(replayed.len() as u64))
+    }
+
+    pub async fn step_schedule(&self, step_id: i64) -> Result<Option<StepSchedule>, StoreError> {
+        let row = sqlx::query("SELECT status, attempts, next_attempt_at FROM steps WHERE id = ?")
+            .bind(step_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(StepSchedule {
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                next_attempt_at: ts(r.try_get("next_attempt_at")?),
+            })
+        })
+        .transpose()
+    }
+}
+
+fn dedup(v: &[String]) -> Vec<&String> {
+    let mut out: Vec<&String> = v.iter().collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AttemptResult, NewStep};
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_and_replayed_and_unknown_calls_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        s.record_call_start("c1", "demo", None, "+15550100000", t0).await.unwrap();
+        let steps = vec![NewStep {
+            seq: 0,
+            kind: "contact".into(),
+            payload: json!({}),
+            depends_on: None,
+            idempotency_key: "c1:contact".into(),
+        }];
+        s.close_call_with_plan("c1", "demo", "end_call", &json!({}), &steps, t0).await.unwrap();
+        let step = s.due_steps(t0, 10).await.unwrap().remove(0);
+        s.record_attempt(&step, &AttemptResult::Dead { error: "400 bad".into() }, "t", &json!({}), t0).await.unwrap();
+        assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "failed");
+        let dead = s.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].call_id.as_str(), dead[0].kind.as_str()), ("c1", "contact"));
+        assert_eq!(dead[0].last_error.as_deref(), Some("400 bad"));
+
+        let later = t0 + jiff::SignedDuration::from_secs(3600);
+        assert_eq!(s.replay_call("c1", later).await.unwrap(), Some(1));
+        assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
+        assert!(s.dead_letters(10).await.unwrap().is_empty());
+        let due = s.due_steps(later, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].idempotency_key, "c1:contact", "a replay keeps the idempotency key");
+        assert!(s.audit_for_call("demo", "c1").await.unwrap().iter().any(|(a, _)| a == "writeback.replay"));
+        // Nothing left to replay; an unknown call is told apart from that.
+        assert_eq!(s.replay_call("c1", later).await.unwrap(), Some(0));
+        assert_eq!(s.replay_call("nope", later).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_parked_step_waits_for_its_connection_to_be_reauthorized() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        s.record_call_start("c2", "demo", None, "+15550100000", t0).await.unwrap();
+        let steps = vec![
+            NewStep {
+                seq: 0,
+                kind: "contact".into(),
+                payload: json!({}),
+                depends_on: None,
+                idempotency_key: "a".into(),
+            },
+            NewStep {
+                seq: 1,
+                kind: "call_log".into(),
+                payload: json!({}),
+                depends_on: Some(0),
+                idempotency_key: "b".into(),
+            },
+        ];
+        s.close_call_with_plan("c2", "demo", "end_call", &json!({}), &steps, t0).await.unwrap();
+        let step = s.due_steps(t0, 10).await.unwrap().remove(0);
+        let row = crate::store::ConnectionRow {
+            id: "demo:hubspot".into(),
+            tenant: "demo".into(),
+            vendor: "hubspot".into(),
+            status: "revoked".into(),
+            key_id: "k".into(),
+            access_token_ct: "x".into(),
+            refresh_token_ct: "y".into(),
+            expires_at: 0,
+            scopes: String::new(),
+            updated_at: ms(t0),
+        };
+        s.upsert_connection(&row).await.unwrap();
+        let t1 = t0 + jiff::SignedDuration::from_secs(1);
+        s.park_step(&step, "revoked", &json!({}), t1).await.unwrap();
+        assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "parked");
+        assert!(s.due_steps(t1 + jiff::SignedDuration::from_secs(86_400 * 30), 10).await.unwrap().is_empty());
+        // Still revoked (or active but unchanged since the park): nothing resumes.
+        assert_eq!(s.unpark_reauthorized(t1).await.unwrap(), 0);
+        let t2 = t1 + jiff::SignedDuration::from_secs(600);
+        s.upsert_connection(&crate::store::ConnectionRow { status: "active".into(), updated_at: ms(t2), ..row })
+            .await
+            .unwrap();
+        assert_eq!(s.unpark_reauthorized(t2).await.unwrap(), 1);
+        assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "pending");
+        let due = s.due_steps(t2, 10).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), vec![step.id]);
+        assert_eq!(s.step_schedule(step.id).await.unwrap().unwrap().attempts, 1);
+    }
+}
