@@ -1,6 +1,7 @@
 //! Named failpoints: places in the write-back path where a crash test can make the process die
 //! on purpose, so the dangerous windows (the vendor applied a write that is not recorded yet, a
-//! plan half applied, a batch half applied, a plan committed but not acknowledged) are hit every
+//! plan half applied, a batch half applied, a group of hangups written but not committed, a plan
+//! committed but not acknowledged) are hit every
 //! time instead of by luck.
 //!
 //! Always compiled, inert unless armed. Armed only from the environment, once, at start-up:
@@ -39,8 +40,13 @@ pub const WORKER_MID_BATCH: &str = "worker.mid_batch";
 /// After a call's plan is committed to the store and before `end_call` is acknowledged.
 pub const END_CALL_AFTER_COMMIT: &str = "end_call.after_commit";
 
+/// Inside a group commit of hangups, after every close of the batch was written and before the
+/// transaction commits (none of the batch is acknowledged yet).
+pub const GROUP_COMMIT_BEFORE_COMMIT: &str = "group_commit.before_commit";
+
 /// Every point that exists (the crash test iterates over these).
-pub const ALL: &[&str] = &[WORKER_AFTER_VENDOR, WORKER_MID_PLAN, WORKER_MID_BATCH, END_CALL_AFTER_COMMIT];
+pub const ALL: &[&str] =
+    &[WORKER_AFTER_VENDOR, WORKER_MID_PLAN, WORKER_MID_BATCH, END_CALL_AFTER_COMMIT, GROUP_COMMIT_BEFORE_COMMIT];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -7,6 +7,7 @@
 mod connections;
 mod console;
 mod identity_index;
+mod group_commit;
 mod outbox;
 mod pending_bookings;
 mod writeback_rules;
@@ -14,6 +15,7 @@ mod writeback_rules;
 pub use connections::{ConnectionRow, OAuthStateRow};
 pub use console::AuditRow;
 pub use identity_index::IdentityKind;
+pub use group_commit::GroupCommitStats;
 pub use outbox::{DeadLetter, StepSchedule};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
@@ -40,7 +42,12 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// Hangups are committed in groups by one writer task (`group_commit.rs`).
+    plans: group_commit::PlanWriter,
 }
+
+/// The most hangups committed in one transaction.
+pub const PLAN_BATCH: usize = 64;
 
 /// A step to persist as part of a plan. `depends_on` is the `seq` of an earlier step.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +130,11 @@ pub fn ms(t: Timestamp) -> i64 {
 impl Store {
     /// Opens (creating if needed) the database at a `sqlite://PATH` URL and applies migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Self::open_with_plan_batch(url, PLAN_BATCH).await
+    }
+
+    /// [`Store::open`] with a given group-commit limit (1: a commit per hangup, for comparison).
+    pub async fn open_with_plan_batch(url: &str, plan_batch: usize) -> Result<Store, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -142,7 +154,8 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        let plans = group_commit::PlanWriter::spawn(pool.clone(), plan_batch);
+        Ok(Store { pool, plans })
     }
 
     pub async fn ping(&self) -> bool {
@@ -171,8 +184,10 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Closes the call and persists its write-back plan in one transaction. Returns `false` (and
-    /// writes nothing) if the call was already closed: a call has exactly one plan.
+    /// Closes the call and persists its write-back plan atomically, committed together with
+    /// other hangups queued at the same moment (group commit): returns once the transaction
+    /// holding this plan is durable. Returns `false` (and writes nothing) if the call was already
+    /// closed: a call has exactly one plan.
     pub async fn close_call_with_plan(
         &self,
         call_id: &str,
@@ -182,54 +197,20 @@ impl Store {
         steps: &[NewStep],
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let now = ms(at);
-        let closed = sqlx::query(
-            "UPDATE calls SET ended_at = ?, end_reason = ?, outcome = ?, sync_status = ?
-             WHERE call_id = ? AND tenant = ? AND ended_at IS NULL",
-        )
-        .bind(now)
-        .bind(end_reason)
-        .bind(outcome.to_string())
-        .bind(if steps.is_empty() { "synced" } else { "pending" })
-        .bind(call_id)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-        if closed.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let mut ids: Vec<(i64, i64)> = Vec::with_capacity(steps.len());
-        for s in steps {
-            let depends_on = s
-                .depends_on
-                .map(|seq| {
-                    ids.iter()
-                        .find(|(q, _)| *q == seq)
-                        .map(|(_, id)| *id)
-                        .ok_or_else(|| StoreError::Other(format!("step {} depends on unknown seq {seq}", s.seq)))
-                })
-                .transpose()?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO steps (call_id, tenant, seq, kind, payload, depends_on, idempotency_key, next_attempt_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(call_id)
-            .bind(tenant)
-            .bind(s.seq)
-            .bind(&s.kind)
-            .bind(s.payload.to_string())
-            .bind(depends_on)
-            .bind(&s.idempotency_key)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push((s.seq, id));
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.plans
+            .submit(group_commit::ClosePlan {
+                call_id: call_id.to_owned(),
+                tenant: tenant.to_owned(),
+                end_reason: end_reason.to_owned(),
+                outcome: outcome.clone(),
+                steps: steps.to_vec(),
+                at,
+            })
+            .await
+    }
+
+    pub fn group_commit_stats(&self) -> &GroupCommitStats {
+        &self.plans.stats
     }
 
     /// Pending steps whose time has come and whose dependency is done, oldest first.
