@@ -109,6 +109,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let (worker, handle): (Worker, WorkerHandle) =
             Worker::new(store.clone(), tenants.clone(), clock.clone(), config.writeback.clone(), metrics.clone());
+        let worker = worker.with_budgets(Arc::new(crate::writeback::budget::RateBudgets::new(&config.writeback)));
         connect.worker = Some(handle.clone());
         let core = Arc::new(Core {
             tenants,

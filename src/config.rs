@@ -171,11 +171,23 @@ pub struct WritebackSection {
     pub retry_window_secs: u64,
     /// Longest wait between two attempts.
     pub max_backoff_secs: u64,
+    /// Requests per 10 s a vendor allows one connected account (HubSpot OAuth apps: 100).
+    pub account_requests_per_10s: u32,
+    /// Requests per 10 s across all accounts of one vendor app (a per-project quota); 0: none.
+    pub app_requests_per_10s: u32,
+    /// Percent of each budget the write-back lane leaves to live calls' reads (0-90).
+    pub live_reserve_percent: u32,
 }
 
 impl Default for WritebackSection {
     fn default() -> Self {
-        Self { retry_window_secs: 24 * 3600, max_backoff_secs: 300 }
+        Self {
+            retry_window_secs: 24 * 3600,
+            max_backoff_secs: 300,
+            account_requests_per_10s: 100,
+            app_requests_per_10s: 0,
+            live_reserve_percent: 30,
+        }
     }
 }
 
@@ -467,6 +479,12 @@ impl Config {
                 "limits.tool_deadline_ms",
                 "must be between 100 and 4999 (voice clients give up at 5 s)".into(),
             );
+        }
+        if server.writeback.live_reserve_percent > 90 {
+            issue(server_path, "writeback.live_reserve_percent", "must be between 0 and 90".into());
+        }
+        if server.writeback.account_requests_per_10s < 3 {
+            issue(server_path, "writeback.account_requests_per_10s", "must be at least 3 (one step's requests)".into());
         }
         if let Some(app) = &server.connect.hubspot {
             for (k, var) in [

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::budget::RateBudgets;
 use super::plan::{ContactStep, kind};
 use crate::clock::SharedClock;
 use crate::config::WritebackSection;
@@ -54,6 +55,7 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     progress: watch::Sender<u64>,
+    budgets: Option<Arc<RateBudgets>>,
 }
 
 /// How one step attempt ended.
@@ -79,7 +81,13 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         let (progress, rx) = watch::channel(0);
         let handle = WorkerHandle { wake: wake.clone(), progress: rx };
-        (Worker { store, tenants, clock, config, metrics, wake, progress }, handle)
+        (Worker { store, tenants, clock, config, metrics, wake, progress, budgets: None }, handle)
+    }
+
+    /// Meters the write-back lane with these rate budgets (see `budget.rs`).
+    pub fn with_budgets(mut self, budgets: Arc<RateBudgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 
     /// Runs until `shutdown` fires, then makes one last pass over due steps (the flush) and stops.
@@ -143,6 +151,9 @@ impl Worker {
             self.bump();
             return Ok(StepOutcome::Dead);
         };
+        if let Some(budgets) = &self.budgets {
+            budgets.writeback_permit(&step.tenant, tenant.crm.vendor()).await;
+        }
         let result = self.apply(&tenant, step).await;
         failpoint::hit(failpoint::WORKER_AFTER_VENDOR);
         if let Err(ConnectorError::AuthRevoked(detail)) = &result {
