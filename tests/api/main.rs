@@ -20,5 +20,5 @@ mod match_eval;
 mod mcp_http;
 mod pending_bookings;
 mod vapi;
-mod writeback_rules;
 mod writeback_durability;
+mod writeback_rules;
