@@ -6,16 +6,16 @@
 
 mod connections;
 mod console;
-mod identity_index;
 mod group_commit;
+mod identity_index;
 mod outbox;
 mod pending_bookings;
 mod writeback_rules;
 
 pub use connections::{ConnectionRow, OAuthStateRow};
 pub use console::AuditRow;
-pub use identity_index::IdentityKind;
 pub use group_commit::GroupCommitStats;
+pub use identity_index::IdentityKind;
 pub use outbox::{DeadLetter, StepSchedule};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
