@@ -45,6 +45,7 @@ pub struct Application {
     console: Arc<crate::console::ConsoleState>,
     worker: Worker,
     sandbox: Option<Sandbox>,
+    sandbox_admin: bool,
     grace: Duration,
     /// Seconds between identity index pulls; 0 = off.
     identity_pull: u64,
@@ -121,6 +122,11 @@ impl Application {
             metrics,
             sessions: Sessions::default(),
         });
+        if config.sandbox_options.unsafe_bypass_hold_ledger {
+            // Config validation refuses this outside the sandbox.
+            tracing::warn!("TEST ONLY: the hold ledger is bypassed; concurrent callers can be double-booked");
+            core.booking.ledger.set_unsafe_bypass(true);
+        }
         recover_open_calls(&core).await?;
         // Pending bookings keep their slots across a restart: re-held before any call is served.
         let reheld = core.booking.recover_pending().await.context("recovering pending bookings")?;
@@ -142,6 +148,7 @@ impl Application {
             connect: Arc::new(connect),
             console,
             worker,
+            sandbox_admin: config.sandbox_options.admin_endpoint,
             sandbox,
             grace: config.shutdown_grace,
             identity_pull: config.identity.pull_interval_secs,
@@ -162,7 +169,7 @@ impl Application {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, connect, console, worker, sandbox, grace, identity_pull } = self;
+        let Application { listener, state, connect, console, worker, sandbox, sandbox_admin, grace, identity_pull } = self;
         // The identity index's incremental pull from each tenant's CRM (off when 0).
         let identity_stop = CancellationToken::new();
         let identity_task = (identity_pull > 0).then(|| {
@@ -194,6 +201,10 @@ impl Application {
         }
         let router =
             gateway::router(state.clone()).merge(crate::console::router(console)).layer(axum::Extension(connect));
+        let router = match &sandbox {
+            Some(s) if sandbox_admin => router.merge(sandbox::admin::router(s, state.core.clone())),
+            _ => router,
+        };
         let serve_stop = stop.clone();
         let draining_state = state.clone();
         axum::serve(listener, router)

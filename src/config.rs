@@ -62,6 +62,9 @@ pub struct ServerFile {
     /// Operator console logins (issue 9).
     #[serde(default)]
     pub console: crate::console::ConsoleSection,
+    /// Sandbox-only switches for the load test (admin endpoint, ledger bypass).
+    #[serde(default)]
+    pub sandbox_options: crate::sandbox::admin::SandboxOptions,
 }
 
 /// The identity index's incremental pull from each tenant's CRM.
@@ -351,6 +354,7 @@ pub struct Config {
     pub connect: ConnectSection,
     pub identity: IdentitySection,
     pub console: crate::console::ConsoleSection,
+    pub sandbox_options: crate::sandbox::admin::SandboxOptions,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -498,6 +502,9 @@ impl Config {
         }
         if !server.connect.public_url.is_empty() && url::Url::parse(&server.connect.public_url).is_err() {
             issue(server_path, "connect.public_url", format!("{:?} is not a URL", server.connect.public_url));
+        }
+        for i in server.sandbox_options.validate(server_path, server.server.sandbox, &tenants) {
+            issue(&i.file, &i.key, i.reason);
         }
         let data_dir = overrides.data_dir.clone().unwrap_or(data_dir);
         let store_url = overrides.store_url.clone().unwrap_or(server.store.url.clone());
@@ -833,6 +840,7 @@ impl Config {
                 connect: server.connect.clone(),
                 identity: server.identity.clone(),
                 console: server.console.clone(),
+                sandbox_options: server.sandbox_options.clone(),
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),

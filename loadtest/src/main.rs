@@ -1,151 +1,102 @@
-//! `loadtest`: drives concurrent calls against a running callside over real WebSockets and
-//! reports per-tool latency (hdrhistogram). This is the first profile (connect → initialize →
-//! get_caller_context → list_services → end_call); the open-loop generator, the invariant checks
-//! and the echo floor arrive with the load-test issue.
+//! `loadtest`: see the library docs and BENCHMARKS.md for the profiles and their commands.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use clap::Parser;
-use futures::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use clap::{Parser, Subcommand};
 
-#[derive(Parser, Debug)]
-#[command(about = "Concurrent-call load against a running callside")]
-struct Args {
-    /// Base WebSocket URL of the service.
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    url: String,
-    /// The tenant's API key.
-    #[arg(long, default_value = "cs_demo_not_secret_5d0c2a91")]
-    key: String,
-    /// The dialed number that selects the tenant.
-    #[arg(long, default_value = "+12125550100")]
-    to: String,
-    /// Calls to run.
-    #[arg(long, default_value_t = 100)]
-    calls: usize,
-    /// Calls in flight at once.
-    #[arg(long, default_value_t = 50)]
-    concurrency: usize,
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Open-loop load test of callside, with the echo floor and invariant checks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-struct Timings {
-    per_tool: Vec<(String, Histogram<u64>)>,
-    errors: usize,
+#[derive(Subcommand)]
+enum Command {
+    /// Run a profile; exits 1 when an invariant fails.
+    Run(loadtest::RunArgs),
+    /// Write the generated configuration (for `callside serve` started by hand, then `run --url`).
+    WriteConfig {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        #[arg(long, default_value_t = 20)]
+        known_callers: usize,
+        #[arg(long, default_value_t = 5)]
+        max_backoff_secs: u64,
+    },
+    /// The echo floor's server (started by `run` as a child process).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// Run callside itself (the same application as `callside serve`), so `run` needs no other
+    /// binary; started by `run` as a child process.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
 
-impl Timings {
-    fn record(&mut self, tool: &str, micros: u64) {
-        let h = match self.per_tool.iter_mut().find(|(t, _)| t == tool) {
-            Some((_, h)) => h,
-            None => {
-                self.per_tool
-                    .push((tool.to_owned(), Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")));
-                &mut self.per_tool.last_mut().expect("just pushed").1
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Run(args) => {
+            let result = rt.block_on(loadtest::run(args))?;
+            if !result.passed {
+                eprintln!("loadtest: an invariant FAILED");
+                std::process::exit(1);
             }
-        };
-        let _ = h.record(micros.max(1));
-    }
-}
-
-async fn one_call(args: &Args, n: usize) -> anyhow::Result<Vec<(String, u64)>> {
-    let url = format!(
-        "{}/v1/calls/ws?call_id=load-{}-{n}&from=%2B1415555{:04}&to={}",
-        args.url,
-        std::process::id(),
-        n % 10_000,
-        args.to.replace('+', "%2B")
-    );
-    let mut req = url.into_client_request()?;
-    req.headers_mut().insert("Sec-WebSocket-Protocol", "mcp".parse()?);
-    req.headers_mut().insert("Authorization", format!("Bearer {}", args.key).parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.context("connect")?;
-    let mut timings = Vec::new();
-    let steps: [(&str, Value); 4] = [
-        (
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "loadtest", "version": "0"}}),
-        ),
-        ("get_caller_context", json!({})),
-        ("list_services", json!({})),
-        ("end_call", json!({"summary": "load test call"})),
-    ];
-    for (i, (tool, params)) in steps.into_iter().enumerate() {
-        let (method, params) = if tool == "initialize" {
-            ("initialize", params)
-        } else {
-            ("tools/call", json!({"name": tool, "arguments": params}))
-        };
-        let started = Instant::now();
-        ws.send(Message::Text(
-            json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}).to_string().into(),
-        ))
-        .await?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t)?;
-                    if v.get("id") == Some(&json!(i)) {
-                        if v.get("error").is_some() || v["result"]["isError"] == json!(true) {
-                            bail!("{tool} failed: {t}");
-                        }
-                        break;
-                    }
+            Ok(())
+        }
+        Command::WriteConfig { dir, tenants, known_callers, max_backoff_secs } => {
+            let specs = loadtest::setup::tenant_specs(tenants, known_callers);
+            let knobs = loadtest::setup::ServerKnobs {
+                unsafe_bypass_hold_ledger: false,
+                max_backoff_secs,
+                max_concurrent_calls: 20_000,
+            };
+            let path = loadtest::setup::write_config(&dir, &specs, &knobs)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::EchoServer { listen } => {
+            loadtest::raise_nofile();
+            rt.block_on(loadtest::load::echo_server(&listen))
+        }
+        Command::Serve { config, listen } => {
+            use tracing_subscriber::EnvFilter;
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+                .init();
+            let overrides = callside::config::Overrides { listen, data_dir: None, store_url: None };
+            let config = match callside::config::Config::load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(2);
                 }
-                Some(Ok(_)) => continue,
-                other => bail!("socket ended during {tool}: {other:?}"),
-            }
-        }
-        timings.push((tool.to_owned(), started.elapsed().as_micros() as u64));
-    }
-    let _ = ws.close(None).await;
-    Ok(timings)
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = std::sync::Arc::new(Args::parse());
-    let started = Instant::now();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..args.calls {
-        let permit = sem.clone().acquire_owned().await?;
-        let args = args.clone();
-        tasks.spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(30), one_call(&args, n)).await;
-            drop(permit);
-            r.map_err(|_| anyhow::anyhow!("call timed out")).and_then(|r| r)
-        });
-    }
-    let mut t = Timings { per_tool: Vec::new(), errors: 0 };
-    while let Some(r) = tasks.join_next().await {
-        match r? {
-            Ok(v) => v.into_iter().for_each(|(tool, us)| t.record(&tool, us)),
-            Err(e) => {
-                t.errors += 1;
-                eprintln!("call failed: {e:#}");
-            }
+            };
+            rt.block_on(async move {
+                let app = callside::app::Application::build(config, Arc::new(callside::clock::SystemClock)).await?;
+                eprintln!("callside listening on {}", app.local_addr());
+                app.run(async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                })
+                .await
+            })
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!("{} calls in {secs:.2}s ({:.0} calls/s), {} failed", args.calls, args.calls as f64 / secs, t.errors);
-    println!("{:<20} {:>10} {:>10} {:>10} {:>10}", "tool", "count", "p50 µs", "p99 µs", "max µs");
-    for (tool, h) in &t.per_tool {
-        println!(
-            "{:<20} {:>10} {:>10} {:>10} {:>10}",
-            tool,
-            h.len(),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.max()
-        );
-    }
-    if t.errors > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
 }

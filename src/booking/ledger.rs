@@ -22,6 +22,7 @@
 //!   confirmed alike — never overlap each other.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use jiff::{SignedDuration, Timestamp};
@@ -131,11 +132,31 @@ impl Tenant {
 #[derive(Debug, Default)]
 pub struct HoldLedger {
     tenants: Mutex<HashMap<String, Tenant>>,
+    /// TEST ONLY (`sandbox_options.unsafe_bypass_hold_ledger`): overlapping holds are admitted.
+    unsafe_bypass: AtomicBool,
 }
 
 impl HoldLedger {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// TEST ONLY: from now on overlapping holds are admitted and [`HoldLedger::busy`] reports
+    /// nothing, so slots are offered as if no call held them (the invariant in the module docs no
+    /// longer holds). Only the sandbox-only `sandbox_options.unsafe_bypass_hold_ledger` sets it,
+    /// so the load test can show its overlap check catches double bookings.
+    pub fn set_unsafe_bypass(&self, on: bool) {
+        self.unsafe_bypass.store(on, Ordering::Relaxed);
+    }
+
+    pub fn unsafe_bypassed(&self) -> bool {
+        self.unsafe_bypass.load(Ordering::Relaxed)
+    }
+
+    /// Unconfirmed holds still in the ledger (live or expired-but-unpurged), across tenants: zero
+    /// once every call has ended, since a call's holds die with it.
+    pub fn outstanding_holds(&self) -> usize {
+        self.lock().values().flat_map(|t| t.staff.values()).flatten().filter(|e| !e.confirmed).count()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Tenant>> {
@@ -160,7 +181,7 @@ impl HoldLedger {
             .staff
             .get(&req.staff_id)
             .is_some_and(|entries| entries.iter().any(|e| e.hold.blocked.overlaps(&blocked)));
-        if conflict {
+        if conflict && !self.unsafe_bypass.load(Ordering::Relaxed) {
             return Err(HoldError::Overlap);
         }
         let hold = Hold {
@@ -296,6 +317,10 @@ impl HoldLedger {
     /// Blocked intervals of the staff member's live holds and bookings overlapping `window`,
     /// sorted (they never overlap each other).
     pub fn busy(&self, tenant: &str, staff_id: &str, window: Interval, now: Timestamp) -> Vec<Interval> {
+        if self.unsafe_bypassed() {
+            // TEST ONLY: slots are offered and held as if the ledger were empty.
+            return Vec::new();
+        }
         let tenants = self.lock();
         let mut out: Vec<Interval> = tenants
             .get(tenant)

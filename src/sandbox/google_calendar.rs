@@ -267,6 +267,11 @@ impl GoogleCalendarState {
         self.lock().calendars.get(calendar_id).cloned().unwrap_or_default()
     }
 
+    /// Every event of every calendar, cancelled ones included (for the load test's overlap check).
+    pub fn all_events(&self) -> Vec<SandboxEvent> {
+        self.lock().calendars.values().flatten().cloned().collect()
+    }
+
     /// One stored event, whatever its status.
     pub fn event(&self, calendar_id: &str, event_id: &str) -> Option<SandboxEvent> {
         self.lock().calendars.get(calendar_id)?.iter().find(|e| e.id == event_id).cloned()

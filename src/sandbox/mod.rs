@@ -2,6 +2,7 @@
 //! Each emulator binds 127.0.0.1:0 inside the current process and follows the vendor's documented
 //! paths, JSON shapes and faults.
 
+pub mod admin;
 pub mod control;
 pub mod google_calendar;
 pub mod graph;

@@ -9,6 +9,7 @@ mod console;
 mod group_commit;
 mod identity_index;
 mod outbox;
+mod loadtest;
 mod pending_bookings;
 mod writeback_rules;
 
