@@ -715,14 +715,9 @@ pub async fn echo_server(listen: &str) -> anyhow::Result<()> {
                 return;
             };
             while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(msg).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if matches!(msg, Message::Close(_)) || (echo && ws.send(msg).await.is_err()) {
+                    break;
                 }
             }
         });

@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a profile; exits 1 when an invariant fails.
-    Run(loadtest::RunArgs),
+    Run(Box<loadtest::RunArgs>),
     /// Write the generated configuration (for `callside serve` started by hand, then `run --url`).
     WriteConfig {
         #[arg(long)]
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Run(args) => {
-            let result = rt.block_on(loadtest::run(args))?;
+            let result = rt.block_on(loadtest::run(*args))?;
             if !result.passed {
                 eprintln!("loadtest: an invariant FAILED");
                 std::process::exit(1);

@@ -65,7 +65,8 @@ pub fn print_table(
         "×p99",
         "×p99.9"
     );
-    let mut rows: Vec<(String, &Histogram<u64>, Option<&Histogram<u64>>)> =
+    type Row<'a> = (String, &'a Histogram<u64>, Option<&'a Histogram<u64>>);
+    let mut rows: Vec<Row<'_>> =
         tools.iter().map(|t| (t.to_string(), &service[**t], floor.and_then(|f| f.get(**t)))).collect();
     let warm = warm_tools(service);
     let warm_floor = floor.and_then(warm_tools);

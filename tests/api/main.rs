@@ -19,6 +19,7 @@ mod lifecycle;
 mod match_eval;
 mod mcp_http;
 mod pending_bookings;
+mod sandbox_admin;
 mod vapi;
 mod writeback_durability;
 mod writeback_rules;
