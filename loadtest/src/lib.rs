@@ -258,9 +258,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         Some((f, fstarted.elapsed().as_secs_f64(), ftimeline, fcounters))
     };
 
-    if args.url.is_none() {
-        service.stop().await?;
-    }
+    // A service that does not shut down cleanly is reported, not allowed to lose the report.
+    let shutdown = if args.url.is_none() {
+        match service.stop().await {
+            Ok(()) => "clean".to_owned(),
+            Err(e) => format!("{e:#}"),
+        }
+    } else {
+        "not ours".to_owned()
+    };
 
     // ---- the report ----
     let total_requests = counters.requests.load(Ordering::Relaxed);
@@ -324,7 +330,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         "latency_us": tools,
         "warm_tool_calls_us": warm_json,
         "server": {"pid": service.pid, "baseline_rss_mb": baseline_mb, "peak_rss_mb": peak_rss,
-                   "rss_per_open_call_kb": per_call_kb, "mean_cpu_pct_during_load": (cpu_mean * 10.0).round() / 10.0},
+                   "rss_per_open_call_kb": per_call_kb, "mean_cpu_pct_during_load": (cpu_mean * 10.0).round() / 10.0,
+                   "shutdown": shutdown},
         "emulator_requests": state["emulator_requests"],
         "drain_secs": drain_secs,
         "floor": floor.as_ref().map(|(f, secs, tl, fc)| json!({
@@ -357,6 +364,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         baseline_mb.unwrap_or(0.0),
         per_call_kb.map(|k| k.to_string()).unwrap_or_else(|| "?".into())
     );
+    if shutdown != "clean" && shutdown != "not ours" {
+        println!("server shutdown: {shutdown}");
+    }
     println!("latency from scheduled send time (µs); floor = echo server, same sizes and schedule:");
     report::print_table(&outcome.latency, floor.as_ref().map(|(f, ..)| &f.latency));
     println!("invariants:");
