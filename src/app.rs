@@ -169,7 +169,8 @@ impl Application {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, connect, console, worker, sandbox, sandbox_admin, grace, identity_pull } = self;
+        let Application { listener, state, connect, console, worker, sandbox, sandbox_admin, grace, identity_pull } =
+            self;
         // The identity index's incremental pull from each tenant's CRM (off when 0).
         let identity_stop = CancellationToken::new();
         let identity_task = (identity_pull > 0).then(|| {
