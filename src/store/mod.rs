@@ -8,8 +8,8 @@ mod connections;
 mod console;
 mod group_commit;
 mod identity_index;
-mod outbox;
 mod loadtest;
+mod outbox;
 mod pending_bookings;
 mod writeback_rules;
 
