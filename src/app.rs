@@ -133,6 +133,16 @@ impl Application {
         if reheld > 0 {
             tracing::info!(reheld, "pending bookings recovered");
         }
+        // The demo and the tests: the HubSpot emulator's app sends its webhooks here, for the
+        // (first) sandbox tenant that names its portal.
+        if let (Some(s), Some(h)) = (&sandbox, &config.inbound.hubspot) {
+            let portal = config.tenants.iter().find(|t| t.crm.base_url == "sandbox").and_then(|t| t.crm.portal_id);
+            if let (Some(portal), Ok(secret)) = (portal, std::env::var(&h.client_secret_env)) {
+                let target = url::Url::parse(&format!("{public_url}{}", crate::inbound::hubspot::PATH))
+                    .context("the HubSpot webhook target URL")?;
+                s.hubspot.state.deliver_webhooks_to(target, &secret, portal, clock.clone());
+            }
+        }
         let state = Arc::new(AppState {
             core,
             call_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
@@ -140,6 +150,11 @@ impl Application {
             close_calls: CancellationToken::new(),
             call_tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            inbound_hubspot: config
+                .inbound
+                .hubspot
+                .as_ref()
+                .map(|h| crate::inbound::hubspot::HubSpotReceiver::new(h, &public_url)),
         });
         let console = Arc::new(crate::console::ConsoleState::new(state.core.clone(), &config.console, &public_url));
         Ok(Application {

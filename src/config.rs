@@ -65,6 +65,9 @@ pub struct ServerFile {
     /// Sandbox-only switches for the load test (admin endpoint, ledger bypass).
     #[serde(default)]
     pub sandbox_options: crate::sandbox::admin::SandboxOptions,
+    /// Inbound sync: vendors' change notifications (`crate::inbound`).
+    #[serde(default)]
+    pub inbound: InboundSection,
 }
 
 /// The identity index's incremental pull from each tenant's CRM.
@@ -80,6 +83,26 @@ impl Default for IdentitySection {
     fn default() -> Self {
         Self { pull_interval_secs: 300 }
     }
+}
+
+/// Receivers of vendors' change notifications. Only the names of environment variables holding
+/// secrets live here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundSection {
+    pub hubspot: Option<HubSpotWebhookSection>,
+}
+
+/// The HubSpot app whose webhooks `POST /v1/inbound/hubspot` receives: one URL for the app,
+/// the tenant named by each event's `portalId` (the tenant file's `crm.portal_id`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotWebhookSection {
+    /// Environment variable holding the app's client secret (the v3 signature key).
+    pub client_secret_env: String,
+    /// The app's id: events whose `changeSource` is `INTEGRATION` with this `sourceId` are this
+    /// service's own writes and are not refetched.
+    pub app_id: String,
 }
 
 /// OAuth apps for connecting tenants' CRMs (`/v1/connect/{vendor}/start`). Only the names of the
@@ -275,6 +298,9 @@ pub struct VendorSection {
     /// Never accepted: present only so a password written into the file gets a clear error.
     #[serde(default)]
     pub password: Option<String>,
+    /// HubSpot: the portal (hub) id whose webhooks belong to this tenant (`portalId`).
+    #[serde(default)]
+    pub portal_id: Option<u64>,
     /// CalDAV: the `ORGANIZER` written on events (the business's address), e.g. `bookings@salon.example`.
     #[serde(default)]
     pub organizer_email: Option<String>,
@@ -355,6 +381,7 @@ pub struct Config {
     pub identity: IdentitySection,
     pub console: crate::console::ConsoleSection,
     pub sandbox_options: crate::sandbox::admin::SandboxOptions,
+    pub inbound: InboundSection,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -500,6 +527,24 @@ impl Config {
                 }
             }
         }
+        if let Some(h) = &server.inbound.hubspot {
+            match std::env::var(&h.client_secret_env) {
+                Ok(v) if v.len() >= 16 => {}
+                Ok(_) => issue(
+                    server_path,
+                    "inbound.hubspot.client_secret_env",
+                    format!("the secret in {} must be at least 16 characters", h.client_secret_env),
+                ),
+                Err(_) => issue(
+                    server_path,
+                    "inbound.hubspot.client_secret_env",
+                    format!("environment variable {} is not set", h.client_secret_env),
+                ),
+            }
+            if h.app_id.trim().is_empty() {
+                issue(server_path, "inbound.hubspot.app_id", "must not be empty".into());
+            }
+        }
         if !server.connect.public_url.is_empty() && url::Url::parse(&server.connect.public_url).is_err() {
             issue(server_path, "connect.public_url", format!("{:?} is not a URL", server.connect.public_url));
         }
@@ -523,6 +568,7 @@ impl Config {
 
         let mut seen_ids = HashSet::new();
         let mut seen_numbers = HashSet::new();
+        let mut seen_portals = HashSet::new();
         let mut out = Vec::new();
         for (file, t) in tenants {
             let before = issues.len();
@@ -533,6 +579,13 @@ impl Config {
             }
             if !seen_ids.insert(t.id.clone()) {
                 issue("id", format!("tenant id {:?} is used by another file", t.id));
+            }
+            if let Some(portal) = t.crm.portal_id {
+                if t.crm.vendor != "hubspot" {
+                    issue("crm.portal_id", "only a HubSpot CRM has a portal id".into());
+                } else if !seen_portals.insert(portal) {
+                    issue("crm.portal_id", format!("portal {portal} belongs to another tenant"));
+                }
             }
             let tz = match jiff::tz::TimeZone::get(&t.time_zone) {
                 Ok(tz) => Some(tz),
@@ -841,6 +894,7 @@ impl Config {
                 identity: server.identity.clone(),
                 console: server.console.clone(),
                 sandbox_options: server.sandbox_options.clone(),
+                inbound: server.inbound.clone(),
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),

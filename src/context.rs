@@ -158,6 +158,23 @@ impl ContextService {
     pub async fn invalidate(&self, tenant: &str, e164: &str) {
         self.cache.invalidate(&(tenant.to_owned(), e164.to_owned())).await;
     }
+
+    /// Drops every cached context of the tenant that `concerns` picks (the CRM said a record
+    /// changed; the cache is keyed by phone, so the entries are found by scanning). Returns how
+    /// many were dropped.
+    pub async fn invalidate_where(&self, tenant: &str, concerns: impl Fn(&CallerContext) -> bool) -> usize {
+        let stale: Vec<Key> =
+            self.cache.iter().filter(|(k, v)| k.0 == tenant && concerns(v)).map(|(k, _)| (*k).clone()).collect();
+        for k in &stale {
+            self.cache.invalidate(k).await;
+        }
+        stale.len()
+    }
+
+    /// Whether a context is cached for (tenant, E.164) (tests and the inbound sync's checks).
+    pub fn is_cached(&self, tenant: &str, e164: &str) -> bool {
+        self.cache.contains_key(&(tenant.to_owned(), e164.to_owned()))
+    }
 }
 
 fn matched(ctx: CrmContext, decision: &Decision) -> CallerContext {

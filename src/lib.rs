@@ -27,6 +27,7 @@ pub mod context;
 pub mod failpoint;
 pub mod gateway;
 pub mod identity;
+pub mod inbound;
 pub mod matching;
 pub mod notify;
 pub mod observe;

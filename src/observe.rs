@@ -30,6 +30,13 @@ pub struct StepLabels {
     pub outcome: String,
 }
 
+/// A vendor's change notification and what became of it (inbound sync).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundLabels {
+    pub vendor: String,
+    pub outcome: String,
+}
+
 /// Every metric the service exports. One instance per application (not global), so tests that
 /// run several applications in one process see their own numbers.
 pub struct Metrics {
@@ -42,6 +49,10 @@ pub struct Metrics {
     pub writeback_backlog: Gauge,
     /// Calls opened over MCP Streamable HTTP, by the protocol version of the opening request.
     pub mcp_sessions: Family<EraLabel, Counter>,
+    /// Inbound webhook requests by vendor and outcome (accepted, forged, stale, replayed, ...).
+    pub inbound_requests: Family<InboundLabels, Counter>,
+    /// Events inside accepted inbound requests by vendor and outcome (applied, own, duplicate, ...).
+    pub inbound_events: Family<InboundLabels, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +79,14 @@ impl Metrics {
             "Calls opened over MCP Streamable HTTP, by protocol version (era)",
             mcp_sessions.clone(),
         );
+        let inbound_requests = Family::<InboundLabels, Counter>::default();
+        registry.register(
+            "inbound_requests",
+            "Inbound change-notification requests by vendor and outcome",
+            inbound_requests.clone(),
+        );
+        let inbound_events = Family::<InboundLabels, Counter>::default();
+        registry.register("inbound_events", "Inbound change events by vendor and outcome", inbound_events.clone());
         Metrics {
             registry,
             tool_calls,
@@ -77,6 +96,8 @@ impl Metrics {
             writeback_steps,
             writeback_backlog,
             mcp_sessions,
+            inbound_requests,
+            inbound_events,
         }
     }
 
@@ -84,6 +105,28 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl Metrics {
+    /// Counts one inbound request.
+    pub fn count_inbound_request(&self, vendor: &str, outcome: &str) {
+        self.inbound_requests.get_or_create(&InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// Counts one inbound event.
+    pub fn count_inbound_event(&self, vendor: &str, outcome: &str) {
+        self.inbound_events.get_or_create(&InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// The count of inbound requests with this outcome so far.
+    pub fn inbound_request_count(&self, vendor: &str, outcome: &str) -> u64 {
+        self.inbound_requests.get_or_create(&InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).get()
+    }
+
+    /// The count of inbound events with this outcome so far.
+    pub fn inbound_event_count(&self, vendor: &str, outcome: &str) -> u64 {
+        self.inbound_events.get_or_create(&InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).get()
     }
 }
 

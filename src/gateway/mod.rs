@@ -3,6 +3,7 @@
 //! behind [`crate::session::Core`]). Every transport runs tools through the same core.
 
 pub mod connect;
+mod inbound;
 mod mcp_http;
 mod vapi;
 mod writeback_admin;
@@ -43,6 +44,8 @@ pub struct AppState {
     /// Owns every call socket task: axum's graceful shutdown does not cover upgraded sockets.
     pub call_tasks: TaskTracker,
     pub draining: AtomicBool,
+    /// The HubSpot app's webhook receiver, when `[inbound.hubspot]` is configured.
+    pub inbound_hubspot: Option<crate::inbound::hubspot::HubSpotReceiver>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -56,8 +59,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/vapi", post(vapi::post))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(VAPI_BODY_LIMIT));
+    let inbound = Router::new()
+        .route(crate::inbound::hubspot::PATH, post(inbound::hubspot))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(inbound::INBOUND_BODY_LIMIT));
     Router::new()
         .route("/v1/calls/ws", get(ws::upgrade))
+        .merge(inbound)
         .merge(mcp)
         .merge(vapi)
         .merge(writeback_admin::routes())
@@ -125,5 +133,9 @@ pub(crate) fn notification_message(call_id: &str, n: &Notification) -> (&'static
         Notification::ContextReady { status } => {
             ("notifications/callside/context_ready", json!({"call_id": call_id, "status": status}))
         }
+        Notification::ContextChanged { context } => (
+            "notifications/callside/context_changed",
+            json!({"call_id": call_id, "status": context.status(), "greeting_hint": context.greeting_hint(), "context": context.as_ref()}),
+        ),
     }
 }

@@ -228,9 +228,8 @@ async fn run_call(
                 }
             },
             Some(note) = notes.recv(), if closing.is_none() => {
-                let msg = match note {
-                    Notification::ContextReady { status } => jsonrpc::notification("notifications/callside/context_ready", json!({"call_id": session.call_id, "status": status})),
-                };
+                let (method, params) = super::notification_message(&session.call_id, &note);
+                let msg = jsonrpc::notification(method, params);
                 let _ = out.send(Message::Text(msg.into())).await;
             },
             Some(_) = tool_tasks.join_next(), if !tool_tasks.is_empty() => {},

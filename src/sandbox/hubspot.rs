@@ -648,6 +648,8 @@ struct Inner {
     conflict_ids: bool,
     counts: HashMap<RouteKind, u64>,
     log: Vec<LoggedRequest>,
+    /// The app's webhook subscriptions, once a target is set (`deliver_webhooks_to`).
+    webhook: Option<super::hubspot_webhooks::WebhookSink>,
 }
 
 /// The emulator's state, shared by the server and the test that drives it.
@@ -683,6 +685,7 @@ impl HubSpotState {
                 conflict_ids: true,
                 counts: HashMap::new(),
                 log: Vec::new(),
+                webhook: None,
             }),
         })
     }
@@ -773,6 +776,24 @@ impl HubSpotState {
             email: email.into(),
         });
         id.to_string()
+    }
+
+    /// Turns on the app's webhook subscriptions (`contact.propertyChange`, `contact.creation`,
+    /// `deal.propertyChange`): from now on every change is POSTed, signed with `client_secret`,
+    /// to `target` for portal `portal_id` (see [`super::hubspot_webhooks`]). Must be called from
+    /// within a tokio runtime.
+    pub fn deliver_webhooks_to(
+        &self,
+        target: url::Url,
+        client_secret: &str,
+        portal_id: u64,
+        clock: crate::clock::SharedClock,
+    ) -> Arc<super::hubspot_webhooks::WebhookStats> {
+        let (sink, stats, _task) =
+            super::hubspot_webhooks::start_delivery(target, client_secret.to_owned(), portal_id, clock);
+        // The task ends when the sink (its sender) is dropped with the emulator's state.
+        self.lock().webhook = Some(sink);
+        stats
     }
 
     /// A person edits a property in HubSpot's UI (recorded as `CRM_UI` by `user_id`).
@@ -1041,6 +1062,9 @@ impl Inner {
         properties.insert(modified.into(), iso(now));
         let object = StoredObject { id, properties, created_at: now, updated_at: now, history };
         self.objects.entry(object_type).or_default().insert(id, object);
+        if let (ObjectType::Contacts, Some(sink)) = (object_type, self.webhook.as_mut()) {
+            sink.emit("contact.creation", id, None, source, now);
+        }
         id
     }
 
@@ -1057,6 +1081,7 @@ impl Inner {
         // Versions of one object are strictly ordered in time, as HubSpot's history is: two
         // writes within the same millisecond still get distinct, increasing timestamps.
         let now = Timestamp::now().max(object.updated_at + jiff::SignedDuration::from_millis(1));
+        let changed: Vec<String> = props.keys().cloned().collect();
         for (k, v) in props {
             object.history.entry(k.clone()).or_default().push(HistoryEntry {
                 value: v.clone(),
@@ -1071,7 +1096,19 @@ impl Inner {
         }
         object.updated_at = now;
         object.properties.insert(modified.into(), iso(now));
-        Some(object.clone())
+        let object = object.clone();
+        let subscription = match object_type {
+            ObjectType::Contacts => Some("contact.propertyChange"),
+            ObjectType::Deals => Some("deal.propertyChange"),
+            _ => None,
+        };
+        if let (Some(subscription), Some(sink)) = (subscription, self.webhook.as_mut()) {
+            for name in &changed {
+                let value = object.properties.get(name).map(String::as_str).unwrap_or("");
+                sink.emit(subscription, id, Some((name, value)), source, now);
+            }
+        }
+        Some(object)
     }
 
     /// Puts the object's current state into the search index.

@@ -7,6 +7,7 @@ pub mod control;
 pub mod google_calendar;
 pub mod graph;
 pub mod hubspot;
+pub mod hubspot_webhooks;
 pub mod radicale;
 
 use std::io;

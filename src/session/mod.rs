@@ -68,6 +68,12 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// The tenant's live calls on this instance (inbound sync looks for the caller of a changed
+    /// record among them).
+    pub fn live_for_tenant(&self, tenant: &str) -> Vec<Arc<CallSession>> {
+        self.live.lock().expect("sessions lock").values().filter(|s| s.tenant.id() == tenant).cloned().collect()
+    }
+
     fn insert(&self, s: Arc<CallSession>) -> bool {
         let mut live = self.live.lock().expect("sessions lock");
         if live.contains_key(&s.call_id) {
@@ -119,6 +125,10 @@ pub struct CallSession {
     pub dialed: String,
     pub started_at: Timestamp,
     prefetch: Shared<BoxFuture<'static, Arc<CallerContext>>>,
+    /// The caller's context as re-read after the CRM said the record changed (inbound sync);
+    /// tools read it in place of the prefetch. The write-back keeps the ring-time read as its
+    /// watermark (see `finish_call`), so a rep's mid-call edit still counts as newer.
+    refreshed: Mutex<Option<Arc<CallerContext>>>,
     state: Mutex<CallState>,
     /// Server-initiated messages for the transport to deliver (e.g. "context ready").
     pub notifications: mpsc::Sender<Notification>,
@@ -127,7 +137,13 @@ pub struct CallSession {
 /// A server notification, transport-neutral.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notification {
-    ContextReady { status: &'static str },
+    ContextReady {
+        status: &'static str,
+    },
+    /// The caller's record changed in the CRM during the call (inbound sync): the fresh context.
+    ContextChanged {
+        context: Arc<CallerContext>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +222,7 @@ impl Core {
             dialed: dialed.clone(),
             started_at: now,
             prefetch,
+            refreshed: Mutex::new(None),
             state: Mutex::new(CallState::default()),
             notifications: tx,
         });
@@ -487,11 +504,43 @@ impl CallSession {
         out
     }
 
+    /// The caller's context: the latest re-read after a CRM change, else the ring-time prefetch.
     pub async fn context(&self) -> Arc<CallerContext> {
         if let Some(ctx) = self.state.lock().expect("call state lock").rematched.clone() {
             return ctx;
         }
+        if let Some(fresh) = self.refreshed.lock().expect("refreshed lock").clone() {
+            return fresh;
+        }
         self.prefetch.clone().await
+    }
+
+    /// The context as currently known without waiting: `None` while the prefetch is running.
+    pub fn context_now(&self) -> Option<Arc<CallerContext>> {
+        if let Some(ctx) = self.state.lock().expect("call state lock").rematched.clone() {
+            return Some(ctx);
+        }
+        if let Some(fresh) = self.refreshed.lock().expect("refreshed lock").clone() {
+            return Some(fresh);
+        }
+        self.prefetch.peek().cloned()
+    }
+
+    /// Replaces the context after a CRM change and pushes it to the call's transport. Returns
+    /// `false` (and pushes nothing) when the fresh read equals what the call already has.
+    /// A call re-matched by what the caller said (`get_caller_context` with a name or email) is
+    /// left alone: the re-read is by phone and would undo the re-match.
+    pub fn replace_context(&self, fresh: Arc<CallerContext>) -> bool {
+        if self.state.lock().expect("call state lock").rematched.is_some() {
+            return false;
+        }
+        if self.context_now().is_some_and(|current| *current == *fresh) {
+            return false;
+        }
+        *self.refreshed.lock().expect("refreshed lock") = Some(fresh.clone());
+        // A full queue means the transport is not reading; the tools still see the new context.
+        let _ = self.notifications.try_send(Notification::ContextChanged { context: fresh });
+        true
     }
 
     /// The caller's E.164 number, when not withheld.

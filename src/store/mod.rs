@@ -8,6 +8,7 @@ mod connections;
 mod console;
 mod group_commit;
 mod identity_index;
+mod inbound;
 mod loadtest;
 mod outbox;
 mod pending_bookings;

@@ -15,6 +15,7 @@ mod crash;
 mod graph_calendar;
 mod helpers;
 mod identity;
+mod inbound_hubspot;
 mod lifecycle;
 mod match_eval;
 mod mcp_http;

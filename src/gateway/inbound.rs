@@ -1,0 +1,53 @@
+//! Routes of the inbound sync (`crate::inbound`): vendors' change notifications. The handlers
+//! only translate HTTP to the receivers and their answers back.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use crate::inbound::hubspot::{self, Delivery};
+
+/// Webhook bodies are small batches (HubSpot sends at most 100 events per request).
+pub const INBOUND_BODY_LIMIT: usize = 256 * 1024;
+
+/// `POST /v1/inbound/hubspot`: the HubSpot app's webhooks.
+pub(super) async fn hubspot(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(receiver) = app.inbound_hubspot.as_ref() else {
+        app.core.metrics.count_inbound_request(hubspot::VENDOR, "not_configured");
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"error": "not_configured", "message": "HubSpot webhooks are not configured on this service"}),
+            ),
+        )
+            .into_response();
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
+    let delivery = Delivery {
+        method: method.as_str(),
+        path_and_query,
+        body: &body,
+        signature: header(hubspot::SIGNATURE_HEADER),
+        timestamp: header(hubspot::TIMESTAMP_HEADER),
+    };
+    match receiver.receive(&app.core, delivery).await {
+        Ok(accepted) => (StatusCode::OK, axum::Json(json!(accepted))).into_response(),
+        Err(rejection) => {
+            let status = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, axum::Json(json!({"error": rejection.outcome(), "message": rejection.to_string()})))
+                .into_response()
+        }
+    }
+}

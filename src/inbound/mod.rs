@@ -1,0 +1,85 @@
+//! Inbound sync: vendors tell callside what changed, so a live call is not contradicted by a
+//! stale cache and the next call starts from the CRM's current record.
+//!
+//! One file per vendor. Each receiver checks the request is the vendor's (signature, timestamp
+//! window, replay guard) and names its tenant before it touches anything: a rejected request is
+//! answered with its status, counted (`callside_inbound_requests{vendor,outcome}`) and changes
+//! no state. Accepted events are applied once (redeliveries are recognized by event id in the
+//! store, migration 0012), the service's own writes are recognized and not refetched, and the
+//! effects are the same for every vendor (`refresh_callers`): cached contexts showing the record
+//! are dropped, and a live call whose caller it concerns re-reads its context and gets it pushed
+//! (`notifications/callside/context_changed`).
+
+pub mod hubspot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::context::CallerContext;
+use crate::session::Core;
+use crate::tenant::Tenant;
+
+/// How long one live call's re-read may take inside a webhook request: vendors time deliveries
+/// out (HubSpot after 5 s), and the cache is already invalidated if the re-read is abandoned.
+const REFRESH_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Which cached contexts and live calls a CRM change concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affected {
+    /// A contact: contexts showing it.
+    Contact(String),
+    /// A deal: contexts listing it among the caller's open deals.
+    Deal(String),
+    /// A change that can alter who a number matches (a new contact, a phone edited, a merge, a
+    /// deletion): every live call of the tenant with a number re-reads, besides the contexts
+    /// showing the contact.
+    Matching(String),
+}
+
+impl Affected {
+    fn concerns(&self, ctx: &CallerContext) -> bool {
+        match self {
+            Affected::Contact(id) | Affected::Matching(id) => ctx.contact_id() == Some(id.as_str()),
+            Affected::Deal(id) => ctx.open_deal_ids().iter().any(|d| d == id),
+        }
+    }
+}
+
+/// Applies one CRM change: drops the cached contexts it concerns and re-reads the context of the
+/// tenant's live calls it concerns, pushing the fresh one where it differs. Returns how many live
+/// calls were notified.
+pub async fn refresh_callers(core: &Arc<Core>, tenant: &Arc<Tenant>, affected: &Affected) -> usize {
+    core.context.invalidate_where(tenant.id(), |ctx| affected.concerns(ctx)).await;
+    let mut notified = 0;
+    for session in core.sessions.live_for_tenant(tenant.id()) {
+        if session.is_ended() {
+            continue;
+        }
+        let Some(e164) = session.caller_e164().map(str::to_owned) else { continue };
+        let concerned = match session.context_now() {
+            Some(ctx) => affected.concerns(&ctx) || matches!(affected, Affected::Matching(_)),
+            // The prefetch is still running: it may have read the record before the change.
+            None => true,
+        };
+        if !concerned {
+            continue;
+        }
+        core.context.invalidate(tenant.id(), &e164).await;
+        let fresh = match tokio::time::timeout(REFRESH_DEADLINE, core.context.fetch(tenant, &session.caller)).await {
+            Ok(fresh) => fresh,
+            Err(_) => {
+                tracing::warn!(call_id = %session.call_id, tenant = %tenant.id(), "re-reading the caller's context after a CRM change timed out");
+                continue;
+            }
+        };
+        if let CallerContext::Unavailable { reason } = fresh.as_ref() {
+            // Keep what the call has: an outage is not news about the caller.
+            tracing::warn!(call_id = %session.call_id, tenant = %tenant.id(), %reason, "could not re-read the caller's context after a CRM change");
+            continue;
+        }
+        if session.replace_context(fresh) {
+            notified += 1;
+        }
+    }
+    notified
+}
