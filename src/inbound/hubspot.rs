@@ -177,8 +177,9 @@ impl HubSpotReceiver {
             Err(r) => r.outcome(),
         };
         core.metrics.count_inbound_request(VENDOR, outcome);
-        if let Err(r) = &result {
-            tracing::warn!(vendor = VENDOR, outcome, reason = %r, "inbound webhook refused");
+        if result.is_err() {
+            // Only the outcome: a malformed body's parse error can quote the body (phones, names).
+            tracing::warn!(vendor = VENDOR, outcome, "inbound webhook refused");
         }
         result
     }
