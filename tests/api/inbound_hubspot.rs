@@ -76,6 +76,9 @@ fn requests(core: &Core, outcome: &str) -> u64 {
     core.metrics.inbound_request_count("hubspot", outcome)
 }
 
+/// A refused delivery: (what, status, outcome counted, body, timestamp header, signature header).
+type BadCase = (&'static str, u16, &'static str, Vec<u8>, Option<String>, Option<String>);
+
 /// Reads the socket until a notification with `method` arrives (the signal the test waits on).
 async fn next_notification(client: &mut Client, method: &str) -> Value {
     if let Some(i) = client.notifications.iter().position(|n| n["method"] == method) {
@@ -185,7 +188,7 @@ async fn forged_stale_replayed_unknown_and_malformed_webhooks_are_refused_counte
 
     // Each case: (what, status, outcome counted, the request).
     let wrong_secret = sign_v3("not-the-apps-secret-at-all", "POST", &target(&app), &good, now);
-    let cases: Vec<(&str, u16, &str, Vec<u8>, Option<String>, Option<String>)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("wrong secret", 401, "forged", good.clone(), Some(now.to_string()), Some(wrong_secret)),
         ("no signature", 401, "forged", good.clone(), Some(now.to_string()), None),
         ("garbage signature", 401, "forged", good.clone(), Some(now.to_string()), Some("%%%".into())),
