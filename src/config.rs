@@ -298,13 +298,11 @@ pub struct VendorSection {
     /// Never accepted: present only so a password written into the file gets a clear error.
     #[serde(default)]
     pub password: Option<String>,
-    /// HubSpot: the portal (hub) id whose webhooks belong to this tenant (`portalId`).
-    #[serde(default)]
-    pub portal_id: Option<u64>,
     /// CalDAV: the `ORGANIZER` written on events (the business's address), e.g. `bookings@salon.example`.
     #[serde(default)]
     pub organizer_email: Option<String>,
-    /// The HubSpot portal (hub) id, for deep links from the console into the CRM.
+    /// The HubSpot portal (hub) id: deep links from the console into the CRM, and the tenant of
+    /// the app's webhooks (`portalId`, `crate::inbound::hubspot`).
     #[serde(default)]
     pub portal_id: Option<u64>,
 }
