@@ -5,7 +5,7 @@
 //! these files: credentials are named by environment variable (`*_env` keys) and API keys are
 //! stored as SHA-256 digests.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -567,6 +567,10 @@ impl Config {
         let mut seen_ids = HashSet::new();
         let mut seen_numbers = HashSet::new();
         let mut seen_portals = HashSet::new();
+        // A credential identifies one tenant: `by_api_key` / `by_vapi_secret` would otherwise
+        // pick one of the tenants sharing it.
+        let mut key_owner: HashMap<[u8; 32], String> = HashMap::new();
+        let mut vapi_owner: HashMap<[u8; 32], String> = HashMap::new();
         let mut out = Vec::new();
         for (file, t) in tenants {
             let before = issues.len();
@@ -623,6 +627,9 @@ impl Config {
                     Ok(bytes) if bytes.len() == 32 => {
                         let mut a = [0u8; 32];
                         a.copy_from_slice(&bytes);
+                        if key_owner.entry(a).or_insert_with(|| t.id.clone()) != &t.id {
+                            issue(&format!("api_key_sha256[{i}]"), "this key belongs to another tenant".into());
+                        }
                         digests.push(a);
                     }
                     _ => issue(
@@ -637,6 +644,9 @@ impl Config {
                     Ok(bytes) if bytes.len() == 32 => {
                         let mut a = [0u8; 32];
                         a.copy_from_slice(&bytes);
+                        if vapi_owner.entry(a).or_insert_with(|| t.id.clone()) != &t.id {
+                            issue("vapi_secret_sha256", "this secret belongs to another tenant".into());
+                        }
                         vapi_secret_digest = Some(a);
                     }
                     _ => issue(

@@ -491,6 +491,9 @@ pub(super) async fn open_http(
     let caller = Phone::parse(from.unwrap_or(""), tenant.config.default_region);
     match app.core.open_http_call(tenant.clone(), call_id.to_owned(), caller, dialed).await {
         Ok(s) => Ok(s),
+        Err(crate::session::OpenError::CallIdTaken) => {
+            Err(tool_error(json!({"error": "unknown_call"}), "That call id is not available; use a new one."))
+        }
         Err(crate::session::OpenError::DuplicateCall) => {
             app.core.sessions.get(call_id).filter(|s| s.tenant.id() == tenant.id()).ok_or_else(|| {
                 tool_error(json!({"error": "unknown_call"}), "That call id is not available; use a new one.")

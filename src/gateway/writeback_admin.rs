@@ -115,6 +115,12 @@ async fn decide(app: &AppState, headers: &HeaderMap, call_id: &str, approve: boo
         Ok(t) => t,
         Err(r) => return *r,
     };
+    // Another tenant's call answers like a call that does not exist (as on every other route).
+    match app.core.store.call(t.id(), call_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown call"),
+        Err(e) => return internal(e),
+    }
     let now = app.core.clock.now();
     match app.core.store.decide_held_plan(t.id(), call_id, approve, "operator api", now).await {
         Ok(Decided::Approved { steps }) => {

@@ -114,6 +114,18 @@ pub async fn upgrade(
     if app.core.sessions.get(&call_id).is_some() {
         return refuse(StatusCode::CONFLICT, "a call with this call_id is already connected", "duplicate_call", &app);
     }
+    // A call id is used once: a finished call (or another tenant's) is never re-opened, so a new
+    // session cannot attach to rows it does not own. `open_call` re-checks this atomically.
+    match app.core.store.call_tenant(&call_id).await {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            return refuse(StatusCode::CONFLICT, "this call_id has already been used", "duplicate_call", &app);
+        }
+        Err(e) => {
+            tracing::error!(call_id = %call_id, error = %e, "store unavailable checking a call id");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable; retry", "store_unavailable", &app);
+        }
+    }
     let Ok(permit) = app.call_permits.clone().try_acquire_owned() else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

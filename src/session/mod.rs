@@ -150,6 +150,10 @@ pub enum Notification {
 pub enum OpenError {
     #[error("a call with this id is already connected")]
     DuplicateCall,
+    /// The id belongs to a call already recorded (finished, or another tenant's): a call id is
+    /// used once, so a new session can never attach to another call's rows.
+    #[error("this call id has already been used")]
+    CallIdTaken,
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -229,10 +233,16 @@ impl Core {
         if !self.sessions.insert(session.clone()) {
             return Err(OpenError::DuplicateCall);
         }
-        if let Err(e) = self.store.record_call_start(&call_id, tenant.id(), caller_e164.as_deref(), &dialed, now).await
-        {
-            self.sessions.remove(&call_id);
-            return Err(e.into());
+        match self.store.record_call_start(&call_id, tenant.id(), caller_e164.as_deref(), &dialed, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.sessions.remove(&call_id);
+                return Err(OpenError::CallIdTaken);
+            }
+            Err(e) => {
+                self.sessions.remove(&call_id);
+                return Err(e.into());
+            }
         }
         self.metrics.open_calls.inc();
         Ok((session, rx))

@@ -27,6 +27,8 @@ pub const DEMO_NUMBER: &str = "+12125550100";
 /// A second tenant for isolation tests: same shape as the demo, its own number and key.
 pub const OTHER_KEY: &str = "cs_other_tenant_key_77e1";
 pub const OTHER_NUMBER: &str = "+12125550199";
+/// The second tenant's own Vapi server-URL secret (a credential identifies one tenant).
+pub const OTHER_VAPI_SECRET: &str = "vapi_other_not_secret_9c41d2";
 
 pub fn other_tenant() -> TenantFile {
     let mut t = demo_tenant();
@@ -34,6 +36,7 @@ pub fn other_tenant() -> TenantFile {
     t.name = "Other Clinic".into();
     t.numbers = vec![OTHER_NUMBER.into()];
     t.api_key_sha256 = vec![hex::encode(callside::config::api_key_digest(OTHER_KEY))];
+    t.vapi_secret_sha256 = Some(hex::encode(callside::config::api_key_digest(OTHER_VAPI_SECRET)));
     t
 }
 

@@ -16,6 +16,7 @@ mod graph_calendar;
 mod helpers;
 mod identity;
 mod inbound_hubspot;
+mod isolation;
 mod lifecycle;
 mod match_eval;
 mod mcp_http;

@@ -410,7 +410,7 @@ async fn review_mode_writes_a_plan_only_once_an_operator_approves_it() {
     assert_eq!((status, list["awaiting_review"].clone()), (200, json!(["review-1"])));
     let (status, unknown) =
         admin(&app, reqwest::Method::POST, "/v1/writeback/calls/no-such-call/approve", Some(DEMO_KEY)).await;
-    assert_eq!(status, 409, "{unknown}");
+    assert_eq!(status, 404, "an unknown call is 404 as on every route: {unknown}");
     let (status, ok) = admin(&app, reqwest::Method::POST, "/v1/writeback/calls/review-1/approve", Some(DEMO_KEY)).await;
     assert_eq!(status, 200, "{ok}");
     assert_eq!(app.wait_for_sync("review-1").await, "synced");
