@@ -29,6 +29,8 @@ pub enum SyncStatus {
     Partial,
     /// Dead-lettered with nothing written.
     Failed,
+    /// Waiting on a revoked CRM connection: kept, not retried, until it is re-authorized.
+    Parked,
     /// The tenant's review mode holds the plan until an operator approves it.
     NeedsReview,
     /// Shadow mode: the plan is shown, never written.
@@ -50,6 +52,10 @@ impl SyncStatus {
             "rejected" => return SyncStatus::Rejected,
             _ => {}
         }
+        // Parked steps wait on an operator (re-authorize), which says more than any other state.
+        if steps.iter().any(|s| s.status == "parked") {
+            return SyncStatus::Parked;
+        }
         let dead = steps.iter().any(|s| s.status == "dead");
         let done = steps.iter().any(|s| s.status == "done");
         let pending = steps.iter().any(|s| s.status == "pending");
@@ -69,6 +75,7 @@ impl SyncStatus {
             SyncStatus::Synced => "synced",
             SyncStatus::Partial => "partial",
             SyncStatus::Failed => "failed (dead-lettered)",
+            SyncStatus::Parked => "parked (re-authorize the CRM)",
             SyncStatus::NeedsReview => "needs review",
             SyncStatus::Shadow => "shadow (not written)",
             SyncStatus::Rejected => "rejected",
@@ -472,6 +479,10 @@ mod tests {
         assert_eq!(SyncStatus::of(&call(true), &[&done, &pending], 0), SyncStatus::Pending);
         assert_eq!(SyncStatus::of(&call(true), &[&done, &dead], 0), SyncStatus::Partial);
         assert_eq!(SyncStatus::of(&call(true), &[&dead, &pending], 0), SyncStatus::Failed);
+        let parked = step("parked");
+        assert_eq!(SyncStatus::of(&call(true), &[&done, &parked, &pending], 0), SyncStatus::Parked);
+        assert_eq!(SyncStatus::of(&call(true), &[&dead, &parked], 0), SyncStatus::Parked);
+        assert_eq!(SyncStatus::Parked.label(), "parked (re-authorize the CRM)");
         let mut held = call(true);
         held.sync_status = "awaiting_review".into();
         assert_eq!(SyncStatus::of(&held, &[], 0), SyncStatus::NeedsReview);

@@ -461,3 +461,35 @@ async fn a_plan_held_for_review_is_approved_from_the_console_and_undone_through_
     assert_eq!(actions, vec!["console.approve", "console.undo"]);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_audit_trails_attempt_count_equals_the_requests_the_crm_saw() {
+    let app = spawn_app_with(console_server(), tenants()).await;
+    // An outage: every attempt is one request the emulator answers 503 (nothing else talks to
+    // it: the identity pull is off and no call is live).
+    app.hubspot.set_down(true);
+    app.hubspot.reset_request_log();
+    let call = "call-outage";
+    seed_call(&app, call, "+12125550144", "2026-11-22T16:00:00Z", "callback requested").await;
+    // Several retries on the injected clock (backoff is at most 5 s), then past the 30 s window.
+    for n in 1..=4 {
+        wait_steps(&app, call, |s| s[0].attempts >= n).await;
+        app.clock.advance(jiff::SignedDuration::from_secs(6));
+    }
+    app.clock.advance(jiff::SignedDuration::from_secs(60));
+    assert_eq!(app.wait_for_sync(call).await, "failed");
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/calls/{call}", app.addr))
+        .bearer_auth(DEMO_KEY)
+        .send()
+        .await
+        .unwrap();
+    let detail: Value = r.json().await.unwrap();
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 5, "several attempts were made: {attempts:?}");
+    assert_eq!(attempts.len() as u64, app.hubspot.total_requests(), "one audited attempt per request the CRM saw");
+    assert_eq!(attempts.len() as i64, detail["steps"][0]["attempts"].as_i64().unwrap(), "and the step's own count");
+    assert!(attempts.iter().take(attempts.len() - 1).all(|a| a["result"] == "retry"), "{attempts:?}");
+    assert_eq!(attempts.last().unwrap()["result"], "dead");
+    app.shutdown().await;
+}
