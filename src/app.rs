@@ -43,6 +43,7 @@ pub struct Application {
     state: Arc<AppState>,
     connect: Arc<ConnectService>,
     console: Arc<crate::console::ConsoleState>,
+    alerter: Arc<crate::alerts::Alerter>,
     worker: Worker,
     sandbox: Option<Sandbox>,
     sandbox_admin: bool,
@@ -156,12 +157,26 @@ impl Application {
                 .as_ref()
                 .map(|h| crate::inbound::hubspot::HubSpotReceiver::new(h, &public_url)),
         });
-        let console = Arc::new(crate::console::ConsoleState::new(state.core.clone(), &config.console, &public_url));
+        let core = &state.core;
+        let alerter = crate::alerts::Alerter::new(
+            core.store.clone(),
+            core.tenants.clone(),
+            core.clock.clone(),
+            core.metrics.clone(),
+            client.clone(),
+        );
+        let console = Arc::new(crate::console::ConsoleState::new(
+            state.core.clone(),
+            &config.console,
+            &public_url,
+            alerter.clone(),
+        ));
         Ok(Application {
             listener,
             state,
             connect: Arc::new(connect),
             console,
+            alerter,
             worker,
             sandbox_admin: config.sandbox_options.admin_endpoint,
             sandbox,
@@ -174,6 +189,11 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The alert evaluator (its incidents and progress signal).
+    pub fn alerter(&self) -> Arc<crate::alerts::Alerter> {
+        self.alerter.clone()
+    }
+
     pub fn core(&self) -> Arc<Core> {
         self.state.core.clone()
     }
@@ -184,8 +204,18 @@ impl Application {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, connect, console, worker, sandbox, sandbox_admin, grace, identity_pull } =
-            self;
+        let Application {
+            listener,
+            state,
+            connect,
+            console,
+            alerter,
+            worker,
+            sandbox,
+            sandbox_admin,
+            grace,
+            identity_pull,
+        } = self;
         // The identity index's incremental pull from each tenant's CRM (off when 0).
         let identity_stop = CancellationToken::new();
         let identity_task = (identity_pull > 0).then(|| {
@@ -202,6 +232,9 @@ impl Application {
         let stop = CancellationToken::new();
         let worker_stop = CancellationToken::new();
         let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
+        // Alerts follow the worker's progress (and a clock tick for the backlog's age).
+        let alerts_stop = CancellationToken::new();
+        let alerts_task = tokio::spawn(alerter.run(state.core.worker.progress(), alerts_stop.clone()));
         // Calls reached over HTTP have no socket to drop: the sweeper finishes idle ones.
         let sweeper_stop = CancellationToken::new();
         let idle = jiff::SignedDuration::from_secs(state.limits.http_session_idle_secs as i64);
@@ -254,6 +287,8 @@ impl Application {
         // Phase 2: flush the outbox (one last pass), then close the store.
         worker_stop.cancel();
         let _ = worker_task.await;
+        alerts_stop.cancel();
+        let _ = alerts_task.await;
         state.core.store.close().await;
         drop(sandbox);
         tracing::info!("shutdown complete");

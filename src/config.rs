@@ -247,6 +247,9 @@ pub struct TenantFile {
     /// Write-back rules: mode, field mapping, escalation, webhook (`crate::writeback::settings`).
     #[serde(default)]
     pub writeback: crate::writeback::settings::WritebackRulesFile,
+    /// Alert thresholds and webhook (`crate::alerts`); alerts are evaluated only with this section.
+    #[serde(default)]
+    pub alerts: Option<crate::alerts::AlertsFile>,
 }
 
 /// The tenant's notification webhook: callside POSTs JSON events (e.g. `appointment.cancelled`)
@@ -408,6 +411,8 @@ pub struct TenantConfig {
     pub staff: Vec<crate::schedule::StaffMember>,
     pub services: Vec<crate::schedule::ServiceType>,
     pub writeback_rules: crate::writeback::settings::WritebackRules,
+    /// Alert thresholds and webhook, when the tenant has an `[alerts]` section.
+    pub alerts: Option<crate::alerts::AlertSettings>,
 }
 
 /// Overrides given on the command line; they win over the file.
@@ -738,6 +743,7 @@ impl Config {
                     ),
                 }
             }
+            let alerts = t.alerts.as_ref().and_then(|a| crate::alerts::validate(a, &mut issue));
             if t.calendar.vendor == "caldav" && t.schedule.notify_on_cancel && t.notifications.is_none() {
                 issue(
                     "notifications",
@@ -876,6 +882,7 @@ impl Config {
                     staff,
                     services,
                     writeback_rules,
+                    alerts,
                 });
             }
         }

@@ -12,10 +12,12 @@
 //! - [`connectors`] speak each vendor's API; [`sandbox`] emulates those vendors in-process.
 //! - [`store`] keeps durable state (SQLite by default); [`config`] is the typed configuration.
 //! - [`console`] is the operator console and its JSON API (sync status, re-sync, replay).
+//! - [`alerts`] raises one alert per incident (error rate, backlog age, parked connection).
 //! - [`clock`] is the injected source of domain time; [`observe`] holds metrics.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod alerts;
 pub mod app;
 pub mod booking;
 pub mod clock;

@@ -37,6 +37,18 @@ pub struct InboundLabels {
     pub outcome: String,
 }
 
+/// An alert's incident kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    pub kind: String,
+}
+
+/// What became of an operation (a configuration reload).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
 /// Every metric the service exports. One instance per application (not global), so tests that
 /// run several applications in one process see their own numbers.
 pub struct Metrics {
@@ -53,6 +65,10 @@ pub struct Metrics {
     pub inbound_requests: Family<InboundLabels, Counter>,
     /// Events inside accepted inbound requests by vendor and outcome (applied, own, duplicate, ...).
     pub inbound_events: Family<InboundLabels, Counter>,
+    /// Alert incidents opened, by kind (`crate::alerts`: one per incident, not per failure).
+    pub alerts: Family<AlertLabel, Counter>,
+    /// Configuration reloads by outcome (`applied`, `refused`).
+    pub config_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -87,8 +103,14 @@ impl Metrics {
         );
         let inbound_events = Family::<InboundLabels, Counter>::default();
         registry.register("inbound_events", "Inbound change events by vendor and outcome", inbound_events.clone());
+        let alerts = Family::<AlertLabel, Counter>::default();
+        registry.register("alerts", "Alert incidents opened, by kind", alerts.clone());
+        let config_reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads by outcome", config_reloads.clone());
         Metrics {
             registry,
+            alerts,
+            config_reloads,
             tool_calls,
             tool_latency,
             open_calls,
@@ -122,6 +144,11 @@ impl Metrics {
     /// The count of inbound requests with this outcome so far.
     pub fn inbound_request_count(&self, vendor: &str, outcome: &str) -> u64 {
         self.inbound_requests.get_or_create(&InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).get()
+    }
+
+    /// Counts one opened alert incident.
+    pub fn count_alert(&self, kind: &str) {
+        self.alerts.get_or_create(&AlertLabel { kind: kind.into() }).inc();
     }
 
     /// The count of inbound events with this outcome so far.

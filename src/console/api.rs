@@ -109,6 +109,7 @@ pub(super) async fn list_calls(
             "date": date.to_string(),
             "time_zone": tenant.config.time_zone_name,
             "calls": calls,
+            "alerts": state.alerts.incidents(tenant.id()),
         }))
         .into_response(),
         Err(e) => internal(e),

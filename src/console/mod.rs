@@ -76,16 +76,24 @@ pub struct ConsoleState {
     pub templates: minijinja::Environment<'static>,
     /// Cookies get `Secure` when the service is reached over HTTPS.
     pub secure_cookies: bool,
+    /// Open and recent alert incidents, shown on the day view and in `/v1/calls`.
+    pub alerts: Arc<crate::alerts::Alerter>,
 }
 
 impl ConsoleState {
-    pub fn new(core: Arc<Core>, section: &ConsoleSection, public_url: &str) -> ConsoleState {
+    pub fn new(
+        core: Arc<Core>,
+        section: &ConsoleSection,
+        public_url: &str,
+        alerts: Arc<crate::alerts::Alerter>,
+    ) -> ConsoleState {
         let operators = Operators::new(section, core.clock.clone());
         ConsoleState {
             core,
             operators,
             templates: pages::templates(),
             secure_cookies: public_url.starts_with("https://"),
+            alerts,
         }
     }
 

@@ -253,6 +253,7 @@ pub(super) async fn day(
             date => date.to_string(),
             weekday => date.strftime("%A").to_string(),
             prev, next, calls, counts,
+            alerts => state.alerts.open_incidents(tenant.id()),
             operator => s.operator, csrf => s.csrf, several => s.tenants.len() > 1,
             reauthorize => tenant.config.crm.auth == "oauth",
             crm_vendor => tenant.config.crm.vendor,

@@ -4,6 +4,7 @@
 //!
 //! Times are stored as milliseconds since the Unix epoch from the injected clock.
 
+mod alerts;
 mod connections;
 mod console;
 mod group_commit;
@@ -14,6 +15,7 @@ mod outbox;
 mod pending_bookings;
 mod writeback_rules;
 
+pub use alerts::TenantHealth;
 pub use connections::{ConnectionRow, OAuthStateRow};
 pub use console::AuditRow;
 pub use group_commit::GroupCommitStats;

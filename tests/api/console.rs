@@ -73,7 +73,7 @@ pub async fn seed_call(app: &TestApp, call_id: &str, phone: &str, at: &str, disp
 }
 
 /// Waits (on the worker's progress signal) until `done` holds for the call's steps.
-async fn wait_steps(app: &TestApp, call_id: &str, done: impl Fn(&[callside::store::StepRow]) -> bool) {
+pub async fn wait_steps(app: &TestApp, call_id: &str, done: impl Fn(&[callside::store::StepRow]) -> bool) {
     let mut progress = app.core.worker.progress();
     let wait = async {
         loop {

@@ -46,6 +46,7 @@ pub const START: &str = "2026-11-23T13:00:00Z";
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub core: Arc<Core>,
+    pub alerter: Arc<callside::alerts::Alerter>,
     pub clock: ManualClock,
     pub hubspot: Arc<HubSpotState>,
     pub google: Arc<GoogleCalendarState>,
@@ -114,6 +115,7 @@ async fn spawn_app_configured_in(
     let app = Application::build(config, Arc::new(clock.clone())).await.expect("app builds");
     let addr = app.local_addr();
     let core = app.core();
+    let alerter = app.alerter();
     let sandbox = app.sandbox().expect("sandbox runs");
     let hubspot = sandbox.hubspot.state.clone();
     let google = sandbox.google.state.clone();
@@ -122,7 +124,7 @@ async fn spawn_app_configured_in(
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, core, clock, hubspot, google, graph, shutdown: Some(tx), server: Some(server), _dir: dir }
+    TestApp { addr, core, alerter, clock, hubspot, google, graph, shutdown: Some(tx), server: Some(server), _dir: dir }
 }
 
 impl TestApp {
