@@ -44,6 +44,7 @@ pub struct Application {
     connect: Arc<ConnectService>,
     console: Arc<crate::console::ConsoleState>,
     alerter: Arc<crate::alerts::Alerter>,
+    reloader: Arc<crate::reload::Reloader>,
     worker: Worker,
     sandbox: Option<Sandbox>,
     sandbox_admin: bool,
@@ -77,35 +78,45 @@ impl Application {
             config.connect.public_url.trim_end_matches('/').to_owned()
         };
         let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
+        // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
+        let build_tenant: crate::reload::TenantBuilder = {
+            let sandbox_urls =
+                sandbox.as_ref().map(|s| (s.hubspot.base_url(), s.google.base_url(), s.graph.base_url()));
+            let hubspot_app = connect.apps.get("hubspot").cloned();
+            let connections = connect.connections.clone();
+            let (client, clock) = (client.clone(), clock.clone());
+            Box::new(move |t: &crate::config::TenantConfig| {
+                let sandbox = sandbox_urls.as_ref();
+                let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
+                    let app = hubspot_app.clone().context("oauth tenant without a HubSpot OAuth app")?;
+                    let url = match (sandbox, t.crm.base_url.as_str()) {
+                        (Some(s), "sandbox") => s.0.clone(),
+                        (_, base) => url::Url::parse(base).context("crm.base_url")?,
+                    };
+                    let tokens = connections.token_source(app, &connection_id(&t.id, "hubspot"));
+                    Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()))
+                } else {
+                    let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.0.clone(), sandbox::HUBSPOT_TOKEN)))?;
+                    Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
+                };
+                let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
+                    "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
+                    "microsoft" => {
+                        let (url, token) = endpoint(&t.calendar, sandbox.map(|s| (s.2.clone(), sandbox::GRAPH_TOKEN)))?;
+                        Arc::new(GraphCalendarConnector::new(url, token, client.clone()))
+                    }
+                    _ => {
+                        let (url, token) =
+                            endpoint(&t.calendar, sandbox.map(|s| (s.1.clone(), sandbox::GOOGLE_TOKEN)))?;
+                        Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
+                    }
+                };
+                Ok(Tenant { config: t.clone(), crm, calendar })
+            })
+        };
         let mut tenants = Vec::new();
         for t in &config.tenants {
-            let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
-                let app = connect.apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
-                let url = match (&sandbox, t.crm.base_url.as_str()) {
-                    (Some(s), "sandbox") => s.hubspot.base_url(),
-                    (_, base) => url::Url::parse(base).context("crm.base_url")?,
-                };
-                let tokens = connect.connections.token_source(app, &connection_id(&t.id, "hubspot"));
-                Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()))
-            } else {
-                let (url, token) =
-                    endpoint(&t.crm, sandbox.as_ref().map(|s| (s.hubspot.base_url(), sandbox::HUBSPOT_TOKEN)))?;
-                Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
-            };
-            let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
-                "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
-                "microsoft" => {
-                    let (url, token) =
-                        endpoint(&t.calendar, sandbox.as_ref().map(|s| (s.graph.base_url(), sandbox::GRAPH_TOKEN)))?;
-                    Arc::new(GraphCalendarConnector::new(url, token, client.clone()))
-                }
-                _ => {
-                    let (url, token) =
-                        endpoint(&t.calendar, sandbox.as_ref().map(|s| (s.google.base_url(), sandbox::GOOGLE_TOKEN)))?;
-                    Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
-                }
-            };
-            tenants.push(Tenant { config: t.clone(), crm, calendar });
+            tenants.push(build_tenant(t)?);
         }
         let tenants = Arc::new(Tenants::new(tenants));
         let metrics = Arc::new(Metrics::new());
@@ -165,6 +176,7 @@ impl Application {
             core.metrics.clone(),
             client.clone(),
         );
+        let reloader = Arc::new(crate::reload::Reloader::new(state.core.clone(), &config, build_tenant));
         let console = Arc::new(crate::console::ConsoleState::new(
             state.core.clone(),
             &config.console,
@@ -177,6 +189,7 @@ impl Application {
             connect: Arc::new(connect),
             console,
             alerter,
+            reloader,
             worker,
             sandbox_admin: config.sandbox_options.admin_endpoint,
             sandbox,
@@ -187,6 +200,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The config reloader (`SIGHUP` and `POST /v1/admin/reload` call it).
+    pub fn reloader(&self) -> Arc<crate::reload::Reloader> {
+        self.reloader.clone()
     }
 
     /// The alert evaluator (its incidents and progress signal).
@@ -210,6 +228,7 @@ impl Application {
             connect,
             console,
             alerter,
+            reloader,
             worker,
             sandbox,
             sandbox_admin,
@@ -248,8 +267,10 @@ impl Application {
                 stop.cancel();
             });
         }
-        let router =
-            gateway::router(state.clone()).merge(crate::console::router(console)).layer(axum::Extension(connect));
+        let router = gateway::router(state.clone())
+            .merge(crate::console::router(console))
+            .merge(crate::reload::router(reloader))
+            .layer(axum::Extension(connect));
         let router = match &sandbox {
             Some(s) if sandbox_admin => router.merge(sandbox::admin::router(s, state.core.clone())),
             _ => router,

@@ -139,6 +139,8 @@ pub struct ServerSection {
     /// Start the in-process vendor emulators for tenants whose `base_url = "sandbox"`.
     pub sandbox: bool,
     pub shutdown_grace_secs: u64,
+    /// Hex SHA-256 of the admin key that may `POST /v1/admin/reload` (optional; SIGHUP needs none).
+    pub admin_key_sha256: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -149,6 +151,7 @@ impl Default for ServerSection {
             tenants_dir: PathBuf::from("tenants"),
             sandbox: true,
             shutdown_grace_secs: 20,
+            admin_key_sha256: None,
         }
     }
 }
@@ -376,6 +379,8 @@ pub struct Config {
     pub store_url: String,
     pub sandbox: bool,
     pub shutdown_grace: std::time::Duration,
+    /// Digest of the admin key (`server.admin_key_sha256`), when set.
+    pub admin_key_digest: Option<[u8; 32]>,
     pub limits: Limits,
     pub writeback: WritebackSection,
     pub connect: ConnectSection,
@@ -496,6 +501,20 @@ impl Config {
                 issue(server_path, "server.listen", format!("{listen_text:?} is not an address: {e}"));
                 None
             }
+        };
+        let admin_key_digest = match &server.server.admin_key_sha256 {
+            None => None,
+            Some(d) => match hex::decode(d) {
+                Ok(bytes) if bytes.len() == 32 => {
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(&bytes);
+                    Some(a)
+                }
+                _ => {
+                    issue(server_path, "server.admin_key_sha256", "must be 64 hex digits (a SHA-256 digest)".into());
+                    None
+                }
+            },
         };
         let limits = server.limits.clone();
         if limits.max_message_bytes < 1024 {
@@ -903,6 +922,7 @@ impl Config {
                 store_url,
                 sandbox: server.server.sandbox,
                 shutdown_grace: std::time::Duration::from_secs(server.server.shutdown_grace_secs),
+                admin_key_digest,
                 limits,
                 writeback: server.writeback,
                 connect: server.connect.clone(),

@@ -13,6 +13,7 @@
 //! - [`store`] keeps durable state (SQLite by default); [`config`] is the typed configuration.
 //! - [`console`] is the operator console and its JSON API (sync status, re-sync, replay).
 //! - [`alerts`] raises one alert per incident (error rate, backlog age, parked connection).
+//! - [`reload`] swaps in a validated config without a restart (SIGHUP, `/v1/admin/reload`).
 //! - [`clock`] is the injected source of domain time; [`observe`] holds metrics.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -34,6 +35,7 @@ pub mod matching;
 pub mod notify;
 pub mod observe;
 pub mod protocol;
+pub mod reload;
 pub mod sandbox;
 pub mod schedule;
 pub mod session;

@@ -156,7 +156,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let overrides = Overrides { listen, data_dir, store_url: None };
-            let config = match Config::load(&config, &overrides) {
+            let config_path = config;
+            let config = match Config::load(&config_path, &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprint!("{e}");
@@ -164,6 +165,16 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let app = Application::build(config, Arc::new(SystemClock)).await?;
+            let reloader = app.reloader();
+            reloader.set_source(config_path, overrides);
+            // SIGHUP reloads the configuration; a bad file is logged and the running one kept.
+            let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?;
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    let _ = reloader.reload().await;
+                }
+            });
             tracing::info!(addr = %app.local_addr(), "callside listening");
             app.run(shutdown_signal()).await
         }

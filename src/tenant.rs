@@ -36,16 +36,23 @@ impl Tenant {
     }
 }
 
-/// All tenants, indexed by id and by dialed number (E.164).
+/// All tenants, indexed by id and by dialed number (E.164). Swapped as a whole by a config
+/// reload (`crate::reload`): lookups return owned `Arc<Tenant>`s, so a call keeps the tenant it
+/// was opened with while new calls see the new configuration.
 #[derive(Default)]
 pub struct Tenants {
+    current: std::sync::RwLock<Arc<Index>>,
+}
+
+#[derive(Default)]
+struct Index {
     by_id: HashMap<String, Arc<Tenant>>,
     by_number: HashMap<String, Arc<Tenant>>,
 }
 
-impl Tenants {
-    pub fn new(tenants: Vec<Tenant>) -> Self {
-        let mut t = Tenants::default();
+impl Index {
+    fn new(tenants: Vec<Tenant>) -> Index {
+        let mut t = Index::default();
         for tenant in tenants {
             let tenant = Arc::new(tenant);
             for n in &tenant.config.numbers {
@@ -55,39 +62,56 @@ impl Tenants {
         }
         t
     }
+}
 
-    pub fn by_id(&self, id: &str) -> Option<&Arc<Tenant>> {
-        self.by_id.get(id)
+impl Tenants {
+    pub fn new(tenants: Vec<Tenant>) -> Self {
+        Tenants { current: std::sync::RwLock::new(Arc::new(Index::new(tenants))) }
     }
 
-    pub fn by_dialed_number(&self, e164: &str) -> Option<&Arc<Tenant>> {
-        self.by_number.get(e164)
+    fn index(&self) -> Arc<Index> {
+        self.current.read().expect("tenants lock").clone()
+    }
+
+    /// Replaces every tenant at once (a validated config reload).
+    pub fn replace(&self, tenants: Vec<Tenant>) {
+        let index = Arc::new(Index::new(tenants));
+        *self.current.write().expect("tenants lock") = index;
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.index().by_id.get(id).cloned()
+    }
+
+    pub fn by_dialed_number(&self, e164: &str) -> Option<Arc<Tenant>> {
+        self.index().by_number.get(e164).cloned()
     }
 
     /// The tenant whose API key this is (transports without a dialed number at connect time,
     /// e.g. MCP over HTTP). Every tenant's digests are checked, each in constant time.
-    pub fn by_api_key(&self, presented: &str) -> Option<&Arc<Tenant>> {
+    pub fn by_api_key(&self, presented: &str) -> Option<Arc<Tenant>> {
         let mut found = None;
-        for t in self.by_id.values() {
+        for t in self.index().by_id.values() {
             if t.accepts_key(presented) && found.is_none() {
-                found = Some(t);
+                found = Some(t.clone());
             }
         }
         found
     }
 
     /// The tenant whose Vapi server-URL secret this is.
-    pub fn by_vapi_secret(&self, presented: &str) -> Option<&Arc<Tenant>> {
+    pub fn by_vapi_secret(&self, presented: &str) -> Option<Arc<Tenant>> {
         let mut found = None;
-        for t in self.by_id.values() {
+        for t in self.index().by_id.values() {
             if t.accepts_vapi_secret(presented) && found.is_none() {
-                found = Some(t);
+                found = Some(t.clone());
             }
         }
         found
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.by_id.values()
+    /// Every tenant now (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        self.index().by_id.values().cloned().collect()
     }
 }

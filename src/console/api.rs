@@ -41,7 +41,7 @@ fn who(state: &ConsoleState, headers: &HeaderMap) -> Option<Who> {
         .map(str::trim)
         .filter(|k| !k.is_empty());
     if let Some(key) = bearer {
-        return state.core.tenants.by_api_key(key).cloned().map(Who::Tenant);
+        return state.core.tenants.by_api_key(key).map(Who::Tenant);
     }
     cookie(headers, SESSION_COOKIE).and_then(|t| state.operators.session(t)).map(Who::Operator)
 }

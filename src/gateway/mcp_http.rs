@@ -101,7 +101,7 @@ pub async fn not_allowed() -> Response {
 }
 
 pub async fn post(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(tenant) = bearer(&headers).and_then(|k| app.core.tenants.by_api_key(k)).cloned() else {
+    let Some(tenant) = bearer(&headers).and_then(|k| app.core.tenants.by_api_key(k)) else {
         app.core
             .metrics
             .calls_refused

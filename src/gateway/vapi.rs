@@ -62,7 +62,7 @@ fn single_line(text: &str) -> String {
 }
 
 pub async fn post(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(tenant) = presented_secret(&headers).and_then(|s| app.core.tenants.by_vapi_secret(s)).cloned() else {
+    let Some(tenant) = presented_secret(&headers).and_then(|s| app.core.tenants.by_vapi_secret(s)) else {
         return reject(StatusCode::UNAUTHORIZED, "missing or invalid Vapi secret (X-Vapi-Secret)");
     };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {

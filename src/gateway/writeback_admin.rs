@@ -38,7 +38,6 @@ fn tenant(app: &AppState, headers: &HeaderMap) -> Result<Arc<Tenant>, Box<Respon
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .and_then(|k| app.core.tenants.by_api_key(k))
-        .cloned()
         .ok_or_else(|| Box::new(error(StatusCode::UNAUTHORIZED, "a tenant API key is required as a Bearer token")))
 }
 

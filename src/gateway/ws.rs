@@ -89,7 +89,7 @@ pub async fn upgrade(
     // The dialed number selects the tenant. Parse it with the default region of any tenant: a
     // tenant's numbers are stored in E.164, and a dialed number arrives in E.164 from carriers.
     let tenant = match Phone::parse(to, rlibphonenumber::enums::Region::US) {
-        ParsedPhone::Number(p) => app.core.tenants.by_dialed_number(&p.e164).cloned(),
+        ParsedPhone::Number(p) => app.core.tenants.by_dialed_number(&p.e164),
         _ => None,
     };
     let Some(tenant) = tenant else {

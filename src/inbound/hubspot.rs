@@ -218,8 +218,8 @@ impl HubSpotReceiver {
             .map(|e| {
                 core.tenants
                     .all()
+                    .into_iter()
                     .find(|t| t.config.crm.vendor == VENDOR && t.config.crm.portal_id == Some(e.portal_id))
-                    .cloned()
             })
             .collect();
         if tenants.iter().all(Option::is_none) {

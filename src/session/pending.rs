@@ -51,7 +51,7 @@ impl Core {
     pub async fn pending_pass(&self) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
         for row in self.store.due_pending_bookings(now, 50).await? {
-            let Some(tenant) = self.tenants.by_id(&row.tenant).cloned() else {
+            let Some(tenant) = self.tenants.by_id(&row.tenant) else {
                 tracing::error!(key = %row.idempotency_key, "pending booking of an unknown tenant");
                 continue;
             };
@@ -219,7 +219,7 @@ impl Core {
         let mut r = row.clone();
         r.status = "escalating".into();
         r.last_error = Some(why.to_owned());
-        if let Some(tenant) = self.tenants.by_id(&row.tenant).cloned() {
+        if let Some(tenant) = self.tenants.by_id(&row.tenant) {
             self.escalate(&tenant, &r).await?;
         }
         Ok(())

@@ -143,7 +143,7 @@ impl Worker {
 
     async fn attempt(&self, step: &StepRow) -> Result<StepOutcome, StoreError> {
         let now = self.clock.now();
-        let Some(tenant) = self.tenants.by_id(&step.tenant).cloned() else {
+        let Some(tenant) = self.tenants.by_id(&step.tenant) else {
             let dead = AttemptResult::Dead { error: "tenant no longer configured".into() };
             self.store
                 .record_attempt(step, &dead, &format!("crm.{}", step.kind), &json!({"result": "dead"}), now)

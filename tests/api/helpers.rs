@@ -111,8 +111,24 @@ async fn spawn_app_configured_in(
     )
     .expect("test config is valid");
     edit(&mut config);
+    start(config, dir, None).await
+}
+
+/// Starts the application from a server file on disk and makes it reloadable from that file,
+/// as `callside serve` does.
+pub async fn spawn_app_from_file(path: &Path, dir: tempfile::TempDir) -> TestApp {
+    let overrides =
+        Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(dir.path().to_owned()), store_url: None };
+    let config = Config::load(path, &overrides).expect("test config is valid");
+    start(config, dir, Some((path.to_owned(), overrides))).await
+}
+
+async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, Overrides)>) -> TestApp {
     let clock = ManualClock::new(START.parse().unwrap());
     let app = Application::build(config, Arc::new(clock.clone())).await.expect("app builds");
+    if let Some((path, overrides)) = source {
+        app.reloader().set_source(path, overrides);
+    }
     let addr = app.local_addr();
     let core = app.core();
     let alerter = app.alerter();

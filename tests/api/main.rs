@@ -22,6 +22,7 @@ mod lifecycle;
 mod match_eval;
 mod mcp_http;
 mod pending_bookings;
+mod reload;
 mod sandbox_admin;
 mod vapi;
 mod writeback_durability;
