@@ -2,6 +2,7 @@
 //! out, with a two-phase graceful shutdown (stop accepting → let calls finish within the grace
 //! period → close the rest → flush the outbox → close the store).
 
+use crate::sandbox::admin::IntegrationFault;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,13 +123,29 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let (worker, handle): (Worker, WorkerHandle) =
             Worker::new(store.clone(), tenants.clone(), clock.clone(), config.writeback.clone(), metrics.clone());
-        let worker = worker.with_budgets(Arc::new(crate::writeback::budget::RateBudgets::new(&config.writeback)));
+        let fault = config.sandbox_options.integration_fault;
+        if let Some(f) = fault {
+            // Config validation refuses this outside the sandbox.
+            tracing::warn!(fault = ?f, "TEST ONLY: callside behaves like a naive integration");
+        }
+        let worker = worker
+            .with_budgets(Arc::new(crate::writeback::budget::RateBudgets::new(&config.writeback)))
+            .with_integration_fault(fault);
         connect.worker = Some(handle.clone());
         let core = Arc::new(Core {
             tenants,
             store: store.clone(),
             clock: clock.clone(),
-            context: ContextService::new(Duration::from_secs(300), 100_000).with_index(store.clone(), clock.clone()),
+            context: {
+                let context = ContextService::new(Duration::from_secs(300), 100_000)
+                    .with_dropped_open_deals(fault == Some(IntegrationFault::DropOpenDeals));
+                // TEST ONLY: a naive integration has no identity index.
+                if fault == Some(IntegrationFault::NaiveCreate) {
+                    context
+                } else {
+                    context.with_index(store.clone(), clock.clone())
+                }
+            },
             booking: BookingService::new(store.clone(), clock.clone()),
             worker: handle,
             metrics,
@@ -177,12 +194,10 @@ impl Application {
             client.clone(),
         );
         let reloader = Arc::new(crate::reload::Reloader::new(state.core.clone(), &config, build_tenant));
-        let console = Arc::new(crate::console::ConsoleState::new(
-            state.core.clone(),
-            &config.console,
-            &public_url,
-            alerter.clone(),
-        ));
+        let mut console =
+            crate::console::ConsoleState::new(state.core.clone(), &config.console, &public_url, alerter.clone());
+        console.omit_call_log_step = fault == Some(IntegrationFault::OmitSyncStep);
+        let console = Arc::new(console);
         Ok(Application {
             listener,
             state,

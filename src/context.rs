@@ -109,11 +109,24 @@ pub struct ContextService {
     cache: moka::future::Cache<Key, Arc<CallerContext>>,
     /// The identity index; without it every lookup is a vendor search.
     index: Option<(Store, SharedClock)>,
+    /// TEST ONLY (`[sandbox_options] integration_fault = "drop_open_deals"`): the context leaves
+    /// out open deals, as a read connector that pulls the contact alone would.
+    drop_open_deals: bool,
 }
 
 impl ContextService {
     pub fn new(ttl: Duration, capacity: u64) -> Self {
-        Self { cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(), index: None }
+        Self {
+            cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            index: None,
+            drop_open_deals: false,
+        }
+    }
+
+    /// TEST ONLY: see the field.
+    pub fn with_dropped_open_deals(mut self, drop: bool) -> Self {
+        self.drop_open_deals = drop;
+        self
     }
 
     /// Looks callers up in the identity index before any vendor search.
@@ -132,11 +145,12 @@ impl ContextService {
         let key = (tenant.id().to_owned(), phone.e164.clone());
         let t = tenant.clone();
         let index = self.index.clone();
+        let drop_deals = self.drop_open_deals;
         let result = self
             .cache
             .try_get_with(key, async move {
                 let claims = Claims { phone: Some(phone), ..Default::default() };
-                read(&t, index.as_ref(), &claims).await.map(|(ctx, _)| Arc::new(ctx))
+                read(&t, index.as_ref(), &claims, drop_deals).await.map(|(ctx, _)| Arc::new(ctx))
             })
             .await;
         match result {
@@ -148,7 +162,7 @@ impl ContextService {
     /// Re-matches with what the caller has said on the call (email, name, postal code): not
     /// cached, since it depends on the call. Returns the decision too.
     pub async fn rematch(&self, tenant: &Tenant, claims: &Claims) -> (Arc<CallerContext>, Option<Decision>) {
-        match read(tenant, self.index.as_ref(), claims).await {
+        match read(tenant, self.index.as_ref(), claims, self.drop_open_deals).await {
             Ok((ctx, d)) => (Arc::new(ctx), Some(d)),
             Err(reason) => (Arc::new(CallerContext::Unavailable { reason }), None),
         }
@@ -191,6 +205,7 @@ async fn read(
     tenant: &Tenant,
     index: Option<&(Store, SharedClock)>,
     claims: &Claims,
+    drop_open_deals: bool,
 ) -> Result<(CallerContext, Decision), String> {
     let (decision, mut found) =
         resolve::resolve(tenant, index.map(|(s, _)| s), claims).await.map_err(|e| e.to_string())?;
@@ -198,10 +213,13 @@ async fn read(
         Outcome::Matched => {
             let id = decision.record_id.clone().unwrap_or_default();
             // Found through the index: already read by id. Found by search: one read.
-            let full = match found.contexts.remove(&id) {
+            let mut full = match found.contexts.remove(&id) {
                 Some(c) => c,
                 None => tenant.crm.read_context(&id).await.map_err(|e| e.to_string())?,
             };
+            if drop_open_deals {
+                full.open_deals.clear();
+            }
             if let Some((store, clock)) = index {
                 resolve::remember(store, tenant.id(), &id, &decision, claims, clock.now()).await;
             }

@@ -34,6 +34,7 @@ pub mod inbound;
 pub mod matching;
 pub mod notify;
 pub mod observe;
+pub mod pilot;
 pub mod protocol;
 pub mod reload;
 pub mod sandbox;

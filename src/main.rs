@@ -80,6 +80,25 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run seed 002's ten test calls and seed 003's pilot scenario against one tenant's CRM and
+    /// calendar through the real service path (started in-process from the config, on a free
+    /// loopback port with a scratch store), verify each outcome by reading the CRM and calendar
+    /// back, and score read parity, write parity, match logic, error handling and observability.
+    /// Writes FILE (Markdown) and FILE with a .json extension. Exits 1 if any dimension is below
+    /// deep, 2 if the pilot could not run.
+    Pilot {
+        /// The tenant's id (its file in `tenants_dir`).
+        #[arg(long)]
+        tenant: String,
+        /// Where to write the Markdown report (the JSON report goes beside it, `.json`).
+        #[arg(long, default_value = "pilot-report.md")]
+        report: PathBuf,
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        /// The tenant's API key (read from the environment so it stays out of shell history).
+        #[arg(long, env = "CALLSIDE_API_KEY", hide_env_values = true)]
+        api_key: String,
+    },
     /// Serve the vendor emulators in their own process (so their state outlives a service that
     /// is killed and restarted), plus a loopback control port to inspect them and inject faults.
     /// Prints one JSON line with every base URL and token, then serves until SIGTERM/Ctrl-C.
@@ -221,6 +240,16 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(control, router).with_graceful_shutdown(shutdown_signal()).await.context("control port")?;
             Ok(())
         }
+        Command::Pilot { tenant, report, config, api_key } => {
+            match pilot(&tenant, &report, &config, api_key.trim()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("pilot could not run: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::DeadLetters { config, data_dir, limit } => {
             let store = open_store(&config, data_dir).await?;
             let dead = store.dead_letters(limit).await?;
@@ -288,6 +317,53 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `callside pilot`: the service in-process (scratch data dir, free port), the plan run through
+/// its WebSocket, the reports written. `Ok(all_deep)`.
+async fn pilot(
+    tenant_id: &str,
+    report: &std::path::Path,
+    config: &std::path::Path,
+    api_key: &str,
+) -> anyhow::Result<bool> {
+    use callside::pilot::{Degrade, NoDegrade, Pilot, SandboxHubSpot, ServiceAccess};
+    let scratch = std::env::temp_dir().join(format!("callside-pilot-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let overrides = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(scratch.clone()), store_url: None };
+    let config = Config::load(config, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let app = Application::build(config, Arc::new(SystemClock)).await?;
+    let core = app.core();
+    let tenant = core.tenants.by_id(tenant_id).with_context(|| format!("no tenant {tenant_id:?}"))?;
+    anyhow::ensure!(tenant.accepts_key(api_key), "CALLSIDE_API_KEY is not an API key of tenant {tenant_id:?}");
+    let dialed = tenant.config.numbers.first().cloned().context("the tenant has no number")?;
+    let degrade: Arc<dyn Degrade> = match (app.sandbox(), tenant.config.crm.base_url.as_str()) {
+        (Some(s), "sandbox") => Arc::new(SandboxHubSpot {
+            state: s.hubspot.state.clone(),
+            token: callside::sandbox::HUBSPOT_TOKEN.to_owned(),
+        }),
+        _ => Arc::new(NoDegrade),
+    };
+    let access = ServiceAccess::new(&format!("http://{}", app.local_addr()), api_key, &dialed);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let result = Pilot::new(access, tenant, degrade, core.clock.clone()).run().await;
+    let _ = stop.send(());
+    server.await.context("the service task")??;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = result?;
+    println!(
+        "
+{}",
+        result.table()
+    );
+    std::fs::write(report, result.markdown()).with_context(|| format!("writing {}", report.display()))?;
+    let json = report.with_extension("json");
+    std::fs::write(&json, result.json()).with_context(|| format!("writing {}", json.display()))?;
+    println!("reports: {} and {}", report.display(), json.display());
+    Ok(result.all_deep())
 }
 
 /// The store named by a config file (for the operator commands; the service need not run).

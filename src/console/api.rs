@@ -135,7 +135,7 @@ pub(super) async fn get_call(
         Ok(t) => t,
         Err(r) => return r,
     };
-    match view::call(&state.core.store, &tenant.config, &call_id).await {
+    match state.call_detail(&tenant.config, &call_id).await {
         Ok(Some(detail)) => Json(detail).into_response(),
         Ok(None) => not_found(),
         Err(e) => internal(e),

@@ -78,6 +78,9 @@ pub struct ConsoleState {
     pub secure_cookies: bool,
     /// Open and recent alert incidents, shown on the day view and in `/v1/calls`.
     pub alerts: Arc<crate::alerts::Alerter>,
+    /// TEST ONLY (`[sandbox_options] integration_fault = "omit_sync_step"`): the call's sync log
+    /// leaves out its call-log step, as a dashboard that shows a pass/fail flag without detail.
+    pub omit_call_log_step: bool,
 }
 
 impl ConsoleState {
@@ -94,7 +97,23 @@ impl ConsoleState {
             templates: pages::templates(),
             secure_cookies: public_url.starts_with("https://"),
             alerts,
+            omit_call_log_step: false,
         }
+    }
+
+    /// A call's detail as the console shows it (with the test-only omission applied).
+    pub(crate) async fn call_detail(
+        &self,
+        tenant: &crate::config::TenantConfig,
+        call_id: &str,
+    ) -> Result<Option<view::CallDetail>, StoreError> {
+        let mut detail = view::call(&self.core.store, tenant, call_id).await?;
+        if self.omit_call_log_step
+            && let Some(d) = detail.as_mut()
+        {
+            d.steps.retain(|s| s.kind != crate::writeback::plan::kind::CALL_LOG);
+        }
+        Ok(detail)
     }
 
     /// Runs an action for `who` (already authorized for the tenant) and audits it.

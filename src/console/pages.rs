@@ -275,7 +275,7 @@ pub(super) async fn call(
         Ok(t) => t,
         Err(r) => return r,
     };
-    match view::call(&state.core.store, &tenant.config, &call_id).await {
+    match state.call_detail(&tenant.config, &call_id).await {
         Ok(Some(detail)) => {
             let date = detail.summary.started_at.get(..10).unwrap_or_default().to_owned();
             let notice = match q.get("done").map(String::as_str) {

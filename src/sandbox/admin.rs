@@ -37,6 +37,26 @@ pub struct SandboxOptions {
     /// and its verification read, so concurrent callers can be booked into the same time. Exists
     /// so the load test can show its overlap check fails; refused outside the sandbox.
     pub unsafe_bypass_hold_ledger: bool,
+    /// TEST ONLY. Makes callside's own path behave like a naive integration in one way, so the
+    /// pilot's test can show `callside pilot` scores exactly that dimension down. Refused
+    /// outside the sandbox.
+    pub integration_fault: Option<IntegrationFault>,
+}
+
+/// The broken-integration behaviours `callside pilot` must detect (issue 15). Each is a hook in
+/// callside's own code, because each describes an integration's failure, not a CRM's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationFault {
+    /// Read parity: the context given to the AI leaves out the caller's open deals.
+    DropOpenDeals,
+    /// Match logic: caller lookups and the write-back's contact step skip the identity index and
+    /// trust the vendor's search alone, so a lagging search index duplicates a repeat caller.
+    NaiveCreate,
+    /// Error handling: a failed write-back step is recorded done (no retry, no dead letter).
+    SwallowWriteFailures,
+    /// Observability: the call's sync log leaves out its call-log step.
+    OmitSyncStep,
 }
 
 impl SandboxOptions {
@@ -47,6 +67,7 @@ impl SandboxOptions {
         for (on, key) in [
             (self.admin_endpoint, "sandbox_options.admin_endpoint"),
             (self.unsafe_bypass_hold_ledger, "sandbox_options.unsafe_bypass_hold_ledger"),
+            (self.integration_fault.is_some(), "sandbox_options.integration_fault"),
         ] {
             if !on {
                 continue;

@@ -3,6 +3,7 @@
 //! jitter (next-attempt times from the injected clock), and dead-letters steps that cannot
 //! succeed or whose retry window ran out.
 
+use crate::sandbox::admin::IntegrationFault;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub struct Worker {
     wake: Arc<Notify>,
     progress: watch::Sender<u64>,
     budgets: Option<Arc<RateBudgets>>,
+    /// TEST ONLY (`[sandbox_options] integration_fault`): misbehave like a naive integration.
+    fault: Option<IntegrationFault>,
 }
 
 /// How one step attempt ended.
@@ -81,7 +84,14 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         let (progress, rx) = watch::channel(0);
         let handle = WorkerHandle { wake: wake.clone(), progress: rx };
-        (Worker { store, tenants, clock, config, metrics, wake, progress, budgets: None }, handle)
+        (Worker { store, tenants, clock, config, metrics, wake, progress, budgets: None, fault: None }, handle)
+    }
+
+    /// TEST ONLY: makes the worker misbehave as `fault` says (config validation refuses it
+    /// outside the sandbox); `callside pilot` must catch each.
+    pub fn with_integration_fault(mut self, fault: Option<IntegrationFault>) -> Self {
+        self.fault = fault;
+        self
     }
 
     /// Meters the write-back lane with these rate budgets (see `budget.rs`).
@@ -161,6 +171,10 @@ impl Worker {
         }
         let (outcome, recorded) = match result {
             Ok(external_id) => (StepOutcome::Done, AttemptResult::Done { external_id }),
+            // TEST ONLY: the failure is swallowed, as a naive integration does.
+            Err(_) if self.fault == Some(IntegrationFault::SwallowWriteFailures) => {
+                (StepOutcome::Done, AttemptResult::Done { external_id: None })
+            }
             Err(err) => match self.next_attempt(step, &err, now) {
                 Some(at) => (StepOutcome::Retry { at }, AttemptResult::Retry { next_at: at, error: err.to_string() }),
                 None => (StepOutcome::Dead, AttemptResult::Dead { error: err.to_string() }),
@@ -298,7 +312,10 @@ impl Worker {
             };
             let claims =
                 resolve::claims(c.phone.as_deref(), tenant, name, c.fields.email.clone(), c.fields.zip.clone());
-            let (decision, found) = resolve::resolve(tenant, Some(&self.store), &claims).await?;
+            // TEST ONLY: a naive create searches the vendor alone (no identity index).
+            let naive = self.fault == Some(IntegrationFault::NaiveCreate);
+            let index = (!naive).then_some(&self.store);
+            let (decision, found) = resolve::resolve(tenant, index, &claims).await?;
             match decision.outcome {
                 Outcome::Matched => {
                     existing = found.contacts.iter().find(|x| Some(&x.id) == decision.record_id.as_ref()).cloned()
@@ -306,7 +323,9 @@ impl Worker {
                 Outcome::Ambiguous => review = resolve::review_task(&decision, &found.contacts, self.clock.now()),
                 Outcome::New => {}
             }
-            learned = Some((decision, claims));
+            if !naive {
+                learned = Some((decision, claims));
+            }
         }
         let id = match existing {
             Some(contact) => {

@@ -36,7 +36,7 @@ fn connector(base: url::Url) -> CalDavConnector {
 
 /// The demo tenant on Radicale: fresh collections for Alex and Sam, the business as organizer,
 /// and (when given) a notification webhook.
-async fn caldav_tenant(webhook: Option<String>) -> (TenantFile, CalDavConnector, String) {
+pub(crate) async fn caldav_tenant(webhook: Option<String>) -> (TenantFile, CalDavConnector, String) {
     let base = url::Url::parse(&radicale::url()).unwrap();
     let dav = connector(base);
     let run = uuid::Uuid::new_v4().simple().to_string();

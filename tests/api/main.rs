@@ -23,6 +23,7 @@ mod match_eval;
 mod mcp_http;
 mod pending_bookings;
 mod reload;
+mod pilot;
 mod sandbox_admin;
 mod vapi;
 mod writeback_durability;

@@ -47,7 +47,7 @@ use url::Url;
 
 use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmConnector, CrmContact,
-    CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery,
+    CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord, NameZipQuery, NoteRecord, PhoneQuery,
     PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus,
     SecondaryPhoneOutcome, TaskRecord,
 };
@@ -620,7 +620,9 @@ impl CrmConnector for HubSpotConnector {
                 summary: summarize(&n.prop("hs_note_body").unwrap_or_default()),
             }))
             .collect();
-        recent_activity.sort_by_key(|a| std::cmp::Reverse(a.at));
+        // Newest first; engagements logged in the same millisecond: the later-created (longer or
+        // greater numeric id) first.
+        recent_activity.sort_by(|a, b| (b.at, b.id.len(), &b.id).cmp(&(a.at, a.id.len(), &a.id)));
         recent_activity.truncate(RECENT_ACTIVITY);
         Ok(CrmContext { contact: to_contact(&contact), open_deals, open_tickets, open_tasks, recent_activity, owner })
     }
@@ -996,6 +998,30 @@ impl CrmConnector for HubSpotConnector {
         )?;
         let found: HistoryObject = self.call(Method::GET, url, None).await?;
         Ok(to_histories(properties, found))
+    }
+
+    /// A deal in the default pipeline (`appointmentscheduled` unless a stage is given), associated
+    /// with the contact (deals guide: `POST /crm/v3/objects/deals` with `associations`). The
+    /// idempotency property is defined on the objects the write-back creates, not on deals, so
+    /// the key is not sent: only the pilot seeds deals, once per run, and deletes them after.
+    async fn create_deal(
+        &self,
+        contact_id: &str,
+        deal: &DealRecord,
+        _idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        let mut properties = Map::new();
+        properties.insert("dealname".into(), json!(deal.name));
+        properties.insert("pipeline".into(), json!("default"));
+        properties.insert("dealstage".into(), json!(deal.stage.as_deref().unwrap_or("appointmentscheduled")));
+        if let Some(amount) = &deal.amount {
+            properties.insert("amount".into(), json!(amount));
+        }
+        let associations = association(contact_id, self.association_type("deals", "contacts").await?);
+        let url = self.url(&["crm", "v3", "objects", "deals"], &[])?;
+        let body = json!({"properties": properties, "associations": associations});
+        let created: SimpleObject = self.call(Method::POST, url, Some(&body)).await?;
+        Ok(created.id)
     }
 
     /// `DELETE /crm/v3/objects/{type}/{id}` archives the object and answers 204 (objects guide,

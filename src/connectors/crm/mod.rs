@@ -257,6 +257,16 @@ pub struct AppointmentRecord {
     pub notes: Option<String>,
 }
 
+/// An open deal (opportunity) to create on a contact: `callside pilot` seeds its known caller
+/// with one, as seed 003's pilot plan asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealRecord {
+    pub name: String,
+    /// The vendor's stage id; `None` for the default pipeline's first open stage.
+    pub stage: Option<String>,
+    pub amount: Option<String>,
+}
+
 /// The kinds of CRM object the write-back creates or changes (for undo).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -392,6 +402,18 @@ pub trait CrmConnector: Send + Sync + 'static {
         id: &str,
         properties: &[String],
     ) -> Result<Vec<PropertyHistory>, ConnectorError>;
+
+    /// An open deal on the contact; returns its id. Only `callside pilot` creates deals (its
+    /// seeded test record); a vendor without it keeps the default and the pilot says so.
+    async fn create_deal(
+        &self,
+        contact_id: &str,
+        deal: &DealRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        let _ = (contact_id, deal, idempotency_key);
+        Err(ConnectorError::Permanent(format!("{}: creating a deal is not supported", self.vendor())))
+    }
 
     /// Deletes (HubSpot: archives) an object. Deleting one already gone is not an error.
     async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError>;

@@ -1,0 +1,167 @@
+//! `callside pilot` (issue 15) against the sandbox: deep on all five dimensions for every CRM ×
+//! calendar pair that exists, its records removed afterwards; and five faults — one per
+//! dimension — each scoring exactly its dimension down, with the evidence naming the fault.
+
+use std::sync::Arc;
+
+use callside::config::TenantFile;
+use callside::pilot::report::PilotReport;
+use callside::pilot::score::{Depth, Dimension};
+use callside::pilot::{Pilot, SandboxHubSpot, ServiceAccess};
+
+use crate::helpers::{DEMO_KEY, DEMO_NUMBER, TestApp, demo_tenant, server_file, spawn_app_with};
+
+/// Runs the whole plan against the app's demo tenant; the progress lines are collected.
+async fn pilot(app: &TestApp) -> (PilotReport, Vec<String>) {
+    let tenant = app.core.tenants.by_id("demo").cloned().expect("the demo tenant");
+    let access = ServiceAccess::new(&format!("http://{}", app.addr), DEMO_KEY, DEMO_NUMBER);
+    let degrade =
+        Arc::new(SandboxHubSpot { state: app.hubspot.clone(), token: callside::sandbox::HUBSPOT_TOKEN.to_owned() });
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let report = Pilot::new(access, tenant, degrade, app.core.clock.clone())
+        .on_progress(move |l| sink.lock().unwrap().push(l.to_owned()))
+        .run()
+        .await
+        .expect("the pilot runs");
+    let lines = lines.lock().unwrap().clone();
+    (report, lines)
+}
+
+fn failed(report: &PilotReport) -> String {
+    report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{:?} {}: {}\n", c.dimension, c.call, c.evidence))
+        .collect()
+}
+
+async fn app_for(tenant: TenantFile, extra: &str) -> TestApp {
+    spawn_app_with(server_file(extra), vec![tenant]).await
+}
+
+/// Every calendar that exists, with HubSpot (the one CRM on main).
+async fn pairs() -> Vec<(&'static str, TenantFile)> {
+    let google = demo_tenant();
+    let mut graph = demo_tenant();
+    graph.calendar.vendor = "microsoft".into();
+    let (caldav, _, _) = crate::caldav_booking::caldav_tenant(None).await;
+    vec![("hubspot × google", google), ("hubspot × microsoft", graph), ("hubspot × caldav (radicale)", caldav)]
+}
+
+#[tokio::test]
+async fn the_pilot_scores_deep_on_every_dimension_for_every_crm_and_calendar_pair_and_cleans_up() {
+    for (pair, tenant) in pairs().await {
+        let app = app_for(tenant, "").await;
+        let contacts_before = app.hubspot.contacts().len();
+        let (report, lines) = pilot(&app).await;
+        for d in Dimension::ALL {
+            assert_eq!(report.depth(d), Depth::Deep, "{pair}: {d:?}\n{}", failed(&report));
+        }
+        assert!(report.all_deep());
+        // Every dimension was really tested, and every call of the plan was placed.
+        assert!(report.dimensions.iter().all(|d| d.checks_total >= 3), "{pair}: {:?}", report.dimensions);
+        assert_eq!(report.calls.len(), 16, "{pair}");
+        assert!(report.calls.iter().all(|c| c.sync_status == "synced"), "{pair}: {:?}", report.calls);
+        // A progress line per call, then the cleanup line.
+        assert_eq!(lines.iter().filter(|l| l.starts_with('[') && l.contains("/16]")).count(), 16, "{lines:?}");
+        // Cleanup: every call undone, the seeded records deleted, nothing left in the CRM.
+        assert!(report.cleanup.left.is_empty(), "{pair}: {:?}", report.cleanup.left);
+        assert_eq!(report.cleanup.calls_undone, 16);
+        assert_eq!(report.cleanup.objects_deleted, 4, "contact, deal, note and task");
+        assert_eq!(app.hubspot.contacts().len(), contacts_before, "{pair}: only the demo's own contacts remain");
+        let tagged = |props: &std::collections::BTreeMap<String, String>| props.values().any(|v| v.contains("[pilot "));
+        assert!(!app.hubspot.calls().iter().any(|c| tagged(&c.properties)), "{pair}: a pilot call log remains");
+        // The reports carry the same scores.
+        let md = report.markdown();
+        assert!(md.contains("| Read parity | **deep** |"), "{md}");
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+        assert_eq!(json["dimensions"].as_array().unwrap().len(), 5);
+        assert!(json["dimensions"].as_array().unwrap().iter().all(|d| d["depth"] == "deep"));
+        app.shutdown().await;
+    }
+}
+
+/// One broken thing, and the dimension it must (alone) bring down, with a word of its evidence.
+struct Fault {
+    name: &'static str,
+    server: &'static str,
+    /// A CRM-side fault applied to the emulator before the run.
+    crm: Option<fn(&TestApp)>,
+    dimension: Dimension,
+    evidence: &'static str,
+}
+
+#[tokio::test]
+async fn each_of_five_faults_scores_exactly_its_dimension_down_with_the_evidence() {
+    let faults = [
+        Fault {
+            name: "context read drops the open deal",
+            server: "[sandbox_options]\nintegration_fault = \"drop_open_deals\"\n",
+            crm: None,
+            dimension: Dimension::ReadParity,
+            evidence: "the open deal was not in the context",
+        },
+        Fault {
+            name: "a write silently ignores a field",
+            server: "",
+            // The portal accepts `zip` and does not keep it (a workflow, a read-only property).
+            crm: Some(|app| app.hubspot.ignore_property("zip")),
+            dimension: Dimension::WriteParity,
+            evidence: "zip not written to its field",
+        },
+        Fault {
+            name: "search lag duplicates on a naive create",
+            server: "[sandbox_options]\nintegration_fault = \"naive_create\"\n",
+            crm: None,
+            dimension: Dimension::MatchLogic,
+            evidence: "3 contact(s) hold it",
+        },
+        Fault {
+            name: "a write failure is swallowed",
+            server: "[sandbox_options]\nintegration_fault = \"swallow_write_failures\"\n",
+            crm: None,
+            dimension: Dimension::ErrorHandling,
+            evidence: "a write failure was swallowed",
+        },
+        Fault {
+            name: "the sync log omits a step",
+            server: "[sandbox_options]\nintegration_fault = \"omit_sync_step\"\n",
+            crm: None,
+            dimension: Dimension::Observability,
+            evidence: "has no step for it",
+        },
+    ];
+    for f in faults {
+        let app = app_for(demo_tenant(), f.server).await;
+        if let Some(apply) = f.crm {
+            apply(&app);
+        }
+        let (report, _) = pilot(&app).await;
+        for d in Dimension::ALL {
+            if d == f.dimension {
+                assert_ne!(report.depth(d), Depth::Deep, "{}: {d:?} should be down", f.name);
+                let score = report.dimensions.iter().find(|s| s.dimension == d).unwrap();
+                assert!(
+                    score.evidence.iter().any(|e| e.contains(f.evidence)),
+                    "{}: evidence {:?} lacks {:?}",
+                    f.name,
+                    score.evidence,
+                    f.evidence
+                );
+            } else {
+                assert_eq!(
+                    report.depth(d),
+                    Depth::Deep,
+                    "{}: only {:?} may be down\n{}",
+                    f.name,
+                    f.dimension,
+                    failed(&report)
+                );
+            }
+        }
+        assert!(!report.all_deep(), "{}: the command would exit non-zero", f.name);
+        app.shutdown().await;
+    }
+}
