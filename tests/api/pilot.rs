@@ -165,3 +165,27 @@ async fn each_of_five_faults_scores_exactly_its_dimension_down_with_the_evidence
         app.shutdown().await;
     }
 }
+
+#[test]
+fn the_command_refuses_an_unknown_tenant_and_a_wrong_key_clearly() {
+    let config = crate::helpers::repo_path("config/callside.toml");
+    let run = |tenant: &str, key: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callside"))
+            .args(["pilot", "--tenant", tenant, "--config"])
+            .arg(&config)
+            .arg("--report")
+            .arg(std::env::temp_dir().join("callside-pilot-refused.md"))
+            .env("CALLSIDE_API_KEY", key)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("the binary runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run("nobody", DEMO_KEY);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no tenant \"nobody\""), "{stderr}");
+    let (code, stderr) = run("demo", "not-the-demo-key");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("CALLSIDE_API_KEY is not an API key of tenant \"demo\""), "{stderr}");
+    assert!(!stderr.contains("not-the-demo-key"), "the key is never echoed: {stderr}");
+}

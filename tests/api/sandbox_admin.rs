@@ -31,8 +31,10 @@ fn validate(server: &str, tenant_on_real_crm: bool) -> Vec<(String, String)> {
 
 #[test]
 fn the_switches_are_refused_outside_the_sandbox() {
-    for key in ["admin_endpoint", "unsafe_bypass_hold_ledger"] {
-        let on = format!("[sandbox_options]\n{key} = true\n");
+    for (key, value) in
+        [("admin_endpoint", "true"), ("unsafe_bypass_hold_ledger", "true"), ("integration_fault", "\"naive_create\"")]
+    {
+        let on = format!("[sandbox_options]\n{key} = {value}\n");
         // Sandbox off.
         let issues = validate(&format!("[server]\nsandbox = false\n{on}"), false);
         assert!(issues.contains(&("callside.toml".into(), format!("sandbox_options.{key}"))), "{key}: {issues:?}");
@@ -46,6 +48,11 @@ fn the_switches_are_refused_outside_the_sandbox() {
     let err =
         toml::from_str::<callside::config::ServerFile>("[sandbox_options]\nbypass_everything = true\n").unwrap_err();
     assert!(err.message().contains("unknown field `bypass_everything`"), "{err}");
+    // So are unknown integration faults, naming the ones that exist.
+    let err = toml::from_str::<callside::config::ServerFile>("[sandbox_options]\nintegration_fault = \"everything\"\n")
+        .unwrap_err();
+    assert!(err.message().contains("unknown variant `everything`"), "{err}");
+    assert!(err.message().contains("drop_open_deals"), "{err}");
 }
 
 #[tokio::test]
