@@ -122,7 +122,11 @@ impl CallClient {
         let read = async {
             loop {
                 match self.ws.next().await {
-                    None | Some(Ok(Message::Close(_))) => bail!("the service closed the call during {method}"),
+                    None => bail!("the service closed the call during {method}"),
+                    Some(Ok(Message::Close(frame))) => bail!(
+                        "the service closed the call during {method}: {}",
+                        frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default()
+                    ),
                     Some(Err(e)) => bail!("the call's socket failed during {method}: {e}"),
                     Some(Ok(Message::Text(t))) => {
                         let v: Value = serde_json::from_str(&t).context("a frame that is not JSON")?;

@@ -48,8 +48,9 @@ use crate::tenant::Tenant;
 
 /// How long the pilot waits for one call's write-back to settle.
 const SETTLE: Duration = Duration::from_secs(30);
-/// Between two reads of the sync log while waiting.
-const POLL: Duration = Duration::from_millis(10);
+/// Between two reads of the sync log while waiting: from the first, doubling to the second (each
+/// read is several queries on the service's store; a tight loop would compete with the calls).
+const POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(160));
 
 /// The integration degradations the scenario needs. In the sandbox they are the emulators' fault
 /// switches; against a real vendor there are none, and the degraded calls report "not run".
@@ -318,6 +319,7 @@ impl Pilot {
     /// Polls the call's sync log (the console API) until `done` holds, within [`SETTLE`].
     async fn wait_log(&self, call_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + SETTLE;
+        let mut pause = POLL.0;
         loop {
             if let Some(log) = self.access.sync_log(call_id).await?
                 && done(&log)
@@ -325,7 +327,8 @@ impl Pilot {
                 return Ok(log);
             }
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "gave up waiting for {what} on {call_id}");
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL.1);
         }
     }
 
