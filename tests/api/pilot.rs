@@ -13,7 +13,7 @@ use crate::helpers::{DEMO_KEY, DEMO_NUMBER, TestApp, demo_tenant, server_file, s
 
 /// Runs the whole plan against the app's demo tenant; the progress lines are collected.
 async fn pilot(app: &TestApp) -> (PilotReport, Vec<String>) {
-    let tenant = app.core.tenants.by_id("demo").cloned().expect("the demo tenant");
+    let tenant = app.core.tenants.by_id("demo").expect("the demo tenant");
     let access = ServiceAccess::new(&format!("http://{}", app.addr), DEMO_KEY, DEMO_NUMBER);
     let degrade =
         Arc::new(SandboxHubSpot { state: app.hubspot.clone(), token: callside::sandbox::HUBSPOT_TOKEN.to_owned() });
