@@ -47,6 +47,12 @@ pub trait TokenSource: Send + Sync + 'static {
     /// The vendor refused `rejected` as expired: a fresh token. Concurrent callers holding the
     /// same rejected token share one refresh.
     async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError>;
+
+    /// The API host the vendor named for this connection (Salesforce's `instance_url`), when it
+    /// names one; `None` means "use the configured base URL".
+    async fn instance_url(&self) -> Result<Option<Url>, ConnectorError> {
+        Ok(None)
+    }
 }
 
 /// A fixed token (a private-app token, the sandbox's token). It cannot be refreshed.
@@ -182,6 +188,11 @@ pub const HUBSPOT_SCOPES: [&str; 7] = [
     "crm.schemas.contacts.read",
 ];
 
+/// The scopes callside asks Salesforce for: `api` (REST API access to the user's data) and
+/// `refresh_token` (offline access; without it the token endpoint issues no refresh token).
+/// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_tokens_scopes.htm>
+pub const SALESFORCE_SCOPES: [&str; 2] = ["api", "refresh_token"];
+
 /// An OAuth app registered with a vendor. Config names only the environment variables holding
 /// the client id and secret; the tokens live in the store.
 #[derive(Debug, Clone)]
@@ -218,6 +229,44 @@ impl OAuthApp {
 }
 
 impl OAuthApp {
+    /// Salesforce (a connected app): authorize at `{login}/services/oauth2/authorize` with
+    /// `response_type=code` (required by the web server flow; it rides in the authorize URL's
+    /// query so the shared start step stays vendor-neutral), tokens at
+    /// `{login}/services/oauth2/token`, where `login` is `https://login.salesforce.com`
+    /// (`https://test.salesforce.com` for sandboxes, or the org's My Domain).
+    /// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm>
+    pub fn salesforce(
+        client_id: &str,
+        client_secret: SecretString,
+        redirect_uri: &str,
+        login_base: &Url,
+    ) -> Result<Self, url::ParseError> {
+        let mut authorize_url = login_base.join("services/oauth2/authorize")?;
+        authorize_url.query_pairs_mut().append_pair("response_type", "code");
+        Ok(Self {
+            vendor: "salesforce".into(),
+            client_id: client_id.into(),
+            client_secret,
+            authorize_url,
+            token_url: login_base.join("services/oauth2/token")?,
+            redirect_uri: redirect_uri.into(),
+            scopes: SALESFORCE_SCOPES.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// The Salesforce connected app whose consumer key and secret are in the named variables.
+    pub fn salesforce_from_env(
+        client_id_env: &str,
+        client_secret_env: &str,
+        redirect_uri: &str,
+        login_base: &Url,
+    ) -> Result<Self, String> {
+        let read = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+        let client_id = read(client_id_env)?;
+        let secret = SecretString::from(read(client_secret_env)?);
+        Self::salesforce(&client_id, secret, redirect_uri, login_base).map_err(|e| e.to_string())
+    }
+
     /// The HubSpot app whose client id and secret are in the named environment variables (the
     /// tenant config names the variables, never the values).
     pub fn hubspot_from_env(
@@ -240,6 +289,12 @@ struct TokenResponse {
     access_token: String,
     refresh_token: Option<String>,
     expires_in: Option<u64>,
+    /// Salesforce: the org's API host. Its token answers carry no `expires_in` (the session
+    /// timeout set in the org decides), so the stored expiry is an estimate and an
+    /// `INVALID_SESSION_ID` answer is what triggers the refresh.
+    /// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm>
+    #[serde(default)]
+    instance_url: Option<String>,
 }
 
 /// The token endpoint's error: HubSpot's `{status, message}` or RFC 6749 §5.2 `{error}`.
@@ -248,6 +303,9 @@ struct TokenError {
     status: Option<String>,
     message: Option<String>,
     error: Option<String>,
+    /// RFC 6749 §5.2 (Salesforce: `{"error": "invalid_grant", "error_description": ...}`).
+    #[serde(default)]
+    error_description: Option<String>,
 }
 
 /// How long an authorization request may wait for its callback.
@@ -337,6 +395,7 @@ impl Connections {
         let id = connection_id(&pending.tenant, &app.vendor);
         let row = self.sealed_row(&id, &pending.tenant, &app.vendor, &tokens, &refresh, &app.scopes.join(" "))?;
         self.store.upsert_connection(&row).await?;
+        self.save_instance_url(&id, &tokens).await?;
         Ok(ConnectionInfo { id, tenant: pending.tenant, vendor: app.vendor.clone(), status: "active".into() })
     }
 
@@ -447,7 +506,33 @@ impl Connections {
             .upsert_connection(&sealed)
             .await
             .map_err(|e| ConnectorError::Transient(format!("storing the refreshed token: {e}")))?;
+        self.save_instance_url(id, &tokens).await.map_err(|e| match e {
+            ConnectionError::Vendor(e) => e,
+            other => ConnectorError::Transient(format!("storing the instance URL: {other}")),
+        })?;
         Ok(SecretString::from(tokens.access_token))
+    }
+
+    /// Stores the API host a token answer names (Salesforce's `instance_url`). Only `https`, or
+    /// plain `http` on loopback (the sandbox), is accepted: the bearer token will be sent there.
+    async fn save_instance_url(&self, id: &str, tokens: &TokenResponse) -> Result<(), ConnectionError> {
+        let Some(raw) = tokens.instance_url.as_deref() else { return Ok(()) };
+        let url = parse_instance_url(raw).ok_or_else(|| {
+            ConnectionError::Vendor(ConnectorError::Permanent(
+                "the token endpoint named an unusable instance_url".into(),
+            ))
+        })?;
+        self.store.save_instance_url(id, url.as_str(), self.clock.now().as_millisecond()).await?;
+        Ok(())
+    }
+
+    pub async fn instance_url(&self, id: &str) -> Result<Option<Url>, ConnectorError> {
+        let stored = self
+            .store
+            .instance_url(id)
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("reading the connection: {e}")))?;
+        Ok(stored.as_deref().and_then(parse_instance_url))
     }
 
     async fn token_request(&self, app: &OAuthApp, form: &[(&str, &str)]) -> Result<TokenResponse, ConnectorError> {
@@ -469,9 +554,21 @@ impl Connections {
     }
 }
 
+/// An instance URL the connector may send the bearer token to: `https`, or `http` on loopback.
+fn parse_instance_url(raw: &str) -> Option<Url> {
+    let url = Url::parse(raw).ok()?;
+    let loopback = match url.host()? {
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+        url::Host::Domain(d) => d == "localhost",
+    };
+    (url.scheme() == "https" || (url.scheme() == "http" && loopback)).then_some(url)
+}
+
 fn classify_token_error(status: u16, error: &TokenError) -> ConnectorError {
     let code = error.status.as_deref().or(error.error.as_deref()).unwrap_or_default().to_string();
-    let message = error.message.clone().unwrap_or_else(|| format!("HTTP {status}"));
+    let message =
+        error.message.clone().or_else(|| error.error_description.clone()).unwrap_or_else(|| format!("HTTP {status}"));
     match (status, code.as_str()) {
         (429, _) => ConnectorError::RateLimited { retry_after: None, detail: "token endpoint".into() },
         (500..=599, _) => ConnectorError::Transient(format!("token endpoint answered HTTP {status}")),
@@ -507,6 +604,10 @@ impl TokenSource for ConnectionTokens {
 
     async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError> {
         self.connections.refresh(&self.app, &self.id, Some(rejected)).await
+    }
+
+    async fn instance_url(&self) -> Result<Option<Url>, ConnectorError> {
+        self.connections.instance_url(&self.id).await
     }
 }
 
@@ -544,6 +645,7 @@ mod tests {
             status: Some("BAD_REFRESH_TOKEN".into()),
             message: Some("missing or invalid refresh token".into()),
             error: None,
+            error_description: None,
         };
         assert!(matches!(classify_token_error(400, &bad_refresh), ConnectorError::AuthRevoked(_)));
         let grant = TokenError { error: Some("invalid_grant".into()), ..TokenError::default() };
@@ -576,5 +678,47 @@ mod tests {
         assert_eq!(parsed.expires_in, Some(1800));
         assert_eq!(parsed.refresh_token.as_deref(), Some("1e8fbfb1-8e96-4826-8b8d-c8af73715"));
         assert!(parsed.access_token.starts_with("CIrToaiiMhIH"));
+    }
+
+    /// A refresh answer shaped as in Salesforce's refresh token flow
+    /// (<https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm>):
+    /// `instance_url`, `id`, `issued_at` (ms, as a string) and `signature`, no `expires_in`, no
+    /// new refresh token unless rotation is on.
+    #[test]
+    fn golden_salesforce_refresh_response() {
+        let body = r#"{ "access_token": "00DB0000000TfcR!AQQAQFhoK8vTMg_rKA.esrJ2bCs.OOIjJgl.9Cx6O7KqjZmHMLOyVb.U61BU9tm4xRusf7d3fD1P9oefzqS6i9sJMPWj48IK",
+          "signature": "d/SxeYBxH0GSVko0HMgcUxuZy0PA2cDDz1u7g7JtDHw=",
+          "scope": "web openid api id",
+          "instance_url": "https://yourInstance.salesforce.com",
+          "id": "https://login.salesforce.com/id/00DB0000000TfcRMAS/005B0000005Bk90IAC",
+          "token_type": "Bearer",
+          "issued_at": "1399329718587" }"#;
+        let parsed: TokenResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.expires_in, None);
+        assert_eq!(parsed.refresh_token, None);
+        assert_eq!(parsed.instance_url.as_deref(), Some("https://yourInstance.salesforce.com"));
+        assert!(parse_instance_url(parsed.instance_url.as_deref().unwrap()).is_some());
+    }
+
+    /// Salesforce's token endpoint errors are RFC 6749 bodies; an expired or revoked refresh
+    /// token is `invalid_grant` with `expired access/refresh token`.
+    #[test]
+    fn golden_salesforce_invalid_grant() {
+        let body = r#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#;
+        let parsed: TokenError = serde_json::from_str(body).unwrap();
+        match classify_token_error(400, &parsed) {
+            ConnectorError::AuthRevoked(m) => assert!(m.contains("expired access/refresh token"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The bearer token only goes to an https host (or loopback http, the sandbox).
+    #[test]
+    fn instance_urls_must_be_https_or_loopback() {
+        assert!(parse_instance_url("https://acme.my.salesforce.com").is_some());
+        assert!(parse_instance_url("http://127.0.0.1:8080/").is_some());
+        assert!(parse_instance_url("http://evil.example.com").is_none());
+        assert!(parse_instance_url("not a url").is_none());
+        assert!(parse_instance_url("ftp://acme.my.salesforce.com").is_none());
     }
 }

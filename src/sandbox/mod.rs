@@ -8,6 +8,7 @@ pub mod google_calendar;
 pub mod graph;
 pub mod hubspot;
 pub mod radicale;
+pub mod salesforce;
 
 use std::io;
 
