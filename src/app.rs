@@ -27,6 +27,7 @@ use crate::connectors::calendar::google::GoogleCalendarConnector;
 use crate::connectors::calendar::graph::GraphCalendarConnector;
 use crate::connectors::crm::CrmConnector;
 use crate::connectors::crm::hubspot::HubSpotConnector;
+use crate::connectors::crm::salesforce::SalesforceConnector;
 use crate::connectors::http_client;
 use crate::context::ContextService;
 use crate::gateway::connect::ConnectService;
@@ -78,7 +79,9 @@ impl Application {
         let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
         let mut tenants = Vec::new();
         for t in &config.tenants {
-            let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
+            let crm: Arc<dyn CrmConnector> = if t.crm.vendor == "salesforce" {
+                salesforce_crm(t, &connect, sandbox.as_ref(), &client)?
+            } else if t.crm.auth == "oauth" {
                 let app = connect.apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
                 let url = match (&sandbox, t.crm.base_url.as_str()) {
                     (Some(s), "sandbox") => s.hubspot.base_url(),
@@ -259,7 +262,7 @@ fn connect_service(
 ) -> anyhow::Result<ConnectService> {
     let cipher = match TokenCipher::from_env() {
         Ok(c) => c,
-        Err(_) if config.connect.hubspot.is_none() => {
+        Err(_) if config.connect.hubspot.is_none() && config.connect.salesforce.is_none() => {
             // Only sandbox connections can exist: their tokens are worthless outside this
             // process, so a per-process key is acceptable (they cannot be read after a restart).
             tracing::warn!("CALLSIDE_SECRET_KEY is not set; sandbox connections are encrypted with a per-process key");
@@ -289,7 +292,47 @@ fn connect_service(
         )?;
         apps.insert("hubspot".to_owned(), Arc::new(oauth));
     }
+    let redirect = format!("{public_url}/v1/connect/salesforce/callback");
+    if let Some(app) = &config.connect.salesforce {
+        let login = url::Url::parse(app.authorize_base_url.as_deref().unwrap_or("https://login.salesforce.com/"))
+            .context("connect.salesforce.authorize_base_url")?;
+        let oauth = OAuthApp::salesforce_from_env(&app.client_id_env, &app.client_secret_env, &redirect, &login)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        apps.insert("salesforce".to_owned(), Arc::new(oauth));
+    } else if let Some(s) = sandbox {
+        let oauth = OAuthApp::salesforce(
+            sandbox::salesforce::OAUTH_CLIENT_ID,
+            SecretString::from(sandbox::salesforce::OAUTH_CLIENT_SECRET.to_owned()),
+            &redirect,
+            &s.salesforce.base_url(),
+        )?;
+        apps.insert("salesforce".to_owned(), Arc::new(oauth));
+    }
     Ok(ConnectService { connections, apps, worker: None })
+}
+
+/// A tenant's Salesforce connector: through its OAuth connection (the org's API host comes with
+/// the tokens; `base_url` is only the fallback) or a static token against `base_url`.
+fn salesforce_crm(
+    t: &crate::config::TenantConfig,
+    connect: &ConnectService,
+    sandbox: Option<&Sandbox>,
+    client: &reqwest::Client,
+) -> anyhow::Result<Arc<dyn CrmConnector>> {
+    let new_callers = t.crm.new_callers.unwrap_or_default();
+    let connector = if t.crm.auth == "oauth" {
+        let app = connect.apps.get("salesforce").cloned().context("oauth tenant without a Salesforce connected app")?;
+        let url = match (sandbox, t.crm.base_url.as_str()) {
+            (Some(s), "sandbox") => s.salesforce.base_url(),
+            (_, base) => url::Url::parse(base).context("crm.base_url")?,
+        };
+        let tokens = connect.connections.token_source(app, &connection_id(&t.id, "salesforce"));
+        SalesforceConnector::with_token_source(url, tokens, client.clone())
+    } else {
+        let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.salesforce.base_url(), sandbox::SALESFORCE_TOKEN)))?;
+        SalesforceConnector::new(url, token, client.clone())
+    };
+    Ok(Arc::new(connector.with_new_callers(new_callers)))
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {

@@ -20,6 +20,7 @@ mod match_eval;
 mod mcp_http;
 mod pending_bookings;
 mod sandbox_admin;
+mod salesforce;
 mod vapi;
 mod writeback_durability;
 mod writeback_rules;
