@@ -1667,10 +1667,10 @@ fn parse_sosl(q: &str) -> Result<Sosl, String> {
                 if p.keyword("WHERE") {
                     spec.filter = Some(p.or_expr()?);
                 }
-                if p.keyword("LIMIT") {
-                    if let Some(Tok::Num(n)) = p.next() {
-                        spec.limit = Some(n as usize);
-                    }
+                if p.keyword("LIMIT")
+                    && let Some(Tok::Num(n)) = p.next()
+                {
+                    spec.limit = Some(n as usize);
                 }
                 if !p.punct(")") {
                     return Err("expecting ')'".into());
@@ -1866,24 +1866,28 @@ fn check_version(version: &str) -> Option<Response> {
     (!ok).then(not_found)
 }
 
-fn known_sobject(sobject: &str) -> Result<String, Response> {
+fn known_sobject(sobject: &str) -> Result<String, Box<Response>> {
     for known in ["Contact", "Lead", "User", "Opportunity", "OpportunityContactRole", "Case", "Task", "Event"] {
         if known.eq_ignore_ascii_case(sobject) {
             return Ok(known.to_string());
         }
     }
-    Err(one_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist"))
+    Err(Box::new(one_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist")))
 }
 
-fn parse_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn parse_body(body: &Bytes) -> Result<Map<String, Value>, Box<Response>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(one_error(
+        Ok(_) => Err(Box::new(one_error(
             StatusCode::BAD_REQUEST,
             "JSON_PARSER_ERROR",
             "Cannot deserialize instance of sobject from a non-object value",
-        )),
-        Err(e) => Err(one_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &format!("Unexpected character: {e}"))),
+        ))),
+        Err(e) => Err(Box::new(one_error(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            &format!("Unexpected character: {e}"),
+        ))),
     }
 }
 
@@ -2027,7 +2031,7 @@ async fn read(
     }
     let sobject = match known_sobject(&sobject) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if id == "describe" {
         return describe(&sobject);
@@ -2076,11 +2080,11 @@ async fn create(
     }
     let sobject = match known_sobject(&sobject) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut inner = state.lock();
     let values = match inner.validate(&sobject, &body, true) {
@@ -2104,11 +2108,11 @@ async fn update(
     }
     let sobject = match known_sobject(&sobject) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut inner = state.lock();
     if inner.records.get(&id).is_none_or(|r| r.sobject != sobject) {
@@ -2132,13 +2136,13 @@ fn external_matches(inner: &Inner, sobject: &str, field: &str, value: &str) -> V
         .collect()
 }
 
-fn external_field(sobject: &str, field: &str) -> Result<FieldDef, Response> {
+fn external_field(sobject: &str, field: &str) -> Result<FieldDef, Box<Response>> {
     field_def(sobject, field).filter(|d| d.external_id || d.name == "Id").ok_or_else(|| {
-        one_error(
+        Box::new(one_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             &format!("Provided external ID field does not exist or is not accessible: {field}"),
-        )
+        ))
     })
 }
 
@@ -2152,11 +2156,11 @@ async fn read_by_external(
     }
     let sobject = match known_sobject(&sobject) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let def = match external_field(&sobject, &field) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let inner = state.lock();
     match external_matches(&inner, &sobject, def.name, &value).as_slice() {
@@ -2185,15 +2189,15 @@ async fn upsert(
     }
     let sobject = match known_sobject(&sobject) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let def = match external_field(&sobject, &field) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut inner = state.lock();
     let matches = external_matches(&inner, &sobject, def.name, &value);
@@ -2402,5 +2406,237 @@ mod tests {
         assert!(!like("a_a", "adda"));
         assert!(like("94\\_07%", "94_07-1"));
         assert!(!like("94\\_07%", "94x07"));
+    }
+}
+
+/// The emulator's HTTP surface against the shapes in Salesforce's REST API guide.
+#[cfg(test)]
+mod http_tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const TOKEN: &str = "00Dtest!static";
+
+    fn url(sandbox: &SalesforceSandbox, path: &str) -> String {
+        format!("http://{}/services/data/{API_VERSION}/{path}", sandbox.addr)
+    }
+
+    async fn send(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = reqwest::Client::new().request(method, url).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Upsert by external id: 201 `created: true`, then 200 `created: false` on the same record;
+    /// the answer shape of the guide's examples
+    /// (<https://developer.salesforce.com/docs/platform/api-rest/guide/dome-upsert.html>).
+    #[tokio::test]
+    async fn upsert_creates_then_updates_the_same_record() {
+        let sandbox = SalesforceSandbox::start(TOKEN).unwrap();
+        let path = url(&sandbox, &format!("sobjects/Contact/{EXTERNAL_ID_FIELD}/key-1"));
+        let (status, headers, first) = send(reqwest::Method::PATCH, &path, Some(json!({"LastName": "Hopper"}))).await;
+        assert_eq!(status, 201);
+        assert_eq!(first["created"], true);
+        assert_eq!(first["success"], true);
+        assert_eq!(first["errors"], json!([]));
+        assert!(headers["sforce-limit-info"].to_str().unwrap().starts_with("api-usage="));
+        let (status, _, second) = send(reqwest::Method::PATCH, &path, Some(json!({"FirstName": "Grace"}))).await;
+        assert_eq!(status, 200);
+        assert_eq!(second["created"], false);
+        assert_eq!(second["id"], first["id"]);
+        assert_eq!(sandbox.state.records("Contact").len(), 1);
+        // Not an external id field: 404 NOT_FOUND.
+        let (status, _, body) =
+            send(reqwest::Method::PATCH, &url(&sandbox, "sobjects/Contact/Email/x"), Some(json!({}))).await;
+        assert_eq!(status, 404);
+        assert_eq!(body[0]["errorCode"], "NOT_FOUND");
+    }
+
+    /// Errors are arrays of `{message, errorCode, fields}`; a write with one bad field applies
+    /// nothing.
+    #[tokio::test]
+    async fn errors_are_arrays_and_writes_all_or_nothing() {
+        let sandbox = SalesforceSandbox::start(TOKEN).unwrap();
+        let (status, _, body) =
+            send(reqwest::Method::POST, &url(&sandbox, "sobjects/Contact"), Some(json!({"FirstName": "X"}))).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            json!([{"message": "Required fields are missing: [LastName]", "errorCode": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}])
+        );
+        let (status, _, body) = send(
+            reqwest::Method::POST,
+            &url(&sandbox, "sobjects/Contact"),
+            Some(json!({"id": "001D000000IqhSLIAZ", "LastName": "Pies"})),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
+        assert_eq!(body[0]["message"], "The Id field should not be specified in the sobject data.");
+        let id = sandbox.state.insert("Contact", &[("LastName", json!("Kept"))]);
+        let (status, _, body) = send(
+            reqwest::Method::PATCH,
+            &url(&sandbox, &format!("sobjects/Contact/{id}")),
+            Some(json!({"LastName": "Changed", CUSTOM_PICKLIST_FIELD: "Pigeon"})),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(body[0]["errorCode"], "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST");
+        assert_eq!(body[0]["fields"], json!([CUSTOM_PICKLIST_FIELD]));
+        assert_eq!(sandbox.state.record(&id).unwrap().text("LastName").as_deref(), Some("Kept"));
+        // Hostile bodies: not JSON, not an object.
+        for raw in ["{not json", "[1,2]"] {
+            let response = reqwest::Client::new()
+                .post(url(&sandbox, "sobjects/Contact"))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(raw)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 400);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body[0]["errorCode"], "JSON_PARSER_ERROR");
+        }
+    }
+
+    /// The rate limit is 403 `REQUEST_LIMIT_EXCEEDED` without `Retry-After`; an unknown token is
+    /// 401 `INVALID_SESSION_ID`.
+    #[tokio::test]
+    async fn limits_and_sessions_answer_as_salesforce_does() {
+        let sandbox = SalesforceSandbox::start(TOKEN).unwrap();
+        sandbox.state.fail_next(Fault::RequestLimit, 1);
+        let (status, headers, body) =
+            send(reqwest::Method::GET, &url(&sandbox, "query?q=SELECT+Id+FROM+Contact"), None).await;
+        assert_eq!(status, 403);
+        assert!(headers.get("retry-after").is_none());
+        assert!(headers.contains_key("sforce-limit-info"));
+        assert_eq!(body, json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]));
+        let response = reqwest::Client::new()
+            .get(url(&sandbox, "query?q=SELECT+Id+FROM+Contact"))
+            .bearer_auth("someone-else")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]));
+    }
+
+    /// SOQL answers: `{totalSize, done, records}`, `attributes` on each record, a parent
+    /// relationship nested (or `null`), an empty child subquery `null`; a malformed query is
+    /// `MALFORMED_QUERY`.
+    #[tokio::test]
+    async fn soql_answers_nest_relationships() {
+        let sandbox = SalesforceSandbox::start(TOKEN).unwrap();
+        let owner = sandbox.state.insert_user("Rita", "Rep", "rita@example.com");
+        let with_owner = sandbox.state.insert("Contact", &[("LastName", json!("A")), ("OwnerId", json!(owner))]);
+        sandbox
+            .state
+            .insert("Case", &[("Subject", json!("Tap")), ("Status", json!("New")), ("ContactId", json!(with_owner))]);
+        let q = format!(
+            "SELECT Id, Owner.FirstName, (SELECT Subject FROM Cases), (SELECT Id FROM OpportunityContactRoles) \
+             FROM Contact WHERE Id = '{with_owner}'"
+        );
+        let (status, _, body) =
+            send(reqwest::Method::GET, &format!("{}?q={}", url(&sandbox, "query"), urlencode(&q)), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["totalSize"], 1);
+        assert_eq!(body["done"], true);
+        let record = &body["records"][0];
+        assert_eq!(record["attributes"]["type"], "Contact");
+        assert_eq!(record["Owner"]["FirstName"], "Rita");
+        assert_eq!(record["Owner"]["attributes"]["type"], "User");
+        assert_eq!(record["Cases"]["records"][0]["Subject"], "Tap");
+        assert_eq!(record["OpportunityContactRoles"], Value::Null);
+        let (status, _, body) =
+            send(reqwest::Method::GET, &format!("{}?q={}", url(&sandbox, "query"), urlencode("SELECT FROM")), None)
+                .await;
+        assert_eq!(status, 400);
+        assert_eq!(body[0]["errorCode"], "MALFORMED_QUERY");
+        let (status, _, body) = send(
+            reqwest::Method::GET,
+            &format!("{}?q={}", url(&sandbox, "query"), urlencode("SELECT Nope FROM Contact")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
+    }
+
+    /// The token endpoint answers with `instance_url` and without `expires_in`; a refresh
+    /// answers without a refresh token (rotation off); a bad refresh token is `invalid_grant`.
+    #[tokio::test]
+    async fn token_answers_carry_instance_url_and_no_expiry() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let sandbox = SalesforceSandbox::start(TOKEN).unwrap();
+        let base = sandbox.base_url();
+        let verifier = "v".repeat(50);
+        let challenge =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let authorize = format!(
+            "{base}services/oauth2/authorize?response_type=code&client_id={OAUTH_CLIENT_ID}&redirect_uri=https://x.example/cb&state=s1&code_challenge={challenge}&code_challenge_method=S256"
+        );
+        let answer = client.get(&authorize).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 302);
+        let location = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+        let code = location.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+        let token = |form: Vec<(&'static str, String)>| {
+            let client = client.clone();
+            let base = base.clone();
+            async move {
+                let r = client.post(format!("{base}services/oauth2/token")).form(&form).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let creds = |mut v: Vec<(&'static str, String)>| {
+            v.push(("client_id", OAUTH_CLIENT_ID.into()));
+            v.push(("client_secret", OAUTH_CLIENT_SECRET.into()));
+            v
+        };
+        let (status, body) = token(creds(vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", code.clone()),
+            ("redirect_uri", "https://x.example/cb".into()),
+            ("code_verifier", verifier.clone()),
+        ]))
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["instance_url"], base.as_str().trim_end_matches('/'));
+        assert!(body.get("expires_in").is_none());
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body["issued_at"].as_str().unwrap().parse::<u64>().is_ok());
+        let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+        // The code is single use.
+        let (status, body) = token(creds(vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", code),
+            ("redirect_uri", "https://x.example/cb".into()),
+            ("code_verifier", verifier),
+        ]))
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "invalid_grant");
+        let (status, body) =
+            token(creds(vec![("grant_type", "refresh_token".into()), ("refresh_token", refresh.clone())])).await;
+        assert_eq!(status, 200);
+        assert!(body.get("refresh_token").is_none());
+        let (status, body) =
+            token(creds(vec![("grant_type", "refresh_token".into()), ("refresh_token", "nope".into())])).await;
+        assert_eq!(status, 400);
+        assert_eq!(body, json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}));
+    }
+
+    fn urlencode(s: &str) -> String {
+        url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
     }
 }
