@@ -467,6 +467,8 @@ struct Inner {
     drop_after_apply: u32,
     rejected_fields: Vec<String>,
     ignored_fields: Vec<String>,
+    /// Fields without history tracking (lowercase): their changes leave no history rows.
+    untracked_fields: Vec<String>,
     api_usage: u64,
     integration_user: String,
     oauth: OAuthState,
@@ -500,6 +502,7 @@ impl SalesforceState {
                 drop_after_apply: 0,
                 rejected_fields: Vec::new(),
                 ignored_fields: Vec::new(),
+                untracked_fields: Vec::new(),
                 api_usage: 0,
                 integration_user: String::new(),
                 oauth: OAuthState::default(),
@@ -602,6 +605,11 @@ impl SalesforceState {
         self.lock().ignored_fields.push(field.to_ascii_lowercase());
     }
 
+    /// Turns field history tracking off for `field` (orgs track at most 20 fields per object).
+    pub fn untrack_field(&self, field: &str) {
+        self.lock().untracked_fields.push(field.to_ascii_lowercase());
+    }
+
     pub fn clear_field_faults(&self) {
         let mut inner = self.lock();
         inner.rejected_fields.clear();
@@ -702,7 +710,9 @@ impl Inner {
             let (history, key) =
                 if sobject == "Contact" { ("ContactHistory", "ContactId") } else { ("LeadHistory", "LeadId") };
             for (field, old, new) in changes {
-                if matches!(field.as_str(), "LastModifiedDate" | "LastModifiedById" | "SystemModstamp") {
+                if matches!(field.as_str(), "LastModifiedDate" | "LastModifiedById" | "SystemModstamp")
+                    || self.untracked_fields.contains(&field.to_ascii_lowercase())
+                {
                     continue;
                 }
                 let hid = self.allocate(history);

@@ -984,7 +984,8 @@ impl CrmConnector for SalesforceConnector {
         );
         let (rows, own) = tokio::join!(self.soql(&query), self.own_user_id());
         let (rows, own) = (rows?, own?);
-        Ok(properties
+        let source = |by: &Option<String>| if by.as_deref() == Some(own.as_str()) { "INTEGRATION" } else { "CRM_UI" };
+        let mut histories: Vec<PropertyHistory> = properties
             .iter()
             .zip(&names)
             .map(|(asked, name)| PropertyHistory {
@@ -995,23 +996,50 @@ impl CrmConnector for SalesforceConnector {
                     .filter_map(|r| {
                         let by = text(r, "CreatedById");
                         Some(PropertyVersion {
-                            value: match r.get("NewValue") {
-                                Some(Value::String(s)) => s.clone(),
-                                Some(Value::Null) | None => String::new(),
-                                Some(other) => other.to_string(),
-                            },
+                            value: value_text(r.get("NewValue")),
                             timestamp: parse_sf_time(&text(r, "CreatedDate")?)?,
                             // Salesforce records who, not through what: our own user is the
                             // integration, anyone else a person.
-                            source_type: if by.as_deref() == Some(own.as_str()) { "INTEGRATION" } else { "CRM_UI" }
-                                .into(),
+                            source_type: source(&by).into(),
                             source_id: None,
                             updated_by_user_id: by,
                         })
                     })
                     .collect(),
             })
-            .collect())
+            .collect();
+        // A field without history tracking has no rows: its conflict data is the record's last
+        // modification (who and when), with the field's current value. Coarser — any change to
+        // the record counts — and so on the safe side: a person's recent edit of anything holds
+        // our overwrite back.
+        let untracked: Vec<usize> = (0..histories.len()).filter(|i| histories[*i].versions.is_empty()).collect();
+        if !untracked.is_empty() {
+            let mut fields: Vec<&str> = untracked.iter().map(|i| names[*i].as_str()).collect();
+            fields.extend(["LastModifiedDate", "LastModifiedById"]);
+            let record = self.read_fields(person.sobject(), contact_id, &fields).await?;
+            let record = Value::Object(record);
+            let by = text(&record, "LastModifiedById");
+            if let Some(at) = text(&record, "LastModifiedDate").and_then(|t| parse_sf_time(&t)) {
+                for i in untracked {
+                    histories[i].versions.push(PropertyVersion {
+                        value: value_text(record.get(names[i].as_str())),
+                        timestamp: at,
+                        source_type: source(&by).into(),
+                        source_id: Some("LastModifiedById".into()),
+                        updated_by_user_id: by.clone(),
+                    });
+                }
+            }
+        }
+        Ok(histories)
+    }
+}
+
+fn value_text(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
     }
 }
 

@@ -465,3 +465,24 @@ async fn validation_errors_keep_their_fields_and_bad_ids_stay_local() {
     // The contact is intact.
     assert_eq!(h.emulator.contact_property(&contact, "LastName").as_deref(), Some("L"));
 }
+
+/// Without field history tracking, the record's `LastModifiedById` / `LastModifiedDate` are the
+/// conflict data: a rep's later edit of the record is seen as a person's, ours as ours.
+#[tokio::test]
+async fn untracked_fields_fall_back_to_the_records_last_modification() {
+    let (c, crm) = LEADS.connected().await;
+    let state = &c.sandbox.state;
+    state.untrack_field("Department");
+    let contact = state.insert("Contact", &[("LastName", json!("L"))]);
+    let write = super::PropertyWrite { name: "Department".into(), value: super::PropertyValue::Text("ours".into()) };
+    crm.update_properties(&contact, &[write]).await.unwrap();
+    let history = crm.property_history(&contact, &["department".to_string()]).await.unwrap();
+    assert_eq!(history[0].versions.len(), 1, "{history:?}");
+    assert_eq!(history[0].versions[0].value, "ours");
+    assert!(!history[0].versions[0].is_human_edit(), "{history:?}");
+    state.rep_edit(&contact, "MobilePhone", "+14155550177", "0058d0000000099AAA");
+    let history = crm.property_history(&contact, &["Department".to_string()]).await.unwrap();
+    let newest = &history[0].versions[0];
+    assert!(newest.is_human_edit(), "a rep touched the record after us: {newest:?}");
+    assert_eq!(newest.updated_by_user_id.as_deref(), Some("0058d0000000099AAA"));
+}
