@@ -1752,7 +1752,7 @@ impl SalesforceSandbox {
             .route("/services/data/{version}/query", get(query))
             .route("/services/data/{version}/search", get(search))
             .route("/services/data/{version}/sobjects/{sobject}", post(create))
-            .route("/services/data/{version}/sobjects/{sobject}/{id}", get(read).patch(update))
+            .route("/services/data/{version}/sobjects/{sobject}/{id}", get(read).patch(update).delete(remove))
             .route("/services/data/{version}/sobjects/{sobject}/{field}/{value}", get(read_by_external).patch(upsert))
             .route("/services/oauth2/authorize", get(oauth_authorize))
             .route("/services/oauth2/token", post(oauth_token))
@@ -2134,6 +2134,28 @@ async fn update(
     };
     let user = user_of(&headers, &inner);
     inner.apply(&sobject, &id, &values, &user, false);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /sobjects/{T}/{id}`: 204; the record leaves every query (Salesforce keeps it in the
+/// recycle bin, which the API does not show without `queryAll`).
+async fn remove(
+    State(state): State<Arc<SalesforceState>>,
+    Path((version, sobject, id)): Path<(String, String, String)>,
+) -> Response {
+    if let Some(r) = check_version(&version) {
+        return r;
+    }
+    let sobject = match known_sobject(&sobject) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let mut inner = state.lock();
+    if inner.records.get(&id).is_none_or(|r| r.sobject != sobject) {
+        return one_error(StatusCode::NOT_FOUND, "ENTITY_IS_DELETED", "entity is deleted");
+    }
+    inner.records.remove(&id);
+    inner.index.remove(&id);
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -46,8 +46,9 @@ use url::Url;
 
 use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    CrmDeal, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue,
-    PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
+    PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome,
+    TaskRecord,
 };
 use crate::connections::{StaticToken, TokenSource};
 use crate::connectors::{ConnectorError, truncate_bytes};
@@ -122,9 +123,12 @@ impl Person {
     fn fields(self) -> &'static str {
         match self {
             Person::Contact => {
-                "Id, FirstName, LastName, Email, Phone, MobilePhone, HomePhone, OtherPhone, MailingPostalCode, OwnerId"
+                "Id, FirstName, LastName, Email, Phone, MobilePhone, HomePhone, OtherPhone, MailingPostalCode, OwnerId, \
+                 LastModifiedDate"
             }
-            Person::Lead => "Id, FirstName, LastName, Email, Phone, MobilePhone, PostalCode, OwnerId, Status",
+            Person::Lead => {
+                "Id, FirstName, LastName, Email, Phone, MobilePhone, PostalCode, OwnerId, Status, LastModifiedDate"
+            }
         }
     }
 }
@@ -443,6 +447,7 @@ fn to_contact(record: &Value, person: Person) -> CrmContact {
             Person::Lead => Some(format!("lead: {}", text(record, "Status").unwrap_or_default())),
             Person::Contact => Some("contact".into()),
         },
+        updated_at: text(record, "LastModifiedDate").and_then(|t| parse_sf_time(&t)),
     }
 }
 
@@ -1032,6 +1037,105 @@ impl CrmConnector for SalesforceConnector {
             }
         }
         Ok(histories)
+    }
+
+    /// A note on a Case: a completed Task whose `WhatId` is the case.
+    async fn log_ticket_note(
+        &self,
+        ticket_id: &str,
+        note: &NoteRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        let well_formed = matches!(ticket_id.len(), 15 | 18) && ticket_id.chars().all(|c| c.is_ascii_alphanumeric());
+        if !well_formed || !ticket_id.starts_with("500") {
+            return Err(ConnectorError::NotFound(format!("no Salesforce case has the id {ticket_id}")));
+        }
+        let body = json!({
+            "Subject": "Note",
+            "Status": "Completed",
+            "TaskSubtype": "Task",
+            "ActivityDate": date_of(note.at),
+            "Description": truncate_bytes(&note.body, 32_000),
+            "WhatId": ticket_id,
+        });
+        self.upsert("Task", idempotency_key, body).await
+    }
+
+    /// Contacts and Leads: their field history ([`CrmConnector::property_history`]). Other
+    /// objects: the record's last modification (who, when) with each field's current value —
+    /// activities have no field history in Salesforce, and `OpportunityFieldHistory` is not read
+    /// yet. Neutral (HubSpot-style) deal property names are mapped to Opportunity fields.
+    async fn object_history(
+        &self,
+        object: CrmObjectType,
+        id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError> {
+        let sobject = match object {
+            CrmObjectType::Contact => return self.property_history(id, properties).await,
+            CrmObjectType::Deal => "Opportunity",
+            CrmObjectType::Call | CrmObjectType::Note | CrmObjectType::Task => "Task",
+            CrmObjectType::Meeting => "Event",
+        };
+        if !id.chars().all(|c| c.is_ascii_alphanumeric()) || !matches!(id.len(), 15 | 18) {
+            return Err(ConnectorError::NotFound(format!("no Salesforce {sobject} has the id {id}")));
+        }
+        let describe = self.describe(sobject, false).await?;
+        let field_of = |p: &str| {
+            let mapped = match (object, p) {
+                (CrmObjectType::Deal, "dealstage") => "StageName",
+                (CrmObjectType::Deal, "dealname") => "Name",
+                (CrmObjectType::Deal, "amount") => "Amount",
+                (CrmObjectType::Deal, "closedate") => "CloseDate",
+                _ => p,
+            };
+            describe.field(mapped).map(|f| f.name.clone())
+        };
+        let names: Vec<Option<String>> = properties.iter().map(|p| field_of(p)).collect();
+        let mut fields: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+        fields.extend(["LastModifiedDate", "LastModifiedById"]);
+        let (record, own) = tokio::join!(self.read_fields(sobject, id, &fields), self.own_user_id());
+        let record = Value::Object(record?);
+        let own = own?;
+        let by = text(&record, "LastModifiedById");
+        let at = text(&record, "LastModifiedDate").and_then(|t| parse_sf_time(&t));
+        Ok(properties
+            .iter()
+            .zip(&names)
+            .map(|(asked, name)| PropertyHistory {
+                name: asked.clone(),
+                versions: at
+                    .map(|at| PropertyVersion {
+                        value: name.as_deref().map(|n| value_text(record.get(n))).unwrap_or_default(),
+                        timestamp: at,
+                        source_type: if by.as_deref() == Some(own.as_str()) { "INTEGRATION" } else { "CRM_UI" }.into(),
+                        source_id: Some("LastModifiedById".into()),
+                        updated_by_user_id: by.clone(),
+                    })
+                    .into_iter()
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// `DELETE /sobjects/{T}/{id}` (to the recycle bin); one already gone is not an error.
+    async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError> {
+        let sobject = match object {
+            CrmObjectType::Contact => match Person::of(id) {
+                Ok(p) => p.sobject(),
+                Err(_) => return Ok(()),
+            },
+            CrmObjectType::Deal => "Opportunity",
+            CrmObjectType::Call | CrmObjectType::Note | CrmObjectType::Task => "Task",
+            CrmObjectType::Meeting => "Event",
+        };
+        if !id.chars().all(|c| c.is_ascii_alphanumeric()) || !matches!(id.len(), 15 | 18) {
+            return Ok(());
+        }
+        match self.call(Method::DELETE, &["sobjects", sobject, id], &[], None).await {
+            Ok(_) | Err(ConnectorError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -486,3 +486,47 @@ async fn untracked_fields_fall_back_to_the_records_last_modification() {
     assert!(newest.is_human_edit(), "a rep touched the record after us: {newest:?}");
     assert_eq!(newest.updated_by_user_id.as_deref(), Some("0058d0000000099AAA"));
 }
+
+/// Undo support and ticket notes: a note on a Case is a completed Task on it; a deal's stage is
+/// read back through `object_history` (neutral `dealstage` → `StageName`); a created Task is
+/// deleted, and deleting it again is not an error; a record a rep touched reads as a person's edit.
+#[tokio::test]
+async fn ticket_notes_object_history_and_delete() {
+    let (c, crm) = LEADS.connected().await;
+    let state = &c.sandbox.state;
+    let contact = state.insert("Contact", &[("LastName", json!("L"))]);
+    let case =
+        state.insert("Case", &[("Subject", json!("Tap")), ("Status", json!("New")), ("ContactId", json!(contact))]);
+    let note = super::NoteRecord { body: "Called about the tap.".into(), at: "2026-11-23T14:00:00Z".parse().unwrap() };
+    let id = crm.log_ticket_note(&case, &note, "ticket-note").await.unwrap();
+    assert_eq!(crm.log_ticket_note(&case, &note, "ticket-note").await.unwrap(), id);
+    let task = state.record(&id).unwrap();
+    assert_eq!(task.text("WhatId").as_deref(), Some(case.as_str()));
+    assert_eq!(task.text("Status").as_deref(), Some("Completed"));
+    assert!(matches!(crm.log_ticket_note("0038d0000000001AAA", &note, "k").await, Err(ConnectorError::NotFound(_))));
+
+    let deal = h_deal(state, &contact);
+    crm.set_deal_stage(&deal, "needs analysis").await.unwrap();
+    let history = crm.object_history(super::CrmObjectType::Deal, &deal, &["dealstage".to_string()]).await.unwrap();
+    let newest = &history[0].versions[0];
+    assert_eq!(newest.value, "Needs Analysis");
+    assert!(!newest.is_human_edit(), "{newest:?}");
+    state.rep_edit(&deal, "Amount", "99", "0058d0000000099AAA");
+    let history = crm.object_history(super::CrmObjectType::Deal, &deal, &["dealstage".to_string()]).await.unwrap();
+    assert!(history[0].versions[0].is_human_edit());
+
+    crm.delete_object(super::CrmObjectType::Note, &id).await.unwrap();
+    assert!(state.record(&id).is_none());
+    crm.delete_object(super::CrmObjectType::Note, &id).await.unwrap();
+    let err = crm.object_history(super::CrmObjectType::Note, &id, &["x".to_string()]).await.unwrap_err();
+    assert!(matches!(err, ConnectorError::NotFound(_)), "{err:?}");
+}
+
+fn h_deal(state: &crate::sandbox::salesforce::SalesforceState, contact: &str) -> String {
+    let deal = state.insert(
+        "Opportunity",
+        &[("Name", json!("Remodel")), ("StageName", json!("Qualification")), ("CloseDate", json!("2026-12-31"))],
+    );
+    state.insert("OpportunityContactRole", &[("OpportunityId", json!(deal)), ("ContactId", json!(contact))]);
+    deal
+}
