@@ -28,6 +28,7 @@ use crate::connectors::calendar::google::GoogleCalendarConnector;
 use crate::connectors::calendar::graph::GraphCalendarConnector;
 use crate::connectors::crm::CrmConnector;
 use crate::connectors::crm::hubspot::HubSpotConnector;
+use crate::connectors::crm::salesforce::SalesforceConnector;
 use crate::connectors::http_client;
 use crate::context::ContextService;
 use crate::gateway::connect::ConnectService;
@@ -81,34 +82,43 @@ impl Application {
         let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant: crate::reload::TenantBuilder = {
-            let sandbox_urls =
-                sandbox.as_ref().map(|s| (s.hubspot.base_url(), s.google.base_url(), s.graph.base_url()));
-            let hubspot_app = connect.apps.get("hubspot").cloned();
+            let sandbox_urls = sandbox.as_ref().map(SandboxUrls::of);
+            let apps = connect.apps.clone();
             let connections = connect.connections.clone();
             let (client, clock) = (client.clone(), clock.clone());
             Box::new(move |t: &crate::config::TenantConfig| {
                 let sandbox = sandbox_urls.as_ref();
-                let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
-                    let app = hubspot_app.clone().context("oauth tenant without a HubSpot OAuth app")?;
-                    let url = match (sandbox, t.crm.base_url.as_str()) {
-                        (Some(s), "sandbox") => s.0.clone(),
-                        (_, base) => url::Url::parse(base).context("crm.base_url")?,
-                    };
-                    let tokens = connections.token_source(app, &connection_id(&t.id, "hubspot"));
-                    Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()))
-                } else {
-                    let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.0.clone(), sandbox::HUBSPOT_TOKEN)))?;
-                    Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
+                let crm: Arc<dyn CrmConnector> = match t.crm.vendor.as_str() {
+                    "salesforce" => {
+                        salesforce_crm(t, apps.get("salesforce").cloned(), &connections, sandbox, &client, &clock)?
+                    }
+                    _ if t.crm.auth == "oauth" => {
+                        let app = apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
+                        let url = match (sandbox, t.crm.base_url.as_str()) {
+                            (Some(s), "sandbox") => s.hubspot.clone(),
+                            (_, base) => url::Url::parse(base).context("crm.base_url")?,
+                        };
+                        let tokens = connections.token_source(app, &connection_id(&t.id, "hubspot"));
+                        Arc::new(
+                            HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()),
+                        )
+                    }
+                    _ => {
+                        let (url, token) =
+                            endpoint(&t.crm, sandbox.map(|s| (s.hubspot.clone(), sandbox::HUBSPOT_TOKEN)))?;
+                        Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
+                    }
                 };
                 let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
                     "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
                     "microsoft" => {
-                        let (url, token) = endpoint(&t.calendar, sandbox.map(|s| (s.2.clone(), sandbox::GRAPH_TOKEN)))?;
+                        let (url, token) =
+                            endpoint(&t.calendar, sandbox.map(|s| (s.graph.clone(), sandbox::GRAPH_TOKEN)))?;
                         Arc::new(GraphCalendarConnector::new(url, token, client.clone()))
                     }
                     _ => {
                         let (url, token) =
-                            endpoint(&t.calendar, sandbox.map(|s| (s.1.clone(), sandbox::GOOGLE_TOKEN)))?;
+                            endpoint(&t.calendar, sandbox.map(|s| (s.google.clone(), sandbox::GOOGLE_TOKEN)))?;
                         Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
                     }
                 };
@@ -345,7 +355,7 @@ fn connect_service(
 ) -> anyhow::Result<ConnectService> {
     let cipher = match TokenCipher::from_env() {
         Ok(c) => c,
-        Err(_) if config.connect.hubspot.is_none() => {
+        Err(_) if config.connect.hubspot.is_none() && config.connect.salesforce.is_none() => {
             // Only sandbox connections can exist: their tokens are worthless outside this
             // process, so a per-process key is acceptable (they cannot be read after a restart).
             tracing::warn!("CALLSIDE_SECRET_KEY is not set; sandbox connections are encrypted with a per-process key");
@@ -375,7 +385,70 @@ fn connect_service(
         )?;
         apps.insert("hubspot".to_owned(), Arc::new(oauth));
     }
+    let redirect = format!("{public_url}/v1/connect/salesforce/callback");
+    if let Some(app) = &config.connect.salesforce {
+        let login = url::Url::parse(app.authorize_base_url.as_deref().unwrap_or("https://login.salesforce.com/"))
+            .context("connect.salesforce.authorize_base_url")?;
+        let oauth = OAuthApp::salesforce_from_env(&app.client_id_env, &app.client_secret_env, &redirect, &login)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        apps.insert("salesforce".to_owned(), Arc::new(oauth));
+    } else if let Some(s) = sandbox {
+        let oauth = OAuthApp::salesforce(
+            sandbox::salesforce::OAUTH_CLIENT_ID,
+            SecretString::from(sandbox::salesforce::OAUTH_CLIENT_SECRET.to_owned()),
+            &redirect,
+            &s.salesforce.base_url(),
+        )?;
+        apps.insert("salesforce".to_owned(), Arc::new(oauth));
+    }
     Ok(ConnectService { connections, apps, worker: None })
+}
+
+/// The emulators' base URLs, for tenants whose `base_url` is `"sandbox"` (owned, so the tenant
+/// builder can outlive a borrow of the sandbox for config reloads).
+struct SandboxUrls {
+    hubspot: url::Url,
+    google: url::Url,
+    graph: url::Url,
+    salesforce: url::Url,
+}
+
+impl SandboxUrls {
+    fn of(s: &Sandbox) -> Self {
+        Self {
+            hubspot: s.hubspot.base_url(),
+            google: s.google.base_url(),
+            graph: s.graph.base_url(),
+            salesforce: s.salesforce.base_url(),
+        }
+    }
+}
+
+/// A tenant's Salesforce connector: through its OAuth connection (the org's API host comes with
+/// the tokens as the connection's API base URL; `base_url` is only the fallback) or a static
+/// token against `base_url`.
+fn salesforce_crm(
+    t: &crate::config::TenantConfig,
+    app: Option<Arc<OAuthApp>>,
+    connections: &Arc<Connections>,
+    sandbox: Option<&SandboxUrls>,
+    client: &reqwest::Client,
+    clock: &SharedClock,
+) -> anyhow::Result<Arc<dyn CrmConnector>> {
+    let new_callers = t.crm.new_callers.unwrap_or_default();
+    let connector = if t.crm.auth == "oauth" {
+        let app = app.context("oauth tenant without a Salesforce connected app")?;
+        let url = match (sandbox, t.crm.base_url.as_str()) {
+            (Some(s), "sandbox") => s.salesforce.clone(),
+            (_, base) => url::Url::parse(base).context("crm.base_url")?,
+        };
+        let tokens = connections.token_source(app, &connection_id(&t.id, "salesforce"));
+        SalesforceConnector::with_token_source(url, tokens, client.clone())
+    } else {
+        let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.salesforce.clone(), sandbox::SALESFORCE_TOKEN)))?;
+        SalesforceConnector::new(url, token, client.clone())
+    };
+    Ok(Arc::new(connector.with_new_callers(new_callers).with_clock(clock.clone())))
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {

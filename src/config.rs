@@ -114,6 +114,11 @@ pub struct ConnectSection {
     /// Empty: `http://{listen}`.
     pub public_url: String,
     pub hubspot: Option<OAuthAppSection>,
+    /// A Salesforce connected app; `authorize_base_url` is the login host for both the authorize
+    /// page and the token endpoint (default `https://login.salesforce.com/`; a sandbox org uses
+    /// `https://test.salesforce.com/`). `api_base_url` is not used: each org's API host comes with
+    /// its tokens (`instance_url`).
+    pub salesforce: Option<OAuthAppSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +316,9 @@ pub struct VendorSection {
     /// the app's webhooks (`portalId`, `crate::inbound::hubspot`).
     #[serde(default)]
     pub portal_id: Option<u64>,
+    /// Salesforce only: which object a new caller becomes, `lead` (default) or `contact`.
+    #[serde(default)]
+    pub new_callers: Option<crate::connectors::crm::salesforce::NewCallerObject>,
 }
 
 fn default_auth() -> String {
@@ -539,13 +547,15 @@ impl Config {
         if server.writeback.account_requests_per_10s < 3 {
             issue(server_path, "writeback.account_requests_per_10s", "must be at least 3 (one step's requests)".into());
         }
-        if let Some(app) = &server.connect.hubspot {
-            for (k, var) in [
-                ("connect.hubspot.client_id_env", &app.client_id_env),
-                ("connect.hubspot.client_secret_env", &app.client_secret_env),
-            ] {
+        for (vendor, app) in [("hubspot", &server.connect.hubspot), ("salesforce", &server.connect.salesforce)] {
+            let Some(app) = app else { continue };
+            for (k, var) in [("client_id_env", &app.client_id_env), ("client_secret_env", &app.client_secret_env)] {
                 if std::env::var_os(var).is_none() {
-                    issue(server_path, k, format!("environment variable {var} is not set"));
+                    issue(
+                        server_path,
+                        &format!("connect.{vendor}.{k}"),
+                        format!("environment variable {var} is not set"),
+                    );
                 }
             }
         }
@@ -682,9 +692,10 @@ impl Config {
             if t.hold_ttl_secs < 30 || t.hold_ttl_secs > 3600 {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
-            for (key, v, kinds) in
-                [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..])]
-            {
+            for (key, v, kinds) in [
+                ("crm", &t.crm, &["hubspot", "salesforce"][..]),
+                ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..]),
+            ] {
                 if v.password.is_some() {
                     issue(
                         &format!("{key}.password"),
@@ -712,16 +723,30 @@ impl Config {
                         format!("{:?} is not supported (supported: {})", v.vendor, kinds.join(", ")),
                     );
                 }
+                if v.new_callers.is_some() && (key != "crm" || v.vendor != "salesforce") {
+                    issue(&format!("{key}.new_callers"), "only a Salesforce CRM has this setting".into());
+                }
                 if !["token", "oauth"].contains(&v.auth.as_str()) {
                     issue(&format!("{key}.auth"), format!("{:?} must be \"token\" or \"oauth\"", v.auth));
                 } else if v.auth == "oauth" {
-                    if key != "crm" || v.vendor != "hubspot" {
-                        issue(
+                    let app = match v.vendor.as_str() {
+                        "hubspot" => Some(&server.connect.hubspot),
+                        "salesforce" => Some(&server.connect.salesforce),
+                        _ => None,
+                    };
+                    match app {
+                        Some(app) if key == "crm" => {
+                            if v.base_url != "sandbox" && app.is_none() {
+                                issue(
+                                    &format!("{key}.auth"),
+                                    format!("oauth needs a [connect.{}] app in the server file", v.vendor),
+                                );
+                            }
+                        }
+                        _ => issue(
                             &format!("{key}.auth"),
-                            "oauth connections are supported for the HubSpot CRM only so far".into(),
-                        );
-                    } else if v.base_url != "sandbox" && server.connect.hubspot.is_none() {
-                        issue(&format!("{key}.auth"), "oauth needs a [connect.hubspot] app in the server file".into());
+                            "oauth connections are supported for the HubSpot and Salesforce CRMs only so far".into(),
+                        ),
                     }
                     continue;
                 }

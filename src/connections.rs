@@ -47,6 +47,57 @@ pub trait TokenSource: Send + Sync + 'static {
     /// The vendor refused `rejected` as expired: a fresh token. Concurrent callers holding the
     /// same rejected token share one refresh.
     async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError>;
+
+    /// The API base URL the vendor assigned to this connection in its token answers
+    /// (Salesforce's `instance_url`, Pipedrive's `api_domain`); `None`: use the configured base
+    /// URL. A refresh may change it, so connectors ask per request (it is one indexed read).
+    async fn api_base_url(&self) -> Result<Option<ApiBaseUrl>, ConnectorError> {
+        Ok(None)
+    }
+}
+
+/// An API base URL a vendor assigned to one connection, checked before any bearer token is sent
+/// there: HTTPS on a host under one of the app's [`OAuthApp::api_host_suffixes`] (a company or
+/// org subdomain, never the bare suffix), or the token endpoint's own origin (the sandbox
+/// emulators, which answer both on one loopback port). Only an origin: no path, query or
+/// credentials. A tampered or mistaken token answer therefore cannot point the connector at a
+/// host outside the vendor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiBaseUrl(Url);
+
+impl ApiBaseUrl {
+    /// Checks `raw` (from a token answer) against what `app` accepts.
+    pub fn accept(app: &OAuthApp, raw: &str) -> Result<Self, String> {
+        let url = Url::parse(raw).map_err(|_| "the API base URL in the token answer is not a URL".to_string())?;
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let same_origin = url.origin() == app.token_url.origin();
+        let vendor_host = url.scheme() == "https"
+            && app.api_host_suffixes.iter().any(|s| host.len() > s.len() && host.ends_with(&s.to_ascii_lowercase()));
+        let origin_only =
+            url.path() == "/" && url.query().is_none() && url.username().is_empty() && url.password().is_none();
+        if (same_origin || vendor_host) && origin_only {
+            Ok(Self(url))
+        } else {
+            Err(format!("the token answer names {host:?}, which is not an API host of {}", app.vendor))
+        }
+    }
+
+    /// A value read back from the store (checked when it was stored).
+    fn stored(raw: &str) -> Option<Self> {
+        Url::parse(raw).ok().map(Self)
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    pub fn into_url(self) -> Url {
+        self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
 }
 
 /// A fixed token (a private-app token, the sandbox's token). It cannot be refreshed.
@@ -182,6 +233,18 @@ pub const HUBSPOT_SCOPES: [&str; 7] = [
     "crm.schemas.contacts.read",
 ];
 
+/// The scopes callside asks Salesforce for: `api` (REST API access to the user's data) and
+/// `refresh_token` (offline access; without it the token endpoint issues no refresh token).
+/// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_tokens_scopes.htm>
+pub const SALESFORCE_SCOPES: [&str; 2] = ["api", "refresh_token"];
+
+/// The domains an org's `instance_url` lives under: My Domain hosts such as
+/// `acme.my.salesforce.com` (and the older `naNN.salesforce.com` instances), Government Cloud's
+/// `.salesforce.mil`, and `.force.com` / `.cloudforce.com` for older org URLs.
+/// <https://help.salesforce.com/s/articleView?id=sf.domain_name_url_formats.htm>
+pub const SALESFORCE_API_HOST_SUFFIXES: [&str; 4] =
+    [".salesforce.com", ".force.com", ".cloudforce.com", ".salesforce.mil"];
+
 /// An OAuth app registered with a vendor. Config names only the environment variables holding
 /// the client id and secret; the tokens live in the store.
 #[derive(Debug, Clone)]
@@ -193,6 +256,9 @@ pub struct OAuthApp {
     pub token_url: Url,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
+    /// Host suffixes an API base URL in a token answer may name ([`ApiBaseUrl::accept`]).
+    /// Empty: the vendor assigns none, and one in a token answer is ignored (HubSpot).
+    pub api_host_suffixes: Vec<String>,
 }
 
 impl OAuthApp {
@@ -213,11 +279,51 @@ impl OAuthApp {
             token_url: api_base.join("oauth/v1/token")?,
             redirect_uri: redirect_uri.into(),
             scopes: HUBSPOT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            api_host_suffixes: Vec::new(),
         })
     }
 }
 
 impl OAuthApp {
+    /// Salesforce (a connected app): authorize at `{login}/services/oauth2/authorize` with
+    /// `response_type=code` (required by the web server flow; it rides in the authorize URL's
+    /// query so the shared start step stays vendor-neutral), tokens at
+    /// `{login}/services/oauth2/token`, where `login` is `https://login.salesforce.com`
+    /// (`https://test.salesforce.com` for sandboxes, or the org's My Domain).
+    /// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm>
+    pub fn salesforce(
+        client_id: &str,
+        client_secret: SecretString,
+        redirect_uri: &str,
+        login_base: &Url,
+    ) -> Result<Self, url::ParseError> {
+        let mut authorize_url = login_base.join("services/oauth2/authorize")?;
+        authorize_url.query_pairs_mut().append_pair("response_type", "code");
+        Ok(Self {
+            vendor: "salesforce".into(),
+            client_id: client_id.into(),
+            client_secret,
+            authorize_url,
+            token_url: login_base.join("services/oauth2/token")?,
+            redirect_uri: redirect_uri.into(),
+            scopes: SALESFORCE_SCOPES.iter().map(|s| s.to_string()).collect(),
+            api_host_suffixes: SALESFORCE_API_HOST_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// The Salesforce connected app whose consumer key and secret are in the named variables.
+    pub fn salesforce_from_env(
+        client_id_env: &str,
+        client_secret_env: &str,
+        redirect_uri: &str,
+        login_base: &Url,
+    ) -> Result<Self, String> {
+        let read = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+        let client_id = read(client_id_env)?;
+        let secret = SecretString::from(read(client_secret_env)?);
+        Self::salesforce(&client_id, secret, redirect_uri, login_base).map_err(|e| e.to_string())
+    }
+
     /// The HubSpot app whose client id and secret are in the named environment variables (the
     /// tenant config names the variables, never the values).
     pub fn hubspot_from_env(
@@ -240,6 +346,27 @@ struct TokenResponse {
     access_token: String,
     refresh_token: Option<String>,
     expires_in: Option<u64>,
+    /// Salesforce: the org's API host. Its token answers carry no `expires_in` (the session
+    /// timeout set in the org decides), so the stored expiry is an estimate and an
+    /// `INVALID_SESSION_ID` answer is what triggers the refresh.
+    /// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm>
+    #[serde(default)]
+    instance_url: Option<String>,
+}
+
+impl TokenResponse {
+    /// The API base URL this answer assigns, checked against `app`; `None` when it names none or
+    /// the app's vendor assigns none. An unacceptable one fails the whole answer (its tokens are
+    /// not stored: they would be sent to that host).
+    fn api_base_url(&self, app: &OAuthApp) -> Result<Option<ApiBaseUrl>, ConnectorError> {
+        if app.api_host_suffixes.is_empty() {
+            return Ok(None);
+        }
+        match self.instance_url.as_deref() {
+            None => Ok(None),
+            Some(raw) => ApiBaseUrl::accept(app, raw).map(Some).map_err(ConnectorError::Permanent),
+        }
+    }
 }
 
 /// The token endpoint's error: HubSpot's `{status, message}` or RFC 6749 §5.2 `{error}`.
@@ -248,6 +375,9 @@ struct TokenError {
     status: Option<String>,
     message: Option<String>,
     error: Option<String>,
+    /// RFC 6749 §5.2 (Salesforce: `{"error": "invalid_grant", "error_description": ...}`).
+    #[serde(default)]
+    error_description: Option<String>,
 }
 
 /// How long an authorization request may wait for its callback.
@@ -330,12 +460,16 @@ impl Connections {
             ("code_verifier", verifier.expose_secret()),
         ];
         let tokens = self.token_request(app, &form).await?;
+        let api_base = tokens.api_base_url(app)?;
         let refresh = tokens
             .refresh_token
             .clone()
             .ok_or_else(|| ConnectorError::Permanent("the token endpoint returned no refresh token".into()))?;
         let id = connection_id(&pending.tenant, &app.vendor);
-        let row = self.sealed_row(&id, &pending.tenant, &app.vendor, &tokens, &refresh, &app.scopes.join(" "))?;
+        let row = ConnectionRow {
+            api_base_url: api_base.map(|u| u.as_str().to_owned()),
+            ..self.sealed_row(&id, &pending.tenant, &app.vendor, &tokens, &refresh, &app.scopes.join(" "))?
+        };
         self.store.upsert_connection(&row).await?;
         Ok(ConnectionInfo { id, tenant: pending.tenant, vendor: app.vendor.clone(), status: "active".into() })
     }
@@ -376,6 +510,8 @@ impl Connections {
             expires_at: expires.as_millisecond(),
             scopes: scopes.into(),
             updated_at: now.as_millisecond(),
+            // Set by the caller from the checked answer; `None` keeps the stored one.
+            api_base_url: None,
         })
     }
 
@@ -437,17 +573,33 @@ impl Connections {
             }
             Err(e) => return Err(e),
         };
+        // An answer naming a host the app does not accept is not used at all: the stored tokens
+        // stay as they were.
+        let api_base = tokens.api_base_url(app)?;
         // A rotated refresh token replaces the old one; otherwise the old one stays.
         let next_refresh = tokens.refresh_token.clone().unwrap_or_else(|| refresh.expose_secret().to_string());
-        let sealed = self
-            .sealed_row(id, &row.tenant, &row.vendor, &tokens, &next_refresh, &row.scopes)
-            .map_err(|e| ConnectorError::Permanent(e.to_string()))?;
+        let sealed = ConnectionRow {
+            api_base_url: api_base.map(|u| u.as_str().to_owned()),
+            ..self
+                .sealed_row(id, &row.tenant, &row.vendor, &tokens, &next_refresh, &row.scopes)
+                .map_err(|e| ConnectorError::Permanent(e.to_string()))?
+        };
         // Stored before use: a crash after this point restarts with the live tokens.
         self.store
             .upsert_connection(&sealed)
             .await
             .map_err(|e| ConnectorError::Transient(format!("storing the refreshed token: {e}")))?;
         Ok(SecretString::from(tokens.access_token))
+    }
+
+    /// The API base URL stored with the connection's tokens, if the vendor assigned one.
+    pub async fn api_base_url(&self, id: &str) -> Result<Option<ApiBaseUrl>, ConnectorError> {
+        let row = self
+            .store
+            .connection(id)
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("reading the connection: {e}")))?;
+        Ok(row.and_then(|r| r.api_base_url).as_deref().and_then(ApiBaseUrl::stored))
     }
 
     async fn token_request(&self, app: &OAuthApp, form: &[(&str, &str)]) -> Result<TokenResponse, ConnectorError> {
@@ -471,7 +623,8 @@ impl Connections {
 
 fn classify_token_error(status: u16, error: &TokenError) -> ConnectorError {
     let code = error.status.as_deref().or(error.error.as_deref()).unwrap_or_default().to_string();
-    let message = error.message.clone().unwrap_or_else(|| format!("HTTP {status}"));
+    let message =
+        error.message.clone().or_else(|| error.error_description.clone()).unwrap_or_else(|| format!("HTTP {status}"));
     match (status, code.as_str()) {
         (429, _) => ConnectorError::RateLimited { retry_after: None, detail: "token endpoint".into() },
         (500..=599, _) => ConnectorError::Transient(format!("token endpoint answered HTTP {status}")),
@@ -507,6 +660,13 @@ impl TokenSource for ConnectionTokens {
 
     async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError> {
         self.connections.refresh(&self.app, &self.id, Some(rejected)).await
+    }
+
+    async fn api_base_url(&self) -> Result<Option<ApiBaseUrl>, ConnectorError> {
+        if self.app.api_host_suffixes.is_empty() {
+            return Ok(None);
+        }
+        self.connections.api_base_url(&self.id).await
     }
 }
 
@@ -544,6 +704,7 @@ mod tests {
             status: Some("BAD_REFRESH_TOKEN".into()),
             message: Some("missing or invalid refresh token".into()),
             error: None,
+            error_description: None,
         };
         assert!(matches!(classify_token_error(400, &bad_refresh), ConnectorError::AuthRevoked(_)));
         let grant = TokenError { error: Some("invalid_grant".into()), ..TokenError::default() };
@@ -576,5 +737,83 @@ mod tests {
         assert_eq!(parsed.expires_in, Some(1800));
         assert_eq!(parsed.refresh_token.as_deref(), Some("1e8fbfb1-8e96-4826-8b8d-c8af73715"));
         assert!(parsed.access_token.starts_with("CIrToaiiMhIH"));
+    }
+
+    /// A refresh answer shaped as in Salesforce's refresh token flow
+    /// (<https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm>):
+    /// `instance_url`, `id`, `issued_at` (ms, as a string) and `signature`, no `expires_in`, no
+    /// new refresh token unless rotation is on.
+    #[test]
+    fn golden_salesforce_refresh_response() {
+        let body = r#"{ "access_token": "00DB0000000TfcR!AQQAQFhoK8vTMg_rKA.esrJ2bCs.OOIjJgl.9Cx6O7KqjZmHMLOyVb.U61BU9tm4xRusf7d3fD1P9oefzqS6i9sJMPWj48IK",
+          "signature": "d/SxeYBxH0GSVko0HMgcUxuZy0PA2cDDz1u7g7JtDHw=",
+          "scope": "web openid api id",
+          "instance_url": "https://yourInstance.salesforce.com",
+          "id": "https://login.salesforce.com/id/00DB0000000TfcRMAS/005B0000005Bk90IAC",
+          "token_type": "Bearer",
+          "issued_at": "1399329718587" }"#;
+        let parsed: TokenResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.expires_in, None);
+        assert_eq!(parsed.refresh_token, None);
+        assert_eq!(parsed.instance_url.as_deref(), Some("https://yourInstance.salesforce.com"));
+        let app = salesforce_app("https://login.salesforce.com/");
+        let base = parsed.api_base_url(&app).unwrap().expect("Salesforce assigns the instance URL");
+        assert_eq!(base.as_str(), "https://yourinstance.salesforce.com/");
+        // HubSpot assigns none: the same field in its answer would be ignored.
+        let hubspot = OAuthApp::hubspot(
+            "id",
+            SecretString::from("secret"),
+            "https://callside.example.com/cb",
+            &Url::parse("https://app.hubspot.com/").unwrap(),
+            &Url::parse("https://api.hubapi.com/").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(parsed.api_base_url(&hubspot).unwrap(), None);
+    }
+
+    fn salesforce_app(login: &str) -> OAuthApp {
+        OAuthApp::salesforce(
+            "id",
+            SecretString::from("secret"),
+            "https://callside.example.com/cb",
+            &Url::parse(login).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Salesforce's token endpoint errors are RFC 6749 bodies; an expired or revoked refresh
+    /// token is `invalid_grant` with `expired access/refresh token`.
+    #[test]
+    fn golden_salesforce_invalid_grant() {
+        let body = r#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#;
+        let parsed: TokenError = serde_json::from_str(body).unwrap();
+        match classify_token_error(400, &parsed) {
+            ConnectorError::AuthRevoked(m) => assert!(m.contains("expired access/refresh token"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The bearer token only goes to an HTTPS host of the vendor, or to the token endpoint's own
+    /// origin (the sandbox emulator on loopback).
+    #[test]
+    fn api_base_urls_must_be_the_vendors_hosts_or_the_token_endpoints_origin() {
+        let app = salesforce_app("https://login.salesforce.com/");
+        assert!(ApiBaseUrl::accept(&app, "https://acme.my.salesforce.com").is_ok());
+        assert!(ApiBaseUrl::accept(&app, "https://login.salesforce.com").is_ok());
+        for bad in [
+            "http://acme.my.salesforce.com",       // not HTTPS
+            "https://salesforce.com.evil.example", // suffix elsewhere in the name
+            "https://evil.example.com",
+            "https://.salesforce.com",
+            "https://acme.my.salesforce.com/services/data", // not an origin
+            "https://user:pw@acme.my.salesforce.com",
+            "http://127.0.0.1:8080/", // loopback, but not the token endpoint's origin
+            "not a url",
+        ] {
+            assert!(ApiBaseUrl::accept(&app, bad).is_err(), "{bad} accepted");
+        }
+        let sandbox = salesforce_app("http://127.0.0.1:8080/");
+        assert!(ApiBaseUrl::accept(&sandbox, "http://127.0.0.1:8080").is_ok());
+        assert!(ApiBaseUrl::accept(&sandbox, "http://127.0.0.1:8081").is_err());
     }
 }

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod hubspot;
 pub mod hubspot_webhooks;
 pub mod radicale;
+pub mod salesforce;
 
 use std::io;
 
@@ -20,6 +21,7 @@ use hubspot::HubSpotSandbox;
 pub const HUBSPOT_TOKEN: &str = "sandbox-hubspot-token";
 pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
 pub const GRAPH_TOKEN: &str = "sandbox-graph-token";
+pub const SALESFORCE_TOKEN: &str = "sandbox-salesforce-token";
 
 /// Loopback ports for [`Sandbox::start_on`]; 0 picks a free one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +29,7 @@ pub struct SandboxPorts {
     pub hubspot: u16,
     pub google: u16,
     pub graph: u16,
+    pub salesforce: u16,
 }
 
 /// Every emulator the service can run against, started together.
@@ -34,6 +37,7 @@ pub struct Sandbox {
     pub hubspot: HubSpotSandbox,
     pub google: GoogleCalendarSandbox,
     pub graph: graph::GraphSandbox,
+    pub salesforce: salesforce::SalesforceSandbox,
 }
 
 impl Sandbox {
@@ -52,6 +56,7 @@ impl Sandbox {
             )
             .await?,
             graph: graph::GraphSandbox::serve_on(graph::GraphState::new(GRAPH_TOKEN), ports.graph).await?,
+            salesforce: salesforce::SalesforceSandbox::start_on(SALESFORCE_TOKEN, ports.salesforce)?,
         })
     }
 
@@ -73,6 +78,26 @@ impl Sandbox {
                 ("amount", "240"),
             ],
             &ana,
+        );
+        // The same returning customer in the Salesforce emulator, as a Lead with an open task.
+        let lead = self.salesforce.state.insert(
+            "Lead",
+            &[
+                ("FirstName", serde_json::json!("Ana")),
+                ("LastName", serde_json::json!("López")),
+                ("Company", serde_json::json!("[not provided]")),
+                ("Email", serde_json::json!("ana.lopez@example.com")),
+                ("Phone", serde_json::json!("(415) 555-0134")),
+                ("PostalCode", serde_json::json!("94110")),
+            ],
+        );
+        self.salesforce.state.insert(
+            "Task",
+            &[
+                ("Subject", serde_json::json!("Send the color correction quote")),
+                ("ActivityDate", serde_json::json!("2026-12-01")),
+                ("WhoId", serde_json::json!(lead)),
+            ],
         );
     }
 }

@@ -18,6 +18,9 @@ pub struct ConnectionRow {
     pub expires_at: i64,
     pub scopes: String,
     pub updated_at: i64,
+    /// The API base URL the vendor assigned (`migrations/sqlite/0013_connection_api_base_url.sql`).
+    /// On upsert, `None` keeps the stored value: a token answer that names none changes nothing.
+    pub api_base_url: Option<String>,
 }
 
 /// An authorization request waiting for its callback.
@@ -70,11 +73,12 @@ impl Store {
     pub async fn upsert_connection(&self, row: &ConnectionRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO connections (id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at,
-                                      scopes, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      scopes, updated_at, api_base_url)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, key_id = excluded.key_id,
                  access_token_ct = excluded.access_token_ct, refresh_token_ct = excluded.refresh_token_ct,
-                 expires_at = excluded.expires_at, scopes = excluded.scopes, updated_at = excluded.updated_at",
+                 expires_at = excluded.expires_at, scopes = excluded.scopes, updated_at = excluded.updated_at,
+                 api_base_url = COALESCE(excluded.api_base_url, connections.api_base_url)",
         )
         .bind(&row.id)
         .bind(&row.tenant)
@@ -86,6 +90,7 @@ impl Store {
         .bind(row.expires_at)
         .bind(&row.scopes)
         .bind(row.updated_at)
+        .bind(&row.api_base_url)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -93,7 +98,8 @@ impl Store {
 
     pub async fn connection(&self, id: &str) -> Result<Option<ConnectionRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at
+            "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at,
+                    api_base_url
              FROM connections WHERE id = ?",
         )
         .bind(id)
@@ -110,6 +116,7 @@ impl Store {
             expires_at: r.get("expires_at"),
             scopes: r.get("scopes"),
             updated_at: r.get("updated_at"),
+            api_base_url: r.get("api_base_url"),
         }))
     }
 
@@ -121,5 +128,43 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The API base URL rides with the tokens: a token answer that names one replaces it, one
+    /// that names none (HubSpot's, or a vendor that only names it at the code exchange) keeps it.
+    #[tokio::test]
+    async fn an_upsert_without_an_api_base_url_keeps_the_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let row = ConnectionRow {
+            id: "demo:salesforce".into(),
+            tenant: "demo".into(),
+            vendor: "salesforce".into(),
+            status: "active".into(),
+            key_id: "k".into(),
+            access_token_ct: "a1".into(),
+            refresh_token_ct: "r".into(),
+            expires_at: 0,
+            scopes: "api".into(),
+            updated_at: 1,
+            api_base_url: Some("https://acme.my.salesforce.com/".into()),
+        };
+        s.upsert_connection(&row).await.unwrap();
+        let refreshed =
+            ConnectionRow { access_token_ct: "a2".into(), updated_at: 2, api_base_url: None, ..row.clone() };
+        s.upsert_connection(&refreshed).await.unwrap();
+        let stored = s.connection(&row.id).await.unwrap().unwrap();
+        assert_eq!(stored.access_token_ct, "a2");
+        assert_eq!(stored.api_base_url.as_deref(), Some("https://acme.my.salesforce.com/"));
+        let moved = ConnectionRow { api_base_url: Some("https://acme2.my.salesforce.com/".into()), ..refreshed };
+        s.upsert_connection(&moved).await.unwrap();
+        let stored = s.connection(&row.id).await.unwrap().unwrap();
+        assert_eq!(stored.api_base_url.as_deref(), Some("https://acme2.my.salesforce.com/"));
+        s.close().await;
     }
 }

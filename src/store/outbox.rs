@@ -258,6 +258,7 @@ mod tests {
             expires_at: 0,
             scopes: String::new(),
             updated_at: ms(t0),
+            api_base_url: None,
         };
         s.upsert_connection(&row).await.unwrap();
         let t1 = t0 + jiff::SignedDuration::from_secs(1);

@@ -11,6 +11,7 @@ use callside::config::{Config, Overrides, ServerFile, TenantFile};
 use callside::sandbox::google_calendar::GoogleCalendarState;
 use callside::sandbox::graph::GraphState;
 use callside::sandbox::hubspot::HubSpotState;
+use callside::sandbox::salesforce::SalesforceState;
 use callside::session::Core;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -51,6 +52,7 @@ pub struct TestApp {
     pub hubspot: Arc<HubSpotState>,
     pub google: Arc<GoogleCalendarState>,
     pub graph: Arc<GraphState>,
+    pub salesforce: Arc<SalesforceState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -136,11 +138,24 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
     let hubspot = sandbox.hubspot.state.clone();
     let google = sandbox.google.state.clone();
     let graph = sandbox.graph.state.clone();
+    let salesforce = sandbox.salesforce.state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, core, alerter, clock, hubspot, google, graph, shutdown: Some(tx), server: Some(server), _dir: dir }
+    TestApp {
+        addr,
+        core,
+        alerter,
+        clock,
+        hubspot,
+        google,
+        graph,
+        salesforce,
+        shutdown: Some(tx),
+        server: Some(server),
+        _dir: dir,
+    }
 }
 
 impl TestApp {
@@ -178,10 +193,15 @@ impl TestApp {
     /// Waits until the call's write-back has finished (synced or failed), woken by the worker's
     /// progress signal — never by sleeping.
     pub async fn wait_for_sync(&self, call_id: &str) -> String {
+        self.wait_for_sync_of("demo", call_id).await
+    }
+
+    /// [`TestApp::wait_for_sync`] for a call of another tenant.
+    pub async fn wait_for_sync_of(&self, tenant: &str, call_id: &str) -> String {
         let mut progress = self.core.worker.progress();
         let wait = async {
             loop {
-                if let Some(call) = self.core.store.call("demo", call_id).await.unwrap()
+                if let Some(call) = self.core.store.call(tenant, call_id).await.unwrap()
                     && (call.sync_status == "synced" || call.sync_status == "failed")
                 {
                     return call.sync_status;

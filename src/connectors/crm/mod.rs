@@ -4,6 +4,9 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod hubspot;
+pub mod salesforce;
+#[cfg(test)]
+mod salesforce_conformance;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
