@@ -199,18 +199,18 @@ async fn a_dead_parent_takes_its_dependants_with_it_the_call_is_final_and_a_repl
     // with it instead of waiting forever for a parent that will never be done.
     assert_eq!(app.wait_for_sync("dead").await, "failed");
     let steps = app.core.store.steps_for_call("demo", "dead").await.unwrap();
-    assert_eq!(steps.iter().map(|s| (s.kind.as_str(), s.status.as_str())).collect::<Vec<_>>(), [
-        ("contact", "dead"),
-        ("call_log", "dead")
-    ]);
+    assert_eq!(
+        steps.iter().map(|s| (s.kind.as_str(), s.status.as_str())).collect::<Vec<_>>(),
+        [("contact", "dead"), ("call_log", "dead")]
+    );
     assert_eq!(steps[1].attempts, 0, "the dependant was never attempted");
     assert!(app.core.store.next_due_at().await.unwrap().is_none(), "nothing left waiting");
     let mut dead = app.core.store.dead_letters(10).await.unwrap();
     dead.sort_by_key(|d| d.step_id);
-    assert_eq!(dead.iter().map(|d| (d.call_id.as_str(), d.kind.as_str())).collect::<Vec<_>>(), [
-        ("dead", "contact"),
-        ("dead", "call_log")
-    ]);
+    assert_eq!(
+        dead.iter().map(|d| (d.call_id.as_str(), d.kind.as_str())).collect::<Vec<_>>(),
+        [("dead", "contact"), ("dead", "call_log")]
+    );
     assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("firstname")), "{dead:?}");
     let why = dead[1].last_error.as_deref().unwrap();
     assert!(why.contains(&format!("step {} (contact)", steps[0].id)), "{why}");
