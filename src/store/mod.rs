@@ -322,7 +322,7 @@ impl Store {
         if matches!(result, AttemptResult::Dead { .. }) {
             // Its dependants can never run (they need the parent `done`): dead-lettered with it,
             // in the same transaction, so the call reaches a final status.
-            outbox::dead_letter_dependants(&mut *tx, Some(&step.call_id), now).await?;
+            outbox::dead_letter_dependants(&mut tx, Some(&step.call_id), now).await?;
         }
         if !matches!(result, AttemptResult::Retry { .. }) {
             sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
@@ -432,7 +432,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         // Appended under a step already dead-lettered: it could never run, so it is dead too.
-        if !outbox::dead_letter_dependants(&mut *tx, Some(call_id), now).await?.is_empty() {
+        if !outbox::dead_letter_dependants(&mut tx, Some(call_id), now).await?.is_empty() {
             sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;

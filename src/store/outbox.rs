@@ -259,7 +259,7 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let calls = dead_letter_dependants(&mut *tx, None, ms(at)).await?;
+        let calls = dead_letter_dependants(&mut tx, None, ms(at)).await?;
         for call in &calls {
             sqlx::query(CALL_STATUS_SQL).bind(call).execute(&mut *tx).await?;
         }
