@@ -59,10 +59,12 @@ impl SyncStatus {
         let dead = steps.iter().any(|s| s.status == "dead");
         let done = steps.iter().any(|s| s.status == "done");
         let pending = steps.iter().any(|s| s.status == "pending");
+        // Final only once every step is terminal (a dead step's dependants are dead-lettered
+        // with it, so nothing waits forever behind it).
         match (dead, done, pending) {
-            (true, true, _) => SyncStatus::Partial,
-            (true, false, _) => SyncStatus::Failed,
-            (false, _, true) => SyncStatus::Pending,
+            (_, _, true) => SyncStatus::Pending,
+            (true, true, false) => SyncStatus::Partial,
+            (true, false, false) => SyncStatus::Failed,
             _ if rejected_fields > 0 => SyncStatus::Partial,
             _ => SyncStatus::Synced,
         }
@@ -478,7 +480,9 @@ mod tests {
         assert_eq!(SyncStatus::of(&call(true), &[&done], 1), SyncStatus::Partial, "a field was rejected");
         assert_eq!(SyncStatus::of(&call(true), &[&done, &pending], 0), SyncStatus::Pending);
         assert_eq!(SyncStatus::of(&call(true), &[&done, &dead], 0), SyncStatus::Partial);
-        assert_eq!(SyncStatus::of(&call(true), &[&dead, &pending], 0), SyncStatus::Failed);
+        // Not final while a step still runs: a dead step and an independent pending one.
+        assert_eq!(SyncStatus::of(&call(true), &[&dead, &pending], 0), SyncStatus::Pending);
+        assert_eq!(SyncStatus::of(&call(true), &[&dead, &dead], 0), SyncStatus::Failed);
         let parked = step("parked");
         assert_eq!(SyncStatus::of(&call(true), &[&done, &parked, &pending], 0), SyncStatus::Parked);
         assert_eq!(SyncStatus::of(&call(true), &[&dead, &parked], 0), SyncStatus::Parked);

@@ -255,7 +255,10 @@ mod tests {
         // Nothing dead any more: a replay is a no-op and leaves no audit entry.
         assert_eq!(s.requeue_call_steps("demo", "c1", true, "console.replay", &json!({}), t0).await.unwrap(), 0);
         let audit = s.audit_rows_for_call("demo", "c1").await.unwrap();
-        assert_eq!(audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), vec!["crm.contact", "console.replay"]);
+        assert_eq!(
+            audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+            vec!["crm.contact", "writeback.dependants_dead", "console.replay"]
+        );
         let day = s.calls_started_between("demo", t0, t0 + jiff::SignedDuration::from_secs(1)).await.unwrap();
         assert_eq!(day.len(), 1);
         assert!(

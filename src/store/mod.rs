@@ -118,12 +118,14 @@ pub enum AttemptResult {
     Dead { error: String },
 }
 
-/// A call's sync status from its steps: any dead step → failed, any parked (its connection was
-/// revoked) → parked, any pending → pending, else synced.
+/// A call's sync status from its steps. Final (`failed` / `synced`) only once every step is
+/// terminal: any parked (its connection was revoked) → parked, any pending → pending, then any
+/// dead → failed, else synced. A dead step's dependants are dead-lettered with it
+/// ([`Store::record_attempt`]), so a dead parent never leaves the call pending forever.
 const CALL_STATUS_SQL: &str = "UPDATE calls SET sync_status = CASE
-         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
          WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'parked') THEN 'parked'
          WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'pending') THEN 'pending'
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
          ELSE 'synced' END
      WHERE call_id = ?1";
 
@@ -308,9 +310,6 @@ impl Store {
                 .await?;
             }
         }
-        if !matches!(result, AttemptResult::Retry { .. }) {
-            sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
-        }
         sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(&step.tenant)
             .bind(&step.call_id)
@@ -320,6 +319,14 @@ impl Store {
             .bind(audit_detail.to_string())
             .execute(&mut *tx)
             .await?;
+        if matches!(result, AttemptResult::Dead { .. }) {
+            // Its dependants can never run (they need the parent `done`): dead-lettered with it,
+            // in the same transaction, so the call reaches a final status.
+            outbox::dead_letter_dependants(&mut tx, Some(&step.call_id), now).await?;
+        }
+        if !matches!(result, AttemptResult::Retry { .. }) {
+            sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -424,6 +431,10 @@ impl Store {
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
+        // Appended under a step already dead-lettered: it could never run, so it is dead too.
+        if !outbox::dead_letter_dependants(&mut tx, Some(call_id), now).await?.is_empty() {
+            sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(id)
     }

@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use sqlx::Row;
+use sqlx::{Row, SqliteConnection};
 
 use super::{CALL_STATUS_SQL, StepRow, Store, StoreError, ms};
 
@@ -176,6 +176,98 @@ impl Store {
     }
 }
 
+/// Dead-letters every pending step whose parent is dead, transitively (of one call, or of all),
+/// without counting an attempt: such a step can never become due (it needs its parent `done`).
+/// Each parent gets one `writeback.dependants_dead` audit entry naming it and the steps it took
+/// down. A replay of the call puts parent and dependants back together. Returns the calls touched
+/// (their status is the caller's to recompute, in the same transaction).
+pub(super) async fn dead_letter_dependants(
+    conn: &mut SqliteConnection,
+    call_id: Option<&str>,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut calls = Vec::new();
+    loop {
+        let rows = sqlx::query(
+            "SELECT s.id, s.call_id, s.tenant, p.id AS parent, p.kind AS parent_kind
+             FROM steps s JOIN steps p ON p.id = s.depends_on
+             WHERE s.status = 'pending' AND p.status = 'dead' AND (?1 IS NULL OR s.call_id = ?1)
+             ORDER BY p.id, s.id",
+        )
+        .bind(call_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        // Grouped by parent: (parent, kind, call, tenant, dependants).
+        let mut groups: Vec<(i64, String, String, String, Vec<i64>)> = Vec::new();
+        for r in rows {
+            let (id, parent): (i64, i64) = (r.try_get("id")?, r.try_get("parent")?);
+            match groups.last_mut() {
+                Some(g) if g.0 == parent => g.4.push(id),
+                _ => groups.push((
+                    parent,
+                    r.try_get("parent_kind")?,
+                    r.try_get("call_id")?,
+                    r.try_get("tenant")?,
+                    vec![id],
+                )),
+            }
+        }
+        for (parent, parent_kind, call, tenant, ids) in groups {
+            for id in &ids {
+                sqlx::query(
+                    "UPDATE steps SET status = 'dead', last_error = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                )
+                .bind(format!("not attempted: step {parent} ({parent_kind}) it depends on was dead-lettered"))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO audit (tenant, call_id, step_id, at, action, detail)
+                 VALUES (?, ?, ?, ?, 'writeback.dependants_dead', ?)",
+            )
+            .bind(&tenant)
+            .bind(&call)
+            .bind(parent)
+            .bind(now)
+            .bind(json!({"parent_step": parent, "parent_kind": parent_kind, "steps": ids}).to_string())
+            .execute(&mut *conn)
+            .await?;
+            calls.push(call);
+        }
+    }
+    calls.sort();
+    calls.dedup();
+    Ok(calls)
+}
+
+impl Store {
+    /// Dead-letters steps left waiting on a dead parent (by a store written before dependants
+    /// were dead-lettered with their parent) and settles their calls. Returns how many calls.
+    pub async fn dead_letter_blocked_steps(&self, at: Timestamp) -> Result<usize, StoreError> {
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM steps s JOIN steps p ON p.id = s.depends_on
+                            WHERE s.status = 'pending' AND p.status = 'dead')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !any {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let calls = dead_letter_dependants(&mut tx, None, ms(at)).await?;
+        for call in &calls {
+            sqlx::query(CALL_STATUS_SQL).bind(call).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(calls.len())
+    }
+}
+
 fn dedup(v: &[String]) -> Vec<&String> {
     let mut out: Vec<&String> = v.iter().collect();
     out.sort();
@@ -276,5 +368,73 @@ mod tests {
         let due = s.due_steps(t2, 10).await.unwrap();
         assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), vec![step.id]);
         assert_eq!(s.step_schedule(step.id).await.unwrap().unwrap().attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_dead_step_takes_its_dependants_down_transitively_and_the_call_settles_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        s.record_call_start("c3", "demo", None, "+15550100000", t0).await.unwrap();
+        let step = |seq: i64, kind: &str, depends_on: Option<i64>| NewStep {
+            seq,
+            kind: kind.into(),
+            payload: json!({}),
+            depends_on,
+            idempotency_key: format!("c3:{kind}"),
+        };
+        // contact ← call_log ← call_log_update, and a webhook that depends on nothing.
+        let steps = vec![
+            step(0, "contact", None),
+            step(1, "call_log", Some(0)),
+            step(2, "call_log_update", Some(1)),
+            step(3, "webhook", None),
+        ];
+        s.close_call_with_plan("c3", "demo", "end_call", &json!({}), &steps, t0).await.unwrap();
+        let due = s.due_steps(t0, 10).await.unwrap();
+        let contact = due.iter().find(|d| d.kind == "contact").unwrap().clone();
+        s.record_attempt(&contact, &AttemptResult::Dead { error: "400".into() }, "t", &json!({}), t0).await.unwrap();
+        let status = |kind: &'static str| {
+            let s = s.clone();
+            async move {
+                let all = s.steps_for_call("demo", "c3").await.unwrap();
+                all.into_iter().find(|x| x.kind == kind).unwrap()
+            }
+        };
+        assert_eq!(status("call_log").await.status, "dead");
+        assert_eq!(status("call_log_update").await.status, "dead", "transitively");
+        assert_eq!(status("call_log_update").await.attempts, 0);
+        assert_eq!(status("webhook").await.status, "pending", "an independent step still runs");
+        // Not final while the webhook runs.
+        assert_eq!(s.call("demo", "c3").await.unwrap().unwrap().sync_status, "pending");
+        let audit = s.audit_for_call("demo", "c3").await.unwrap();
+        let cascade: Vec<&Value> =
+            audit.iter().filter(|(a, _)| a == "writeback.dependants_dead").map(|(_, d)| d).collect();
+        let call_log_id = status("call_log").await.id;
+        assert_eq!(cascade.len(), 2, "one entry per parent: {cascade:?}");
+        assert_eq!(cascade[0]["parent_step"], contact.id);
+        assert_eq!(cascade[0]["steps"], json!([call_log_id]));
+        assert_eq!(cascade[1]["parent_step"], call_log_id);
+        let webhook = status("webhook").await;
+        s.record_attempt(&webhook, &AttemptResult::Done { external_id: None }, "t", &json!({}), t0).await.unwrap();
+        assert_eq!(s.call("demo", "c3").await.unwrap().unwrap().sync_status, "failed", "final now");
+
+        // A step appended under the dead contact (a booking confirmed late) is dead at once.
+        let appended = s.append_step("c3", "demo", "appointment", &json!({}), Some(contact.id), "c3:appt", t0).await;
+        let appended = appended.unwrap();
+        let appt = status("appointment").await;
+        assert_eq!((appt.id, appt.status.as_str()), (appended, "dead"));
+        assert_eq!(s.call("demo", "c3").await.unwrap().unwrap().sync_status, "failed");
+
+        // A replay puts the whole chain back.
+        assert_eq!(s.replay_call("c3", t0).await.unwrap(), Some(4));
+        assert_eq!(s.call("demo", "c3").await.unwrap().unwrap().sync_status, "pending");
+
+        // A store left with a step waiting on a dead parent (written before this rule) is settled
+        // by the worker's sweep.
+        sqlx::query("UPDATE steps SET status = 'dead' WHERE id = ?").bind(contact.id).execute(&s.pool).await.unwrap();
+        assert_eq!(s.dead_letter_blocked_steps(t0).await.unwrap(), 1);
+        assert_eq!(status("call_log").await.status, "dead");
+        assert_eq!(s.dead_letter_blocked_steps(t0).await.unwrap(), 0, "nothing left to settle");
     }
 }

@@ -132,6 +132,11 @@ impl Worker {
         if resumed > 0 {
             tracing::info!(steps = resumed, "write-back resumed after a connection was re-authorized");
         }
+        let settled = self.store.dead_letter_blocked_steps(self.clock.now()).await?;
+        if settled > 0 {
+            tracing::warn!(calls = settled, "steps waiting on a dead-lettered step were dead-lettered");
+            self.bump();
+        }
         loop {
             let due = self.store.due_steps(self.clock.now(), 64).await?;
             if due.is_empty() {

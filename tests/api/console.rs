@@ -252,9 +252,17 @@ async fn the_api_shows_each_status_and_links_records_into_the_portal() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let dead: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(dead["steps"][0]["status"], "dead");
-    assert_eq!(dead["steps"][1]["status"], "pending");
-    assert_eq!(dead["steps"][1]["blocked"], true, "waits on the dead contact step");
-    assert_eq!(dead["steps"][0]["blocked"], false);
+    // The call log needs the contact: dead-lettered with it (never left pending), saying why.
+    assert_eq!(dead["steps"][1]["status"], "dead");
+    assert_eq!(dead["steps"][1]["attempts"], 0, "never attempted");
+    let why = dead["steps"][1]["last_error"].as_str().unwrap();
+    assert!(why.contains(&format!("step {} (contact)", dead["steps"][0]["id"])), "{why}");
+    assert_eq!(dead["steps"][1]["blocked"], false);
+    let cascade: Vec<&Value> =
+        dead["audit"].as_array().unwrap().iter().filter(|a| a["action"] == "writeback.dependants_dead").collect();
+    assert_eq!(cascade.len(), 1, "{body}");
+    assert_eq!(cascade[0]["detail"]["parent_step"], dead["steps"][0]["id"]);
+    assert_eq!(cascade[0]["detail"]["steps"], serde_json::json!([dead["steps"][1]["id"]]));
     assert_eq!(dead["attempts"].as_array().unwrap().len(), 2, "{body}");
     assert_eq!(dead["actions"], serde_json::json!(["resync", "replay"]));
     assert_eq!(dead["recording_url"], format!("https://recordings.example.com/{DEAD}.wav"));

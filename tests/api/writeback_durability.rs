@@ -190,20 +190,56 @@ async fn a_revoked_grant_parks_the_steps_and_reauthorization_resumes_them() {
 }
 
 #[tokio::test]
-async fn a_dead_letter_is_visible_and_a_replay_syncs_it() {
+async fn a_dead_parent_takes_its_dependants_with_it_the_call_is_final_and_a_replay_runs_them_all() {
     let app = spawn_app().await;
     let phone = "+14155550175";
+    // The contact step is refused for good (a validation error on a field it cannot drop).
     finished_call(&app, "dead", phone, || app.hubspot.reject_property("firstname")).await;
+    // Final without any clock advance: the call log, which needs the contact, is dead-lettered
+    // with it instead of waiting forever for a parent that will never be done.
     assert_eq!(app.wait_for_sync("dead").await, "failed");
-    let dead = app.core.store.dead_letters(10).await.unwrap();
-    assert_eq!(dead.iter().map(|d| (d.call_id.as_str(), d.kind.as_str())).collect::<Vec<_>>(), [("dead", "contact")]);
+    let steps = app.core.store.steps_for_call("demo", "dead").await.unwrap();
+    assert_eq!(
+        steps.iter().map(|s| (s.kind.as_str(), s.status.as_str())).collect::<Vec<_>>(),
+        [("contact", "dead"), ("call_log", "dead")]
+    );
+    assert_eq!(steps[1].attempts, 0, "the dependant was never attempted");
+    assert!(app.core.store.next_due_at().await.unwrap().is_none(), "nothing left waiting");
+    let mut dead = app.core.store.dead_letters(10).await.unwrap();
+    dead.sort_by_key(|d| d.step_id);
+    assert_eq!(
+        dead.iter().map(|d| (d.call_id.as_str(), d.kind.as_str())).collect::<Vec<_>>(),
+        [("dead", "contact"), ("dead", "call_log")]
+    );
     assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("firstname")), "{dead:?}");
+    let why = dead[1].last_error.as_deref().unwrap();
+    assert!(why.contains(&format!("step {} (contact)", steps[0].id)), "{why}");
+    let audit = app.core.store.audit_for_call("demo", "dead").await.unwrap();
+    let cascade: Vec<_> = audit.iter().filter(|(a, _)| a == "writeback.dependants_dead").collect();
+    assert_eq!(cascade.len(), 1, "{audit:?}");
+    let detail = &cascade[0].1;
+    assert_eq!(detail["parent_step"], steps[0].id, "the audit entry names the parent");
+    assert_eq!(detail["steps"], json!([steps[1].id]));
+    // The console's list says the same.
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/calls?date=2026-11-23", app.addr))
+        .bearer_auth(DEMO_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = list["calls"].as_array().unwrap().iter().find(|c| c["call_id"] == "dead").expect("listed");
+    assert_eq!(row["status"], "failed", "{list}");
 
+    // A replay of the call re-runs the parent and its dependants.
     app.hubspot.clear_property_faults();
-    assert_eq!(app.core.store.replay_call("dead", callside::clock::Clock::now(&app.clock)).await.unwrap(), Some(1));
+    assert_eq!(app.core.store.replay_call("dead", callside::clock::Clock::now(&app.clock)).await.unwrap(), Some(2));
     app.core.worker.wake();
     assert_eq!(app.wait_for_sync("dead").await, "synced");
     assert_eq!(contacts_with_phone(&app, phone), 1);
+    assert_eq!(call_logs_for(&app, "dead"), 1);
     assert!(app.core.store.dead_letters(10).await.unwrap().is_empty());
     app.shutdown().await;
 }

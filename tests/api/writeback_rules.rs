@@ -1,5 +1,5 @@
 //! The write-back rules through the whole service on the HubSpot emulator: seed 002's test calls
-//! 1–4, 8 and 9, field mapping and normalization, the hybrid rule against a rep's edit, shadow
+//! 1–4 and 8–10, field mapping and normalization, the hybrid rule against a rep's edit, shadow
 //! and review modes, read-after-write verification, escalation and undo.
 
 use callside::config::TenantFile;
@@ -85,8 +85,7 @@ async fn call(app: &TestApp, call_id: &str, from: &str, end: Value) -> Value {
     r
 }
 
-/// Waits until none of the call's steps is pending (a call is "failed" as soon as one step is
-/// dead, while its other steps may still be running), woken by the worker's progress signal.
+/// Waits until none of the call's steps is pending, woken by the worker's progress signal.
 async fn wait_settled(app: &TestApp, call_id: &str) -> Vec<callside::store::StepRow> {
     let mut progress = app.core.worker.progress();
     let wait = async {
@@ -326,6 +325,65 @@ async fn seed_call_9_a_spanish_call_populates_fields_with_canonical_values_and_n
     assert_eq!(notes.len(), 1);
     let note = notes[0].prop("hs_note_body").unwrap_or_default().to_owned();
     assert!(note.contains("alergias: ninguna") && !note.contains("budget"), "{note}");
+    app.shutdown().await;
+}
+
+/// Seed 002, call 10: the CRM is down for the whole call. The call goes on without context, the
+/// hangup is acknowledged with the plan stored (the fallback queue is the outbox), nothing reaches
+/// the CRM while it is down, and once it is back the queued write-back lands exactly once.
+#[tokio::test]
+async fn seed_call_10_a_call_while_the_crm_is_down_lands_in_the_fallback_queue_then_syncs() {
+    let app = app("auto").await;
+    let phone = "+17735550110";
+    let (contacts_before, calls_before) = (app.hubspot.contacts().len(), app.hubspot.calls().len());
+    app.hubspot.set_down(true);
+    let mut c = app.connect("seed-10", phone).await;
+    c.initialize().await;
+    let ctx = c.tool("get_caller_context", json!({})).await;
+    assert_eq!(ctx["isError"], false, "{ctx}");
+    assert_eq!(ctx["structuredContent"]["status"], "unavailable", "the call goes on without context: {ctx}");
+    let end = c
+        .tool(
+            "end_call",
+            json!({"summary": "Wants a beard trim on Friday.", "disposition": "callback_requested",
+                   "caller_name": "noah mcdonald", "caller_email": "Noah.McDonald@Example.com",
+                   "intent": "beard trim", "urgency": "media"}),
+        )
+        .await;
+    assert_eq!(end["structuredContent"]["saved"], true, "the hangup is acknowledged while the CRM is down: {end}");
+    // The plan waits in the outbox: attempted, refused by the dead CRM, nothing written.
+    let mut progress = app.core.worker.progress();
+    let attempted = async {
+        loop {
+            let steps = app.core.store.steps_for_call("demo", "seed-10").await.unwrap();
+            if steps.iter().any(|s| s.attempts >= 1) {
+                return steps;
+            }
+            progress.changed().await.expect("worker alive");
+        }
+    };
+    let steps = tokio::time::timeout(std::time::Duration::from_secs(20), attempted).await.expect("attempted");
+    assert!(steps.iter().all(|s| s.status == "pending"), "kept, not dropped: {steps:?}");
+    assert_eq!(app.core.store.call("demo", "seed-10").await.unwrap().unwrap().sync_status, "pending");
+    assert_eq!(app.hubspot.contacts().len(), contacts_before, "nothing written while down");
+    assert_eq!(app.hubspot.calls().len(), calls_before);
+
+    // The CRM comes back; the retry is due once the backoff has passed on the injected clock.
+    app.hubspot.set_down(false);
+    app.clock.advance(jiff::SignedDuration::from_secs(60));
+    app.core.worker.wake();
+    assert_eq!(app.wait_for_sync("seed-10").await, "synced");
+    let found = contact_by_phone(&app, phone);
+    assert_eq!(found.len(), 1, "exactly one contact");
+    assert_eq!(app.hubspot.contacts().len(), contacts_before + 1);
+    let noah = &found[0];
+    assert_eq!(noah.prop("firstname"), Some("Noah"));
+    assert_eq!(noah.prop("lastname"), Some("McDonald"));
+    assert_eq!(noah.prop("email"), Some("noah.mcdonald@example.com"));
+    assert_eq!(noah.prop("callside_intent"), Some("beard trim"));
+    assert_eq!(noah.prop("callside_urgency"), Some("medium"));
+    assert_eq!(app.hubspot.calls_for_contact(&noah.id).len(), 1, "exactly one call log");
+    assert_eq!(app.hubspot.calls().len(), calls_before + 1);
     app.shutdown().await;
 }
 
