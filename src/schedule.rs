@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use jiff::civil::{Date, DateTime, Time, Weekday};
-use jiff::tz::{AmbiguousOffset, TimeZone};
+use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -233,9 +233,10 @@ pub fn blocked_interval(service: &ServiceType, start: Timestamp) -> Interval {
 /// slots.
 ///
 /// Cost: busy time is sorted and merged once per staff member and probed with a forward-moving
-/// cursor (binary search when a probe goes backwards); the local→instant conversion is done
-/// once per opening range unless a zone transition falls inside it; the inner loop is integer
-/// arithmetic; per-staff runs are merged, not re-sorted.
+/// cursor (binary search when a probe goes backwards); local opening times are turned into
+/// instants with one offset per stretch between zone transitions (a range within 52 hours of
+/// a transition is resolved in the zone instead); the inner loop is integer arithmetic;
+/// per-staff runs are merged, not re-sorted.
 /// Hot paths that only need a few offers should use [`enumerate_slot_refs`] and
 /// [`pick_options_from_refs`], which skip the per-slot `String`.
 pub fn enumerate_slots(
@@ -426,6 +427,77 @@ impl<'b> BusyCursor<'b> {
     }
 }
 
+/// Nanoseconds in a civil day.
+const DAY_NS: Nanos = 86_400 * 1_000_000_000;
+
+/// Two instants that read the same on one zone's wall clock are less than 52 hours apart (jiff
+/// keeps offsets under 26 hours either way). So a local time whose reading lies at least this far
+/// inside a stretch of constant offset has no other reading: it is neither in a gap nor in a fold.
+const NO_OTHER_READING: Nanos = 52 * 3_600 * 1_000_000_000;
+
+/// A stretch `[from, until)` of a zone's history during which its UTC offset is `offset` (all in
+/// [`Nanos`]). Found with one offset lookup and two transition searches, then reused for every
+/// opening range of the stretch — weeks or months — instead of resolving each range in the zone.
+#[derive(Debug, Clone, Copy)]
+struct OffsetPeriod {
+    from: Nanos,
+    until: Nanos,
+    offset: Nanos,
+    utc_offset: Offset,
+}
+
+impl OffsetPeriod {
+    fn containing(tz: &TimeZone, at: Timestamp) -> OffsetPeriod {
+        let offset = tz.to_offset(at);
+        let until = tz.following(at).next().map_or(Nanos::MAX, |t| t.timestamp().as_nanosecond());
+        // The latest transition before `at` starts the stretch if it switched to this offset;
+        // otherwise (whether or not `at` is itself a transition) the stretch starts at `at`.
+        let from = match tz.preceding(at).next() {
+            None => Nanos::MIN,
+            Some(t) if t.offset() == offset => t.timestamp().as_nanosecond(),
+            Some(_) => at.as_nanosecond(),
+        };
+        OffsetPeriod { from, until, offset: i128::from(offset.seconds()) * 1_000_000_000, utc_offset: offset }
+    }
+
+    /// `tz.to_datetime(at)`, reusing `period` when it contains `at` (instants mostly arrive in
+    /// order, so one lookup serves until the next transition).
+    fn to_datetime(period: &mut Option<OffsetPeriod>, tz: &TimeZone, at: Timestamp) -> DateTime {
+        let p = match *period {
+            Some(p) if p.contains(at.as_nanosecond()) => p,
+            _ => *period.insert(OffsetPeriod::containing(tz, at)),
+        };
+        p.utc_offset.to_datetime(at)
+    }
+
+    fn contains(&self, at: Nanos) -> bool {
+        self.from <= at && at < self.until
+    }
+
+    /// The opening and closing instants of a range read in local [`Nanos`] (wall clock as if
+    /// UTC), when both local times are unambiguous and no transition falls between them — the
+    /// case in which [`walk_range`] takes its fast path with the same two instants. `None`
+    /// near a transition.
+    fn resolve(&self, open: Nanos, close: Nanos) -> Option<(Nanos, Nanos)> {
+        let (open_at, close_at) = (open - self.offset, close - self.offset);
+        (open_at - NO_OTHER_READING >= self.from && close_at + NO_OTHER_READING <= self.until)
+            .then_some((open_at, close_at))
+    }
+}
+
+impl OpeningHours {
+    /// `(open, close)` as nanoseconds after local midnight (`close` up to a whole day), or `None`
+    /// for an empty range — the same ranges as [`OpeningHours::on_date`].
+    fn day_nanos(&self) -> Option<(Nanos, Nanos)> {
+        let open = self.open.duration_since(Time::midnight()).as_nanos();
+        let close = match self.close.duration_since(Time::midnight()).as_nanos() {
+            0 => DAY_NS,
+            close => close,
+        };
+        (open < close).then_some((open, close))
+    }
+}
+
 fn walk_staff(member: &StaffMember, step: Nanos, bounds: &Bounds, busy: &[Span], out: &mut Vec<Nanos>) {
     let mut busy = BusyCursor::new(busy);
     let tz = &member.time_zone;
@@ -440,21 +512,70 @@ fn walk_staff(member: &StaffMember, step: Nanos, bounds: &Bounds, busy: &[Span],
     let first = tz.to_datetime(earliest).date();
     let mut date = first.yesterday().unwrap_or(first);
     let last = tz.to_datetime(last_instant).date();
+    let Ok(midnight) = Offset::UTC.to_timestamp(date.to_datetime(Time::midnight())) else {
+        return;
+    };
+    // `date`'s midnight as local nanos; advances one civil day per date.
+    let mut midnight = midnight.as_nanosecond();
+    let mut period = OffsetPeriod::containing(tz, earliest);
+    let mut weekday = date.weekday();
     loop {
+        let tomorrow = date.tomorrow();
         if !member.closed_dates.contains(&date) {
-            for range in member.hours.on(date.weekday()) {
-                if let Some((open, close)) = range.on_date(date) {
-                    walk_range(tz, open, close, step, bounds, &mut busy, out);
+            for range in member.hours.on(weekday) {
+                let Some((open, close)) = range.day_nanos() else {
+                    continue;
+                };
+                let (open, close) = (midnight + open, midnight + close);
+                if !period.contains(open - period.offset)
+                    && let Some(guess) = timestamp(open - period.offset)
+                {
+                    period = OffsetPeriod::containing(tz, guess);
+                }
+                // `tomorrow` is only missing at the end of the calendar, where `on_date` has no
+                // midnight-closing range either.
+                match period.resolve(open, close) {
+                    Some((open_at, close_at)) if tomorrow.is_ok() => {
+                        walk_instants(open_at, close_at, step, bounds, &mut busy, out);
+                    }
+                    _ => {
+                        if let Some((open, close)) = range.on_date(date) {
+                            walk_range(tz, open, close, step, bounds, &mut busy, out);
+                        }
+                    }
                 }
             }
         }
         if date >= last {
             break;
         }
-        match date.tomorrow() {
+        match tomorrow {
             Ok(next) => date = next,
             Err(_) => break,
         }
+        midnight += DAY_NS;
+        weekday = weekday.next();
+    }
+}
+
+/// Candidates `open_at + k·step` before `close_at`, in absolute time: no zone transition in
+/// between.
+fn walk_instants(
+    open_at: Nanos,
+    close_at: Nanos,
+    step: Nanos,
+    bounds: &Bounds,
+    busy: &mut BusyCursor<'_>,
+    out: &mut Vec<Nanos>,
+) {
+    let mut start = open_at;
+    while start < close_at {
+        match bounds.check(start, close_at, busy) {
+            ControlFlow::Break(()) => return,
+            ControlFlow::Continue(true) => out.push(start),
+            ControlFlow::Continue(false) => {}
+        }
+        start += step;
     }
 }
 
@@ -489,15 +610,7 @@ fn walk_range(
     {
         let close_o = close_o.as_nanosecond();
         debug_assert_eq!(close_o, close_at);
-        let mut start = open_at.as_nanosecond();
-        while start < close_o {
-            match bounds.check(start, close_at, busy) {
-                ControlFlow::Break(()) => return,
-                ControlFlow::Continue(true) => out.push(start),
-                ControlFlow::Continue(false) => {}
-            }
-            start += step;
-        }
+        walk_instants(open_at.as_nanosecond(), close_o, step, bounds, busy, out);
         return;
     }
     // Slow path (a transition inside the range): resolve every local candidate.
@@ -592,10 +705,15 @@ pub fn pick_options_from_refs(
     pick(&|i| slots[i], slots.len(), count, preference, tz)
 }
 
-/// Slot `i` of the caller's list, whichever representation it uses.
-type SlotAt<'s, 'a> = &'s dyn Fn(usize) -> SlotRef<'a>;
-
-fn pick<'a>(at: SlotAt<'_, 'a>, len: usize, count: usize, preference: &SlotPreference, tz: &TimeZone) -> Vec<Slot> {
+/// `at(i)` is slot `i` of the caller's list, whichever representation it uses (generic rather
+/// than `dyn`: it is called for every slot several times, and inlined that is a plain load).
+fn pick<'a, F: Fn(usize) -> SlotRef<'a>>(
+    at: &F,
+    len: usize,
+    count: usize,
+    preference: &SlotPreference,
+    tz: &TimeZone,
+) -> Vec<Slot> {
     if count == 0 {
         return Vec::new();
     }
@@ -607,11 +725,12 @@ fn pick<'a>(at: SlotAt<'_, 'a>, len: usize, count: usize, preference: &SlotPrefe
         sorted.sort_by_key(|&i| at(i).start);
     }
     let mut cands: Vec<Candidate> = Vec::new();
+    let mut period = None;
     for (i, s) in sorted.iter().map(|&i| at(i)).enumerate() {
         match cands.last_mut() {
             Some(c) if c.start == s.start => c.options.end = i + 1,
             _ => {
-                let local = tz.to_datetime(s.start);
+                let local = OffsetPeriod::to_datetime(&mut period, tz, s.start);
                 cands.push(Candidate {
                     start: s.start,
                     date: local.date(),
@@ -698,8 +817,8 @@ fn pick<'a>(at: SlotAt<'_, 'a>, len: usize, count: usize, preference: &SlotPrefe
     out
 }
 
-struct Picker<'s, 'a> {
-    at: SlotAt<'s, 'a>,
+struct Picker<'s, 'a, F> {
+    at: &'s F,
     /// Indices for `at`, in start order; candidates' `options` and `day` index into this.
     sorted: &'s [usize],
     cands: &'s [Candidate],
@@ -710,7 +829,7 @@ struct Picker<'s, 'a> {
     count: usize,
 }
 
-impl<'a> Picker<'_, 'a> {
+impl<'a, F: Fn(usize) -> SlotRef<'a>> Picker<'_, 'a, F> {
     fn room(&self) -> bool {
         self.out.len() < self.count
     }
