@@ -79,15 +79,24 @@ impl Application {
             config.connect.public_url.trim_end_matches('/').to_owned()
         };
         let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
+        // Every vendor account's rate budget, shared by live reads and the write-back lane; it
+        // outlives a config reload (the vendor keeps counting too).
+        let budgets = crate::connectors::rate::RateBudgets::new(
+            clock.clone(),
+            config.writeback.live_reserve_percent,
+            config.writeback.app_requests_per_10s,
+        );
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant: crate::reload::TenantBuilder = {
             let sandbox_urls =
                 sandbox.as_ref().map(|s| (s.hubspot.base_url(), s.google.base_url(), s.graph.base_url()));
             let hubspot_app = connect.apps.get("hubspot").cloned();
             let connections = connect.connections.clone();
-            let (client, clock) = (client.clone(), clock.clone());
+            let (client, clock, budgets) = (client.clone(), clock.clone(), budgets.clone());
             Box::new(move |t: &crate::config::TenantConfig| {
                 let sandbox = sandbox_urls.as_ref();
+                let crm_meter = budgets.meter(&t.crm.vendor, &t.id, t.crm.requests_per_10s());
+                let calendar_meter = budgets.meter(&t.calendar.vendor, &t.id, t.calendar.requests_per_10s());
                 let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
                     let app = hubspot_app.clone().context("oauth tenant without a HubSpot OAuth app")?;
                     let url = match (sandbox, t.crm.base_url.as_str()) {
@@ -95,21 +104,29 @@ impl Application {
                         (_, base) => url::Url::parse(base).context("crm.base_url")?,
                     };
                     let tokens = connections.token_source(app, &connection_id(&t.id, "hubspot"));
-                    Arc::new(HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()))
+                    Arc::new(
+                        HubSpotConnector::with_token_source(url, tokens, client.clone())
+                            .with_clock(clock.clone())
+                            .with_meter(crm_meter),
+                    )
                 } else {
                     let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.0.clone(), sandbox::HUBSPOT_TOKEN)))?;
-                    Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
+                    Arc::new(
+                        HubSpotConnector::new(url, token, client.clone())
+                            .with_clock(clock.clone())
+                            .with_meter(crm_meter),
+                    )
                 };
                 let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
                     "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
                     "microsoft" => {
                         let (url, token) = endpoint(&t.calendar, sandbox.map(|s| (s.2.clone(), sandbox::GRAPH_TOKEN)))?;
-                        Arc::new(GraphCalendarConnector::new(url, token, client.clone()))
+                        Arc::new(GraphCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
                     }
                     _ => {
                         let (url, token) =
                             endpoint(&t.calendar, sandbox.map(|s| (s.1.clone(), sandbox::GOOGLE_TOKEN)))?;
-                        Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
+                        Arc::new(GoogleCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
                     }
                 };
                 Ok(Tenant { config: t.clone(), crm, calendar })
@@ -128,9 +145,7 @@ impl Application {
             // Config validation refuses this outside the sandbox.
             tracing::warn!(fault = ?f, "TEST ONLY: callside behaves like a naive integration");
         }
-        let worker = worker
-            .with_budgets(Arc::new(crate::writeback::budget::RateBudgets::new(&config.writeback)))
-            .with_integration_fault(fault);
+        let worker = worker.with_integration_fault(fault);
         connect.worker = Some(handle.clone());
         let core = Arc::new(Core {
             tenants,
@@ -150,6 +165,7 @@ impl Application {
             worker: handle,
             metrics,
             sessions: Sessions::default(),
+            budgets: budgets.clone(),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
