@@ -80,18 +80,33 @@ impl Application {
             config.connect.public_url.trim_end_matches('/').to_owned()
         };
         let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
+        // Every vendor account's rate budget, shared by live reads and the write-back lane; it
+        // outlives a config reload (the vendor keeps counting too).
+        let budgets = crate::connectors::rate::RateBudgets::new(
+            clock.clone(),
+            config.writeback.live_reserve_percent,
+            config.writeback.app_requests_per_10s,
+        );
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant: crate::reload::TenantBuilder = {
             let sandbox_urls = sandbox.as_ref().map(SandboxUrls::of);
             let apps = connect.apps.clone();
             let connections = connect.connections.clone();
-            let (client, clock) = (client.clone(), clock.clone());
+            let (client, clock, budgets) = (client.clone(), clock.clone(), budgets.clone());
             Box::new(move |t: &crate::config::TenantConfig| {
                 let sandbox = sandbox_urls.as_ref();
+                let crm_meter = budgets.meter(&t.crm.vendor, &t.id, t.crm.requests_per_10s());
+                let calendar_meter = budgets.meter(&t.calendar.vendor, &t.id, t.calendar.requests_per_10s());
                 let crm: Arc<dyn CrmConnector> = match t.crm.vendor.as_str() {
-                    "salesforce" => {
-                        salesforce_crm(t, apps.get("salesforce").cloned(), &connections, sandbox, &client, &clock)?
-                    }
+                    "salesforce" => salesforce_crm(
+                        t,
+                        apps.get("salesforce").cloned(),
+                        &connections,
+                        sandbox,
+                        &client,
+                        &clock,
+                        crm_meter,
+                    )?,
                     _ if t.crm.auth == "oauth" => {
                         let app = apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
                         let url = match (sandbox, t.crm.base_url.as_str()) {
@@ -100,13 +115,19 @@ impl Application {
                         };
                         let tokens = connections.token_source(app, &connection_id(&t.id, "hubspot"));
                         Arc::new(
-                            HubSpotConnector::with_token_source(url, tokens, client.clone()).with_clock(clock.clone()),
+                            HubSpotConnector::with_token_source(url, tokens, client.clone())
+                                .with_clock(clock.clone())
+                                .with_meter(crm_meter),
                         )
                     }
                     _ => {
                         let (url, token) =
                             endpoint(&t.crm, sandbox.map(|s| (s.hubspot.clone(), sandbox::HUBSPOT_TOKEN)))?;
-                        Arc::new(HubSpotConnector::new(url, token, client.clone()).with_clock(clock.clone()))
+                        Arc::new(
+                            HubSpotConnector::new(url, token, client.clone())
+                                .with_clock(clock.clone())
+                                .with_meter(crm_meter),
+                        )
                     }
                 };
                 let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
@@ -114,12 +135,12 @@ impl Application {
                     "microsoft" => {
                         let (url, token) =
                             endpoint(&t.calendar, sandbox.map(|s| (s.graph.clone(), sandbox::GRAPH_TOKEN)))?;
-                        Arc::new(GraphCalendarConnector::new(url, token, client.clone()))
+                        Arc::new(GraphCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
                     }
                     _ => {
                         let (url, token) =
                             endpoint(&t.calendar, sandbox.map(|s| (s.google.clone(), sandbox::GOOGLE_TOKEN)))?;
-                        Arc::new(GoogleCalendarConnector::new(url, token, client.clone()))
+                        Arc::new(GoogleCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
                     }
                 };
                 Ok(Tenant { config: t.clone(), crm, calendar })
@@ -138,9 +159,7 @@ impl Application {
             // Config validation refuses this outside the sandbox.
             tracing::warn!(fault = ?f, "TEST ONLY: callside behaves like a naive integration");
         }
-        let worker = worker
-            .with_budgets(Arc::new(crate::writeback::budget::RateBudgets::new(&config.writeback)))
-            .with_integration_fault(fault);
+        let worker = worker.with_integration_fault(fault);
         connect.worker = Some(handle.clone());
         let core = Arc::new(Core {
             tenants,
@@ -160,6 +179,7 @@ impl Application {
             worker: handle,
             metrics,
             sessions: Sessions::default(),
+            budgets: budgets.clone(),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
@@ -434,6 +454,7 @@ fn salesforce_crm(
     sandbox: Option<&SandboxUrls>,
     client: &reqwest::Client,
     clock: &SharedClock,
+    meter: crate::connectors::rate::Meter,
 ) -> anyhow::Result<Arc<dyn CrmConnector>> {
     let new_callers = t.crm.new_callers.unwrap_or_default();
     let connector = if t.crm.auth == "oauth" {
@@ -448,7 +469,7 @@ fn salesforce_crm(
         let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.salesforce.clone(), sandbox::SALESFORCE_TOKEN)))?;
         SalesforceConnector::new(url, token, client.clone())
     };
-    Ok(Arc::new(connector.with_new_callers(new_callers).with_clock(clock.clone())))
+    Ok(Arc::new(connector.with_new_callers(new_callers).with_clock(clock.clone()).with_meter(meter)))
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {

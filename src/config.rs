@@ -205,9 +205,8 @@ pub struct WritebackSection {
     pub retry_window_secs: u64,
     /// Longest wait between two attempts.
     pub max_backoff_secs: u64,
-    /// Requests per 10 s a vendor allows one connected account (HubSpot OAuth apps: 100).
-    pub account_requests_per_10s: u32,
     /// Requests per 10 s across all accounts of one vendor app (a per-project quota); 0: none.
+    /// The per-account limit is the tenant's `[crm]` / `[calendar]` `requests_per_10s`.
     pub app_requests_per_10s: u32,
     /// Percent of each budget the write-back lane leaves to live calls' reads (0-90).
     pub live_reserve_percent: u32,
@@ -215,13 +214,7 @@ pub struct WritebackSection {
 
 impl Default for WritebackSection {
     fn default() -> Self {
-        Self {
-            retry_window_secs: 24 * 3600,
-            max_backoff_secs: 300,
-            account_requests_per_10s: 100,
-            app_requests_per_10s: 0,
-            live_reserve_percent: 30,
-        }
+        Self { retry_window_secs: 24 * 3600, max_backoff_secs: 300, app_requests_per_10s: 0, live_reserve_percent: 30 }
     }
 }
 
@@ -319,6 +312,28 @@ pub struct VendorSection {
     /// Salesforce only: which object a new caller becomes, `lead` (default) or `contact`.
     #[serde(default)]
     pub new_callers: Option<crate::connectors::crm::salesforce::NewCallerObject>,
+    /// Requests per 10 s the vendor allows this connected account, shared by live reads and the
+    /// write-back lane (`crate::connectors::rate`); 0: unmetered. Default: the vendor's documented
+    /// limit (HubSpot 100, Google Calendar 100), unmetered for the sandbox and loopback emulators.
+    #[serde(default)]
+    pub requests_per_10s: Option<u32>,
+}
+
+impl VendorSection {
+    /// The account's rate budget in requests per 10 s (0: unmetered).
+    pub fn requests_per_10s(&self) -> u32 {
+        if let Some(n) = self.requests_per_10s {
+            return n;
+        }
+        let emulated = self.base_url == "sandbox"
+            || url::Url::parse(&self.base_url).is_ok_and(|u| match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            });
+        if emulated { 0 } else { crate::connectors::rate::vendor_default(&self.vendor) }
+    }
 }
 
 fn default_auth() -> String {
@@ -543,9 +558,6 @@ impl Config {
         }
         if server.writeback.live_reserve_percent > 90 {
             issue(server_path, "writeback.live_reserve_percent", "must be between 0 and 90".into());
-        }
-        if server.writeback.account_requests_per_10s < 3 {
-            issue(server_path, "writeback.account_requests_per_10s", "must be at least 3 (one step's requests)".into());
         }
         for (vendor, app) in [("hubspot", &server.connect.hubspot), ("salesforce", &server.connect.salesforce)] {
             let Some(app) = app else { continue };

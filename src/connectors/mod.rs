@@ -6,6 +6,7 @@
 
 pub mod calendar;
 pub mod crm;
+pub mod rate;
 
 use std::time::Duration;
 

@@ -101,7 +101,8 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         loop {
             for tenant in tenants.all() {
-                match pull_once(&store, &tenant, clock.now()).await {
+                // Background work: metered in the write-back lane, never ahead of live calls.
+                match crate::connectors::rate::writeback_lane(pull_once(&store, &tenant, clock.now())).await {
                     Ok(r) => tracing::debug!(tenant = %tenant.id(), records = r.records, "identity index pulled"),
                     Err(e) => tracing::warn!(tenant = %tenant.id(), error = %e, "identity index pull failed"),
                 }

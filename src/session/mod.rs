@@ -40,6 +40,8 @@ pub struct Core {
     pub worker: WorkerHandle,
     pub metrics: Arc<Metrics>,
     pub sessions: Sessions,
+    /// The vendor accounts' rate budgets (live reads and the write-back lane, `connectors::rate`).
+    pub budgets: Arc<crate::connectors::rate::RateBudgets>,
 }
 
 /// Live calls on this instance, by call id.

@@ -2,7 +2,6 @@
 //! is acknowledged), and a worker applies the steps to the CRM with idempotency keys, retries
 //! with backoff, and dead letters.
 
-pub mod budget;
 pub mod mapping;
 pub mod plan;
 pub mod rules;

@@ -13,7 +13,6 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::budget::RateBudgets;
 use super::plan::{ContactStep, kind};
 use crate::clock::SharedClock;
 use crate::config::WritebackSection;
@@ -56,7 +55,6 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     progress: watch::Sender<u64>,
-    budgets: Option<Arc<RateBudgets>>,
     /// TEST ONLY (`[sandbox_options] integration_fault`): misbehave like a naive integration.
     fault: Option<IntegrationFault>,
 }
@@ -84,19 +82,13 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         let (progress, rx) = watch::channel(0);
         let handle = WorkerHandle { wake: wake.clone(), progress: rx };
-        (Worker { store, tenants, clock, config, metrics, wake, progress, budgets: None, fault: None }, handle)
+        (Worker { store, tenants, clock, config, metrics, wake, progress, fault: None }, handle)
     }
 
     /// TEST ONLY: makes the worker misbehave as `fault` says (config validation refuses it
     /// outside the sandbox); `callside pilot` must catch each.
     pub fn with_integration_fault(mut self, fault: Option<IntegrationFault>) -> Self {
         self.fault = fault;
-        self
-    }
-
-    /// Meters the write-back lane with these rate budgets (see `budget.rs`).
-    pub fn with_budgets(mut self, budgets: Arc<RateBudgets>) -> Self {
-        self.budgets = Some(budgets);
         self
     }
 
@@ -166,10 +158,9 @@ impl Worker {
             self.bump();
             return Ok(StepOutcome::Dead);
         };
-        if let Some(budgets) = &self.budgets {
-            budgets.writeback_permit(&step.tenant, tenant.crm.vendor()).await;
-        }
-        let result = self.apply(&tenant, step).await;
+        // Every request the step makes is charged to the account's budget in the write-back lane,
+        // which waits for tokens and leaves the live calls' share alone (`connectors::rate`).
+        let result = crate::connectors::rate::writeback_lane(self.apply(&tenant, step)).await;
         failpoint::hit(failpoint::WORKER_AFTER_VENDOR);
         if let Err(ConnectorError::AuthRevoked(detail)) = &result {
             return self.park(&tenant, step, detail).await;

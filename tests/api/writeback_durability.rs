@@ -285,3 +285,84 @@ async fn the_replay_and_dead_letters_commands_work_on_the_store() {
     assert_eq!(store.call("demo", "cli-1").await.unwrap().unwrap().sync_status, "pending");
     assert_eq!(String::from_utf8_lossy(&run(&["dead-letters"]).stdout).trim(), "no dead letters");
 }
+
+/// The account's budget is one token bucket shared by live reads and the write-back lane, charged
+/// per request at the connector. With HubSpot's limit set to 10 per 10 s and 30 % reserved, a
+/// backlog drains at exactly 7 requests per 10 s of the injected clock (counted at the emulator),
+/// and a call that rings while the lane is exhausted still reads the caller's context at once.
+#[tokio::test]
+async fn under_a_saturated_backlog_a_live_read_gets_through_and_the_writeback_lane_keeps_to_its_share() {
+    const SHARE: usize = 7; // 70 % of 10
+    let mut tenant = demo_tenant();
+    tenant.crm.requests_per_10s = Some(10);
+    let app = spawn_app_with(server_file("[writeback]\nlive_reserve_percent = 30\n"), vec![tenant]).await;
+    let budgets = app.core.budgets.clone();
+    let sent = || budgets.sent("hubspot", "demo");
+    let mut waits = budgets.waits();
+    let mut progress = app.core.worker.progress();
+    app.hubspot.reset_request_log();
+    // A backlog with no live read: twelve finished calls straight into the outbox.
+    let phones: Vec<String> = (0..12).map(|i| format!("+1415555{:04}", 4200 + i)).collect();
+    for (i, phone) in phones.iter().enumerate() {
+        let at = format!("2026-11-23T12:{:02}:00Z", i);
+        crate::console::seed_call(&app, &format!("backlog-{i}"), phone, &at, "question answered").await;
+    }
+    // The lane runs dry and waits for the clock: exactly its share reached the CRM.
+    tokio::time::timeout(std::time::Duration::from_secs(20), waits.changed()).await.expect("the lane ran out").unwrap();
+    assert_eq!(app.hubspot.requests().len(), SHARE, "the first window: the lane's share, no more");
+    assert_eq!(sent().writeback as usize, SHARE);
+    assert!(app.core.store.pending_step_count().await.unwrap() > 0, "a backlog is waiting");
+
+    // A call rings now, the clock standing still: its reads draw on the reserve and go at once.
+    let mut c = app.connect("live-during-backlog", "+14155550134").await;
+    c.initialize().await;
+    let ctx = c.tool("get_caller_context", json!({})).await;
+    assert_eq!(ctx["structuredContent"]["status"], "matched", "the live read got through: {ctx}");
+    let live = sent().live as usize;
+    assert!(live > 0);
+    assert_eq!(app.hubspot.requests().len(), SHARE + live, "every live request reached the CRM");
+    assert_eq!(sent().writeback as usize, SHARE, "the lane did not move while the call read");
+    let r = c.tool("end_call", json!({"summary": "Asked about opening hours."})).await;
+    assert_eq!(r["structuredContent"]["saved"], true);
+
+    // Window after window of the injected clock, the lane never sends more than its share.
+    let mut windows = 0;
+    let mut full_windows = 0;
+    loop {
+        let (seen, before) = (app.hubspot.requests().len(), sent().writeback);
+        waits.borrow_and_update();
+        app.clock.advance(SignedDuration::from_secs(10));
+        let drained = async {
+            loop {
+                if waits.has_changed().unwrap() {
+                    return false;
+                }
+                if app.core.store.pending_step_count().await.unwrap() == 0 {
+                    return true;
+                }
+                tokio::select! {
+                    // The lane ran dry again: this window is over.
+                    _ = waits.changed() => return false,
+                    _ = progress.changed() => {},
+                }
+            }
+        };
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), drained).await.expect("window ran");
+        let at_crm = app.hubspot.requests().len() - seen;
+        assert_eq!(at_crm as u64, sent().writeback - before, "only the lane talked to the CRM");
+        assert!(at_crm <= SHARE, "window {windows}: {at_crm} write-back requests > {SHARE}");
+        full_windows += usize::from(at_crm == SHARE);
+        windows += 1;
+        if done {
+            break;
+        }
+        assert!(windows < 50, "the backlog never drained");
+    }
+    assert!(windows >= 3 && full_windows >= 2, "the backlog took several windows: {windows}, {full_windows} full");
+    assert!(sent().writeback as usize <= SHARE * (windows + 1), "{:?} over {} windows", sent(), windows + 1);
+    for (i, phone) in phones.iter().enumerate() {
+        assert_eq!(app.wait_for_sync(&format!("backlog-{i}")).await, "synced");
+        assert_eq!(contacts_with_phone(&app, phone), 1, "{phone}");
+    }
+    app.shutdown().await;
+}

@@ -61,6 +61,8 @@ pub struct GoogleCalendarConnector {
     access_token: RwLock<SecretString>,
     client: reqwest::Client,
     page_size: u32,
+    /// Every request is charged to the account's rate budget (`crate::connectors::rate`).
+    meter: crate::connectors::rate::Meter,
 }
 
 impl GoogleCalendarConnector {
@@ -72,7 +74,19 @@ impl GoogleCalendarConnector {
             let path = format!("{}/", base_url.path());
             base_url.set_path(&path);
         }
-        Self { base_url, access_token: RwLock::new(access_token), client, page_size: DEFAULT_PAGE_SIZE }
+        Self {
+            base_url,
+            access_token: RwLock::new(access_token),
+            client,
+            page_size: DEFAULT_PAGE_SIZE,
+            meter: crate::connectors::rate::Meter::unmetered(),
+        }
+    }
+
+    /// Charges every request to this rate budget.
+    pub fn with_meter(mut self, meter: crate::connectors::rate::Meter) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// Replaces the access token after a refresh (following `AuthExpired`).
@@ -138,6 +152,7 @@ impl GoogleCalendarConnector {
             })?;
             request = request.header(header::IF_MATCH, value);
         }
+        self.meter.acquire().await;
         let response = request.send().await.map_err(|err| ConnectorError::from_transport(&err))?;
         if response.status().is_success() {
             return Ok(response);

@@ -300,6 +300,8 @@ pub struct GraphCalendarConnector {
     refresh_gate: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     page_size: u32,
+    /// Every request is charged to the account's rate budget (`crate::connectors::rate`).
+    meter: crate::connectors::rate::Meter,
 }
 
 /// One request, replayable after a token refresh.
@@ -328,7 +330,14 @@ impl GraphCalendarConnector {
             refresh_gate: tokio::sync::Mutex::new(()),
             client,
             page_size: DEFAULT_PAGE_SIZE,
+            meter: crate::connectors::rate::Meter::unmetered(),
         }
+    }
+
+    /// Charges every request to this rate budget.
+    pub fn with_meter(mut self, meter: crate::connectors::rate::Meter) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// Attaches a refresher: a 401 then refreshes the access token and retries the request once.
@@ -411,6 +420,7 @@ impl GraphCalendarConnector {
             })?;
             request = request.header(header::IF_MATCH, value);
         }
+        self.meter.acquire().await;
         let response = request.send().await.map_err(|err| ConnectorError::from_transport(&err))?;
         if response.status().is_success() {
             return Ok(response);

@@ -139,6 +139,8 @@ pub struct HubSpotConnector {
     search_spacing: Option<Duration>,
     /// When the last search was sent.
     last_search: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Every request is charged to the account's rate budget (`crate::connectors::rate`).
+    meter: crate::connectors::rate::Meter,
 }
 
 impl std::fmt::Debug for HubSpotConnector {
@@ -174,7 +176,15 @@ impl HubSpotConnector {
             association_types: Mutex::new(HashMap::new()),
             property_defs: Mutex::new(HashMap::new()),
             last_search: tokio::sync::Mutex::new(None),
+            meter: crate::connectors::rate::Meter::unmetered(),
         }
+    }
+
+    /// Charges every request to this rate budget (the account's, shared by live reads and the
+    /// write-back lane).
+    pub fn with_meter(mut self, meter: crate::connectors::rate::Meter) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// The minimum gap between two searches from this connector (`None`: unspaced).
@@ -237,6 +247,7 @@ impl HubSpotConnector {
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.meter.acquire().await;
         let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
         let status = response.status();
         let headers = response.headers().clone();

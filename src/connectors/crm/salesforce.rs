@@ -188,6 +188,8 @@ pub struct SalesforceConnector {
     own_user: tokio::sync::OnceCell<String>,
     /// Today, for the close date of a created opportunity.
     clock: SharedClock,
+    /// Every request is charged to the account's rate budget (`crate::connectors::rate`).
+    meter: crate::connectors::rate::Meter,
 }
 
 impl std::fmt::Debug for SalesforceConnector {
@@ -213,7 +215,16 @@ impl SalesforceConnector {
             describes: Mutex::new(HashMap::new()),
             own_user: tokio::sync::OnceCell::new(),
             clock: Arc::new(SystemClock),
+            meter: crate::connectors::rate::Meter::unmetered(),
         }
+    }
+
+    /// Charges every request to this rate budget (the account's, shared by live reads and the
+    /// write-back lane). Salesforce's own limit is a rolling 24-hour allowance per org, so there
+    /// is no documented per-10-second default: unmetered unless `[crm] requests_per_10s` is set.
+    pub fn with_meter(mut self, meter: crate::connectors::rate::Meter) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// The clock that dates created opportunities (their `CloseDate`).
@@ -317,6 +328,7 @@ impl SalesforceConnector {
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.meter.acquire().await;
         let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
         let status = response.status();
         let headers = response.headers().clone();

@@ -1,0 +1,322 @@
+//! Rate budgets: one token bucket per (vendor app, connected account) that every request to the
+//! vendor draws one token from — live calls' reads and the write-back lane alike — charged per
+//! real request at the connector's HTTP edge, on the injected clock.
+//!
+//! - **Live** requests (a tool call, the ring-time prefetch) never wait here: they take a token
+//!   (the level may go below zero, so the write-back lane sees what they used) and go.
+//! - **Write-back** requests (anything run inside [`writeback_lane`]: the outbox worker, the
+//!   identity pull) need a token from the shared bucket *and* from the lane's own bucket, which
+//!   holds `100 - live_reserve_percent` % of the limit and refills at that share of the rate. So the
+//!   lane never takes more than its share of the account's budget, a draining backlog leaves the
+//!   rest to calls in progress, and when live calls use more than their share the lane waits for
+//!   them (the shared bucket is empty) instead of pushing the account into the vendor's 429s.
+//!
+//! A bucket refills evenly and holds at most one window's worth, so it admits at most its
+//! capacity at once and its rate on average; a vendor that counts in fixed 10-second windows
+//! (HubSpot's `X-HubSpot-RateLimit-Interval-Milliseconds: 10000`) sees at most the limit per window
+//! once the bucket has been drained. An optional app-wide bucket (`[writeback]
+//! app_requests_per_10s`: a Google Cloud project's quota is shared by every user) is drawn the same
+//! way.
+//!
+//! Vendor defaults (requests per 10 s per account): HubSpot 100 — "100 / app" per account on Free
+//! and Starter (190 on Professional and Enterprise; set `[crm] requests_per_10s` for those),
+//! <https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines>; Google
+//! Calendar 100 — 600 requests per minute per user per project,
+//! <https://developers.google.com/workspace/calendar/api/guides/quota>. Microsoft Graph and CalDAV
+//! have no default (unmetered unless configured). The in-process sandbox and emulators on
+//! loopback enforce no limit and are unmetered unless `requests_per_10s` is set explicitly.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::watch;
+
+use crate::clock::SharedClock;
+
+/// The vendor window every limit here is expressed in.
+pub const WINDOW_SECS: f64 = 10.0;
+
+/// The vendor's documented default limit per account, requests per 10 s (0: none known).
+pub fn vendor_default(vendor: &str) -> u32 {
+    match vendor {
+        "hubspot" | "google" => 100,
+        _ => 0,
+    }
+}
+
+/// Which lane a request belongs to; [`Lane::Live`] unless run inside [`writeback_lane`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Live,
+    Writeback,
+}
+
+tokio::task_local! {
+    static LANE: Lane;
+}
+
+/// Runs `f` in the write-back lane: every vendor request it makes is metered as write-back.
+pub async fn writeback_lane<F: Future>(f: F) -> F::Output {
+    LANE.scope(Lane::Writeback, f).await
+}
+
+/// The lane of the running task.
+pub fn current_lane() -> Lane {
+    LANE.try_with(|l| *l).unwrap_or(Lane::Live)
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Shared tokens (capacity = the limit); below zero after live requests overdrew it.
+    level: f64,
+    /// The write-back lane's tokens (capacity = its share).
+    lane: f64,
+    at: Timestamp,
+}
+
+/// Requests sent per lane, for tests and `/metrics`-style inspection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub live: u64,
+    pub writeback: u64,
+}
+
+/// Every bucket of the process (they outlive a config reload: the vendor's count does too).
+pub struct RateBudgets {
+    clock: SharedClock,
+    reserve_percent: u32,
+    app_per_10s: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    sent: Mutex<HashMap<String, Sent>>,
+    /// Bumped each time a write-back request starts waiting for tokens: a signal tests wait on.
+    waits: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for RateBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateBudgets").field("reserve_percent", &self.reserve_percent).finish_non_exhaustive()
+    }
+}
+
+impl RateBudgets {
+    /// `reserve_percent` of every budget is kept from the write-back lane (0–90);
+    /// `app_per_10s` > 0 adds an app-wide bucket per vendor.
+    pub fn new(clock: SharedClock, reserve_percent: u32, app_per_10s: u32) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            reserve_percent: reserve_percent.min(90),
+            app_per_10s,
+            buckets: Mutex::new(HashMap::new()),
+            sent: Mutex::new(HashMap::new()),
+            waits: watch::channel(0).0,
+        })
+    }
+
+    /// The meter one connector charges its requests to. `per_10s` 0: unmetered.
+    pub fn meter(self: &Arc<Self>, vendor: &str, account: &str, per_10s: u32) -> Meter {
+        Meter { budgets: Some(self.clone()), vendor: vendor.to_owned(), account: account.to_owned(), per_10s }
+    }
+
+    /// Changes every time a write-back request starts waiting for tokens.
+    pub fn waits(&self) -> watch::Receiver<u64> {
+        self.waits.subscribe()
+    }
+
+    /// Requests charged so far to one account at one vendor, per lane.
+    pub fn sent(&self, vendor: &str, account: &str) -> Sent {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).get(&key(vendor, account)).copied().unwrap_or_default()
+    }
+
+    fn lane_share(&self, limit: u32) -> f64 {
+        (f64::from(limit) * f64::from(100 - self.reserve_percent) / 100.0).max(1.0)
+    }
+
+    /// Takes one token for `lane`, or says how long until one is there (write-back only).
+    fn try_take(&self, buckets: &[(String, u32)], lane: Lane, now: Timestamp) -> Option<SignedDuration> {
+        let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wait = 0.0f64;
+        for (k, limit) in buckets {
+            let (cap, share) = (f64::from(*limit), self.lane_share(*limit));
+            let b = all.entry(k.clone()).or_insert(Bucket { level: cap, lane: share, at: now });
+            let elapsed = now.duration_since(b.at).as_secs_f64().max(0.0);
+            b.level = (b.level + elapsed * cap / WINDOW_SECS).min(cap);
+            b.lane = (b.lane + elapsed * share / WINDOW_SECS).min(share);
+            b.at = now;
+            if lane == Lane::Writeback {
+                let short = |have: f64, rate: f64| if have >= 1.0 { 0.0 } else { (1.0 - have) * WINDOW_SECS / rate };
+                wait = wait.max(short(b.level, cap)).max(short(b.lane, share));
+            }
+        }
+        if wait > 0.0 {
+            // At least a millisecond, so a rounding error never spins.
+            return Some(SignedDuration::from_secs_f64(wait.max(0.001)));
+        }
+        for (k, limit) in buckets {
+            let b = all.get_mut(k).expect("inserted above");
+            // A live overdraw is bounded: at most one window of debt.
+            b.level = (b.level - 1.0).max(-f64::from(*limit));
+            if lane == Lane::Writeback {
+                b.lane -= 1.0;
+            }
+        }
+        None
+    }
+}
+
+fn key(vendor: &str, account: &str) -> String {
+    format!("{vendor}|{account}")
+}
+
+/// What a connector holds: charges each of its requests to its account's bucket.
+#[derive(Clone, Default)]
+pub struct Meter {
+    budgets: Option<Arc<RateBudgets>>,
+    vendor: String,
+    account: String,
+    per_10s: u32,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter").field("vendor", &self.vendor).field("per_10s", &self.per_10s).finish()
+    }
+}
+
+impl Meter {
+    /// A meter that charges nothing (tests, tools that talk to a vendor outside the service).
+    pub fn unmetered() -> Self {
+        Self::default()
+    }
+
+    fn buckets(&self, budgets: &RateBudgets) -> Vec<(String, u32)> {
+        let mut buckets = Vec::with_capacity(2);
+        if self.per_10s > 0 {
+            buckets.push((key(&self.vendor, &self.account), self.per_10s));
+        }
+        if budgets.app_per_10s > 0 {
+            buckets.push((format!("{}|*", self.vendor), budgets.app_per_10s));
+        }
+        buckets
+    }
+
+    /// Takes a token for a request in `lane` only if one is there now (never waits).
+    pub fn try_acquire(&self, lane: Lane) -> bool {
+        let Some(budgets) = &self.budgets else { return true };
+        let taken = budgets.try_take(&self.buckets(budgets), lane, budgets.clock.now()).is_none();
+        if taken {
+            self.count(budgets, lane);
+        }
+        taken
+    }
+
+    fn count(&self, budgets: &RateBudgets, lane: Lane) {
+        let mut sent = budgets.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let s = sent.entry(key(&self.vendor, &self.account)).or_default();
+        match lane {
+            Lane::Live => s.live += 1,
+            Lane::Writeback => s.writeback += 1,
+        }
+    }
+
+    /// Charges one request in the running task's lane: returns at once for a live request; a
+    /// write-back request waits (on the injected clock) until both its buckets have a token.
+    pub async fn acquire(&self) {
+        let Some(budgets) = &self.budgets else { return };
+        let lane = current_lane();
+        let buckets = self.buckets(budgets);
+        if !buckets.is_empty() {
+            loop {
+                let now = budgets.clock.now();
+                match budgets.try_take(&buckets, lane, now) {
+                    None => break,
+                    Some(wait) => {
+                        budgets.waits.send_modify(|n| *n += 1);
+                        budgets.clock.sleep_until(now + wait).await;
+                    }
+                }
+            }
+        }
+        self.count(budgets, lane);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    fn setup(reserve: u32) -> (Arc<ManualClock>, Arc<RateBudgets>) {
+        let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
+        let budgets = RateBudgets::new(clock.clone(), reserve, 0);
+        (clock, budgets)
+    }
+
+    /// How many write-back requests go through without the clock moving.
+    async fn drain(meter: &Meter) -> u32 {
+        let mut n = 0;
+        while meter.try_acquire(Lane::Writeback) {
+            n += 1;
+            assert!(n < 10_000, "the budget never ran out");
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn the_writeback_lane_takes_at_most_its_share_and_drains_at_that_rate() {
+        let (clock, budgets) = setup(30);
+        let meter = budgets.meter("hubspot", "a", 100);
+        assert_eq!(drain(&meter).await, 70, "70 % of HubSpot's 100 per 10 s");
+        // The reserve is there for a live call at once: live requests never wait.
+        for _ in 0..30 {
+            meter.acquire().await;
+        }
+        assert_eq!(budgets.sent("hubspot", "a"), Sent { live: 30, writeback: 70 });
+        // Another account is not affected.
+        assert_eq!(drain(&budgets.meter("hubspot", "b", 100)).await, 70);
+        // One window later the lane has its share again, never more.
+        clock.advance(SignedDuration::from_secs(10));
+        assert_eq!(drain(&meter).await, 70);
+        clock.advance(SignedDuration::from_secs(5));
+        assert_eq!(drain(&meter).await, 35, "half a window, half the share");
+    }
+
+    #[tokio::test]
+    async fn live_reads_draw_the_same_bucket_and_the_lane_yields_to_them() {
+        let (clock, budgets) = setup(30);
+        let meter = budgets.meter("hubspot", "a", 100);
+        // A busy minute of calls: 90 live reads in the window.
+        for _ in 0..90 {
+            meter.acquire().await;
+        }
+        assert_eq!(drain(&meter).await, 10, "the lane gets only what the calls left");
+        // A waiting write-back request goes once the clock has refilled a token.
+        let meter2 = meter.clone();
+        let mut w = budgets.waits();
+        let pending = tokio::spawn(async move { writeback_lane(meter2.acquire()).await });
+        w.changed().await.unwrap();
+        assert!(!pending.is_finished());
+        clock.advance(SignedDuration::from_secs(1));
+        pending.await.unwrap();
+        assert_eq!(budgets.sent("hubspot", "a"), Sent { live: 90, writeback: 11 });
+    }
+
+    #[tokio::test]
+    async fn an_app_wide_budget_caps_every_account_together_and_zero_is_unmetered() {
+        let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
+        let budgets = RateBudgets::new(clock.clone(), 50, 60);
+        let a = drain(&budgets.meter("google", "a", 100)).await;
+        let b = drain(&budgets.meter("google", "b", 100)).await;
+        assert_eq!(a + b, 30, "half of the app's 60: {a} + {b}");
+        // An unmetered account (a CalDAV server) still obeys the app-wide bucket only if one is
+        // set; with none it never waits.
+        let none = RateBudgets::new(clock.clone(), 30, 0);
+        let free = none.meter("caldav", "a", 0);
+        for _ in 0..1000 {
+            writeback_lane(free.acquire()).await;
+        }
+        assert_eq!(none.sent("caldav", "a").writeback, 1000);
+        assert_eq!(Clock::now(&*clock), "2026-11-23T14:00:00Z".parse::<Timestamp>().unwrap());
+    }
+}
