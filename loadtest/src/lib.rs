@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// The service's longest write-back retry backoff (short, so the backlog drains in the run).
     #[arg(long, default_value_t = 5)]
     pub max_backoff_secs: u64,
+    /// Each sandbox tenant's CRM rate budget (`[crm] requests_per_10s`, shared by live reads and
+    /// the write-back lane); unset, the sandbox is unmetered and the backlog drains at the
+    /// machine's pace. Set it (e.g. 100, HubSpot's) to load-test the write-back lane's throttling.
+    #[arg(long)]
+    pub crm_requests_per_10s: Option<u32>,
     /// How long to wait after the last call for the backlog to drain.
     #[arg(long, default_value_t = 180)]
     pub drain_timeout_secs: u64,
@@ -142,6 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
         unsafe_bypass_hold_ledger: args.unsafe_bypass_hold_ledger,
         max_backoff_secs: args.max_backoff_secs,
         max_concurrent_calls: 20_000,
+        crm_requests_per_10s: args.crm_requests_per_10s,
     };
     let mut service = match &args.url {
         Some(url) => Service::at(url).await?,

@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                 unsafe_bypass_hold_ledger: false,
                 max_backoff_secs,
                 max_concurrent_calls: 20_000,
+                crm_requests_per_10s: None,
             };
             let path = loadtest::setup::write_config(&dir, &specs, &knobs)?;
             println!("{}", path.display());

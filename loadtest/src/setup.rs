@@ -56,6 +56,9 @@ pub struct ServerKnobs {
     pub unsafe_bypass_hold_ledger: bool,
     pub max_backoff_secs: u64,
     pub max_concurrent_calls: usize,
+    /// Each tenant's CRM rate budget (`[crm] requests_per_10s`); `None`: the sandbox default,
+    /// unmetered, so the backlog drains as fast as the machine allows.
+    pub crm_requests_per_10s: Option<u32>,
 }
 
 /// Writes `callside.toml` and one tenant file per tenant into `dir`; returns the server file.
@@ -103,7 +106,7 @@ hold_ttl_secs = 300
 [crm]
 vendor = "hubspot"
 base_url = "sandbox"
-
+{crm_budget}
 [calendar]
 vendor = "google"
 base_url = "sandbox"
@@ -146,6 +149,7 @@ buffer_after_minutes = 15
 "#,
             id = t.id,
             number = t.number,
+            crm_budget = knobs.crm_requests_per_10s.map(|n| format!("requests_per_10s = {n}\n")).unwrap_or_default(),
         );
         std::fs::write(tdir.join(format!("{}.toml", t.id)), text)?;
     }
@@ -343,4 +347,29 @@ pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budgets(crm_requests_per_10s: Option<u32>) -> Vec<u32> {
+        let dir = tempfile::tempdir().unwrap();
+        let knobs = ServerKnobs {
+            unsafe_bypass_hold_ledger: false,
+            max_backoff_secs: 5,
+            max_concurrent_calls: 10,
+            crm_requests_per_10s,
+        };
+        let path = write_config(dir.path(), &tenant_specs(2, 1), &knobs).unwrap();
+        let config =
+            callside::config::Config::load(&path, &callside::config::Overrides::default()).expect("valid config");
+        config.tenants.iter().map(|t| t.crm.requests_per_10s()).collect()
+    }
+
+    #[test]
+    fn the_crm_budget_reaches_every_generated_tenant_and_the_sandbox_is_unmetered_without_it() {
+        assert_eq!(budgets(Some(100)), [100, 100]);
+        assert_eq!(budgets(None), [0, 0], "the sandbox is unmetered by default");
+    }
 }

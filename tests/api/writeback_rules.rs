@@ -214,10 +214,8 @@ async fn seed_call_3_an_existing_caller_by_phone_is_updated_and_the_call_logged_
     app.shutdown().await;
 }
 
-/// Email matching is the `identity` helper's work (issue 6) and had not merged when this was
-/// written: today a caller from an unknown number who gives a known email is not matched, and
-/// the contact create is refused by HubSpot's unique email — so no duplicate is made, and the
-/// call is visible as failed for an operator instead of silently lost.
+/// A known caller from an unknown number who gives their email is matched by the email (the
+/// identity index, issue 6): the call lands on her contact and no contact is created.
 #[tokio::test]
 async fn seed_call_4_an_existing_caller_by_email_never_gets_a_duplicate() {
     let app = app("auto").await;
@@ -234,15 +232,8 @@ async fn seed_call_4_an_existing_caller_by_email_never_gets_a_duplicate() {
     assert_eq!(app.hubspot.contacts().len(), before, "no duplicate contact for a known email");
     let steps = app.core.store.steps_for_call("demo", "seed-4").await.unwrap();
     let contact_step = steps.iter().find(|s| s.kind == "contact").unwrap();
-    if status == "synced" {
-        // Email matching has landed: the call is on Ana.
-        assert_eq!(contact_step.external_id.as_deref(), Some(ana(&app).id.as_str()));
-    } else {
-        assert_eq!(status, "failed");
-        assert_eq!(contact_step.status, "dead", "{contact_step:?}");
-        // HubSpot's unique-email conflict ("Contact already exists. Existing ID: ...").
-        assert!(contact_step.last_error.as_deref().unwrap_or_default().contains("already exists"), "{contact_step:?}");
-    }
+    assert_eq!(status, "synced", "{steps:?}");
+    assert_eq!(contact_step.external_id.as_deref(), Some(ana(&app).id.as_str()), "the call is on Ana");
     app.shutdown().await;
 }
 
