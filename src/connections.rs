@@ -47,6 +47,12 @@ pub trait TokenSource: Send + Sync + 'static {
     /// The vendor refused `rejected` as expired: a fresh token. Concurrent callers holding the
     /// same rejected token share one refresh.
     async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError>;
+
+    /// The API base the vendor assigned to this grant, when it assigns one (Pipedrive's
+    /// `api_domain`); `None`: use the configured base URL.
+    async fn api_base(&self) -> Result<Option<Url>, ConnectorError> {
+        Ok(None)
+    }
 }
 
 /// A fixed token (a private-app token, the sandbox's token). It cannot be refreshed.
@@ -182,6 +188,15 @@ pub const HUBSPOT_SCOPES: [&str; 7] = [
     "crm.schemas.contacts.read",
 ];
 
+/// How the app authenticates itself at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (HubSpot).
+    FormBody,
+    /// `Authorization: Basic base64(client_id:client_secret)` (RFC 6749 §2.3.1; Pipedrive).
+    HttpBasic,
+}
+
 /// An OAuth app registered with a vendor. Config names only the environment variables holding
 /// the client id and secret; the tokens live in the store.
 #[derive(Debug, Clone)]
@@ -193,6 +208,11 @@ pub struct OAuthApp {
     pub token_url: Url,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
+    pub client_auth: ClientAuth,
+    /// Hosts an `api_domain` from the token endpoint may name (`.pipedrive.com`: any company
+    /// subdomain over HTTPS). The token endpoint's own host is always accepted (the sandbox).
+    /// Empty: the vendor assigns no API domain and any returned one is ignored.
+    pub api_domain_suffixes: Vec<String>,
 }
 
 impl OAuthApp {
@@ -213,7 +233,49 @@ impl OAuthApp {
             token_url: api_base.join("oauth/v1/token")?,
             redirect_uri: redirect_uri.into(),
             scopes: HUBSPOT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            client_auth: ClientAuth::FormBody,
+            api_domain_suffixes: Vec::new(),
         })
+    }
+}
+
+/// Pipedrive's OAuth server (<https://pipedrive.readme.io/docs/marketplace-oauth-authorization>):
+/// authorize at `{oauth_base}/oauth/authorize`, tokens from `{oauth_base}/oauth/token` with the
+/// client credentials in HTTP Basic; scopes come from the app's registration. Each answer names
+/// the company's `api_domain` (`https://<company>.pipedrive.com`), the base for its API calls.
+pub const PIPEDRIVE_API_DOMAIN_SUFFIX: &str = ".pipedrive.com";
+
+impl OAuthApp {
+    pub fn pipedrive(
+        client_id: &str,
+        client_secret: SecretString,
+        redirect_uri: &str,
+        oauth_base: &Url,
+    ) -> Result<Self, url::ParseError> {
+        Ok(Self {
+            vendor: "pipedrive".into(),
+            client_id: client_id.into(),
+            client_secret,
+            authorize_url: oauth_base.join("oauth/authorize")?,
+            token_url: oauth_base.join("oauth/token")?,
+            redirect_uri: redirect_uri.into(),
+            scopes: Vec::new(),
+            client_auth: ClientAuth::HttpBasic,
+            api_domain_suffixes: vec![PIPEDRIVE_API_DOMAIN_SUFFIX.into()],
+        })
+    }
+
+    /// The Pipedrive app whose client id and secret are in the named environment variables.
+    pub fn pipedrive_from_env(
+        client_id_env: &str,
+        client_secret_env: &str,
+        redirect_uri: &str,
+        oauth_base: &Url,
+    ) -> Result<Self, String> {
+        let read = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+        let client_id = read(client_id_env)?;
+        let secret = SecretString::from(read(client_secret_env)?);
+        Self::pipedrive(&client_id, secret, redirect_uri, oauth_base).map_err(|e| e.to_string())
     }
 }
 
@@ -234,12 +296,35 @@ impl OAuthApp {
     }
 }
 
-/// The token endpoint's answer (RFC 6749 §5.1; HubSpot's v1 shape).
+/// The token endpoint's answer (RFC 6749 §5.1; HubSpot's v1 shape; Pipedrive adds
+/// `api_domain`).
 #[derive(Debug, Deserialize)]
 struct TokenResponse {
     access_token: String,
     refresh_token: Option<String>,
     expires_in: Option<u64>,
+    #[serde(default)]
+    api_domain: Option<String>,
+}
+
+impl OAuthApp {
+    /// The `api_domain` a token answer named, if this app accepts it: HTTPS on one of
+    /// [`OAuthApp::api_domain_suffixes`], or the token endpoint's own origin. Anything else is
+    /// refused, so a tampered answer cannot send the bearer token to another host.
+    pub fn accepted_api_domain(&self, raw: &str) -> Result<Url, String> {
+        let url = Url::parse(raw).map_err(|_| "api_domain is not a URL".to_string())?;
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let same_origin = url.scheme() == self.token_url.scheme()
+            && url.host_str() == self.token_url.host_str()
+            && url.port_or_known_default() == self.token_url.port_or_known_default();
+        let allowed = url.scheme() == "https"
+            && self.api_domain_suffixes.iter().any(|s| host.ends_with(&s.to_ascii_lowercase()) && host.len() > s.len());
+        if (same_origin || allowed) && url.path() == "/" && url.query().is_none() && url.username().is_empty() {
+            Ok(url)
+        } else {
+            Err(format!("api_domain {host} is not an allowed API host"))
+        }
+    }
 }
 
 /// The token endpoint's error: HubSpot's `{status, message}` or RFC 6749 §5.2 `{error}`.
@@ -297,10 +382,13 @@ impl Connections {
         };
         self.store.save_oauth_state(&row).await?;
         let mut url = app.authorize_url.clone();
+        // Pipedrive takes its scopes from the app's registration, not from the URL.
+        if !app.scopes.is_empty() {
+            url.query_pairs_mut().append_pair("scope", &app.scopes.join(" "));
+        }
         url.query_pairs_mut()
             .append_pair("client_id", &app.client_id)
             .append_pair("redirect_uri", &app.redirect_uri)
-            .append_pair("scope", &app.scopes.join(" "))
             .append_pair("state", &state)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
@@ -323,13 +411,12 @@ impl Connections {
             self.cipher.decrypt(&pending.key_id, &pending.verifier_ct, &format!("oauth_state:{}", pending.state))?;
         let form = [
             ("grant_type", "authorization_code"),
-            ("client_id", app.client_id.as_str()),
-            ("client_secret", app.client_secret.expose_secret()),
             ("redirect_uri", app.redirect_uri.as_str()),
             ("code", code),
             ("code_verifier", verifier.expose_secret()),
         ];
         let tokens = self.token_request(app, &form).await?;
+        let api_domain = checked_api_domain(app, &tokens).map_err(ConnectionError::Vendor)?;
         let refresh = tokens
             .refresh_token
             .clone()
@@ -337,6 +424,9 @@ impl Connections {
         let id = connection_id(&pending.tenant, &app.vendor);
         let row = self.sealed_row(&id, &pending.tenant, &app.vendor, &tokens, &refresh, &app.scopes.join(" "))?;
         self.store.upsert_connection(&row).await?;
+        if let Some(domain) = api_domain {
+            self.store.set_api_domain(&id, domain.as_str(), self.clock.now().as_millisecond()).await?;
+        }
         Ok(ConnectionInfo { id, tenant: pending.tenant, vendor: app.vendor.clone(), status: "active".into() })
     }
 
@@ -423,8 +513,6 @@ impl Connections {
             .map_err(|e| ConnectorError::Permanent(e.to_string()))?;
         let form = [
             ("grant_type", "refresh_token"),
-            ("client_id", app.client_id.as_str()),
-            ("client_secret", app.client_secret.expose_secret()),
             ("redirect_uri", app.redirect_uri.as_str()),
             ("refresh_token", refresh.expose_secret()),
         ];
@@ -437,6 +525,9 @@ impl Connections {
             }
             Err(e) => return Err(e),
         };
+        // A token answer naming a host the app does not accept is not used at all (the
+        // refresh token, which Pipedrive does not rotate, stays as it was).
+        let api_domain = checked_api_domain(app, &tokens)?;
         // A rotated refresh token replaces the old one; otherwise the old one stays.
         let next_refresh = tokens.refresh_token.clone().unwrap_or_else(|| refresh.expose_secret().to_string());
         let sealed = self
@@ -447,17 +538,39 @@ impl Connections {
             .upsert_connection(&sealed)
             .await
             .map_err(|e| ConnectorError::Transient(format!("storing the refreshed token: {e}")))?;
+        if let Some(domain) = api_domain {
+            self.store
+                .set_api_domain(id, domain.as_str(), self.clock.now().as_millisecond())
+                .await
+                .map_err(|e| ConnectorError::Transient(format!("storing the API domain: {e}")))?;
+        }
         Ok(SecretString::from(tokens.access_token))
     }
 
-    async fn token_request(&self, app: &OAuthApp, form: &[(&str, &str)]) -> Result<TokenResponse, ConnectorError> {
-        let response = self
-            .http
-            .post(app.token_url.clone())
-            .form(form)
-            .send()
+    /// The stored API domain of a connection, if the vendor assigned one.
+    pub async fn api_domain(&self, id: &str) -> Result<Option<Url>, ConnectorError> {
+        let raw = self
+            .store
+            .api_domain(id)
             .await
-            .map_err(|e| ConnectorError::from_transport(&e))?;
+            .map_err(|e| ConnectorError::Transient(format!("reading the API domain: {e}")))?;
+        Ok(raw.and_then(|r| Url::parse(&r).ok()))
+    }
+
+    async fn token_request(&self, app: &OAuthApp, form: &[(&str, &str)]) -> Result<TokenResponse, ConnectorError> {
+        let request = self.http.post(app.token_url.clone());
+        let request = match app.client_auth {
+            ClientAuth::FormBody => {
+                let mut with_client: Vec<(&str, &str)> =
+                    vec![("client_id", app.client_id.as_str()), ("client_secret", app.client_secret.expose_secret())];
+                with_client.extend_from_slice(form);
+                request.form(&with_client)
+            }
+            ClientAuth::HttpBasic => {
+                request.basic_auth(&app.client_id, Some(app.client_secret.expose_secret())).form(form)
+            }
+        };
+        let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?;
         if status.is_success() {
@@ -466,6 +579,15 @@ impl Connections {
         }
         let error: TokenError = serde_json::from_slice(&body).unwrap_or_default();
         Err(classify_token_error(status.as_u16(), &error))
+    }
+}
+
+/// The `api_domain` of a token answer when the app's vendor assigns one (Pipedrive), checked
+/// against the hosts the app accepts; `None` for vendors without API domains.
+fn checked_api_domain(app: &OAuthApp, tokens: &TokenResponse) -> Result<Option<Url>, ConnectorError> {
+    match tokens.api_domain.as_deref().filter(|_| !app.api_domain_suffixes.is_empty()) {
+        None => Ok(None),
+        Some(raw) => app.accepted_api_domain(raw).map(Some).map_err(ConnectorError::Permanent),
     }
 }
 
@@ -507,6 +629,13 @@ impl TokenSource for ConnectionTokens {
 
     async fn refreshed(&self, rejected: &SecretString) -> Result<SecretString, ConnectorError> {
         self.connections.refresh(&self.app, &self.id, Some(rejected)).await
+    }
+
+    async fn api_base(&self) -> Result<Option<Url>, ConnectorError> {
+        if self.app.api_domain_suffixes.is_empty() {
+            return Ok(None);
+        }
+        self.connections.api_domain(&self.id).await
     }
 }
 

@@ -8,6 +8,7 @@ pub mod google_calendar;
 pub mod graph;
 pub mod hubspot;
 pub mod hubspot_webhooks;
+pub mod pipedrive;
 pub mod radicale;
 
 use std::io;

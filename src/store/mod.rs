@@ -4,6 +4,7 @@
 //!
 //! Times are stored as milliseconds since the Unix epoch from the injected clock.
 
+mod connection_api_domains;
 mod connections;
 mod console;
 mod group_commit;

@@ -622,7 +622,15 @@ impl CrmConnector for HubSpotConnector {
             .collect();
         recent_activity.sort_by_key(|a| std::cmp::Reverse(a.at));
         recent_activity.truncate(RECENT_ACTIVITY);
-        Ok(CrmContext { contact: to_contact(&contact), open_deals, open_tickets, open_tasks, recent_activity, owner })
+        Ok(CrmContext {
+            contact: to_contact(&contact),
+            open_deals,
+            open_tickets,
+            open_tasks,
+            recent_activity,
+            owner,
+            organization: None,
+        })
     }
 
     async fn create_contact(&self, fields: &ContactFields, idempotency_key: &str) -> Result<String, ConnectorError> {
