@@ -27,6 +27,7 @@ use crate::connectors::calendar::google::GoogleCalendarConnector;
 use crate::connectors::calendar::graph::GraphCalendarConnector;
 use crate::connectors::crm::CrmConnector;
 use crate::connectors::crm::hubspot::HubSpotConnector;
+use crate::connectors::crm::pipedrive::PipedriveConnector;
 use crate::connectors::http_client;
 use crate::context::ContextService;
 use crate::gateway::connect::ConnectService;
@@ -78,7 +79,9 @@ impl Application {
         let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
         let mut tenants = Vec::new();
         for t in &config.tenants {
-            let crm: Arc<dyn CrmConnector> = if t.crm.auth == "oauth" {
+            let crm: Arc<dyn CrmConnector> = if t.crm.vendor == "pipedrive" {
+                pipedrive_connector(t, sandbox.as_ref(), &connect, &client)?
+            } else if t.crm.auth == "oauth" {
                 let app = connect.apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
                 let url = match (&sandbox, t.crm.base_url.as_str()) {
                     (Some(s), "sandbox") => s.hubspot.base_url(),
@@ -274,7 +277,7 @@ fn connect_service(
 ) -> anyhow::Result<ConnectService> {
     let cipher = match TokenCipher::from_env() {
         Ok(c) => c,
-        Err(_) if config.connect.hubspot.is_none() => {
+        Err(_) if config.connect.hubspot.is_none() && config.connect.pipedrive.is_none() => {
             // Only sandbox connections can exist: their tokens are worthless outside this
             // process, so a per-process key is acceptable (they cannot be read after a restart).
             tracing::warn!("CALLSIDE_SECRET_KEY is not set; sandbox connections are encrypted with a per-process key");
@@ -304,7 +307,46 @@ fn connect_service(
         )?;
         apps.insert("hubspot".to_owned(), Arc::new(oauth));
     }
+    // Pipedrive: one OAuth server for the authorize page and the token endpoint.
+    let pipedrive_redirect = format!("{public_url}/v1/connect/pipedrive/callback");
+    if let Some(app) = &config.connect.pipedrive {
+        let oauth_base = url::Url::parse(app.authorize_base_url.as_deref().unwrap_or("https://oauth.pipedrive.com/"))
+            .context("connect.pipedrive.authorize_base_url")?;
+        let oauth =
+            OAuthApp::pipedrive_from_env(&app.client_id_env, &app.client_secret_env, &pipedrive_redirect, &oauth_base)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        apps.insert("pipedrive".to_owned(), Arc::new(oauth));
+    } else if let Some(s) = sandbox {
+        let oauth = OAuthApp::pipedrive(
+            sandbox::pipedrive::OAUTH_CLIENT_ID,
+            SecretString::from(sandbox::pipedrive::OAUTH_CLIENT_SECRET.to_owned()),
+            &pipedrive_redirect,
+            &s.pipedrive.base_url(),
+        )?;
+        apps.insert("pipedrive".to_owned(), Arc::new(oauth));
+    }
     Ok(ConnectService { connections, apps, worker: None })
+}
+
+/// A Pipedrive tenant's connector: over its OAuth connection (the API base is the connection's
+/// `api_domain`; `base_url` is only the fallback) or with a personal API token.
+fn pipedrive_connector(
+    t: &crate::config::TenantConfig,
+    sandbox: Option<&Sandbox>,
+    connect: &ConnectService,
+    client: &reqwest::Client,
+) -> anyhow::Result<Arc<dyn CrmConnector>> {
+    if t.crm.auth == "oauth" {
+        let app = connect.apps.get("pipedrive").cloned().context("oauth tenant without a Pipedrive OAuth app")?;
+        let url = match (sandbox, t.crm.base_url.as_str()) {
+            (Some(s), "sandbox") => s.pipedrive.base_url(),
+            (_, base) => url::Url::parse(base).context("crm.base_url")?,
+        };
+        let tokens = connect.connections.token_source(app, &connection_id(&t.id, "pipedrive"));
+        return Ok(Arc::new(PipedriveConnector::with_token_source(url, tokens, client.clone())));
+    }
+    let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.pipedrive.base_url(), sandbox::PIPEDRIVE_TOKEN)))?;
+    Ok(Arc::new(PipedriveConnector::new(url, token, client.clone())))
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {

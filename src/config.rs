@@ -114,6 +114,10 @@ pub struct ConnectSection {
     /// Empty: `http://{listen}`.
     pub public_url: String,
     pub hubspot: Option<OAuthAppSection>,
+    /// Pipedrive's OAuth server is `authorize_base_url` (default `https://oauth.pipedrive.com/`)
+    /// for both the authorize page and the token endpoint; `api_base_url` is unused (each
+    /// connection's API base is the `api_domain` Pipedrive returns).
+    pub pipedrive: Option<OAuthAppSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -515,13 +519,15 @@ impl Config {
         if server.writeback.account_requests_per_10s < 3 {
             issue(server_path, "writeback.account_requests_per_10s", "must be at least 3 (one step's requests)".into());
         }
-        if let Some(app) = &server.connect.hubspot {
-            for (k, var) in [
-                ("connect.hubspot.client_id_env", &app.client_id_env),
-                ("connect.hubspot.client_secret_env", &app.client_secret_env),
-            ] {
+        for (name, app) in [("hubspot", &server.connect.hubspot), ("pipedrive", &server.connect.pipedrive)] {
+            let Some(app) = app else { continue };
+            for (k, var) in [("client_id_env", &app.client_id_env), ("client_secret_env", &app.client_secret_env)] {
                 if std::env::var_os(var).is_none() {
-                    issue(server_path, k, format!("environment variable {var} is not set"));
+                    issue(
+                        server_path,
+                        &format!("connect.{name}.{k}"),
+                        format!("environment variable {var} is not set"),
+                    );
                 }
             }
         }
@@ -649,7 +655,7 @@ impl Config {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
             for (key, v, kinds) in
-                [("crm", &t.crm, &["hubspot"][..]), ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..])]
+                [("crm", &t.crm, &["hubspot", "pipedrive"][..]), ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..])]
             {
                 if v.password.is_some() {
                     issue(
@@ -681,13 +687,20 @@ impl Config {
                 if !["token", "oauth"].contains(&v.auth.as_str()) {
                     issue(&format!("{key}.auth"), format!("{:?} must be \"token\" or \"oauth\"", v.auth));
                 } else if v.auth == "oauth" {
-                    if key != "crm" || v.vendor != "hubspot" {
+                    let app = match v.vendor.as_str() {
+                        "hubspot" => &server.connect.hubspot,
+                        _ => &server.connect.pipedrive,
+                    };
+                    if key != "crm" {
                         issue(
                             &format!("{key}.auth"),
-                            "oauth connections are supported for the HubSpot CRM only so far".into(),
+                            "oauth connections are supported for the HubSpot and Pipedrive CRMs only so far".into(),
                         );
-                    } else if v.base_url != "sandbox" && server.connect.hubspot.is_none() {
-                        issue(&format!("{key}.auth"), "oauth needs a [connect.hubspot] app in the server file".into());
+                    } else if v.base_url != "sandbox" && app.is_none() {
+                        issue(
+                            &format!("{key}.auth"),
+                            format!("oauth needs a [connect.{}] app in the server file", v.vendor),
+                        );
                     }
                     continue;
                 }

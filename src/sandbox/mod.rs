@@ -15,12 +15,14 @@ use std::io;
 
 use google_calendar::GoogleCalendarSandbox;
 use hubspot::HubSpotSandbox;
+use pipedrive::PipedriveSandbox;
 
 /// The bearer tokens the emulators accept. They protect nothing (loopback, fake data) and exist
 /// so the connectors' auth paths run exactly as against the vendor.
 pub const HUBSPOT_TOKEN: &str = "sandbox-hubspot-token";
 pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
 pub const GRAPH_TOKEN: &str = "sandbox-graph-token";
+pub const PIPEDRIVE_TOKEN: &str = "sandbox-pipedrive-api-token";
 
 /// Loopback ports for [`Sandbox::start_on`]; 0 picks a free one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +37,7 @@ pub struct Sandbox {
     pub hubspot: HubSpotSandbox,
     pub google: GoogleCalendarSandbox,
     pub graph: graph::GraphSandbox,
+    pub pipedrive: PipedriveSandbox,
 }
 
 impl Sandbox {
@@ -46,6 +49,7 @@ impl Sandbox {
     /// Starts every emulator on the given loopback ports (0: any free one).
     pub async fn start_on(ports: SandboxPorts) -> io::Result<Sandbox> {
         Ok(Sandbox {
+<<<<<<< HEAD
             hubspot: HubSpotSandbox::start_on(HUBSPOT_TOKEN, ports.hubspot)?,
             google: GoogleCalendarSandbox::serve_on(
                 google_calendar::GoogleCalendarState::new(GOOGLE_TOKEN),
@@ -53,6 +57,12 @@ impl Sandbox {
             )
             .await?,
             graph: graph::GraphSandbox::serve_on(graph::GraphState::new(GRAPH_TOKEN), ports.graph).await?,
+=======
+            hubspot: HubSpotSandbox::start(HUBSPOT_TOKEN)?,
+            google: GoogleCalendarSandbox::start(GOOGLE_TOKEN).await?,
+            graph: graph::GraphSandbox::start(GRAPH_TOKEN).await?,
+            pipedrive: PipedriveSandbox::start_with_api_token(PIPEDRIVE_TOKEN).await?,
+>>>>>>> aee73d8 (Tenants can select Pipedrive: config, app wiring, sandbox emulator and demo seed)
         })
     }
 
@@ -75,5 +85,14 @@ impl Sandbox {
             ],
             &ana,
         );
+        // The same returning customer for tenants on Pipedrive.
+        let ana = self.pipedrive.state.insert_person(
+            "Ana López",
+            Some("ana.lopez@example.com"),
+            &["(415) 555-0134"],
+            Some("94110"),
+            None,
+        );
+        self.pipedrive.state.insert_deal(&ana, "Color correction package", "open", pipedrive::STAGES[0].0);
     }
 }

@@ -184,6 +184,8 @@ struct Inner {
     window_used: u64,
     /// What the token endpoint returns as `api_domain` (default: the emulator's own URL).
     api_domain: String,
+    /// A personal API token accepted in `x-api-token` (the demo's token mode).
+    api_token: Option<String>,
     requests: Vec<(String, String, u16)>,
 }
 
@@ -224,6 +226,7 @@ impl PipedriveState {
                 window_start: now,
                 window_used: 0,
                 api_domain,
+                api_token: None,
                 requests: Vec::new(),
             }),
             clock: Mutex::new(clock),
@@ -272,8 +275,7 @@ impl PipedriveState {
             .enumerate()
             .map(|(i, p)| json!({"value": p, "primary": i == 0, "label": if i == 0 { "work" } else { "mobile" }}))
             .collect();
-        let emails =
-            email.map(|e| vec![json!({"value": e, "primary": true, "label": "work"})]).unwrap_or_default();
+        let emails = email.map(|e| vec![json!({"value": e, "primary": true, "label": "work"})]).unwrap_or_default();
         inner.persons.insert(
             id,
             Person {
@@ -387,6 +389,16 @@ impl PipedriveState {
         let inner = self.lock();
         let Some(person) = person_id.parse().ok().and_then(|id: u64| inner.persons.get(&id)) else { return vec![] };
         person.phones.iter().filter_map(|p| p["value"].as_str().map(String::from)).collect()
+    }
+
+    /// The id of the person holding this exact phone string, if any.
+    pub fn person_with_phone(&self, phone: &str) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .persons
+            .iter()
+            .find(|(_, p)| p.phones.iter().any(|e| e["value"].as_str() == Some(phone)))
+            .map(|(id, _)| id.to_string())
     }
 
     pub fn persons_total(&self) -> usize {
@@ -573,7 +585,8 @@ fn person_fields() -> Value {
         custom(9106, DATETIME_FIELD_KEY, "Last call at", "varchar"),
     ];
     let mut with_options = custom(9107, ENUM_FIELD_KEY, "Preferred channel", "enum");
-    with_options["options"] = json!(ENUM_OPTIONS.iter().map(|(id, label)| json!({"id": id, "label": label})).collect::<Vec<_>>());
+    with_options["options"] =
+        json!(ENUM_OPTIONS.iter().map(|(id, label)| json!({"id": id, "label": label})).collect::<Vec<_>>());
     fields.push(with_options);
     Value::Array(fields)
 }
@@ -585,6 +598,13 @@ pub struct PipedriveSandbox {
 }
 
 impl PipedriveSandbox {
+    /// Like [`PipedriveSandbox::start`], also accepting `api_token` in `x-api-token`.
+    pub async fn start_with_api_token(api_token: &str) -> io::Result<Self> {
+        let sandbox = Self::start().await?;
+        sandbox.state.lock().api_token = Some(api_token.to_string());
+        Ok(sandbox)
+    }
+
     /// Binds `127.0.0.1:0` and serves the API and the OAuth server on the current runtime.
     pub async fn start() -> io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -732,7 +752,11 @@ fn gate(inner: &mut Inner, request: &Request, method: &Method, path: &str, now: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let valid = presented.and_then(|t| inner.oauth.access.get(t)).is_some_and(|expired| !expired);
+    // A personal API token goes in `x-api-token`
+    // (<https://pipedrive.readme.io/docs/core-api-concepts-authentication>).
+    let api_token = request.headers().get("x-api-token").and_then(|v| v.to_str().ok());
+    let valid = presented.and_then(|t| inner.oauth.access.get(t)).is_some_and(|expired| !expired)
+        || (api_token.is_some() && api_token == inner.api_token.as_deref());
     if !valid {
         // A missing, unknown or expired token: 401 with Pipedrive's `unauthorized access` body.
         let body = json!({
@@ -843,8 +867,12 @@ async fn list_persons(State(state): State<Arc<PipedriveState>>, Query(q): Query<
     }
     let offset = q.get("cursor").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
     let ids: Option<HashSet<u64>> = q.get("ids").map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
-    let mut all: Vec<(u64, &Person)> =
-        inner.persons.iter().filter(|(id, _)| ids.as_ref().is_none_or(|set| set.contains(id))).map(|(k, v)| (*k, v)).collect();
+    let mut all: Vec<(u64, &Person)> = inner
+        .persons
+        .iter()
+        .filter(|(id, _)| ids.as_ref().is_none_or(|set| set.contains(id)))
+        .map(|(k, v)| (*k, v))
+        .collect();
     if q.get("sort_direction").map(String::as_str) == Some("desc") {
         all.reverse();
     }
@@ -866,7 +894,10 @@ fn validate_person_body(inner: &Inner, body: &Map<String, Value>) -> Option<Resp
         if let Some(list) = body.get(key) {
             let fine = list.as_array().is_some_and(|a| a.iter().all(|e| e.get("value").is_some_and(Value::is_string)));
             if !fine {
-                return Some(error(StatusCode::BAD_REQUEST, &format!("Validation failed: {key}: must be an array of {{value, primary, label}}")));
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Validation failed: {key}: must be an array of {{value, primary, label}}"),
+                ));
             }
         }
     }
@@ -876,10 +907,16 @@ fn validate_person_body(inner: &Inner, body: &Map<String, Value>) -> Option<Resp
     let custom = body.get("custom_fields").and_then(Value::as_object).cloned().unwrap_or_default();
     for (key, value) in &custom {
         let Some(def) = defs.iter().find(|d| d["key"] == json!(key)) else {
-            return Some(error(StatusCode::BAD_REQUEST, &format!("Validation failed: custom_fields.{key}: unknown field")));
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                &format!("Validation failed: custom_fields.{key}: unknown field"),
+            ));
         };
         if inner.rejected.contains(key) {
-            return Some(error(StatusCode::BAD_REQUEST, &format!("Validation failed: custom_fields.{key}: the value is not allowed")));
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                &format!("Validation failed: custom_fields.{key}: the value is not allowed"),
+            ));
         }
         let fits = match def["field_type"].as_str().unwrap_or_default() {
             _ if value.is_null() => true,
@@ -995,11 +1032,17 @@ fn digits(s: &str) -> String {
 /// `GET /api/v2/persons/search`. Pipedrive matches the term anywhere in the field unless
 /// `exact_match=true`; phones match on their digits (a term of digits finds every layout of the
 /// number), case-insensitively elsewhere. Only indexed persons are found.
-async fn search_persons(State(state): State<Arc<PipedriveState>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn search_persons(
+    State(state): State<Arc<PipedriveState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let term = q.get("term").map(|t| t.trim().to_lowercase()).unwrap_or_default();
     let exact = q.get("exact_match").is_some_and(|v| v == "true" || v == "1");
     if term.chars().count() < if exact { 1 } else { 2 } {
-        return error(StatusCode::BAD_REQUEST, "Validation failed: term: Search term must be at least 2 characters long");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Validation failed: term: Search term must be at least 2 characters long",
+        );
     }
     let fields: Vec<String> = q
         .get("fields")
@@ -1161,7 +1204,10 @@ fn activity_json(id: u64, a: &Activity) -> Value {
     Value::Object(v)
 }
 
-async fn list_activities(State(state): State<Arc<PipedriveState>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list_activities(
+    State(state): State<Arc<PipedriveState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let inner = state.lock();
     let person = q.get("person_id").and_then(|p| p.parse::<u64>().ok());
     let done = q.get("done").map(|d| d == "true" || d == "1");
@@ -1183,8 +1229,20 @@ async fn read_activity(State(state): State<Arc<PipedriveState>>, Path(id): Path<
     }
 }
 
-const ACTIVITY_FIELDS: [&str; 12] =
-    ["subject", "type", "owner_id", "deal_id", "person_id", "due_date", "due_time", "duration", "done", "note", "busy", "participants"];
+const ACTIVITY_FIELDS: [&str; 12] = [
+    "subject",
+    "type",
+    "owner_id",
+    "deal_id",
+    "person_id",
+    "due_date",
+    "due_time",
+    "duration",
+    "done",
+    "note",
+    "busy",
+    "participants",
+];
 const ACTIVITY_TYPES: [&str; 6] = ["call", "meeting", "task", "deadline", "email", "lunch"];
 
 fn validate_activity(inner: &Inner, body: &Map<String, Value>) -> Option<Response> {
@@ -1300,7 +1358,9 @@ async fn create_note(State(state): State<Arc<PipedriveState>>, body: Bytes) -> R
     let add_time = match body.get("add_time").and_then(Value::as_str) {
         Some(t) => match jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", t) {
             Ok(dt) => dt.to_zoned_datetime(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).unwrap_or(now),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "Validation failed: add_time: must be YYYY-MM-DD HH:MM:SS"),
+            Err(_) => {
+                return error(StatusCode::BAD_REQUEST, "Validation failed: add_time: must be YYYY-MM-DD HH:MM:SS");
+            }
         },
         None => now,
     };
@@ -1336,7 +1396,10 @@ async fn read_org(State(state): State<Arc<PipedriveState>>, Path(id): Path<Strin
 
 /// `GET /oauth/authorize?client_id&redirect_uri&state`: the user approves at once; the browser is
 /// sent back with `code` and `state`.
-async fn oauth_authorize(State(state): State<Arc<PipedriveState>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn oauth_authorize(
+    State(state): State<Arc<PipedriveState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if q.get("client_id").map(String::as_str) != Some(OAUTH_CLIENT_ID) {
         return (StatusCode::BAD_REQUEST, "Invalid client_id").into_response();
     }
@@ -1398,7 +1461,9 @@ async fn oauth_token(State(state): State<Arc<PipedriveState>>, headers: HeaderMa
             // The refresh token stays the same (it expires if unused for 60 days).
             presented
         }
-        other => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &format!("{other} is not supported")),
+        other => {
+            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &format!("{other} is not supported"));
+        }
     };
     let access = format!("sandbox-pd-access-{}", uuid::Uuid::new_v4());
     inner.oauth.access.insert(access.clone(), false);

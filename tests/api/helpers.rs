@@ -11,6 +11,7 @@ use callside::config::{Config, Overrides, ServerFile, TenantFile};
 use callside::sandbox::google_calendar::GoogleCalendarState;
 use callside::sandbox::graph::GraphState;
 use callside::sandbox::hubspot::HubSpotState;
+use callside::sandbox::pipedrive::PipedriveState;
 use callside::session::Core;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -47,6 +48,7 @@ pub struct TestApp {
     pub hubspot: Arc<HubSpotState>,
     pub google: Arc<GoogleCalendarState>,
     pub graph: Arc<GraphState>,
+    pub pipedrive: Arc<PipedriveState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -115,11 +117,23 @@ async fn spawn_app_configured_in(
     let hubspot = sandbox.hubspot.state.clone();
     let google = sandbox.google.state.clone();
     let graph = sandbox.graph.state.clone();
+    let pipedrive = sandbox.pipedrive.state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, core, clock, hubspot, google, graph, shutdown: Some(tx), server: Some(server), _dir: dir }
+    TestApp {
+        addr,
+        core,
+        clock,
+        hubspot,
+        google,
+        graph,
+        pipedrive,
+        shutdown: Some(tx),
+        server: Some(server),
+        _dir: dir,
+    }
 }
 
 impl TestApp {

@@ -235,7 +235,10 @@ pub async fn reads_context_with_deals_tickets_tasks(target: &dyn ConformanceTarg
     let ctx = h.crm.read_context(&contact).await.unwrap();
     assert_eq!(ctx.contact.first_name.as_deref(), Some("Ada"));
     assert_eq!(ctx.open_deals.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec![open_deal.as_str()]);
-    assert_eq!(ctx.open_tickets.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), open_ticket.into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        ctx.open_tickets.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        open_ticket.into_iter().collect::<Vec<_>>()
+    );
     assert_eq!(ctx.open_tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![open_task.as_str()]);
     let activity = ctx.recent_activity.iter().find(|a| a.id == note).expect("the note is in the recent activity");
     assert!(activity.summary.contains("Prefers mornings"), "{activity:?}");

@@ -42,9 +42,8 @@ use url::Url;
 
 use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    CrmDeal, CrmOrganization, CrmOwner, CrmTask, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
-    PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome,
-    TaskRecord,
+    CrmDeal, CrmOrganization, CrmOwner, CrmTask, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue,
+    PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -95,6 +94,10 @@ struct FieldIndex {
 pub struct PipedriveConnector {
     base_url: Url,
     tokens: Arc<dyn TokenSource>,
+    /// The token is a personal API token, sent in `x-api-token`
+    /// (<https://pipedrive.readme.io/docs/core-api-concepts-authentication>); otherwise an OAuth
+    /// access token, sent as a bearer token.
+    api_token: bool,
     client: reqwest::Client,
     clock: SharedClock,
     fields: Mutex<Option<Arc<FieldIndex>>>,
@@ -115,16 +118,18 @@ struct Raw {
 }
 
 impl PipedriveConnector {
-    /// A connector with a fixed token (an API token, the sandbox); `base_url` is the company
+    /// A connector with a personal API token (sent in `x-api-token`); `base_url` is the company
     /// domain (`https://<company>.pipedrive.com/`).
-    pub fn new(base_url: Url, access_token: SecretString, client: reqwest::Client) -> Self {
-        Self::with_token_source(base_url, Arc::new(StaticToken::new(access_token)), client)
+    pub fn new(base_url: Url, api_token: SecretString, client: reqwest::Client) -> Self {
+        let mut connector = Self::with_token_source(base_url, Arc::new(StaticToken::new(api_token)), client);
+        connector.api_token = true;
+        connector
     }
 
     /// A connector on an OAuth connection: the base URL is the connection's `api_domain` when it
     /// has one, `base_url` otherwise.
     pub fn with_token_source(base_url: Url, tokens: Arc<dyn TokenSource>, client: reqwest::Client) -> Self {
-        Self { base_url, tokens, client, clock: Arc::new(SystemClock), fields: Mutex::new(None) }
+        Self { base_url, tokens, api_token: false, client, clock: Arc::new(SystemClock), fields: Mutex::new(None) }
     }
 
     /// The clock used for rate-limit delays (the daily reset at UTC midnight).
@@ -171,7 +176,8 @@ impl PipedriveConnector {
 
     async fn rebase(&self, url: Url) -> Result<Url, ConnectorError> {
         let Some(base) = self.tokens.api_base().await? else { return Ok(url) };
-        let mut moved = base.join(url.path().trim_start_matches('/')).map_err(|e| ConnectorError::Permanent(e.to_string()))?;
+        let mut moved =
+            base.join(url.path().trim_start_matches('/')).map_err(|e| ConnectorError::Permanent(e.to_string()))?;
         moved.set_query(url.query());
         Ok(moved)
     }
@@ -183,8 +189,12 @@ impl PipedriveConnector {
         body: Option<&Value>,
         token: &SecretString,
     ) -> Result<Raw, ConnectorError> {
-        let mut request =
-            self.client.request(method, url).bearer_auth(token.expose_secret()).header(ACCEPT, "application/json");
+        let request = self.client.request(method, url).header(ACCEPT, "application/json");
+        let mut request = if self.api_token {
+            request.header("x-api-token", token.expose_secret())
+        } else {
+            request.bearer_auth(token.expose_secret())
+        };
         let mut sent_keys = Vec::new();
         if let Some(body) = body {
             if let Some(object) = body.as_object() {
@@ -344,12 +354,8 @@ impl PipedriveConnector {
     async fn person_with_marker(&self, marker_key: &str, key: &str) -> Result<Option<String>, ConnectorError> {
         let mut cursor: Option<String> = None;
         for _ in 0..PERSON_READ_THROUGH_PAGES {
-            let mut query = vec![
-                ("sort_by", "id"),
-                ("sort_direction", "desc"),
-                ("limit", "100"),
-                ("custom_fields", marker_key),
-            ];
+            let mut query =
+                vec![("sort_by", "id"), ("sort_direction", "desc"), ("limit", "100"), ("custom_fields", marker_key)];
             if let Some(c) = cursor.as_deref() {
                 query.push(("cursor", c));
             }
@@ -360,7 +366,8 @@ impl PipedriveConnector {
             }
             let page: ListEnvelope<Person> = serde_json::from_slice(&raw.body)
                 .map_err(|_| ConnectorError::Transient("unreadable Pipedrive persons list".into()))?;
-            if let Some(p) = page.data.iter().find(|p| p.custom_fields.get(marker_key).and_then(Value::as_str) == Some(key))
+            if let Some(p) =
+                page.data.iter().find(|p| p.custom_fields.get(marker_key).and_then(Value::as_str) == Some(key))
             {
                 return Ok(Some(p.id.to_string()));
             }
@@ -383,7 +390,12 @@ impl PipedriveConnector {
     }
 
     /// Reads through the person's activities, then creates the activity with the marker.
-    async fn create_activity(&self, person_id: &str, mut body: Map<String, Value>, key: &str) -> Result<String, ConnectorError> {
+    async fn create_activity(
+        &self,
+        person_id: &str,
+        mut body: Map<String, Value>,
+        key: &str,
+    ) -> Result<String, ConnectorError> {
         if let Some(existing) = self.activity_with_marker(person_id, key).await? {
             return Ok(existing);
         }
@@ -392,7 +404,8 @@ impl PipedriveConnector {
         body.insert("participants".into(), json!([{"person_id": pid, "primary": true}]));
         let note = body.get("note").and_then(Value::as_str).unwrap_or_default().to_string();
         body.insert("note".into(), json!(format!("{note}<p>{}</p>", marker(key))));
-        let created: IdOnly = self.call(Method::POST, &["api", "v2", "activities"], &[], Some(&Value::Object(body))).await?;
+        let created: IdOnly =
+            self.call(Method::POST, &["api", "v2", "activities"], &[], Some(&Value::Object(body))).await?;
         Ok(created.id.to_string())
     }
 
@@ -483,7 +496,11 @@ impl CrmConnector for PipedriveConnector {
                 id: a.id.to_string(),
                 kind: ActivityKind::Call,
                 at: a.due_at(),
-                summary: summarize(&format!("{} {}", a.subject.as_deref().unwrap_or_default(), strip_marker(a.note.as_deref().unwrap_or_default()))),
+                summary: summarize(&format!(
+                    "{} {}",
+                    a.subject.as_deref().unwrap_or_default(),
+                    strip_marker(a.note.as_deref().unwrap_or_default())
+                )),
             })
             .chain(notes.iter().map(|n| CrmActivity {
                 id: n.id.to_string(),
@@ -528,7 +545,8 @@ impl CrmConnector for PipedriveConnector {
         }
         let custom = body.entry("custom_fields").or_insert_with(|| json!({}));
         custom[marker_key.as_str()] = json!(idempotency_key);
-        let created: IdOnly = self.call(Method::POST, &["api", "v2", "persons"], &[], Some(&Value::Object(body))).await?;
+        let created: IdOnly =
+            self.call(Method::POST, &["api", "v2", "persons"], &[], Some(&Value::Object(body))).await?;
         Ok(created.id.to_string())
     }
 
@@ -542,13 +560,19 @@ impl CrmConnector for PipedriveConnector {
         if body.is_empty() {
             return Ok(());
         }
-        let _: IdOnly = self.call(Method::PATCH, &["api", "v2", "persons", contact_id], &[], Some(&Value::Object(body))).await?;
+        let _: IdOnly =
+            self.call(Method::PATCH, &["api", "v2", "persons", contact_id], &[], Some(&Value::Object(body))).await?;
         Ok(())
     }
 
     /// A done `call` activity at the call's start (`due_date`/`due_time` in UTC, `duration`
     /// `HH:MM`), linked to the person and to the person's only open deal.
-    async fn log_call(&self, contact_id: &str, call: &CallLog, idempotency_key: &str) -> Result<String, ConnectorError> {
+    async fn log_call(
+        &self,
+        contact_id: &str,
+        call: &CallLog,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
         let mut body = call_body(call);
         if let Some(deal) = self.sole_open_deal(contact_id).await? {
             body.insert("deal_id".into(), json!(deal));
@@ -564,8 +588,9 @@ impl CrmConnector for PipedriveConnector {
             let note = body.get("note").and_then(Value::as_str).unwrap_or_default().to_string();
             body.insert("note".into(), json!(format!("{note}<p>{m}</p>")));
         }
-        let _: IdOnly =
-            self.call(Method::PATCH, &["api", "v2", "activities", call_object_id], &[], Some(&Value::Object(body))).await?;
+        let _: IdOnly = self
+            .call(Method::PATCH, &["api", "v2", "activities", call_object_id], &[], Some(&Value::Object(body)))
+            .await?;
         Ok(())
     }
 
@@ -629,7 +654,10 @@ impl CrmConnector for PipedriveConnector {
             .map(|p| self.to_contact(p, &index))
             .filter(|c| c.last_name.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(last)))
             .filter(|c| {
-                query.first_name.as_deref().is_none_or(|f| c.first_name.as_deref().is_some_and(|cf| cf.eq_ignore_ascii_case(f.trim())))
+                query
+                    .first_name
+                    .as_deref()
+                    .is_none_or(|f| c.first_name.as_deref().is_some_and(|cf| cf.eq_ignore_ascii_case(f.trim())))
             })
             .filter(|c| c.zip.as_deref().is_some_and(|z| z.trim() == zip))
             .collect())
@@ -702,7 +730,10 @@ impl CrmConnector for PipedriveConnector {
         Ok(writes
             .iter()
             .zip(results)
-            .map(|(w, s)| PropertyWriteResult { name: w.name.clone(), status: s.unwrap_or(PropertyWriteStatus::Ignored) })
+            .map(|(w, s)| PropertyWriteResult {
+                name: w.name.clone(),
+                status: s.unwrap_or(PropertyWriteStatus::Ignored),
+            })
             .collect())
     }
 
@@ -724,7 +755,12 @@ impl CrmConnector for PipedriveConnector {
     }
 
     /// A v1 note on the person (notes have no v2 endpoint), its `add_time` the note's time.
-    async fn log_note(&self, contact_id: &str, note: &NoteRecord, idempotency_key: &str) -> Result<String, ConnectorError> {
+    async fn log_note(
+        &self,
+        contact_id: &str,
+        note: &NoteRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
         let m = marker(idempotency_key);
         if let Some(existing) = self.notes(contact_id).await?.into_iter().find(|n| n.content.contains(&m)) {
             return Ok(existing.id.to_string());
@@ -740,7 +776,12 @@ impl CrmConnector for PipedriveConnector {
 
     /// A `task` activity for the owner, due at the task's time. Pipedrive's activity priority is
     /// a company-defined option id, so the neutral priority goes into the note instead.
-    async fn create_task(&self, contact_id: &str, task: &TaskRecord, idempotency_key: &str) -> Result<String, ConnectorError> {
+    async fn create_task(
+        &self,
+        contact_id: &str,
+        task: &TaskRecord,
+        idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
         let (date, time) = due(task.due);
         let mut note = task.body.as_deref().map(|b| format!("<p>{}</p>", escape_html(b))).unwrap_or_default();
         if let Some(p) = &task.priority {
@@ -786,7 +827,11 @@ impl CrmConnector for PipedriveConnector {
 
     /// `GET /v1/persons/{id}/changelog`, newest first. `change_source` `app` (the web app),
     /// `mobile` and `import` are people; `api` and `marketplace_app` are integrations.
-    async fn property_history(&self, contact_id: &str, properties: &[String]) -> Result<Vec<PropertyHistory>, ConnectorError> {
+    async fn property_history(
+        &self,
+        contact_id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError> {
         let changes: Vec<ChangeEntry> =
             self.get(&["v1", "persons", contact_id, "changelog"], &[("limit", "500")]).await?;
         Ok(properties
@@ -797,13 +842,16 @@ impl CrmConnector for PipedriveConnector {
                     .filter(|c| &c.field_key == name)
                     .filter_map(|c| {
                         let at = parse_v1_time(&c.time)?;
-                        Some((at, PropertyVersion {
-                            value: value_text(&c.new_value).unwrap_or_default(),
-                            timestamp: at,
-                            source_type: source_type(c.change_source.as_deref().unwrap_or_default()).into(),
-                            source_id: c.change_source.clone(),
-                            updated_by_user_id: c.actor_user_id.map(|u| u.to_string()),
-                        }))
+                        Some((
+                            at,
+                            PropertyVersion {
+                                value: value_text(&c.new_value).unwrap_or_default(),
+                                timestamp: at,
+                                source_type: source_type(c.change_source.as_deref().unwrap_or_default()).into(),
+                                source_id: c.change_source.clone(),
+                                updated_by_user_id: c.actor_user_id.map(|u| u.to_string()),
+                            },
+                        ))
                     })
                     .collect();
                 versions.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
@@ -1015,10 +1063,9 @@ struct ErrorBody {
 // ----- helpers -----------------------------------------------------------------------------------------
 
 fn parse_numeric_id(id: &str) -> Result<u64, ConnectorError> {
-    id.trim().parse().map_err(|_| ConnectorError::Validation {
-        message: format!("{id:?} is not a Pipedrive id"),
-        fields: vec![],
-    })
+    id.trim()
+        .parse()
+        .map_err(|_| ConnectorError::Validation { message: format!("{id:?} is not a Pipedrive id"), fields: vec![] })
 }
 
 fn digits(s: &str) -> String {
@@ -1031,7 +1078,9 @@ fn same_phone(a: &str, b: &str) -> bool {
     if a.is_empty() || b.is_empty() {
         return false;
     }
-    a == b || (a.len() == 11 && a.starts_with('1') && a[1..] == b) || (b.len() == 11 && b.starts_with('1') && b[1..] == a)
+    a == b
+        || (a.len() == 11 && a.starts_with('1') && a[1..] == b)
+        || (b.len() == 11 && b.starts_with('1') && b[1..] == a)
 }
 
 fn value_text(v: &Value) -> Option<String> {
@@ -1282,7 +1331,12 @@ mod tests {
         let now: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         let r = raw(
             429,
-            &[("x-ratelimit-limit", "40"), ("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "2"), ("x-daily-requests-left", "9999")],
+            &[
+                ("x-ratelimit-limit", "40"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "2"),
+                ("x-daily-requests-left", "9999"),
+            ],
             r#"{"success": false, "error": "Request over limit", "errorCode": 429}"#,
             &[],
         );
@@ -1317,9 +1371,15 @@ mod tests {
             ConnectorError::Validation { fields, .. } => assert_eq!(fields, vec!["abc".to_string()]),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(classify(&raw(404, &[], r#"{"success":false,"error":"Person not found"}"#, &[]), now), ConnectorError::NotFound(_)));
+        assert!(matches!(
+            classify(&raw(404, &[], r#"{"success":false,"error":"Person not found"}"#, &[]), now),
+            ConnectorError::NotFound(_)
+        ));
         assert!(matches!(classify(&raw(502, &[], "<html>", &[]), now), ConnectorError::Transient(_)));
-        assert!(matches!(classify(&raw(401, &[], r#"{"success":false,"error":"unauthorized access","errorCode":401}"#, &[]), now), ConnectorError::AuthRevoked(_)));
+        assert!(matches!(
+            classify(&raw(401, &[], r#"{"success":false,"error":"unauthorized access","errorCode":401}"#, &[]), now),
+            ConnectorError::AuthRevoked(_)
+        ));
         // A hostile, huge message is cut.
         let long = format!(r#"{{"success":false,"error":"{}"}}"#, "x".repeat(10_000));
         match classify(&raw(400, &[], &long, &[]), now) {
@@ -1350,8 +1410,12 @@ mod tests {
           "is_deleted":false,"visible_to":3,"label_ids":[],"picture_id":null,"custom_fields":{"zipkey":"94107"}}}"#;
         let person: Envelope<Person> = serde_json::from_str(body).unwrap();
         let index = FieldIndex { defs: HashMap::new(), marker_key: None, zip_key: Some("zipkey".into()) };
-        let c = PipedriveConnector::new(Url::parse("https://acme.pipedrive.com/").unwrap(), SecretString::from("t"), reqwest::Client::new())
-            .to_contact(&person.data, &index);
+        let c = PipedriveConnector::new(
+            Url::parse("https://acme.pipedrive.com/").unwrap(),
+            SecretString::from("t"),
+            reqwest::Client::new(),
+        )
+        .to_contact(&person.data, &index);
         assert_eq!(c.first_name.as_deref(), Some("Ada"));
         assert_eq!(c.last_name.as_deref(), Some("Lovelace"));
         assert_eq!(c.phones, vec!["(415) 555-0134".to_string(), "+14155550177".into()]);
@@ -1361,10 +1425,21 @@ mod tests {
 
     #[test]
     fn typed_values_take_pipedrives_formats() {
-        let def = |t: &str| FieldDef { key: "k".into(), name: "F".into(), field_type: t.into(), options: Some(vec![FieldOption { id: 31, label: "Phone".into() }]) };
+        let def = |t: &str| FieldDef {
+            key: "k".into(),
+            name: "F".into(),
+            field_type: t.into(),
+            options: Some(vec![FieldOption { id: 31, label: "Phone".into() }]),
+        };
         let at: Timestamp = "2026-11-23T14:30:00Z".parse().unwrap();
-        assert_eq!(format_field(Some(&def("varchar")), &PropertyValue::DateTime(at)).unwrap(), json!("2026-11-23T14:30:00Z"));
-        assert_eq!(format_field(Some(&def("date")), &PropertyValue::Date("2026-12-01".parse().unwrap())).unwrap(), json!("2026-12-01"));
+        assert_eq!(
+            format_field(Some(&def("varchar")), &PropertyValue::DateTime(at)).unwrap(),
+            json!("2026-11-23T14:30:00Z")
+        );
+        assert_eq!(
+            format_field(Some(&def("date")), &PropertyValue::Date("2026-12-01".parse().unwrap())).unwrap(),
+            json!("2026-12-01")
+        );
         assert_eq!(format_field(Some(&def("enum")), &PropertyValue::Enumeration("31".into())).unwrap(), json!(31));
         assert_eq!(format_field(Some(&def("enum")), &PropertyValue::Enumeration("phone".into())).unwrap(), json!(31));
         assert!(format_field(Some(&def("enum")), &PropertyValue::Enumeration("carrier-pigeon".into())).is_err());

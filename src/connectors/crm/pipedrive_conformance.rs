@@ -27,7 +27,8 @@ struct PipedriveEmulator {
 
 impl CrmEmulator for PipedriveEmulator {
     fn seed_contact(&self, seed: &SeedContact) -> String {
-        let name = [seed.first_name.clone(), seed.last_name.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        let name =
+            [seed.first_name.clone(), seed.last_name.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
         let phones: Vec<&str> = [seed.phone.as_deref(), seed.mobile.as_deref()].into_iter().flatten().collect();
         let owner = seed.owner_id.as_deref().and_then(|o| o.parse().ok());
         self.sandbox.state.insert_person(&name, seed.email.as_deref(), &phones, seed.zip.as_deref(), owner)
