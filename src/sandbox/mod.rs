@@ -49,7 +49,6 @@ impl Sandbox {
     /// Starts every emulator on the given loopback ports (0: any free one).
     pub async fn start_on(ports: SandboxPorts) -> io::Result<Sandbox> {
         Ok(Sandbox {
-<<<<<<< HEAD
             hubspot: HubSpotSandbox::start_on(HUBSPOT_TOKEN, ports.hubspot)?,
             google: GoogleCalendarSandbox::serve_on(
                 google_calendar::GoogleCalendarState::new(GOOGLE_TOKEN),
@@ -57,12 +56,8 @@ impl Sandbox {
             )
             .await?,
             graph: graph::GraphSandbox::serve_on(graph::GraphState::new(GRAPH_TOKEN), ports.graph).await?,
-=======
-            hubspot: HubSpotSandbox::start(HUBSPOT_TOKEN)?,
-            google: GoogleCalendarSandbox::start(GOOGLE_TOKEN).await?,
-            graph: graph::GraphSandbox::start(GRAPH_TOKEN).await?,
+            // Any free port: the out-of-process sandbox's control port does not list it yet.
             pipedrive: PipedriveSandbox::start_with_api_token(PIPEDRIVE_TOKEN).await?,
->>>>>>> aee73d8 (Tenants can select Pipedrive: config, app wiring, sandbox emulator and demo seed)
         })
     }
 

@@ -1252,7 +1252,7 @@ fn validate_activity(inner: &Inner, body: &Map<String, Value>) -> Option<Respons
         return Some(error(StatusCode::BAD_REQUEST, "Validation failed: type: Activity type is not valid"));
     }
     if let Some(date) = body.get("due_date")
-        && !date.as_str().is_some_and(|d| d.parse::<jiff::civil::Date>().is_ok())
+        && date.as_str().is_none_or(|d| d.parse::<jiff::civil::Date>().is_err())
     {
         return Some(error(StatusCode::BAD_REQUEST, "Validation failed: due_date: must be YYYY-MM-DD"));
     }
@@ -1462,7 +1462,11 @@ async fn oauth_token(State(state): State<Arc<PipedriveState>>, headers: HeaderMa
             presented
         }
         other => {
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &format!("{other} is not supported"));
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("{other} is not supported"),
+            );
         }
     };
     let access = format!("sandbox-pd-access-{}", uuid::Uuid::new_v4());

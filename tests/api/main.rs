@@ -20,11 +20,8 @@ mod lifecycle;
 mod match_eval;
 mod mcp_http;
 mod pending_bookings;
-<<<<<<< HEAD
-mod sandbox_admin;
-=======
 mod pipedrive;
->>>>>>> aee73d8 (Tenants can select Pipedrive: config, app wiring, sandbox emulator and demo seed)
+mod sandbox_admin;
 mod vapi;
 mod writeback_durability;
 mod writeback_rules;
