@@ -690,6 +690,44 @@ mod tests {
         assert!(matches!(classify_token_error(400, &parsed), ConnectorError::AuthRevoked(_)));
     }
 
+    /// The token answer of Pipedrive's OAuth guide
+    /// (<https://pipedrive.readme.io/docs/marketplace-oauth-authorization>, "Step 3: Getting
+    /// the tokens"): it names the company's `api_domain`, which a Pipedrive app accepts.
+    #[test]
+    fn golden_pipedrive_token_response_names_an_accepted_api_domain() {
+        let body = r#"{
+          "access_token": "v1u:AQIBAHj+LzTNK2yuuuaLqifzhWb9crUNKTpk4FlQ9rjnXqp/6Q",
+          "token_type": "Bearer",
+          "refresh_token": "10000:10001:30a8a0ddca64a5279bde8bc8ae8b1cd5be9c7f7e",
+          "scope": "base,deals:full",
+          "expires_in": 3599,
+          "api_domain": "https://company.pipedrive.com"
+        }"#;
+        let parsed: TokenResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.expires_in, Some(3599));
+        let app = OAuthApp::pipedrive(
+            "id",
+            SecretString::from("secret"),
+            "https://callside.example.com/cb",
+            &Url::parse("https://oauth.pipedrive.com/").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(app.token_url.as_str(), "https://oauth.pipedrive.com/oauth/token");
+        assert_eq!(app.client_auth, ClientAuth::HttpBasic);
+        let domain = checked_api_domain(&app, &parsed).unwrap().unwrap();
+        assert_eq!(domain.as_str(), "https://company.pipedrive.com/");
+        // HubSpot's app ignores an api_domain altogether.
+        let hubspot = OAuthApp::hubspot(
+            "id",
+            SecretString::from("secret"),
+            "https://callside.example.com/cb",
+            &Url::parse("https://app.hubspot.com/").unwrap(),
+            &Url::parse("https://api.hubapi.com/").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(checked_api_domain(&hubspot, &parsed).unwrap(), None);
+    }
+
     /// The token response example of HubSpot's v1 OAuth tokens guide
     /// (<https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/guide>,
     /// "Generate initial access and refresh tokens").

@@ -168,6 +168,7 @@ struct Inner {
     indexed: HashSet<u64>,
     search_lag: bool,
     down: bool,
+    latency: std::time::Duration,
     failures: VecDeque<Injected>,
     drop_after_apply: u32,
     rejected: HashSet<String>,
@@ -213,6 +214,7 @@ impl PipedriveState {
                 indexed: HashSet::new(),
                 search_lag: false,
                 down: false,
+                latency: std::time::Duration::ZERO,
                 failures: VecDeque::new(),
                 drop_after_apply: 0,
                 rejected: HashSet::new(),
@@ -451,6 +453,11 @@ impl PipedriveState {
 
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Every answer is delayed this long (a slow vendor; the load test's latency profile).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
     }
 
     pub fn fail_next(&self, failure: Injected) {
@@ -698,6 +705,10 @@ enum Verdict {
 async fn gatekeeper(State(state): State<Arc<PipedriveState>>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let latency = state.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let now = state.now();
     let verdict = {
         let mut inner = state.lock();
@@ -1480,4 +1491,135 @@ async fn oauth_token(State(state): State<Arc<PipedriveState>>, headers: HeaderMa
         "api_domain": inner.api_domain,
     });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sandbox() -> (PipedriveSandbox, reqwest::Client) {
+        (PipedriveSandbox::start_with_api_token("t").await.unwrap(), reqwest::Client::new())
+    }
+
+    /// Without a valid token: 401 with Pipedrive's `unauthorized access` body and no data.
+    #[tokio::test]
+    async fn unauthenticated_requests_get_the_documented_401() {
+        let (s, http) = sandbox().await;
+        let answer = http.get(s.base_url().join("api/v2/persons").unwrap()).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 401);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["success"], false);
+        assert_eq!(body["error"], "unauthorized access");
+        assert_eq!(body["errorCode"], 401);
+    }
+
+    /// Every API answer carries the rate-limit headers; a spent budget answers 429 with
+    /// `x-daily-requests-left: 0`, and list costs more than a single read.
+    #[tokio::test]
+    async fn answers_carry_rate_limit_headers_and_spend_the_daily_budget() {
+        let (s, http) = sandbox().await;
+        let id = s.state.insert_person("Ada Lovelace", None, &[], None, None);
+        s.state.set_daily_budget(Some(11));
+        let get = |path: String| http.get(s.base_url().join(&path).unwrap()).header("x-api-token", "t").send();
+        let one = get(format!("api/v2/persons/{id}")).await.unwrap();
+        assert_eq!(one.status().as_u16(), 200);
+        for h in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"] {
+            assert!(one.headers().contains_key(h), "{h}");
+        }
+        assert_eq!(one.headers()["x-daily-requests-left"], "10");
+        let list = get("api/v2/persons".into()).await.unwrap();
+        assert_eq!(list.status().as_u16(), 200);
+        assert_eq!(list.headers()["x-daily-requests-left"], "0");
+        let refused = get(format!("api/v2/persons/{id}")).await.unwrap();
+        assert_eq!(refused.status().as_u16(), 429);
+        assert_eq!(refused.headers()["x-daily-requests-left"], "0");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["success"], false);
+    }
+
+    /// The token answer has the documented keys, `api_domain` included; a client that does not
+    /// authenticate with HTTP Basic is refused.
+    #[tokio::test]
+    async fn the_token_endpoint_wants_basic_auth_and_names_the_api_domain() {
+        let (s, http) = sandbox().await;
+        let redirect = "https://callside.example.com/cb";
+        let mut authorize = s.base_url().join("oauth/authorize").unwrap();
+        authorize.query_pairs_mut().append_pair("client_id", OAUTH_CLIENT_ID).append_pair("redirect_uri", redirect);
+        let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let answer = no_redirects.get(authorize).send().await.unwrap();
+        let location = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+        let code = location.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+        let form = [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", redirect)];
+        let token_url = s.base_url().join("oauth/token").unwrap();
+        // Client credentials in the body instead of Basic: refused.
+        let body_auth = [("client_id", OAUTH_CLIENT_ID), ("client_secret", OAUTH_CLIENT_SECRET)];
+        let refused = http.post(token_url.clone()).form(&[&form[..], &body_auth[..]].concat()).send().await.unwrap();
+        assert_eq!(refused.status().as_u16(), 401);
+        let ok = http
+            .post(token_url)
+            .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status().as_u16(), 200);
+        let body: Value = ok.json().await.unwrap();
+        for key in ["access_token", "token_type", "refresh_token", "scope", "expires_in", "api_domain"] {
+            assert!(body.get(key).is_some(), "{key} missing from {body}");
+        }
+        assert_eq!(body["api_domain"], format!("http://{}", s.addr));
+    }
+
+    /// Search lags writes while told to; the list endpoint does not.
+    #[tokio::test]
+    async fn search_lags_but_lists_do_not() {
+        let (s, http) = sandbox().await;
+        s.state.set_search_lag(true);
+        let created = http
+            .post(s.base_url().join("api/v2/persons").unwrap())
+            .header("x-api-token", "t")
+            .json(&json!({"name": "Lagging Person", "phones": [{"value": "+1 415 555 0134", "primary": true}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 200);
+        let mut search = s.base_url().join("api/v2/persons/search").unwrap();
+        search.query_pairs_mut().append_pair("term", "4155550134").append_pair("fields", "phone");
+        let found: Value =
+            http.get(search.clone()).header("x-api-token", "t").send().await.unwrap().json().await.unwrap();
+        assert_eq!(found["data"]["items"].as_array().unwrap().len(), 0);
+        let listed: Value = http
+            .get(s.base_url().join("api/v2/persons").unwrap())
+            .header("x-api-token", "t")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+        s.state.set_search_lag(false);
+        let found: Value = http.get(search).header("x-api-token", "t").send().await.unwrap().json().await.unwrap();
+        assert_eq!(found["data"]["items"][0]["item"]["name"], "Lagging Person");
+    }
+
+    /// Malformed bodies are refused with a validation error and change nothing.
+    #[tokio::test]
+    async fn malformed_bodies_are_refused() {
+        let (s, http) = sandbox().await;
+        let id = s.state.insert_person("Ada Lovelace", None, &["+14155550134"], None, None);
+        let patch = |body: &'static str| {
+            http.patch(s.base_url().join(&format!("api/v2/persons/{id}")).unwrap())
+                .header("x-api-token", "t")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        for bad in ["not json", "[1,2]", r#"{"phones": "+1"}"#, r#"{"custom_fields": {"nope": 1}}"#, r#"{"name": ""}"#]
+        {
+            assert_eq!(patch(bad).await.unwrap().status().as_u16(), 400, "{bad}");
+        }
+        assert_eq!(s.state.person_field(&id, "name").as_deref(), Some("Ada Lovelace"));
+        assert_eq!(s.state.person_phones(&id), vec!["+14155550134".to_string()]);
+    }
 }

@@ -436,9 +436,15 @@ impl CrmConnector for PipedriveConnector {
 
     async fn read_context(&self, contact_id: &str) -> Result<CrmContext, ConnectorError> {
         parse_numeric_id(contact_id).map_err(|_| ConnectorError::NotFound(format!("person {contact_id}")))?;
-        let (person, index) = tokio::try_join!(self.person(contact_id), self.field_index())?;
-        let (deals, activities, notes) =
-            tokio::try_join!(self.open_deals(contact_id), self.activities(contact_id), self.notes(contact_id))?;
+        // The person first: a missing person or an unusable connection answers with one
+        // request, and no sibling request is left in flight when it fails.
+        let person = self.person(contact_id).await?;
+        let (index, deals, activities, notes) = tokio::try_join!(
+            self.field_index(),
+            self.open_deals(contact_id),
+            self.activities(contact_id),
+            self.notes(contact_id)
+        )?;
         let owner_fut = async {
             match person.owner_id {
                 Some(owner) => {
