@@ -654,9 +654,10 @@ impl Config {
             if t.hold_ttl_secs < 30 || t.hold_ttl_secs > 3600 {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
-            for (key, v, kinds) in
-                [("crm", &t.crm, &["hubspot", "pipedrive"][..]), ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..])]
-            {
+            for (key, v, kinds) in [
+                ("crm", &t.crm, &["hubspot", "pipedrive"][..]),
+                ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..]),
+            ] {
                 if v.password.is_some() {
                     issue(
                         &format!("{key}.password"),
