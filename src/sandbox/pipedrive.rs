@@ -164,6 +164,8 @@ struct Inner {
     users: BTreeMap<u64, (String, String)>,
     orgs: BTreeMap<u64, String>,
     changes: Vec<Change>,
+    /// Deal field changes (`person_id` holds the deal's id).
+    deal_changes: Vec<Change>,
     /// Persons the search index knows (all of them unless search lags).
     indexed: HashSet<u64>,
     search_lag: bool,
@@ -211,6 +213,7 @@ impl PipedriveState {
                 users,
                 orgs: BTreeMap::new(),
                 changes: Vec::new(),
+                deal_changes: Vec::new(),
                 indexed: HashSet::new(),
                 search_lag: false,
                 down: false,
@@ -635,14 +638,16 @@ impl PipedriveSandbox {
         Router::new()
             .route("/api/v2/persons", get(list_persons).post(create_person))
             .route("/api/v2/persons/search", get(search_persons))
-            .route("/api/v2/persons/{id}", get(read_person).patch(update_person))
+            .route("/api/v2/persons/{id}", get(read_person).patch(update_person).delete(delete_person))
             .route("/api/v2/deals", get(list_deals))
-            .route("/api/v2/deals/{id}", get(read_deal).patch(update_deal))
+            .route("/api/v2/deals/{id}", get(read_deal).patch(update_deal).delete(delete_deal))
+            .route("/v1/deals/{id}/changelog", get(deal_changelog))
             .route("/api/v2/stages", get(list_stages))
             .route("/api/v2/activities", get(list_activities).post(create_activity))
-            .route("/api/v2/activities/{id}", patch(update_activity).get(read_activity))
+            .route("/api/v2/activities/{id}", patch(update_activity).get(read_activity).delete(delete_activity))
             .route("/api/v2/organizations/{id}", get(read_org))
             .route("/v1/notes", get(list_notes).post(create_note))
+            .route("/v1/notes/{id}", get(read_note).delete(delete_note))
             .route("/v1/personFields", get(list_person_fields))
             .route("/v1/users/{id}", get(read_user))
             .route("/v1/persons/{id}/changelog", get(person_changelog))
@@ -1187,7 +1192,21 @@ async fn update_deal(State(state): State<Arc<PipedriveState>>, Path(id): Path<St
         let Some(stage) = stage.as_u64().filter(|s| STAGES.iter().any(|(id, _)| id == s)) else {
             return error(StatusCode::BAD_REQUEST, "Validation failed: stage_id: Stage not found");
         };
-        inner.deals.get_mut(&id).expect("checked").stage_id = stage;
+        let deal = inner.deals.get_mut(&id).expect("checked");
+        let old = deal.stage_id;
+        deal.stage_id = stage;
+        if old != stage {
+            let now = state.now();
+            inner.deal_changes.push(Change {
+                person_id: id,
+                field_key: "stage_id".into(),
+                old_value: json!(old),
+                new_value: json!(stage),
+                actor_user_id: AUTHORIZING_USER_ID,
+                time: now,
+                change_source: "api",
+            });
+        }
     }
     ok(deal_json(id, &inner.deals[&id]))
 }
@@ -1306,6 +1325,7 @@ async fn create_activity(State(state): State<Arc<PipedriveState>>, body: Bytes) 
     fields.entry("done").or_insert(json!(false));
     fields.entry("owner_id").or_insert(json!(AUTHORIZING_USER_ID));
     fields.insert("add_time".into(), json!(rfc3339(now)));
+    fields.insert("update_time".into(), json!(rfc3339(now)));
     let a = Activity { fields };
     let out = activity_json(id, &a);
     inner.activities.insert(id, a);
@@ -1323,7 +1343,9 @@ async fn update_activity(State(state): State<Arc<PipedriveState>>, Path(id): Pat
     if let Some(problem) = validate_activity(&inner, &body) {
         return problem;
     }
+    let now = state.now();
     let a = inner.activities.get_mut(&id).expect("checked");
+    a.fields.insert("update_time".into(), json!(rfc3339(now)));
     for (k, v) in body {
         if ACTIVITY_FIELDS.contains(&k.as_str()) {
             a.fields.insert(k, v);
@@ -1385,6 +1407,66 @@ async fn create_note(State(state): State<Arc<PipedriveState>>, body: Bytes) -> R
     let out = note_json(id, &note);
     inner.notes.insert(id, note);
     ok(out)
+}
+
+async fn read_note(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    let inner = state.lock();
+    match parse_id(&id).and_then(|id| inner.notes.get(&id).map(|n| note_json(id, n))) {
+        Some(n) => ok(n),
+        None => error(StatusCode::NOT_FOUND, "Note not found"),
+    }
+}
+
+/// Deletes answer `{"success": true, "data": {"id": <id>}}`.
+fn deleted(id: u64) -> Response {
+    ok(json!({"id": id}))
+}
+
+async fn delete_note(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    match parse_id(&id).and_then(|id| state.lock().notes.remove(&id).map(|_| id)) {
+        Some(id) => deleted(id),
+        None => error(StatusCode::NOT_FOUND, "Note not found"),
+    }
+}
+
+async fn delete_person(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    match parse_id(&id).and_then(|id| state.lock().persons.remove(&id).map(|_| id)) {
+        Some(id) => deleted(id),
+        None => error(StatusCode::NOT_FOUND, "Person not found"),
+    }
+}
+
+async fn delete_deal(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    match parse_id(&id).and_then(|id| state.lock().deals.remove(&id).map(|_| id)) {
+        Some(id) => deleted(id),
+        None => error(StatusCode::NOT_FOUND, "Deal not found"),
+    }
+}
+
+async fn delete_activity(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    match parse_id(&id).and_then(|id| state.lock().activities.remove(&id).map(|_| id)) {
+        Some(id) => deleted(id),
+        None => error(StatusCode::NOT_FOUND, "Activity not found"),
+    }
+}
+
+async fn deal_changelog(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    let inner = state.lock();
+    let Some(id) = parse_id(&id).filter(|id| inner.deals.contains_key(id)) else {
+        return error(StatusCode::NOT_FOUND, "Deal not found");
+    };
+    let data: Vec<Value> = inner
+        .deal_changes
+        .iter()
+        .rev()
+        .filter(|c| c.person_id == id)
+        .map(|c| {
+            json!({"field_key": c.field_key, "old_value": c.old_value, "new_value": c.new_value,
+                   "actor_user_id": c.actor_user_id, "time": v1_time(c.time), "change_source": c.change_source,
+                   "change_source_user_agent": null, "is_bulk_update_flag": false})
+        })
+        .collect();
+    ok_list(data, None)
 }
 
 async fn read_user(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {

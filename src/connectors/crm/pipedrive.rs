@@ -42,8 +42,9 @@ use url::Url;
 
 use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    CrmDeal, CrmOrganization, CrmOwner, CrmTask, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue,
-    PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    CrmDeal, CrmObjectType, CrmOrganization, CrmOwner, CrmTask, NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory,
+    PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome,
+    TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -304,6 +305,7 @@ impl PipedriveConnector {
             zip: fields.zip_key.as_ref().and_then(|k| p.custom_fields.get(k)).and_then(value_text),
             owner_id: p.owner_id.map(|o| o.to_string()),
             lifecycle_stage: None,
+            updated_at: p.update_time.as_deref().and_then(parse_any_time),
         }
     }
 
@@ -865,6 +867,126 @@ impl CrmConnector for PipedriveConnector {
             })
             .collect())
     }
+
+    /// Pipedrive has no tickets, and a Pipedrive tenant's context never names one.
+    async fn log_ticket_note(
+        &self,
+        _ticket_id: &str,
+        _note: &NoteRecord,
+        _idempotency_key: &str,
+    ) -> Result<String, ConnectorError> {
+        Err(ConnectorError::Permanent("Pipedrive has no tickets".into()))
+    }
+
+    /// Persons and deals: their changelog (`/v1/persons/{id}/changelog`,
+    /// `/v1/deals/{id}/changelog`), the write-back's property names mapped to Pipedrive's fields
+    /// (`dealstage` → `stage_id`, `lastname` → `name`, …) and reported under the names asked for.
+    /// Activities and notes have no changelog in Pipedrive: an object changed since it was added
+    /// (`update_time` after `add_time`) is reported as a person's edit, so undo keeps it.
+    async fn object_history(
+        &self,
+        object: CrmObjectType,
+        id: &str,
+        properties: &[String],
+    ) -> Result<Vec<PropertyHistory>, ConnectorError> {
+        parse_numeric_id(id).map_err(|_| ConnectorError::NotFound(format!("{} {id}", object.as_str())))?;
+        let (segments, field_of): (Vec<&str>, fn(&str) -> &str) = match object {
+            CrmObjectType::Contact => (vec!["v1", "persons", id, "changelog"], person_field_key),
+            CrmObjectType::Deal => (vec!["v1", "deals", id, "changelog"], deal_field_key),
+            CrmObjectType::Note => {
+                let note: Note = self.get(&["v1", "notes", id], &[]).await?;
+                let edited = note.update_time.as_deref().is_some_and(|u| u != note.add_time);
+                return Ok(untracked_history(properties, edited, parse_v1_time(&note.add_time)));
+            }
+            CrmObjectType::Call | CrmObjectType::Meeting | CrmObjectType::Task => {
+                let a: Activity = self.get(&["api", "v2", "activities", id], &[]).await?;
+                let edited = a.update_time.is_some() && a.update_time != a.add_time;
+                return Ok(untracked_history(properties, edited, a.add_time.as_deref().and_then(parse_any_time)));
+            }
+        };
+        let index = if object == CrmObjectType::Contact { Some(self.field_index().await?) } else { None };
+        let changes: Vec<ChangeEntry> = self.get(&segments, &[("limit", "500")]).await?;
+        Ok(properties
+            .iter()
+            .map(|name| {
+                let key = match (name.as_str(), &index) {
+                    ("zip", Some(index)) => index.zip_key.clone().unwrap_or_default(),
+                    _ => field_of(name).to_string(),
+                };
+                let mut versions: Vec<(Timestamp, PropertyVersion)> = changes
+                    .iter()
+                    .filter(|c| c.field_key == key)
+                    .filter_map(|c| {
+                        let at = parse_v1_time(&c.time)?;
+                        Some((
+                            at,
+                            PropertyVersion {
+                                value: value_text(&c.new_value).unwrap_or_default(),
+                                timestamp: at,
+                                source_type: source_type(c.change_source.as_deref().unwrap_or_default()).into(),
+                                source_id: c.change_source.clone(),
+                                updated_by_user_id: c.actor_user_id.map(|u| u.to_string()),
+                            },
+                        ))
+                    })
+                    .collect();
+                versions.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+                PropertyHistory { name: name.clone(), versions: versions.into_iter().map(|(_, v)| v).collect() }
+            })
+            .collect())
+    }
+
+    /// `DELETE` on the object (persons and deals are marked deleted by Pipedrive and purged
+    /// later); one already gone is not an error.
+    async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError> {
+        parse_numeric_id(id)?;
+        let segments: Vec<&str> = match object {
+            CrmObjectType::Contact => vec!["api", "v2", "persons", id],
+            CrmObjectType::Deal => vec!["api", "v2", "deals", id],
+            CrmObjectType::Call | CrmObjectType::Meeting | CrmObjectType::Task => vec!["api", "v2", "activities", id],
+            CrmObjectType::Note => vec!["v1", "notes", id],
+        };
+        let url = self.url(&segments, &[]).await?;
+        let raw = self.send(Method::DELETE, url, None).await?;
+        if raw.status.is_success() || raw.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(classify(&raw, self.clock.now()))
+    }
+}
+
+/// The Pipedrive person field a write-back property name stands for.
+fn person_field_key(name: &str) -> &str {
+    match name {
+        "firstname" | "lastname" => "name",
+        "phone" | "mobilephone" => "phone",
+        "hubspot_owner_id" => "owner_id",
+        other => other,
+    }
+}
+
+/// The Pipedrive deal field a write-back property name stands for.
+fn deal_field_key(name: &str) -> &str {
+    match name {
+        "dealstage" => "stage_id",
+        "dealname" => "title",
+        "amount" => "value",
+        "hubspot_owner_id" => "user_id",
+        other => other,
+    }
+}
+
+/// The history of an object Pipedrive keeps no changelog for: one version per property, a
+/// person's edit when the object changed after it was added.
+fn untracked_history(properties: &[String], edited: bool, added: Option<Timestamp>) -> Vec<PropertyHistory> {
+    let version = PropertyVersion {
+        value: String::new(),
+        timestamp: added.unwrap_or(Timestamp::UNIX_EPOCH),
+        source_type: if edited { "CRM_UI" } else { "API" }.into(),
+        source_id: None,
+        updated_by_user_id: None,
+    };
+    properties.iter().map(|name| PropertyHistory { name: name.clone(), versions: vec![version.clone()] }).collect()
 }
 
 // ----- wire types ------------------------------------------------------------------------------------
@@ -924,6 +1046,8 @@ struct Person {
     phones: Vec<Labeled>,
     #[serde(default)]
     custom_fields: Map<String, Value>,
+    #[serde(default)]
+    update_time: Option<String>,
 }
 
 impl Person {
@@ -1005,6 +1129,10 @@ struct Activity {
     done: bool,
     #[serde(default)]
     note: Option<String>,
+    #[serde(default)]
+    add_time: Option<String>,
+    #[serde(default)]
+    update_time: Option<String>,
 }
 
 impl Activity {
@@ -1028,6 +1156,8 @@ struct Note {
     content: String,
     #[serde(default)]
     add_time: String,
+    #[serde(default)]
+    update_time: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1201,6 +1331,11 @@ fn due(at: Timestamp) -> (String, String) {
 
 fn hh_mm(minutes: u64) -> String {
     format!("{:02}:{:02}", (minutes / 60).min(99), minutes % 60)
+}
+
+/// A v2 RFC 3339 time or a v1 `YYYY-MM-DD HH:MM:SS` (UTC) one.
+fn parse_any_time(s: &str) -> Option<Timestamp> {
+    s.parse::<Timestamp>().ok().or_else(|| parse_v1_time(s))
 }
 
 fn parse_v1_time(s: &str) -> Option<Timestamp> {

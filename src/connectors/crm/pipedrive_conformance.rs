@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::conformance::*;
 use super::pipedrive::PipedriveConnector;
-use super::{CallLog, ContactFields, CrmConnector, NoteRecord};
+use super::{CallLog, ContactFields, CrmConnector, CrmObjectType, NoteRecord};
 use crate::clock::{ManualClock, SharedClock, SystemClock};
 use crate::connections::{Connections, OAuthApp, TokenCipher};
 use crate::connectors::{ConnectorError, http_client};
@@ -402,5 +402,55 @@ async fn bad_input_gets_clear_errors_and_leaves_the_connection_working() {
     let ctx = crm.read_context(&ada).await.unwrap();
     let note = ctx.recent_activity.iter().find(|a| a.id == id).unwrap();
     assert!(note.summary.chars().count() <= 200 && note.summary.starts_with("<script>"), "{note:?}");
+    let _ = (&c.store, &c.dir);
+}
+
+/// What undo and the deal-stage step need: object histories under the write-back's property
+/// names (mapped to Pipedrive's fields) and deletes that tolerate a second run; tickets do not
+/// exist on Pipedrive.
+#[tokio::test]
+async fn object_history_and_delete_serve_undo() {
+    let c = connect(Arc::new(SystemClock)).await;
+    let crm = connector(&c, Arc::new(SystemClock));
+    let ada = c.sandbox.state.insert_person("Ada Lovelace", None, &["+14155550134"], None, None);
+
+    let fields = ContactFields { last_name: Some("Byron".into()), ..Default::default() };
+    crm.update_contact(&ada, &fields).await.unwrap();
+    let h = crm.object_history(CrmObjectType::Contact, &ada, &["lastname".to_string()]).await.unwrap();
+    assert_eq!(h[0].name, "lastname");
+    assert_eq!(h[0].versions[0].value, "Ada Byron");
+    assert!(!h[0].versions[0].is_human_edit());
+    c.sandbox.state.rep_edit(&ada, "name", "Ada King", "77");
+    let h = crm.object_history(CrmObjectType::Contact, &ada, &["lastname".to_string()]).await.unwrap();
+    assert!(h[0].versions[0].is_human_edit(), "{h:?}");
+
+    let deal = c.sandbox.state.insert_deal(&ada, "Remodel", "open", STAGES[0].0);
+    let h = crm.object_history(CrmObjectType::Deal, &deal, &["dealstage".to_string()]).await.unwrap();
+    assert!(h[0].versions.is_empty());
+    crm.set_deal_stage(&deal, STAGES[2].1).await.unwrap();
+    let h = crm.object_history(CrmObjectType::Deal, &deal, &["dealstage".to_string()]).await.unwrap();
+    assert_eq!(h[0].versions[0].value, STAGES[2].0.to_string());
+    assert!(!h[0].versions[0].is_human_edit());
+
+    let call_id = crm.log_call(&ada, &call("c-undo"), "undo-call").await.unwrap();
+    let h = crm.object_history(CrmObjectType::Call, &call_id, &["hs_call_body".to_string()]).await.unwrap();
+    assert!(!h[0].versions[0].is_human_edit(), "untouched since it was added");
+    crm.delete_object(CrmObjectType::Call, &call_id).await.unwrap();
+    assert!(c.sandbox.state.activities_of(&ada, "call").is_empty());
+    crm.delete_object(CrmObjectType::Call, &call_id).await.unwrap();
+    let gone = crm.object_history(CrmObjectType::Call, &call_id, &["hs_call_body".to_string()]).await.unwrap_err();
+    assert!(matches!(gone, ConnectorError::NotFound(_)), "{gone:?}");
+
+    let note = NoteRecord { body: "n".into(), at: "2026-11-23T14:00:00Z".parse().unwrap() };
+    let note_id = crm.log_note(&ada, &note, "undo-note").await.unwrap();
+    let h = crm.object_history(CrmObjectType::Note, &note_id, &["hs_note_body".to_string()]).await.unwrap();
+    assert!(!h[0].versions[0].is_human_edit());
+    crm.delete_object(CrmObjectType::Note, &note_id).await.unwrap();
+    assert_eq!(c.sandbox.state.notes_total(&ada), 0);
+
+    crm.delete_object(CrmObjectType::Contact, &ada).await.unwrap();
+    assert_eq!(c.sandbox.state.persons_total(), 0);
+    let err = crm.log_ticket_note("1", &note, "t").await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Permanent(_)), "{err:?}");
     let _ = (&c.store, &c.dir);
 }
