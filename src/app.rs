@@ -28,6 +28,7 @@ use crate::connectors::calendar::google::GoogleCalendarConnector;
 use crate::connectors::calendar::graph::GraphCalendarConnector;
 use crate::connectors::crm::CrmConnector;
 use crate::connectors::crm::hubspot::HubSpotConnector;
+use crate::connectors::crm::pipedrive::PipedriveConnector;
 use crate::connectors::crm::salesforce::SalesforceConnector;
 use crate::connectors::http_client;
 use crate::context::ContextService;
@@ -101,6 +102,15 @@ impl Application {
                     "salesforce" => salesforce_crm(
                         t,
                         apps.get("salesforce").cloned(),
+                        &connections,
+                        sandbox,
+                        &client,
+                        &clock,
+                        crm_meter,
+                    )?,
+                    "pipedrive" => pipedrive_crm(
+                        t,
+                        apps.get("pipedrive").cloned(),
                         &connections,
                         sandbox,
                         &client,
@@ -375,7 +385,11 @@ fn connect_service(
 ) -> anyhow::Result<ConnectService> {
     let cipher = match TokenCipher::from_env() {
         Ok(c) => c,
-        Err(_) if config.connect.hubspot.is_none() && config.connect.salesforce.is_none() => {
+        Err(_)
+            if config.connect.hubspot.is_none()
+                && config.connect.salesforce.is_none()
+                && config.connect.pipedrive.is_none() =>
+        {
             // Only sandbox connections can exist: their tokens are worthless outside this
             // process, so a per-process key is acceptable (they cannot be read after a restart).
             tracing::warn!("CALLSIDE_SECRET_KEY is not set; sandbox connections are encrypted with a per-process key");
@@ -421,6 +435,24 @@ fn connect_service(
         )?;
         apps.insert("salesforce".to_owned(), Arc::new(oauth));
     }
+    // Pipedrive: one OAuth server for the authorize page and the token endpoint.
+    let pipedrive_redirect = format!("{public_url}/v1/connect/pipedrive/callback");
+    if let Some(app) = &config.connect.pipedrive {
+        let oauth_base = url::Url::parse(app.authorize_base_url.as_deref().unwrap_or("https://oauth.pipedrive.com/"))
+            .context("connect.pipedrive.authorize_base_url")?;
+        let oauth =
+            OAuthApp::pipedrive_from_env(&app.client_id_env, &app.client_secret_env, &pipedrive_redirect, &oauth_base)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        apps.insert("pipedrive".to_owned(), Arc::new(oauth));
+    } else if let Some(s) = sandbox {
+        let oauth = OAuthApp::pipedrive(
+            sandbox::pipedrive::OAUTH_CLIENT_ID,
+            SecretString::from(sandbox::pipedrive::OAUTH_CLIENT_SECRET.to_owned()),
+            &pipedrive_redirect,
+            &s.pipedrive.base_url(),
+        )?;
+        apps.insert("pipedrive".to_owned(), Arc::new(oauth));
+    }
     Ok(ConnectService { connections, apps, worker: None })
 }
 
@@ -431,6 +463,7 @@ struct SandboxUrls {
     google: url::Url,
     graph: url::Url,
     salesforce: url::Url,
+    pipedrive: url::Url,
 }
 
 impl SandboxUrls {
@@ -440,6 +473,7 @@ impl SandboxUrls {
             google: s.google.base_url(),
             graph: s.graph.base_url(),
             salesforce: s.salesforce.base_url(),
+            pipedrive: s.pipedrive.base_url(),
         }
     }
 }
@@ -470,6 +504,32 @@ fn salesforce_crm(
         SalesforceConnector::new(url, token, client.clone())
     };
     Ok(Arc::new(connector.with_new_callers(new_callers).with_clock(clock.clone()).with_meter(meter)))
+}
+
+/// A Pipedrive tenant's connector: over its OAuth connection (the API base URL is the
+/// connection's `api_domain`; `base_url` is only the fallback) or with a personal API token.
+fn pipedrive_crm(
+    t: &crate::config::TenantConfig,
+    app: Option<Arc<OAuthApp>>,
+    connections: &Arc<Connections>,
+    sandbox: Option<&SandboxUrls>,
+    client: &reqwest::Client,
+    clock: &SharedClock,
+    meter: crate::connectors::rate::Meter,
+) -> anyhow::Result<Arc<dyn CrmConnector>> {
+    let connector = if t.crm.auth == "oauth" {
+        let app = app.context("oauth tenant without a Pipedrive OAuth app")?;
+        let url = match (sandbox, t.crm.base_url.as_str()) {
+            (Some(s), "sandbox") => s.pipedrive.clone(),
+            (_, base) => url::Url::parse(base).context("crm.base_url")?,
+        };
+        let tokens = connections.token_source(app, &connection_id(&t.id, "pipedrive"));
+        PipedriveConnector::with_token_source(url, tokens, client.clone())
+    } else {
+        let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.pipedrive.clone(), sandbox::PIPEDRIVE_TOKEN)))?;
+        PipedriveConnector::new(url, token, client.clone())
+    };
+    Ok(Arc::new(connector.with_clock(clock.clone()).with_meter(meter)))
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {

@@ -119,6 +119,10 @@ pub struct ConnectSection {
     /// `https://test.salesforce.com/`). `api_base_url` is not used: each org's API host comes with
     /// its tokens (`instance_url`).
     pub salesforce: Option<OAuthAppSection>,
+    /// Pipedrive's OAuth server is `authorize_base_url` (default `https://oauth.pipedrive.com/`)
+    /// for both the authorize page and the token endpoint; `api_base_url` is unused (each
+    /// connection's API base is the `api_domain` Pipedrive returns).
+    pub pipedrive: Option<OAuthAppSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -559,7 +563,11 @@ impl Config {
         if server.writeback.live_reserve_percent > 90 {
             issue(server_path, "writeback.live_reserve_percent", "must be between 0 and 90".into());
         }
-        for (vendor, app) in [("hubspot", &server.connect.hubspot), ("salesforce", &server.connect.salesforce)] {
+        for (vendor, app) in [
+            ("hubspot", &server.connect.hubspot),
+            ("salesforce", &server.connect.salesforce),
+            ("pipedrive", &server.connect.pipedrive),
+        ] {
             let Some(app) = app else { continue };
             for (k, var) in [("client_id_env", &app.client_id_env), ("client_secret_env", &app.client_secret_env)] {
                 if std::env::var_os(var).is_none() {
@@ -705,7 +713,7 @@ impl Config {
                 issue("hold_ttl_secs", "must be between 30 and 3600".into());
             }
             for (key, v, kinds) in [
-                ("crm", &t.crm, &["hubspot", "salesforce"][..]),
+                ("crm", &t.crm, &["hubspot", "salesforce", "pipedrive"][..]),
                 ("calendar", &t.calendar, &["google", "microsoft", "caldav"][..]),
             ] {
                 if v.password.is_some() {
@@ -744,6 +752,7 @@ impl Config {
                     let app = match v.vendor.as_str() {
                         "hubspot" => Some(&server.connect.hubspot),
                         "salesforce" => Some(&server.connect.salesforce),
+                        "pipedrive" => Some(&server.connect.pipedrive),
                         _ => None,
                     };
                     match app {
@@ -757,7 +766,7 @@ impl Config {
                         }
                         _ => issue(
                             &format!("{key}.auth"),
-                            "oauth connections are supported for the HubSpot and Salesforce CRMs only so far".into(),
+                            "oauth connections are supported for the HubSpot, Salesforce and Pipedrive CRMs only so far".into(),
                         ),
                     }
                     continue;

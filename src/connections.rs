@@ -242,8 +242,20 @@ pub const SALESFORCE_SCOPES: [&str; 2] = ["api", "refresh_token"];
 /// `acme.my.salesforce.com` (and the older `naNN.salesforce.com` instances), Government Cloud's
 /// `.salesforce.mil`, and `.force.com` / `.cloudforce.com` for older org URLs.
 /// <https://help.salesforce.com/s/articleView?id=sf.domain_name_url_formats.htm>
+/// A Pipedrive company's `api_domain` is a subdomain of this.
+pub const PIPEDRIVE_API_HOST_SUFFIX: &str = ".pipedrive.com";
+
 pub const SALESFORCE_API_HOST_SUFFIXES: [&str; 4] =
     [".salesforce.com", ".force.com", ".cloudforce.com", ".salesforce.mil"];
+
+/// How the app authenticates itself at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (HubSpot, Salesforce).
+    FormBody,
+    /// `Authorization: Basic base64(client_id:client_secret)` (RFC 6749 §2.3.1; Pipedrive).
+    HttpBasic,
+}
 
 /// An OAuth app registered with a vendor. Config names only the environment variables holding
 /// the client id and secret; the tokens live in the store.
@@ -259,6 +271,7 @@ pub struct OAuthApp {
     /// Host suffixes an API base URL in a token answer may name ([`ApiBaseUrl::accept`]).
     /// Empty: the vendor assigns none, and one in a token answer is ignored (HubSpot).
     pub api_host_suffixes: Vec<String>,
+    pub client_auth: ClientAuth,
 }
 
 impl OAuthApp {
@@ -280,6 +293,7 @@ impl OAuthApp {
             redirect_uri: redirect_uri.into(),
             scopes: HUBSPOT_SCOPES.iter().map(|s| s.to_string()).collect(),
             api_host_suffixes: Vec::new(),
+            client_auth: ClientAuth::FormBody,
         })
     }
 }
@@ -308,6 +322,7 @@ impl OAuthApp {
             redirect_uri: redirect_uri.into(),
             scopes: SALESFORCE_SCOPES.iter().map(|s| s.to_string()).collect(),
             api_host_suffixes: SALESFORCE_API_HOST_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+            client_auth: ClientAuth::FormBody,
         })
     }
 
@@ -322,6 +337,43 @@ impl OAuthApp {
         let client_id = read(client_id_env)?;
         let secret = SecretString::from(read(client_secret_env)?);
         Self::salesforce(&client_id, secret, redirect_uri, login_base).map_err(|e| e.to_string())
+    }
+
+    /// Pipedrive (<https://pipedrive.readme.io/docs/marketplace-oauth-authorization>): authorize
+    /// at `{oauth_base}/oauth/authorize`, tokens from `{oauth_base}/oauth/token` with the client
+    /// credentials in HTTP Basic; scopes come from the app's registration, not the URL. Each
+    /// token answer names the company's `api_domain` (`https://<company>.pipedrive.com`), the
+    /// connection's API base URL.
+    pub fn pipedrive(
+        client_id: &str,
+        client_secret: SecretString,
+        redirect_uri: &str,
+        oauth_base: &Url,
+    ) -> Result<Self, url::ParseError> {
+        Ok(Self {
+            vendor: "pipedrive".into(),
+            client_id: client_id.into(),
+            client_secret,
+            authorize_url: oauth_base.join("oauth/authorize")?,
+            token_url: oauth_base.join("oauth/token")?,
+            redirect_uri: redirect_uri.into(),
+            scopes: Vec::new(),
+            api_host_suffixes: vec![PIPEDRIVE_API_HOST_SUFFIX.into()],
+            client_auth: ClientAuth::HttpBasic,
+        })
+    }
+
+    /// The Pipedrive app whose client id and secret are in the named environment variables.
+    pub fn pipedrive_from_env(
+        client_id_env: &str,
+        client_secret_env: &str,
+        redirect_uri: &str,
+        oauth_base: &Url,
+    ) -> Result<Self, String> {
+        let read = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+        let client_id = read(client_id_env)?;
+        let secret = SecretString::from(read(client_secret_env)?);
+        Self::pipedrive(&client_id, secret, redirect_uri, oauth_base).map_err(|e| e.to_string())
     }
 
     /// The HubSpot app whose client id and secret are in the named environment variables (the
@@ -352,6 +404,10 @@ struct TokenResponse {
     /// <https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm>
     #[serde(default)]
     instance_url: Option<String>,
+    /// Pipedrive: the company's API host (`https://<company>.pipedrive.com`).
+    /// <https://pipedrive.readme.io/docs/marketplace-oauth-authorization>
+    #[serde(default)]
+    api_domain: Option<String>,
 }
 
 impl TokenResponse {
@@ -362,7 +418,7 @@ impl TokenResponse {
         if app.api_host_suffixes.is_empty() {
             return Ok(None);
         }
-        match self.instance_url.as_deref() {
+        match self.instance_url.as_deref().or(self.api_domain.as_deref()) {
             None => Ok(None),
             Some(raw) => ApiBaseUrl::accept(app, raw).map(Some).map_err(ConnectorError::Permanent),
         }
@@ -427,10 +483,13 @@ impl Connections {
         };
         self.store.save_oauth_state(&row).await?;
         let mut url = app.authorize_url.clone();
+        // Pipedrive takes its scopes from the app's registration, not from the URL.
+        if !app.scopes.is_empty() {
+            url.query_pairs_mut().append_pair("scope", &app.scopes.join(" "));
+        }
         url.query_pairs_mut()
             .append_pair("client_id", &app.client_id)
             .append_pair("redirect_uri", &app.redirect_uri)
-            .append_pair("scope", &app.scopes.join(" "))
             .append_pair("state", &state)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
@@ -453,8 +512,6 @@ impl Connections {
             self.cipher.decrypt(&pending.key_id, &pending.verifier_ct, &format!("oauth_state:{}", pending.state))?;
         let form = [
             ("grant_type", "authorization_code"),
-            ("client_id", app.client_id.as_str()),
-            ("client_secret", app.client_secret.expose_secret()),
             ("redirect_uri", app.redirect_uri.as_str()),
             ("code", code),
             ("code_verifier", verifier.expose_secret()),
@@ -559,8 +616,6 @@ impl Connections {
             .map_err(|e| ConnectorError::Permanent(e.to_string()))?;
         let form = [
             ("grant_type", "refresh_token"),
-            ("client_id", app.client_id.as_str()),
-            ("client_secret", app.client_secret.expose_secret()),
             ("redirect_uri", app.redirect_uri.as_str()),
             ("refresh_token", refresh.expose_secret()),
         ];
@@ -603,13 +658,19 @@ impl Connections {
     }
 
     async fn token_request(&self, app: &OAuthApp, form: &[(&str, &str)]) -> Result<TokenResponse, ConnectorError> {
-        let response = self
-            .http
-            .post(app.token_url.clone())
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| ConnectorError::from_transport(&e))?;
+        let request = self.http.post(app.token_url.clone());
+        let request = match app.client_auth {
+            ClientAuth::FormBody => {
+                let mut with_client: Vec<(&str, &str)> =
+                    vec![("client_id", app.client_id.as_str()), ("client_secret", app.client_secret.expose_secret())];
+                with_client.extend_from_slice(form);
+                request.form(&with_client)
+            }
+            ClientAuth::HttpBasic => {
+                request.basic_auth(&app.client_id, Some(app.client_secret.expose_secret())).form(form)
+            }
+        };
+        let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?;
         if status.is_success() {
@@ -720,6 +781,43 @@ mod tests {
         let body = r#"{"status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token"}"#;
         let parsed: TokenError = serde_json::from_str(body).unwrap();
         assert!(matches!(classify_token_error(400, &parsed), ConnectorError::AuthRevoked(_)));
+    }
+
+    /// The token answer of Pipedrive's OAuth guide
+    /// (<https://pipedrive.readme.io/docs/marketplace-oauth-authorization>, "Step 3: Getting
+    /// the tokens"): it names the company's `api_domain`, the connection's API base URL.
+    #[test]
+    fn golden_pipedrive_token_response_names_an_accepted_api_domain() {
+        let body = r#"{
+          "access_token": "v1u:AQIBAHj+LzTNK2yuuuaLqifzhWb9crUNKTpk4FlQ9rjnXqp/6Q",
+          "token_type": "Bearer",
+          "refresh_token": "10000:10001:30a8a0ddca64a5279bde8bc8ae8b1cd5be9c7f7e",
+          "scope": "base,deals:full",
+          "expires_in": 3599,
+          "api_domain": "https://company.pipedrive.com"
+        }"#;
+        let parsed: TokenResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.expires_in, Some(3599));
+        let app = OAuthApp::pipedrive(
+            "id",
+            SecretString::from("secret"),
+            "https://callside.example.com/cb",
+            &Url::parse("https://oauth.pipedrive.com/").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(app.token_url.as_str(), "https://oauth.pipedrive.com/oauth/token");
+        assert_eq!(app.client_auth, ClientAuth::HttpBasic);
+        let base = parsed.api_base_url(&app).unwrap().unwrap();
+        assert_eq!(base.as_str(), "https://company.pipedrive.com/");
+        for bad in ["https://pipedrive.com.evil.example", "http://company.pipedrive.com", "https://evil.example"] {
+            assert!(ApiBaseUrl::accept(&app, bad).is_err(), "{bad} accepted");
+        }
+        // A Salesforce app does not take a Pipedrive host, nor the other way round.
+        assert!(ApiBaseUrl::accept(&app, "https://acme.my.salesforce.com").is_err());
+        assert!(
+            ApiBaseUrl::accept(&salesforce_app("https://login.salesforce.com/"), "https://company.pipedrive.com")
+                .is_err()
+        );
     }
 
     /// The token response example of HubSpot's v1 OAuth tokens guide

@@ -112,6 +112,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         salesforce_port: u16,
         #[arg(long, default_value_t = 0)]
+        pipedrive_port: u16,
+        #[arg(long, default_value_t = 0)]
         control_port: u16,
     },
 }
@@ -218,13 +220,14 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("GET {url}"))?;
             if resp.status().is_success() { Ok(()) } else { anyhow::bail!("{url} answered {}", resp.status()) }
         }
-        Command::Sandbox { hubspot_port, google_port, graph_port, salesforce_port, control_port } => {
+        Command::Sandbox { hubspot_port, google_port, graph_port, salesforce_port, pipedrive_port, control_port } => {
             init_tracing();
             let ports = SandboxPorts {
                 hubspot: hubspot_port,
                 google: google_port,
                 graph: graph_port,
                 salesforce: salesforce_port,
+                pipedrive: pipedrive_port,
             };
             let sandbox = Sandbox::start_on(ports).await.context("starting the emulators")?;
             sandbox.seed_demo();
@@ -236,12 +239,14 @@ async fn main() -> anyhow::Result<()> {
                 "google": sandbox.google.base_url().as_str(),
                 "graph": sandbox.graph.base_url().as_str(),
                 "salesforce": sandbox.salesforce.base_url().as_str(),
+                "pipedrive": sandbox.pipedrive.base_url().as_str(),
                 "control": format!("http://{}/", control.local_addr()?),
                 "tokens": {
                     "hubspot": callside::sandbox::HUBSPOT_TOKEN,
                     "google": callside::sandbox::GOOGLE_TOKEN,
                     "graph": callside::sandbox::GRAPH_TOKEN,
                     "salesforce": callside::sandbox::SALESFORCE_TOKEN,
+                    "pipedrive": callside::sandbox::PIPEDRIVE_TOKEN,
                 },
             });
             println!("{urls}");

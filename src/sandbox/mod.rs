@@ -8,6 +8,7 @@ pub mod google_calendar;
 pub mod graph;
 pub mod hubspot;
 pub mod hubspot_webhooks;
+pub mod pipedrive;
 pub mod radicale;
 pub mod salesforce;
 
@@ -15,6 +16,7 @@ use std::io;
 
 use google_calendar::GoogleCalendarSandbox;
 use hubspot::HubSpotSandbox;
+use pipedrive::PipedriveSandbox;
 
 /// The bearer tokens the emulators accept. They protect nothing (loopback, fake data) and exist
 /// so the connectors' auth paths run exactly as against the vendor.
@@ -22,6 +24,7 @@ pub const HUBSPOT_TOKEN: &str = "sandbox-hubspot-token";
 pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
 pub const GRAPH_TOKEN: &str = "sandbox-graph-token";
 pub const SALESFORCE_TOKEN: &str = "sandbox-salesforce-token";
+pub const PIPEDRIVE_TOKEN: &str = "sandbox-pipedrive-api-token";
 
 /// Loopback ports for [`Sandbox::start_on`]; 0 picks a free one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,6 +33,7 @@ pub struct SandboxPorts {
     pub google: u16,
     pub graph: u16,
     pub salesforce: u16,
+    pub pipedrive: u16,
 }
 
 /// Every emulator the service can run against, started together.
@@ -38,6 +42,7 @@ pub struct Sandbox {
     pub google: GoogleCalendarSandbox,
     pub graph: graph::GraphSandbox,
     pub salesforce: salesforce::SalesforceSandbox,
+    pub pipedrive: PipedriveSandbox,
 }
 
 impl Sandbox {
@@ -57,6 +62,7 @@ impl Sandbox {
             .await?,
             graph: graph::GraphSandbox::serve_on(graph::GraphState::new(GRAPH_TOKEN), ports.graph).await?,
             salesforce: salesforce::SalesforceSandbox::start_on(SALESFORCE_TOKEN, ports.salesforce)?,
+            pipedrive: PipedriveSandbox::start_with_api_token_on(PIPEDRIVE_TOKEN, ports.pipedrive).await?,
         })
     }
 
@@ -99,5 +105,14 @@ impl Sandbox {
                 ("WhoId", serde_json::json!(lead)),
             ],
         );
+        // The same returning customer for tenants on Pipedrive.
+        let ana = self.pipedrive.state.insert_person(
+            "Ana López",
+            Some("ana.lopez@example.com"),
+            &["(415) 555-0134"],
+            Some("94110"),
+            None,
+        );
+        self.pipedrive.state.insert_deal(&ana, "Color correction package", "open", pipedrive::STAGES[0].0);
     }
 }

@@ -11,6 +11,7 @@ use callside::config::{Config, Overrides, ServerFile, TenantFile};
 use callside::sandbox::google_calendar::GoogleCalendarState;
 use callside::sandbox::graph::GraphState;
 use callside::sandbox::hubspot::HubSpotState;
+use callside::sandbox::pipedrive::PipedriveState;
 use callside::sandbox::salesforce::SalesforceState;
 use callside::session::Core;
 use futures::{SinkExt, StreamExt};
@@ -53,6 +54,7 @@ pub struct TestApp {
     pub google: Arc<GoogleCalendarState>,
     pub graph: Arc<GraphState>,
     pub salesforce: Arc<SalesforceState>,
+    pub pipedrive: Arc<PipedriveState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -139,6 +141,7 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
     let google = sandbox.google.state.clone();
     let graph = sandbox.graph.state.clone();
     let salesforce = sandbox.salesforce.state.clone();
+    let pipedrive = sandbox.pipedrive.state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
@@ -152,6 +155,7 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
         google,
         graph,
         salesforce,
+        pipedrive,
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,

@@ -23,6 +23,7 @@ mod match_eval;
 mod mcp_http;
 mod pending_bookings;
 mod pilot;
+mod pipedrive;
 mod reload;
 mod salesforce;
 mod sandbox_admin;

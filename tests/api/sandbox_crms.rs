@@ -94,3 +94,25 @@ async fn a_reload_adds_a_salesforce_tenant_that_answers_at_once() {
     assert_eq!(ctx["structuredContent"]["contact"]["id"], json!(ana), "{ctx}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn pipedrive_demo_tenant_answers_a_call_through_the_emulator() {
+    let tenant = example_tenant("pipedrive-demo.toml");
+    let app = spawn_app_with(server_file(""), vec![tenant.clone()]).await;
+
+    let mut c = call_from_ana(&app, "pd-demo-1", &tenant, "cs_pddemo_not_secret_2a6f93").await;
+    c.initialize().await;
+    let ctx = c.tool("get_caller_context", json!({})).await;
+    let s = &ctx["structuredContent"];
+    assert_eq!(s["status"], "matched", "{ctx}");
+    assert_eq!(s["contact"]["first_name"], "Ana");
+    assert_eq!(s["open_deals"][0]["name"], "Color correction package", "{ctx}");
+    let ana = s["contact"]["id"].as_str().unwrap().to_string();
+    let end = c.tool("end_call", json!({"summary": "Asked about the quote.", "disposition": "info"})).await;
+    assert_eq!(end["structuredContent"]["saved"], true, "{end}");
+    assert_eq!(app.wait_for_sync_of(&tenant.id, "pd-demo-1").await, "synced");
+
+    assert_eq!(app.pipedrive.activities_of(&ana, "call").len(), 1, "one call activity on the person");
+    assert_eq!(app.pipedrive.persons_total(), 1, "the known caller was not duplicated");
+    app.shutdown().await;
+}

@@ -82,6 +82,14 @@ pub trait CrmEmulator: Send + Sync {
     fn typed_properties(&self) -> TypedProperties;
     /// The vendor enforces unique emails on contacts (a create with a taken one is a conflict).
     fn unique_emails(&self) -> bool;
+    /// The vendor has tickets (Pipedrive has none: the context's tickets are always empty).
+    fn has_tickets(&self) -> bool {
+        true
+    }
+    /// The vendor field a last name is written to (Pipedrive keeps one `name`).
+    fn last_name_field(&self) -> String {
+        "lastname".into()
+    }
 
     fn set_search_lag(&self, on: bool);
     fn drop_next_write_response(&self);
@@ -221,8 +229,10 @@ pub async fn reads_context_with_deals_tickets_tasks(target: &dyn ConformanceTarg
     });
     let open_deal = h.emulator.seed_deal(&contact, "Kitchen remodel", true);
     h.emulator.seed_deal(&contact, "Old job", false);
-    let open_ticket = h.emulator.seed_ticket(&contact, "Leaking tap", true);
-    h.emulator.seed_ticket(&contact, "Fixed already", false);
+    let open_ticket = h.emulator.has_tickets().then(|| h.emulator.seed_ticket(&contact, "Leaking tap", true));
+    if h.emulator.has_tickets() {
+        h.emulator.seed_ticket(&contact, "Fixed already", false);
+    }
     let open_task = h.emulator.seed_task(&contact, "Send brochure", false);
     h.emulator.seed_task(&contact, "Done thing", true);
     let note = h.emulator.seed_note(&contact, "Prefers mornings", "2026-11-20T10:00:00Z".parse().unwrap());
@@ -230,7 +240,10 @@ pub async fn reads_context_with_deals_tickets_tasks(target: &dyn ConformanceTarg
     let ctx = h.crm.read_context(&contact).await.unwrap();
     assert_eq!(ctx.contact.first_name.as_deref(), Some("Ada"));
     assert_eq!(ctx.open_deals.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec![open_deal.as_str()]);
-    assert_eq!(ctx.open_tickets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![open_ticket.as_str()]);
+    assert_eq!(
+        ctx.open_tickets.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        open_ticket.into_iter().collect::<Vec<_>>()
+    );
     assert_eq!(ctx.open_tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![open_task.as_str()]);
     let activity = ctx.recent_activity.iter().find(|a| a.id == note).expect("the note is in the recent activity");
     assert!(activity.summary.contains("Prefers mornings"), "{activity:?}");
@@ -442,14 +455,15 @@ pub async fn classifies_every_error(target: &dyn ConformanceTarget) {
     assert!(matches!(err, ConnectorError::NotFound(_)), "{err:?}");
 
     let p = h.emulator.typed_properties();
-    h.emulator.reject_property("lastname");
+    h.emulator.reject_property(&h.emulator.last_name_field());
     let err =
         h.crm.update_contact(&contact, &ContactFields { last_name: Some("X".into()), ..Default::default() }).await;
     match err.unwrap_err() {
         // Field names compare case-insensitively (Salesforce answers `LastName`).
-        ConnectorError::Validation { fields, .. } => {
-            assert_eq!(fields.iter().map(|f| f.to_ascii_lowercase()).collect::<Vec<_>>(), vec!["lastname"])
-        }
+        ConnectorError::Validation { fields, .. } => assert_eq!(
+            fields.iter().map(|f| f.to_ascii_lowercase()).collect::<Vec<_>>(),
+            vec![h.emulator.last_name_field().to_ascii_lowercase()]
+        ),
         other => panic!("expected validation, got {other:?}"),
     }
     h.emulator.clear_property_faults();

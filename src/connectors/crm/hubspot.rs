@@ -635,7 +635,15 @@ impl CrmConnector for HubSpotConnector {
         // greater numeric id) first.
         recent_activity.sort_by(|a, b| (b.at, b.id.len(), &b.id).cmp(&(a.at, a.id.len(), &a.id)));
         recent_activity.truncate(RECENT_ACTIVITY);
-        Ok(CrmContext { contact: to_contact(&contact), open_deals, open_tickets, open_tasks, recent_activity, owner })
+        Ok(CrmContext {
+            contact: to_contact(&contact),
+            open_deals,
+            open_tickets,
+            open_tasks,
+            recent_activity,
+            owner,
+            organization: None,
+        })
     }
 
     async fn create_contact(&self, fields: &ContactFields, idempotency_key: &str) -> Result<String, ConnectorError> {

@@ -4,6 +4,9 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod hubspot;
+pub mod pipedrive;
+#[cfg(test)]
+mod pipedrive_conformance;
 pub mod salesforce;
 #[cfg(test)]
 mod salesforce_conformance;
@@ -70,6 +73,15 @@ pub struct CrmContext {
     /// The record owner, when the contact has one the CRM could resolve.
     #[serde(default)]
     pub owner: Option<CrmOwner>,
+    /// The contact's organization (company), when the CRM links one.
+    #[serde(default)]
+    pub organization: Option<CrmOrganization>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmOrganization {
+    pub id: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

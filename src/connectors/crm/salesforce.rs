@@ -772,6 +772,8 @@ impl CrmConnector for SalesforceConnector {
             open_tasks,
             recent_activity,
             owner,
+            // A Contact's Account is not read into the context yet (a Lead has only `Company`).
+            organization: None,
         })
     }
 
