@@ -188,7 +188,10 @@ impl Application {
             booking: BookingService::new(store.clone(), clock.clone()),
             worker: handle,
             metrics,
-            sessions: Sessions::default(),
+            sessions: Sessions::with_caps(
+                config.limits.max_concurrent_calls,
+                config.limits.max_concurrent_calls_per_tenant,
+            ),
             budgets: budgets.clone(),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
@@ -216,6 +219,10 @@ impl Application {
             core,
             call_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
             limits: config.limits.clone(),
+            tool_rate: crate::gateway::rate::ToolRate::new(
+                config.limits.tool_calls_per_call_per_sec,
+                config.limits.tool_calls_per_tenant_per_sec,
+            ),
             close_calls: CancellationToken::new(),
             call_tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),

@@ -180,6 +180,17 @@ pub struct Limits {
     /// A call reached over HTTP (MCP Streamable HTTP, Vapi) has no socket to drop: after this
     /// long without a request it is finished as abandoned and written back.
     pub http_session_idle_secs: u64,
+    /// Deepest nesting of arrays and objects accepted in a JSON message or body; deeper is
+    /// refused with a clear error before it is parsed (serde_json's own backstop is 128).
+    pub max_json_depth: usize,
+    /// Tool calls one call may make per second (domain clock); past it: JSON-RPC error -32005.
+    pub tool_calls_per_call_per_sec: u32,
+    /// Tool calls all of one tenant's calls may make per second; past it: JSON-RPC error -32005.
+    pub tool_calls_per_tenant_per_sec: u32,
+    /// Calls one tenant may have open at once, every transport counted; past it: "busy".
+    pub max_concurrent_calls_per_tenant: usize,
+    /// Largest HTTP body accepted by `/v1/vapi` (end-of-call reports carry the transcript).
+    pub max_http_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -191,6 +202,11 @@ impl Default for Limits {
             ws_read_buffer_bytes: 4 * 1024,
             ws_write_buffer_bytes: 4 * 1024,
             http_session_idle_secs: 900,
+            max_json_depth: 32,
+            tool_calls_per_call_per_sec: 10,
+            tool_calls_per_tenant_per_sec: 2_000,
+            max_concurrent_calls_per_tenant: 2_000,
+            max_http_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -552,6 +568,21 @@ impl Config {
         }
         if limits.max_concurrent_calls == 0 {
             issue(server_path, "limits.max_concurrent_calls", "must be at least 1".into());
+        }
+        if limits.max_concurrent_calls_per_tenant == 0 {
+            issue(server_path, "limits.max_concurrent_calls_per_tenant", "must be at least 1".into());
+        }
+        if !(4..=128).contains(&limits.max_json_depth) {
+            issue(server_path, "limits.max_json_depth", "must be between 4 and 128".into());
+        }
+        if limits.tool_calls_per_call_per_sec == 0 {
+            issue(server_path, "limits.tool_calls_per_call_per_sec", "must be at least 1".into());
+        }
+        if limits.tool_calls_per_tenant_per_sec == 0 {
+            issue(server_path, "limits.tool_calls_per_tenant_per_sec", "must be at least 1".into());
+        }
+        if limits.max_http_body_bytes < 1024 {
+            issue(server_path, "limits.max_http_body_bytes", "must be at least 1024".into());
         }
         if !(100..5_000).contains(&limits.tool_deadline_ms) {
             issue(

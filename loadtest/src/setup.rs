@@ -77,6 +77,10 @@ shutdown_grace_secs = 5
 [limits]
 max_concurrent_calls = {max_calls}
 tool_deadline_ms = 4000
+# The load test measures capacity, not the abuse limits: those are lifted out of its way.
+max_concurrent_calls_per_tenant = {max_calls}
+tool_calls_per_call_per_sec = 1000
+tool_calls_per_tenant_per_sec = 1000000
 
 [writeback]
 retry_window_secs = 86400

@@ -167,7 +167,7 @@ pub async fn post(State(app): State<Arc<AppState>>, headers: HeaderMap, body: By
             );
         }
     };
-    let req = match jsonrpc::parse(text) {
+    let req = match jsonrpc::parse_limited(text, app.limits.max_json_depth) {
         Ok(r) => r,
         // "If the server cannot accept the input, it MUST return an HTTP error status code (e.g.,
         // 400 Bad Request)" (transports, Sending Messages to the Server).
@@ -390,6 +390,21 @@ async fn tool_call(
         return Ok(bad("call_id", "must be 1-128 characters: letters, digits, - _ . :"));
     }
     let session = match &call {
+        ToolCall::StartCall if app.core.sessions.get(&call_id).is_none() => {
+            // A new call past a concurrent-call cap: the stable "busy" JSON-RPC error.
+            if let Err(scope) = app.core.sessions.room_for(tenant.id()) {
+                app.core
+                    .metrics
+                    .calls_refused
+                    .get_or_create(&crate::observe::ToolNameLabel { tool: "busy".into() })
+                    .inc();
+                return Err(super::busy_error(scope));
+            }
+            match open_or_resume(app, tenant, &call_id, from.as_deref(), to.as_deref(), era).await {
+                Ok(s) => s,
+                Err(refusal) => return Ok(refusal),
+            }
+        }
         ToolCall::StartCall => match open_or_resume(app, tenant, &call_id, from.as_deref(), to.as_deref(), era).await {
             Ok(s) => s,
             Err(refusal) => return Ok(refusal),
@@ -406,6 +421,7 @@ async fn tool_call(
         },
     };
     session.touch(app.core.clock.now());
+    super::admit_tool(app, &session, call.name())?;
     let result = super::run_tool(app, &session, call).await;
     session.touch(app.core.clock.now());
     let mut out = result.to_mcp();
@@ -494,6 +510,7 @@ pub(super) async fn open_http(
         Err(crate::session::OpenError::CallIdTaken) => {
             Err(tool_error(json!({"error": "unknown_call"}), "That call id is not available; use a new one."))
         }
+        Err(crate::session::OpenError::Busy(scope)) => Err(tool_error(json!({"error": "busy"}), scope.message())),
         Err(crate::session::OpenError::DuplicateCall) => {
             app.core.sessions.get(call_id).filter(|s| s.tenant.id() == tenant.id()).ok_or_else(|| {
                 tool_error(json!({"error": "unknown_call"}), "That call id is not available; use a new one.")

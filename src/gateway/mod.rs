@@ -5,6 +5,7 @@
 pub mod connect;
 mod inbound;
 mod mcp_http;
+pub mod rate;
 mod vapi;
 mod writeback_admin;
 mod ws;
@@ -26,12 +27,9 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::config::Limits;
 use crate::observe::{ToolLabels, ToolNameLabel};
-use crate::protocol::ToolResult;
 use crate::protocol::tools::ToolCall;
+use crate::protocol::{ToolResult, jsonrpc};
 use crate::session::{CallSession, Core, Notification};
-
-/// Vapi's end-of-call reports carry the transcript and the call object: larger than a tool call.
-const VAPI_BODY_LIMIT: usize = 1024 * 1024;
 
 /// State shared by every route.
 pub struct AppState {
@@ -44,12 +42,15 @@ pub struct AppState {
     /// Owns every call socket task: axum's graceful shutdown does not cover upgraded sockets.
     pub call_tasks: TaskTracker,
     pub draining: AtomicBool,
+    /// Tool calls per second per call and per tenant.
+    pub tool_rate: rate::ToolRate,
     /// The HubSpot app's webhook receiver, when `[inbound.hubspot]` is configured.
     pub inbound_hubspot: Option<crate::inbound::hubspot::HubSpotReceiver>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let mcp_limit = state.limits.max_message_bytes;
+    // Vapi's end-of-call reports carry the transcript and the call object: larger than a tool call.
     // Bodies past the limit are answered 413 before a handler runs.
     let mcp = Router::new()
         .route("/mcp", post(mcp_http::post).get(mcp_http::not_allowed).delete(mcp_http::not_allowed))
@@ -58,7 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let vapi = Router::new()
         .route("/v1/vapi", post(vapi::post))
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(VAPI_BODY_LIMIT));
+        .layer(RequestBodyLimitLayer::new(state.limits.max_http_body_bytes));
     let inbound = Router::new()
         .route(crate::inbound::hubspot::PATH, post(inbound::hubspot))
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -121,6 +122,19 @@ pub(crate) async fn run_tool(app: &Arc<AppState>, session: &Arc<CallSession>, ca
         .observe(started.elapsed().as_secs_f64());
     count_tool(app, tool, if result.is_error { "error" } else { "ok" });
     result
+}
+
+/// Counts a tool call against the per-call and per-tenant rates; a refusal is a JSON-RPC error.
+pub(crate) fn admit_tool(app: &AppState, session: &CallSession, tool: &str) -> Result<(), jsonrpc::RpcError> {
+    app.tool_rate.admit(session.tenant.id(), &session.call_id, app.core.clock.now()).map_err(|scope| {
+        count_tool(app, tool, "rate_limited");
+        app.tool_rate.error(scope)
+    })
+}
+
+/// The "busy" JSON-RPC error (stable code and message).
+pub(crate) fn busy_error(scope: crate::session::BusyScope) -> jsonrpc::RpcError {
+    jsonrpc::RpcError::new(jsonrpc::BUSY, scope.message())
 }
 
 pub(crate) fn count_tool(app: &AppState, tool: &str, outcome: &str) {

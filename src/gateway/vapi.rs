@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::identity::{ParsedPhone, Phone};
+use crate::protocol::jsonrpc;
 use crate::protocol::tools::{self, ToolParseError};
 use crate::session::{CallSession, ReportApplied, ReportError};
 use crate::tenant::Tenant;
@@ -65,6 +66,10 @@ pub async fn post(State(app): State<Arc<AppState>>, headers: HeaderMap, body: By
     let Some(tenant) = presented_secret(&headers).and_then(|s| app.core.tenants.by_vapi_secret(s)) else {
         return reject(StatusCode::UNAUTHORIZED, "missing or invalid Vapi secret (X-Vapi-Secret)");
     };
+    if jsonrpc::exceeds_depth(&body, app.limits.max_json_depth) {
+        let max = app.limits.max_json_depth;
+        return reject(StatusCode::BAD_REQUEST, &format!("the body nests JSON deeper than {max} levels"));
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return reject(StatusCode::BAD_REQUEST, "the body is not valid JSON");
     };
@@ -218,6 +223,14 @@ async fn tool_calls(
             .unwrap_or(Value::Null);
         let args = match raw_args {
             Value::String(s) if s.trim().is_empty() => Value::Null,
+            Value::String(s) if jsonrpc::exceeds_depth(s.as_bytes(), app.limits.max_json_depth) => {
+                error(
+                    &mut entry,
+                    &format!("The arguments nest JSON deeper than {} levels.", app.limits.max_json_depth),
+                );
+                results.push(entry);
+                continue;
+            }
             Value::String(s) => match serde_json::from_str::<Value>(&s) {
                 Ok(v) => v,
                 Err(_) => {
@@ -250,6 +263,11 @@ async fn tool_calls(
             }
             Ok(c) => c,
         };
+        if let Err(e) = super::admit_tool(app, &session, call.name()) {
+            error(&mut entry, &format!("{} (code {}).", e.message, e.code));
+            results.push(entry);
+            continue;
+        }
         let result = super::run_tool(app, &session, call).await;
         // Notifications have no channel on Vapi; the result carries everything the AI needs.
         let _ = session.take_notifications();

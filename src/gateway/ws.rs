@@ -39,6 +39,19 @@ fn refuse(status: StatusCode, reason: &str, metrics_reason: &str, app: &AppState
     (status, axum::Json(json!({"error": reason}))).into_response()
 }
 
+/// "Busy" before the upgrade: 503 with `Retry-After` and the JSON-RPC error's stable code and
+/// message (`{"error": message, "code": -32004}`), so a client can tell it from an outage.
+fn refuse_busy(scope: crate::session::BusyScope, app: &AppState) -> Response {
+    app.core.metrics.calls_refused.get_or_create(&ToolNameLabel { tool: "busy".into() }).inc();
+    let e = super::busy_error(scope);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(json!({"error": e.message, "code": e.code})),
+    )
+        .into_response()
+}
+
 fn presented_key<'a>(headers: &'a HeaderMap, query: &'a ConnectQuery) -> Option<&'a str> {
     if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
         && let Some(token) = auth.strip_prefix("Bearer ")
@@ -126,13 +139,11 @@ pub async fn upgrade(
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable; retry", "store_unavailable", &app);
         }
     }
+    if let Err(scope) = app.core.sessions.room_for(tenant.id()) {
+        return refuse_busy(scope, &app);
+    }
     let Ok(permit) = app.call_permits.clone().try_acquire_owned() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy: too many calls in progress, try again shortly",
-            "busy",
-            &app,
-        );
+        return refuse_busy(crate::session::BusyScope::Total, &app);
     };
     let caller = Phone::parse(q.from.as_deref().unwrap_or(""), tenant.config.default_region);
     let limits = app.limits.clone();
@@ -155,12 +166,14 @@ pub async fn upgrade(
                 Ok((session, notes)) => run_call(app, socket, session, notes).await,
                 Err(e) => {
                     tracing::warn!(call_id = %call_id, error = %e, "call refused after upgrade");
+                    // A cap reached between the check and the open is "try again later" (1013).
+                    let code = match e {
+                        crate::session::OpenError::Busy(_) => close_code::AGAIN,
+                        _ => close_code::POLICY,
+                    };
                     let mut socket = socket;
                     let _ = socket
-                        .send(Message::Close(Some(CloseFrame {
-                            code: close_code::POLICY,
-                            reason: Utf8Bytes::from(e.to_string()),
-                        })))
+                        .send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(e.to_string()) })))
                         .await;
                 }
             }
@@ -284,7 +297,7 @@ async fn handle_text(
             let _ = out.send(Message::Text(s.into())).await;
         }
     };
-    let req = match jsonrpc::parse(text) {
+    let req = match jsonrpc::parse_limited(text, app.limits.max_json_depth) {
         Ok(r) => r,
         Err((id, err)) => return send(jsonrpc::error_response(&id, &err)).await,
     };
@@ -333,6 +346,9 @@ async fn handle_text(
                     .to_mcp())
                 }
                 Ok(call) => {
+                    if let Err(e) = super::admit_tool(app, session, call.name()) {
+                        return send(jsonrpc::error_response(&id, &e)).await;
+                    }
                     // Run the tool in its own task so pings and other requests are answered
                     // meanwhile; the deadline answers the AI without cancelling the work (a
                     // half-cancelled booking would be worse than a late one).

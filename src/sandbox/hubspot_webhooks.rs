@@ -110,7 +110,9 @@ pub fn start_delivery(
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let stats = Arc::new(WebhookStats::default());
     let task_stats = stats.clone();
-    let client = reqwest::Client::new();
+    // Every outbound request has a deadline, the emulator's included: a receiver that never
+    // answers must not wedge the delivery task.
+    let client = crate::connectors::http_client();
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];

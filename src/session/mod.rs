@@ -44,15 +44,65 @@ pub struct Core {
     pub budgets: Arc<crate::connectors::rate::RateBudgets>,
 }
 
-/// Live calls on this instance, by call id.
-#[derive(Default)]
+/// Live calls on this instance, by call id, under the concurrent-call caps (in total and per
+/// tenant, every transport counted).
 pub struct Sessions {
     live: Mutex<HashMap<String, Arc<CallSession>>>,
     /// Wakes the idle sweeper when an HTTP call opens (its deadline may be the earliest).
     opened: Notify,
+    max_total: usize,
+    max_per_tenant: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::with_caps(usize::MAX, usize::MAX)
+    }
+}
+
+/// Which concurrent-call cap refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyScope {
+    Total,
+    Tenant,
+}
+
+impl BusyScope {
+    /// The stable, speakable message of the "busy" answer.
+    pub fn message(self) -> &'static str {
+        match self {
+            BusyScope::Total => "busy: too many calls in progress, try again shortly",
+            BusyScope::Tenant => "busy: too many calls in progress for this business, try again shortly",
+        }
+    }
 }
 
 impl Sessions {
+    pub fn with_caps(max_total: usize, max_per_tenant: usize) -> Self {
+        Self { live: Mutex::default(), opened: Notify::new(), max_total, max_per_tenant }
+    }
+
+    /// Whether a new call of `tenant` would fit now (the gateway answers "busy" before an
+    /// upgrade; [`Core::open_call`] re-checks atomically).
+    pub fn room_for(&self, tenant: &str) -> Result<(), BusyScope> {
+        Self::check(&self.live.lock().expect("sessions lock"), tenant, self.max_total, self.max_per_tenant)
+    }
+
+    fn check(
+        live: &HashMap<String, Arc<CallSession>>,
+        tenant: &str,
+        max_total: usize,
+        max_per_tenant: usize,
+    ) -> Result<(), BusyScope> {
+        if max_per_tenant != usize::MAX && live.values().filter(|s| s.tenant.id() == tenant).count() >= max_per_tenant {
+            return Err(BusyScope::Tenant);
+        }
+        if live.len() >= max_total {
+            return Err(BusyScope::Total);
+        }
+        Ok(())
+    }
+
     /// Live calls reached over HTTP (no socket), for the idle sweeper.
     fn http_calls(&self) -> Vec<Arc<CallSession>> {
         self.live.lock().expect("sessions lock").values().filter(|s| s.transport == Transport::Http).cloned().collect()
@@ -76,13 +126,14 @@ impl Sessions {
         self.live.lock().expect("sessions lock").values().filter(|s| s.tenant.id() == tenant).cloned().collect()
     }
 
-    fn insert(&self, s: Arc<CallSession>) -> bool {
+    fn insert(&self, s: Arc<CallSession>) -> Result<(), OpenError> {
         let mut live = self.live.lock().expect("sessions lock");
         if live.contains_key(&s.call_id) {
-            return false;
+            return Err(OpenError::DuplicateCall);
         }
+        Self::check(&live, s.tenant.id(), self.max_total, self.max_per_tenant).map_err(OpenError::Busy)?;
         live.insert(s.call_id.clone(), s);
-        true
+        Ok(())
     }
 
     fn remove(&self, call_id: &str) {
@@ -156,6 +207,9 @@ pub enum OpenError {
     /// used once, so a new session can never attach to another call's rows.
     #[error("this call id has already been used")]
     CallIdTaken,
+    /// A concurrent-call cap is reached: the caller gets a clear "busy", never a hang.
+    #[error("{}", .0.message())]
+    Busy(BusyScope),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -232,9 +286,7 @@ impl Core {
             state: Mutex::new(CallState::default()),
             notifications: tx,
         });
-        if !self.sessions.insert(session.clone()) {
-            return Err(OpenError::DuplicateCall);
-        }
+        self.sessions.insert(session.clone())?;
         match self.store.record_call_start(&call_id, tenant.id(), caller_e164.as_deref(), &dialed, now).await {
             Ok(true) => {}
             Ok(false) => {

@@ -15,6 +15,7 @@ mod console_browser;
 mod crash;
 mod graph_calendar;
 mod helpers;
+mod hostile_input;
 mod identity;
 mod inbound_hubspot;
 mod isolation;
