@@ -140,42 +140,78 @@ pub enum ConnectionError {
 
 /// The environment variable holding the token-encryption key (32 bytes, standard base64).
 pub const SECRET_KEY_ENV: &str = "CALLSIDE_SECRET_KEY";
+/// The previous key during a rotation: read (never written) until `callside reencrypt` has moved
+/// every row to the current key.
+pub const OLD_SECRET_KEY_ENV: &str = "CALLSIDE_SECRET_KEY_OLD";
 
-/// AES-256-GCM under one key. Each ciphertext is `base64(nonce || ciphertext || tag)` with a
-/// random 96-bit nonce, bound to its row and field by the associated data, and stored with
-/// [`TokenCipher::key_id`] so a rotated key can still decrypt older rows once key sets exist.
+/// AES-256-GCM. Each ciphertext is `base64(nonce || ciphertext || tag)` with a random 96-bit
+/// nonce, bound to its row and field by the associated data, and stored with the id of the key
+/// that sealed it ([`TokenCipher::key_id`]). New ciphertexts use the current key; older rows are
+/// read under the old key (if configured) until re-encrypted.
 pub struct TokenCipher {
     key_id: String,
     cipher: Aes256Gcm,
+    /// Keys accepted for reading only, by key id.
+    old: Vec<(String, Aes256Gcm)>,
 }
 
 impl std::fmt::Debug for TokenCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCipher").field("key_id", &self.key_id).finish_non_exhaustive()
+        let old: Vec<&str> = self.old.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("TokenCipher").field("key_id", &self.key_id).field("old", &old).finish_non_exhaustive()
     }
+}
+
+/// The key id names the key without revealing it: the first bytes of its SHA-256.
+fn key_id_of(key: &[u8; 32]) -> String {
+    hex::encode(&Sha256::digest(key)[..6])
+}
+
+fn key_from_base64(raw: &str) -> Result<[u8; 32], ConnectionError> {
+    let bytes = STANDARD
+        .decode(raw.trim())
+        .map_err(|_| ConnectionError::Crypto("the secret key is not valid base64".into()))?;
+    bytes.try_into().map_err(|_| ConnectionError::Crypto("the secret key must be 32 bytes".into()))
 }
 
 impl TokenCipher {
     pub fn new(key: &[u8; 32]) -> Self {
-        // The key id names the key without revealing it: the first bytes of its SHA-256.
-        let key_id = hex::encode(&Sha256::digest(key)[..6]);
-        Self { key_id, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)) }
+        Self { key_id: key_id_of(key), cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)), old: vec![] }
     }
 
-    /// Reads the key from [`SECRET_KEY_ENV`].
+    /// Also reads (never writes) ciphertexts sealed under `key`.
+    pub fn with_old_key(mut self, key: &[u8; 32]) -> Self {
+        let id = key_id_of(key);
+        if id != self.key_id && !self.old.iter().any(|(k, _)| *k == id) {
+            self.old.push((id, Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))));
+        }
+        self
+    }
+
+    /// Reads the key from [`SECRET_KEY_ENV`] and, during a rotation, the previous one from
+    /// [`OLD_SECRET_KEY_ENV`].
     pub fn from_env() -> Result<Self, ConnectionError> {
         let raw = std::env::var(SECRET_KEY_ENV)
             .map_err(|_| ConnectionError::Crypto(format!("{SECRET_KEY_ENV} is not set")))?;
-        Self::from_base64(&raw)
+        let old = std::env::var(OLD_SECRET_KEY_ENV).ok().filter(|v| !v.trim().is_empty());
+        Self::from_base64_keys(&raw, old.as_deref())
     }
 
     pub fn from_base64(raw: &str) -> Result<Self, ConnectionError> {
-        let bytes = STANDARD
-            .decode(raw.trim())
-            .map_err(|_| ConnectionError::Crypto("the secret key is not valid base64".into()))?;
-        let key: [u8; 32] =
-            bytes.try_into().map_err(|_| ConnectionError::Crypto("the secret key must be 32 bytes".into()))?;
-        Ok(Self::new(&key))
+        Ok(Self::new(&key_from_base64(raw)?))
+    }
+
+    /// The current key and, optionally, an old one accepted for reading.
+    pub fn from_base64_keys(current: &str, old: Option<&str>) -> Result<Self, ConnectionError> {
+        let cipher = Self::from_base64(current)?;
+        match old {
+            None => Ok(cipher),
+            Some(old) => {
+                let key =
+                    key_from_base64(old).map_err(|e| ConnectionError::Crypto(format!("{OLD_SECRET_KEY_ENV}: {e}")))?;
+                Ok(cipher.with_old_key(&key))
+            }
+        }
     }
 
     /// A random key, for tests and the sandbox.
@@ -187,6 +223,11 @@ impl TokenCipher {
 
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// Whether ciphertexts under `key_id` can be read.
+    pub fn reads(&self, key_id: &str) -> bool {
+        key_id == self.key_id || self.old.iter().any(|(k, _)| k == key_id)
     }
 
     pub fn encrypt(&self, plaintext: &str, aad: &str) -> Result<String, ConnectionError> {
@@ -202,16 +243,24 @@ impl TokenCipher {
     }
 
     pub fn decrypt(&self, key_id: &str, ciphertext: &str, aad: &str) -> Result<SecretString, ConnectionError> {
-        if key_id != self.key_id {
-            return Err(ConnectionError::Crypto(format!("encrypted under key {key_id}, which is not configured")));
-        }
+        let cipher = if key_id == self.key_id {
+            &self.cipher
+        } else {
+            match self.old.iter().find(|(k, _)| k == key_id) {
+                Some((_, c)) => c,
+                None => {
+                    return Err(ConnectionError::Crypto(format!(
+                        "encrypted under key {key_id}, which is not configured"
+                    )));
+                }
+            }
+        };
         let raw = STANDARD.decode(ciphertext).map_err(|_| ConnectionError::Crypto("corrupt ciphertext".into()))?;
         if raw.len() < 12 {
             return Err(ConnectionError::Crypto("corrupt ciphertext".into()));
         }
         let (nonce, sealed) = raw.split_at(12);
-        let plain = self
-            .cipher
+        let plain = cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: aad.as_bytes() })
             .map_err(|_| ConnectionError::Crypto("ciphertext does not authenticate".into()))?;
         String::from_utf8(plain)
@@ -731,6 +780,51 @@ impl TokenSource for ConnectionTokens {
     }
 }
 
+/// What `callside reencrypt` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReencryptReport {
+    /// Connections whose tokens now are under the current key.
+    pub connections: usize,
+    /// Pending authorization requests re-encrypted.
+    pub oauth_states: usize,
+    /// Rows under a key that is neither current nor old: left as they are (ids only).
+    pub unreadable: Vec<String>,
+}
+
+/// Re-encrypts every stored ciphertext that is not under the current key (tokens of
+/// connections, PKCE verifiers of pending authorizations). Each row is replaced only if it is
+/// still what was read (a refresh in a running service meanwhile wins: its row is already under
+/// the current key). Safe to run again; a second run finds nothing to do.
+pub async fn reencrypt(store: &Store, cipher: &TokenCipher) -> Result<ReencryptReport, ConnectionError> {
+    let mut report = ReencryptReport::default();
+    for row in store.connections_not_under(cipher.key_id()).await? {
+        if !cipher.reads(&row.key_id) {
+            report.unreadable.push(row.id.clone());
+            continue;
+        }
+        let access = cipher.decrypt(&row.key_id, &row.access_token_ct, &format!("{}:access", row.id))?;
+        let refresh = cipher.decrypt(&row.key_id, &row.refresh_token_ct, &format!("{}:refresh", row.id))?;
+        let access_ct = cipher.encrypt(access.expose_secret(), &format!("{}:access", row.id))?;
+        let refresh_ct = cipher.encrypt(refresh.expose_secret(), &format!("{}:refresh", row.id))?;
+        if store.reseal_connection(&row, cipher.key_id(), &access_ct, &refresh_ct).await? {
+            report.connections += 1;
+        }
+    }
+    for row in store.oauth_states_not_under(cipher.key_id()).await? {
+        if !cipher.reads(&row.key_id) {
+            report.unreadable.push(format!("oauth_state of {}:{}", row.tenant, row.vendor));
+            continue;
+        }
+        let aad = format!("oauth_state:{}", row.state);
+        let verifier = cipher.decrypt(&row.key_id, &row.verifier_ct, &aad)?;
+        let ct = cipher.encrypt(verifier.expose_secret(), &aad)?;
+        if store.reseal_oauth_state(&row, cipher.key_id(), &ct).await? {
+            report.oauth_states += 1;
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,6 +839,88 @@ mod tests {
         assert!(cipher.decrypt(cipher.key_id(), &sealed, "other:hubspot:access").is_err(), "bound to its row");
         assert!(TokenCipher::generate().decrypt(cipher.key_id(), &sealed, "t:hubspot:access").is_err());
         assert!(cipher.decrypt("another-key", &sealed, "t:hubspot:access").is_err());
+    }
+
+    /// Key rotation: rows sealed under the old key are read while `CALLSIDE_SECRET_KEY_OLD` names
+    /// it, `reencrypt` moves them to the current key (the raw row never holds a token), rows under
+    /// an unknown key are reported and left alone, and a second run has nothing to do.
+    #[tokio::test]
+    async fn rotation_reads_the_old_key_and_reencrypt_moves_every_row_to_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let (k_old, k_new, k_lost) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let b64 = |k: &[u8; 32]| STANDARD.encode(k);
+        let old = TokenCipher::new(&k_old);
+        let seal = |cipher: &TokenCipher, id: &str, access: &str, refresh: &str| ConnectionRow {
+            id: id.into(),
+            tenant: id.split(':').next().unwrap().into(),
+            vendor: "hubspot".into(),
+            status: "active".into(),
+            key_id: cipher.key_id().into(),
+            access_token_ct: cipher.encrypt(access, &format!("{id}:access")).unwrap(),
+            refresh_token_ct: cipher.encrypt(refresh, &format!("{id}:refresh")).unwrap(),
+            expires_at: 0,
+            scopes: "crm".into(),
+            updated_at: 0,
+        };
+        store.upsert_connection(&seal(&old, "a:hubspot", "access-plain-a1", "refresh-plain-a2")).await.unwrap();
+        store
+            .upsert_connection(&seal(&TokenCipher::new(&k_lost), "b:hubspot", "access-plain-b1", "refresh-plain-b2"))
+            .await
+            .unwrap();
+        store
+            .save_oauth_state(&OAuthStateRow {
+                state: "st1".into(),
+                tenant: "a".into(),
+                vendor: "hubspot".into(),
+                key_id: old.key_id().into(),
+                verifier_ct: old.encrypt("verifier-plain-1", "oauth_state:st1").unwrap(),
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+
+        // Without the old key the new one cannot read the row; with it, it can.
+        let new_only = TokenCipher::from_base64(&b64(&k_new)).unwrap();
+        let row = store.connection("a:hubspot").await.unwrap().unwrap();
+        assert!(new_only.decrypt(&row.key_id, &row.access_token_ct, "a:hubspot:access").is_err());
+        let rotating = TokenCipher::from_base64_keys(&b64(&k_new), Some(&b64(&k_old))).unwrap();
+        let read = rotating.decrypt(&row.key_id, &row.access_token_ct, "a:hubspot:access").unwrap();
+        assert_eq!(read.expose_secret(), "access-plain-a1");
+        assert!(TokenCipher::from_base64_keys(&b64(&k_new), Some("short")).is_err(), "a bad old key is an error");
+
+        let report = reencrypt(&store, &rotating).await.unwrap();
+        assert_eq!(
+            report,
+            ReencryptReport { connections: 1, oauth_states: 1, unreadable: vec!["b:hubspot".to_owned()] }
+        );
+        // Now the new key alone reads everything that was readable.
+        let row = store.connection("a:hubspot").await.unwrap().unwrap();
+        assert_eq!(row.key_id, new_only.key_id());
+        assert_eq!(
+            new_only.decrypt(&row.key_id, &row.access_token_ct, "a:hubspot:access").unwrap().expose_secret(),
+            "access-plain-a1"
+        );
+        assert_eq!(
+            new_only.decrypt(&row.key_id, &row.refresh_token_ct, "a:hubspot:refresh").unwrap().expose_secret(),
+            "refresh-plain-a2"
+        );
+        let state = store.take_oauth_state("st1").await.unwrap().unwrap();
+        assert_eq!(
+            new_only.decrypt(&state.key_id, &state.verifier_ct, "oauth_state:st1").unwrap().expose_secret(),
+            "verifier-plain-1"
+        );
+        let untouched = store.connection("b:hubspot").await.unwrap().unwrap();
+        assert_eq!(untouched.key_id, TokenCipher::new(&k_lost).key_id(), "an unreadable row is left as it was");
+        // The raw rows hold no token in any column.
+        let raw = store.raw_connection_columns().await.unwrap();
+        assert_eq!(raw.len(), 2);
+        for cell in raw.iter().flatten() {
+            assert!(!cell.contains("plain"), "a token in the raw row: {cell}");
+        }
+        // Idempotent.
+        let again = reencrypt(&store, &rotating).await.unwrap();
+        assert_eq!((again.connections, again.oauth_states), (0, 0));
     }
 
     #[test]

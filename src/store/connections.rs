@@ -120,6 +120,115 @@ impl Store {
         }))
     }
 
+    /// Connections whose ciphertexts are not under `key_id` (for `callside reencrypt`).
+    pub async fn connections_not_under(&self, key_id: &str) -> Result<Vec<ConnectionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at
+             FROM connections WHERE key_id <> ? ORDER BY id",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ConnectionRow {
+                id: r.get("id"),
+                tenant: r.get("tenant"),
+                vendor: r.get("vendor"),
+                status: r.get("status"),
+                key_id: r.get("key_id"),
+                access_token_ct: r.get("access_token_ct"),
+                refresh_token_ct: r.get("refresh_token_ct"),
+                expires_at: r.get("expires_at"),
+                scopes: r.get("scopes"),
+                updated_at: r.get("updated_at"),
+            })
+            .collect())
+    }
+
+    /// Replaces a connection's ciphertexts if the row still holds what `was` read; false if it
+    /// changed meanwhile (a refresh wrote it under the current key).
+    pub async fn reseal_connection(
+        &self,
+        was: &ConnectionRow,
+        key_id: &str,
+        access_token_ct: &str,
+        refresh_token_ct: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE connections SET key_id = ?, access_token_ct = ?, refresh_token_ct = ?
+             WHERE id = ? AND key_id = ? AND access_token_ct = ? AND refresh_token_ct = ?",
+        )
+        .bind(key_id)
+        .bind(access_token_ct)
+        .bind(refresh_token_ct)
+        .bind(&was.id)
+        .bind(&was.key_id)
+        .bind(&was.access_token_ct)
+        .bind(&was.refresh_token_ct)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn oauth_states_not_under(&self, key_id: &str) -> Result<Vec<OAuthStateRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, tenant, vendor, key_id, verifier_ct, created_at FROM oauth_states WHERE key_id <> ?",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OAuthStateRow {
+                state: r.get("state"),
+                tenant: r.get("tenant"),
+                vendor: r.get("vendor"),
+                key_id: r.get("key_id"),
+                verifier_ct: r.get("verifier_ct"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    pub async fn reseal_oauth_state(
+        &self,
+        was: &OAuthStateRow,
+        key_id: &str,
+        verifier_ct: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE oauth_states SET key_id = ?, verifier_ct = ? WHERE state = ? AND key_id = ? AND verifier_ct = ?",
+        )
+        .bind(key_id)
+        .bind(verifier_ct)
+        .bind(&was.state)
+        .bind(&was.key_id)
+        .bind(&was.verifier_ct)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every column of every connection row as stored, as text: what someone holding the
+    /// database file but not the key sees (tests assert no token is among them).
+    pub async fn raw_connection_columns(&self) -> Result<Vec<Vec<String>>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM connections").fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| {
+                        r.try_get::<String, _>(i)
+                            .or_else(|_| r.try_get::<i64, _>(i).map(|n| n.to_string()))
+                            .or_else(|_| r.try_get::<Vec<u8>, _>(i).map(|b| String::from_utf8_lossy(&b).into_owned()))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
     pub async fn set_connection_status(&self, id: &str, status: &str, at: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE connections SET status = ?, updated_at = ? WHERE id = ?")
             .bind(status)

@@ -41,5 +41,16 @@ async fn a_tenant_connects_hubspot_through_the_service() {
         app.core.store.connection(&callside::connections::connection_id("demo", "hubspot")).await.unwrap().unwrap();
     assert_eq!(conn.status, "active");
     assert!(!conn.access_token_ct.contains("sandbox-access-"), "tokens are encrypted at rest");
+    // The raw row, every column as stored: no token (the sandbox's tokens are
+    // `sandbox-access-…` / `sandbox-refresh-…`) and nothing a reader without the key can use.
+    let raw = app.core.store.raw_connection_columns().await.unwrap();
+    assert_eq!(raw.len(), 1);
+    assert!(raw[0].iter().any(|c| c == &conn.key_id), "the key id is stored beside the ciphertexts");
+    for cell in &raw[0] {
+        assert!(
+            !cell.contains("sandbox-access-") && !cell.contains("sandbox-refresh-"),
+            "a token in the raw row: {cell}"
+        );
+    }
     app.shutdown().await;
 }

@@ -29,6 +29,7 @@ mod reload;
 mod salesforce;
 mod sandbox_admin;
 mod sandbox_crms;
+mod secrets;
 mod vapi;
 mod writeback_durability;
 mod writeback_rules;
