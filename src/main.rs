@@ -80,6 +80,16 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Re-encrypt every stored OAuth token (and pending authorization) under the current
+    /// `CALLSIDE_SECRET_KEY`, reading older rows with `CALLSIDE_SECRET_KEY_OLD`. Run it after
+    /// deploying the new key beside the old one; afterwards the old key can be dropped. Exits 1
+    /// if a row is under a key neither variable holds.
+    Reencrypt {
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Run seed 002's ten test calls and seed 003's pilot scenario against one tenant's CRM and
     /// calendar through the real service path (started in-process from the config, on a free
     /// loopback port with a scratch store), verify each outcome by reading the CRM and calendar
@@ -156,10 +166,10 @@ async fn writeback_admin(action: &str, a: WritebackAdmin) -> anyhow::Result<()> 
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(callside::observe::log_filter(&spec))
         .with_current_span(false)
         .init();
 }
@@ -296,6 +306,25 @@ async fn main() -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
             }
+        }
+        Command::Reencrypt { config, data_dir } => {
+            let cipher = callside::connections::TokenCipher::from_env().context("reading the keys")?;
+            let store = open_store(&config, data_dir).await?;
+            let report = callside::connections::reencrypt(&store, &cipher).await?;
+            println!(
+                "re-encrypted {} connection(s) and {} pending authorization(s) under key {}",
+                report.connections,
+                report.oauth_states,
+                cipher.key_id()
+            );
+            if !report.unreadable.is_empty() {
+                eprintln!(
+                    "under a key that is neither CALLSIDE_SECRET_KEY nor CALLSIDE_SECRET_KEY_OLD (left as they are): {}",
+                    report.unreadable.join(", ")
+                );
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::HashKey => {
             let mut key = String::new();

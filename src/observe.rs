@@ -164,6 +164,36 @@ impl Default for Metrics {
 }
 
 /// A phone number for logs: country code and last two digits only.
+/// Dependency targets capped whatever `RUST_LOG` says: at trace (and some at debug) they print
+/// raw payloads — HTTP bodies and headers, WebSocket frames, SQL with bound values — which carry
+/// callers' phone numbers and emails. Our own targets redact what they log; these cannot.
+/// `tests/pii_logs.rs` runs the flows at `trace` through this filter and greps the output.
+pub const CAPPED_TARGETS: &[(&str, &str)] = &[
+    ("tungstenite", "info"),
+    ("tokio_tungstenite", "info"),
+    ("hyper", "info"),
+    ("hyper_util", "info"),
+    ("h2", "info"),
+    ("reqwest", "info"),
+    ("rustls", "info"),
+    ("sqlx", "warn"),
+    ("axum", "info"),
+    ("tower_http", "info"),
+    ("rlibphonenumber", "info"),
+];
+
+/// The log filter: `spec` (e.g. `RUST_LOG`) with the [`CAPPED_TARGETS`] capped.
+pub fn log_filter(spec: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_new(spec).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for (target, level) in CAPPED_TARGETS {
+        if let Ok(d) = format!("{target}={level}").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
 pub fn redact_phone(e164: &str) -> String {
     let digits: Vec<char> = e164.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.len() < 4 {
