@@ -28,6 +28,7 @@ pub mod connectors;
 pub mod console;
 pub mod context;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod inbound;

@@ -6,7 +6,7 @@ pub mod connect;
 mod inbound;
 mod mcp_http;
 pub mod rate;
-mod vapi;
+pub mod vapi;
 mod writeback_admin;
 mod ws;
 

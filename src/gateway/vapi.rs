@@ -62,50 +62,142 @@ fn single_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The parts of a Vapi server message the service reads, validated (no I/O).
+#[derive(Debug)]
+pub struct VapiEnvelope {
+    pub kind: String,
+    /// Validated when present (`message.call.id`, else the `X-Call-Id` header).
+    pub call_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub message: Value,
+}
+
+/// Parses a `/v1/vapi` body; the error is the 400 answer's text.
+pub fn parse_envelope(body: &[u8], max_depth: usize, header_call_id: Option<&str>) -> Result<VapiEnvelope, String> {
+    if jsonrpc::exceeds_depth(body, max_depth) {
+        return Err(format!("the body nests JSON deeper than {max_depth} levels"));
+    }
+    let Ok(mut body) = serde_json::from_slice::<Value>(body) else {
+        return Err("the body is not valid JSON".into());
+    };
+    let Some(message) = body.get_mut("message").filter(|m| m.is_object()).map(Value::take) else {
+        return Err("message must be an object".into());
+    };
+    let Some(kind) = message.get("type").and_then(Value::as_str).map(str::to_owned) else {
+        return Err("message.type must be a string".into());
+    };
+    let call_id = match opt_str(&message, "/call/id")? {
+        Some(id) => Some(id.to_owned()),
+        None => header_call_id.map(str::to_owned),
+    };
+    let Some(call_id) = call_id else {
+        return Ok(VapiEnvelope { kind, call_id: None, from: None, to: None, message });
+    };
+    if !super::ws::valid_call_id(&call_id) {
+        return Err("message.call.id must be 1-128 characters: letters, digits, - _ . :".into());
+    }
+    let from = match opt_str(&message, "/call/customer/number")? {
+        Some(n) => Some(n),
+        None => opt_str(&message, "/customer/number")?,
+    }
+    .map(str::to_owned);
+    let to = opt_str(&message, "/phoneNumber/number")?.map(str::to_owned);
+    Ok(VapiEnvelope { kind, call_id: Some(call_id), from, to, message })
+}
+
+/// `message.toolCallList` (or `toolWithToolCallList`, the name outside the call), at most 32.
+pub fn tool_call_list(message: &Value) -> Result<Vec<Value>, String> {
+    let list: Vec<Value> = match (message.get("toolCallList"), message.get("toolWithToolCallList")) {
+        (Some(Value::Array(l)), _) => l.clone(),
+        (None | Some(Value::Null), Some(Value::Array(l))) => {
+            // `[{name, toolCall: {id, parameters}}]`: the same call, with the name outside.
+            l.iter()
+                .map(|t| {
+                    let mut c = t.get("toolCall").cloned().unwrap_or(json!({}));
+                    if c.get("name").is_none()
+                        && let Some(n) = t.get("name")
+                    {
+                        c["name"] = n.clone();
+                    }
+                    c
+                })
+                .collect()
+        }
+        _ => return Err("message.toolCallList must be an array".into()),
+    };
+    if list.len() > 32 {
+        return Err("message.toolCallList has too many entries (at most 32)".into());
+    }
+    Ok(list)
+}
+
+/// One entry of the tool-call list.
+#[derive(Debug)]
+pub struct VapiToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments (the transport's own `call_id`/`from`/`to` removed), or why they are unusable.
+    pub arguments: Result<Value, String>,
+}
+
+/// Reads one tool call in either documented form; `Err` is the text for an entry without a
+/// string id and a function name.
+pub fn tool_call_parts(item: &Value, max_depth: usize) -> Result<VapiToolCall, String> {
+    let id = item.get("id").and_then(Value::as_str).unwrap_or("");
+    let name = item
+        .get("name")
+        .and_then(Value::as_str)
+        .or_else(|| item.pointer("/function/name").and_then(Value::as_str))
+        .unwrap_or("");
+    if id.is_empty() || name.is_empty() {
+        return Err("Each tool call needs a string id and a function name.".into());
+    }
+    let raw_args = item
+        .get("parameters")
+        .or_else(|| item.get("arguments"))
+        .or_else(|| item.pointer("/function/arguments"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let arguments = match raw_args {
+        Value::String(s) if s.trim().is_empty() => Ok(Value::Null),
+        Value::String(s) if jsonrpc::exceeds_depth(s.as_bytes(), max_depth) => {
+            Err(format!("The arguments nest JSON deeper than {max_depth} levels."))
+        }
+        Value::String(s) => {
+            serde_json::from_str::<Value>(&s).map_err(|_| "The arguments are not valid JSON.".to_owned())
+        }
+        other => Ok(other),
+    }
+    .map(|mut args| {
+        if let Some(m) = args.as_object_mut() {
+            // The transport's own arguments (the call is named by the event itself).
+            for k in ["call_id", "from", "to"] {
+                m.remove(k);
+            }
+        }
+        args
+    });
+    Ok(VapiToolCall { id: id.to_owned(), name: name.to_owned(), arguments })
+}
+
 pub async fn post(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(tenant) = presented_secret(&headers).and_then(|s| app.core.tenants.by_vapi_secret(s)) else {
         return reject(StatusCode::UNAUTHORIZED, "missing or invalid Vapi secret (X-Vapi-Secret)");
     };
-    if jsonrpc::exceeds_depth(&body, app.limits.max_json_depth) {
-        let max = app.limits.max_json_depth;
-        return reject(StatusCode::BAD_REQUEST, &format!("the body nests JSON deeper than {max} levels"));
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return reject(StatusCode::BAD_REQUEST, "the body is not valid JSON");
-    };
-    let Some(message) = body.get("message").filter(|m| m.is_object()) else {
-        return reject(StatusCode::BAD_REQUEST, "message must be an object");
-    };
-    let Some(kind) = message.get("type").and_then(Value::as_str) else {
-        return reject(StatusCode::BAD_REQUEST, "message.type must be a string");
-    };
-    let call_id = match opt_str(message, "/call/id") {
-        Ok(Some(id)) => Some(id.to_owned()),
-        Ok(None) => headers.get("x-call-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        Err(e) => return reject(StatusCode::BAD_REQUEST, &e),
-    };
+    let header_call_id = headers.get("x-call-id").and_then(|v| v.to_str().ok());
+    let VapiEnvelope { kind, call_id, from, to, message } =
+        match parse_envelope(&body, app.limits.max_json_depth, header_call_id) {
+            Ok(e) => e,
+            Err(e) => return reject(StatusCode::BAD_REQUEST, &e),
+        };
+    let message = &message;
+    let kind = kind.as_str();
     let needs_call = matches!(kind, "tool-calls" | "status-update" | "end-of-call-report");
     let call_id = match call_id {
-        Some(id) if super::ws::valid_call_id(&id) => id,
-        Some(_) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "message.call.id must be 1-128 characters: letters, digits, - _ . :",
-            );
-        }
+        Some(id) => id,
         None if needs_call => return reject(StatusCode::BAD_REQUEST, "message.call.id is required"),
         None => return (StatusCode::OK, axum::Json(json!({}))).into_response(),
-    };
-    let from = match opt_str(message, "/call/customer/number").and_then(|a| match a {
-        Some(n) => Ok(Some(n)),
-        None => opt_str(message, "/customer/number"),
-    }) {
-        Ok(f) => f.map(str::to_owned),
-        Err(e) => return reject(StatusCode::BAD_REQUEST, &e),
-    };
-    let to = match opt_str(message, "/phoneNumber/number") {
-        Ok(t) => t.map(str::to_owned),
-        Err(e) => return reject(StatusCode::BAD_REQUEST, &e),
     };
     match kind {
         "tool-calls" => tool_calls(&app, &tenant, &call_id, from.as_deref(), to.as_deref(), message).await,
@@ -170,27 +262,10 @@ async fn tool_calls(
     to: Option<&str>,
     message: &Value,
 ) -> Response {
-    let list: Vec<Value> = match (message.get("toolCallList"), message.get("toolWithToolCallList")) {
-        (Some(Value::Array(l)), _) => l.clone(),
-        (None | Some(Value::Null), Some(Value::Array(l))) => {
-            // `[{name, toolCall: {id, parameters}}]`: the same call, with the name outside.
-            l.iter()
-                .map(|t| {
-                    let mut c = t.get("toolCall").cloned().unwrap_or(json!({}));
-                    if c.get("name").is_none()
-                        && let Some(n) = t.get("name")
-                    {
-                        c["name"] = n.clone();
-                    }
-                    c
-                })
-                .collect()
-        }
-        _ => return reject(StatusCode::BAD_REQUEST, "message.toolCallList must be an array"),
+    let list = match tool_call_list(message) {
+        Ok(l) => l,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, &e),
     };
-    if list.len() > 32 {
-        return reject(StatusCode::BAD_REQUEST, "message.toolCallList has too many entries (at most 32)");
-    }
     let session = session(app, tenant, call_id, from, to).await;
     let mut results = Vec::with_capacity(list.len());
     for item in &list {
@@ -202,11 +277,14 @@ async fn tool_calls(
             .unwrap_or("");
         let mut entry = json!({"name": name, "toolCallId": id});
         let error = |entry: &mut Value, text: &str| entry["error"] = json!(single_line(text));
-        if id.is_empty() || name.is_empty() {
-            error(&mut entry, "Each tool call needs a string id and a function name.");
-            results.push(entry);
-            continue;
-        }
+        let parts = match tool_call_parts(item, app.limits.max_json_depth) {
+            Ok(p) => p,
+            Err(text) => {
+                error(&mut entry, &text);
+                results.push(entry);
+                continue;
+            }
+        };
         let session = match &session {
             Ok(s) => s.clone(),
             Err(refusal) => {
@@ -215,39 +293,14 @@ async fn tool_calls(
                 continue;
             }
         };
-        let raw_args = item
-            .get("parameters")
-            .or_else(|| item.get("arguments"))
-            .or_else(|| item.pointer("/function/arguments"))
-            .cloned()
-            .unwrap_or(Value::Null);
-        let args = match raw_args {
-            Value::String(s) if s.trim().is_empty() => Value::Null,
-            Value::String(s) if jsonrpc::exceeds_depth(s.as_bytes(), app.limits.max_json_depth) => {
-                error(
-                    &mut entry,
-                    &format!("The arguments nest JSON deeper than {} levels.", app.limits.max_json_depth),
-                );
+        let args = match parts.arguments {
+            Ok(a) => a,
+            Err(text) => {
+                error(&mut entry, &text);
                 results.push(entry);
                 continue;
             }
-            Value::String(s) => match serde_json::from_str::<Value>(&s) {
-                Ok(v) => v,
-                Err(_) => {
-                    error(&mut entry, "The arguments are not valid JSON.");
-                    results.push(entry);
-                    continue;
-                }
-            },
-            other => other,
         };
-        let mut args = args;
-        if let Some(m) = args.as_object_mut() {
-            // The transport's own arguments (the call is named by the event itself).
-            for k in ["call_id", "from", "to"] {
-                m.remove(k);
-            }
-        }
         session.touch(app.core.clock.now());
         let call = match tools::parse_call(name, &args) {
             Err(ToolParseError::UnknownTool(n)) => {
@@ -282,14 +335,8 @@ async fn tool_calls(
     (StatusCode::OK, axum::Json(json!({"results": results}))).into_response()
 }
 
-async fn end_of_call_report(
-    app: &Arc<AppState>,
-    tenant: &Arc<Tenant>,
-    call_id: &str,
-    from: Option<&str>,
-    to: Option<&str>,
-    message: &Value,
-) -> Response {
+/// The end-of-call report's parts the write-back uses; the error is the 400 answer's text.
+pub fn parse_report(message: &Value) -> Result<PlatformReport, String> {
     let pick = |pointers: &[&str]| -> Result<Option<String>, String> {
         for p in pointers {
             if let Some(s) = opt_str(message, p)?.map(str::trim).filter(|s| !s.is_empty()) {
@@ -298,36 +345,45 @@ async fn end_of_call_report(
         }
         Ok(None)
     };
-    let report = (|| -> Result<PlatformReport, String> {
-        let recording_url = pick(&["/artifact/recordingUrl", "/recordingUrl", "/artifact/recording/mono/combinedUrl"])?;
-        if let Some(u) = &recording_url
-            && !url::Url::parse(u).is_ok_and(|u| u.scheme() == "https" || u.scheme() == "http")
-        {
-            return Err("the recording URL must be an http(s) URL".into());
-        }
-        let evaluation = match message.pointer("/analysis/successEvaluation") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(v @ (Value::Bool(_) | Value::Number(_))) => Some(v.to_string()),
-            Some(_) => return Err("message.analysis.successEvaluation must be a string, number or boolean".into()),
-        };
-        let duration_secs = match message.get("durationSeconds") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(f) if (0.0..=86_400.0).contains(&f) => Some(f.round() as u64),
-                _ => return Err("message.durationSeconds must be between 0 and 86400".into()),
-            },
-            Some(_) => return Err("message.durationSeconds must be a number".into()),
-        };
-        Ok(PlatformReport {
-            summary: pick(&["/analysis/summary", "/summary"])?,
-            transcript: pick(&["/artifact/transcript", "/transcript"])?,
-            recording_url,
-            duration_secs,
-            evaluation,
-            ended_reason: pick(&["/endedReason"])?,
-        })
-    })();
+    let recording_url = pick(&["/artifact/recordingUrl", "/recordingUrl", "/artifact/recording/mono/combinedUrl"])?;
+    if let Some(u) = &recording_url
+        && !url::Url::parse(u).is_ok_and(|u| u.scheme() == "https" || u.scheme() == "http")
+    {
+        return Err("the recording URL must be an http(s) URL".into());
+    }
+    let evaluation = match message.pointer("/analysis/successEvaluation") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v @ (Value::Bool(_) | Value::Number(_))) => Some(v.to_string()),
+        Some(_) => return Err("message.analysis.successEvaluation must be a string, number or boolean".into()),
+    };
+    let duration_secs = match message.get("durationSeconds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if (0.0..=86_400.0).contains(&f) => Some(f.round() as u64),
+            _ => return Err("message.durationSeconds must be between 0 and 86400".into()),
+        },
+        Some(_) => return Err("message.durationSeconds must be a number".into()),
+    };
+    Ok(PlatformReport {
+        summary: pick(&["/analysis/summary", "/summary"])?,
+        transcript: pick(&["/artifact/transcript", "/transcript"])?,
+        recording_url,
+        duration_secs,
+        evaluation,
+        ended_reason: pick(&["/endedReason"])?,
+    })
+}
+
+async fn end_of_call_report(
+    app: &Arc<AppState>,
+    tenant: &Arc<Tenant>,
+    call_id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    message: &Value,
+) -> Response {
+    let report = parse_report(message);
     let report = match report {
         Ok(r) => r,
         Err(e) => return reject(StatusCode::BAD_REQUEST, &e),

@@ -119,7 +119,7 @@ pub struct Accepted {
 /// One event of the batch (fields as HubSpot names them; unknown ones are ignored).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Event {
+pub struct Event {
     event_id: u64,
     portal_id: u64,
     subscription_type: String,
@@ -153,6 +153,16 @@ pub fn verify_v3(secret: &[u8], method: &str, uri: &str, body: &[u8], timestamp:
         return false;
     };
     mac_v3(secret, method, uri, body, timestamp).verify_slice(&presented).is_ok()
+}
+
+/// The event batch of a delivery (after its signature was checked): at least one event.
+pub fn parse_events(body: &[u8]) -> Result<Vec<Event>, Rejection> {
+    let events: Vec<Event> = serde_json::from_slice(body)
+        .map_err(|e| Rejection::Malformed(crate::connectors::truncate_bytes(&e.to_string(), 200)))?;
+    if events.is_empty() {
+        return Err(Rejection::Malformed("no events".into()));
+    }
+    Ok(events)
 }
 
 impl HubSpotReceiver {
@@ -208,11 +218,7 @@ impl HubSpotReceiver {
         if !verify_v3(secret.expose_secret().as_bytes(), d.method, &uri, d.body, timestamp, signature) {
             return Err(Rejection::Forged);
         }
-        let events: Vec<Event> = serde_json::from_slice(d.body)
-            .map_err(|e| Rejection::Malformed(crate::connectors::truncate_bytes(&e.to_string(), 200)))?;
-        if events.is_empty() {
-            return Err(Rejection::Malformed("no events".into()));
-        }
+        let events = parse_events(d.body)?;
         let tenants: Vec<_> = events
             .iter()
             .map(|e| {
