@@ -862,6 +862,7 @@ mod tests {
             expires_at: 0,
             scopes: "crm".into(),
             updated_at: 0,
+            api_base_url: None,
         };
         store.upsert_connection(&seal(&old, "a:hubspot", "access-plain-a1", "refresh-plain-a2")).await.unwrap();
         store

@@ -123,7 +123,8 @@ impl Store {
     /// Connections whose ciphertexts are not under `key_id` (for `callside reencrypt`).
     pub async fn connections_not_under(&self, key_id: &str) -> Result<Vec<ConnectionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at
+            "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at,
+                    api_base_url
              FROM connections WHERE key_id <> ? ORDER BY id",
         )
         .bind(key_id)
@@ -142,6 +143,7 @@ impl Store {
                 expires_at: r.get("expires_at"),
                 scopes: r.get("scopes"),
                 updated_at: r.get("updated_at"),
+                api_base_url: r.get("api_base_url"),
             })
             .collect())
     }

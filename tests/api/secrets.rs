@@ -28,6 +28,7 @@ async fn reencrypt_moves_tokens_to_the_new_key_and_refuses_without_the_old_one()
                 expires_at: 0,
                 scopes: "crm".into(),
                 updated_at: 0,
+                api_base_url: None,
             })
             .await
             .unwrap();
