@@ -117,8 +117,10 @@ pub fn tool_call_list(message: &Value) -> Result<Vec<Value>, String> {
                     let mut c = t.get("toolCall").cloned().unwrap_or(json!({}));
                     if c.get("name").is_none()
                         && let Some(n) = t.get("name")
+                        && let Some(obj) = c.as_object_mut()
                     {
-                        c["name"] = n.clone();
+                        // Not `c["name"] = …`: indexing a non-object Value panics.
+                        obj.insert("name".into(), n.clone());
                     }
                     c
                 })
