@@ -26,6 +26,8 @@ pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow,
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -48,6 +50,25 @@ pub struct Store {
     pool: SqlitePool,
     /// Hangups are committed in groups by one writer task (`group_commit.rs`).
     plans: group_commit::PlanWriter,
+    /// Answers of [`Store::upcoming_bookings_for_caller`], valid while `bookings_generation` is
+    /// unchanged. Every warm `get_caller_context` asks for the caller's upcoming bookings; without
+    /// this each one was a SQLite round trip through sqlx's worker thread (the load test's profile:
+    /// about a quarter of the service's time in those cross-thread wake-ups).
+    upcoming: moka::future::Cache<UpcomingKey, Arc<UpcomingEntry>>,
+    /// Bumped after every write to `bookings` (insert, move, status). This process is the only
+    /// writer of its bookings table today; several instances on one database (issue 13) need a
+    /// shared invalidation (LISTEN/NOTIFY) instead of this counter.
+    bookings_generation: Arc<AtomicU64>,
+}
+
+type UpcomingKey = (String, Option<String>, Option<String>);
+
+#[derive(Debug)]
+struct UpcomingEntry {
+    generation: u64,
+    /// The `now` (ms) the rows were read at: they are every confirmed booking starting after it.
+    as_of: i64,
+    rows: Vec<BookingRow>,
 }
 
 /// The most hangups committed in one transaction.
@@ -161,7 +182,12 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let plans = group_commit::PlanWriter::spawn(pool.clone(), plan_batch);
-        Ok(Store { pool, plans })
+        let upcoming = moka::future::Cache::builder().max_capacity(100_000).build();
+        Ok(Store { pool, plans, upcoming, bookings_generation: Arc::new(AtomicU64::new(0)) })
+    }
+
+    fn bookings_changed(&self) {
+        self.bookings_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub async fn ping(&self) -> bool {
@@ -490,6 +516,7 @@ impl Store {
         .bind(&b.caller_email)
         .execute(&self.pool)
         .await?;
+        self.bookings_changed();
         Ok(())
     }
 
@@ -504,6 +531,29 @@ impl Store {
         if phone.is_none() && email.is_none() {
             return Ok(vec![]);
         }
+        let now_ms = ms(now);
+        let key: UpcomingKey = (tenant.to_owned(), phone.map(str::to_owned), email.map(str::to_owned));
+        // Read before the query: a write that lands meanwhile bumps past it, so what is cached
+        // under this generation is never newer-looking than it is.
+        let generation = self.bookings_generation.load(Ordering::Acquire);
+        if let Some(hit) = self.upcoming.get(&key).await
+            && hit.generation == generation
+            && now_ms >= hit.as_of
+        {
+            return Ok(hit.rows.iter().filter(|b| b.start_at > now_ms).cloned().collect());
+        }
+        let rows = self.query_upcoming_bookings(tenant, phone, email, now_ms).await?;
+        self.upcoming.insert(key, Arc::new(UpcomingEntry { generation, as_of: now_ms, rows: rows.clone() })).await;
+        Ok(rows)
+    }
+
+    async fn query_upcoming_bookings(
+        &self,
+        tenant: &str,
+        phone: Option<&str>,
+        email: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<BookingRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {BOOKING_COLUMNS} FROM bookings
              WHERE tenant = ? AND status = 'confirmed' AND start_at > ?
@@ -511,7 +561,7 @@ impl Store {
              ORDER BY start_at"
         ))
         .bind(tenant)
-        .bind(ms(now))
+        .bind(now_ms)
         .bind(phone)
         .bind(phone)
         .bind(email)
@@ -549,6 +599,7 @@ impl Store {
         .bind(key)
         .execute(&self.pool)
         .await?;
+        self.bookings_changed();
         Ok(())
     }
 
@@ -566,6 +617,7 @@ impl Store {
             .bind(key)
             .execute(&self.pool)
             .await?;
+        self.bookings_changed();
         Ok(())
     }
 
@@ -669,6 +721,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         (dir, Store::open(&url).await.unwrap())
+    }
+
+    fn booking(key: &str, phone: &str, start: Timestamp) -> BookingRow {
+        BookingRow {
+            idempotency_key: key.into(),
+            tenant: "demo".into(),
+            call_id: format!("call-{key}"),
+            staff_id: "ann".into(),
+            calendar_id: "cal".into(),
+            event_id: format!("ev-{key}"),
+            service_id: "consult".into(),
+            start_at: ms(start),
+            end_at: ms(start) + 30 * 60_000,
+            status: "confirmed".into(),
+            caller_phone: Some(phone.into()),
+            caller_email: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn upcoming_bookings_are_served_from_memory_until_a_booking_write_and_filtered_by_the_clock() {
+        let (_d, s) = store().await;
+        let now: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        let hour = jiff::SignedDuration::from_hours(1);
+        let keys = |rows: Vec<BookingRow>| rows.into_iter().map(|b| b.idempotency_key).collect::<Vec<_>>();
+        let upcoming = |at: Timestamp| s.upcoming_bookings_for_caller("demo", Some("+14155550134"), None, at);
+        s.insert_booking(&booking("a", "+14155550134", now + hour), now).await.unwrap();
+        s.insert_booking(&booking("b", "+14155550134", now + hour * 3), now).await.unwrap();
+        s.insert_booking(&booking("other", "+14155550199", now + hour), now).await.unwrap();
+        assert_eq!(keys(upcoming(now).await.unwrap()), ["a", "b"]);
+
+        // A change behind the store's back (no generation bump) is not seen: the answer is cached.
+        sqlx::query("UPDATE bookings SET status = 'cancelled' WHERE idempotency_key = 'b'")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(keys(upcoming(now).await.unwrap()), ["a", "b"], "served from memory");
+        // As the clock passes a booking's start, the cached answer drops it without a query.
+        assert_eq!(keys(upcoming(now + hour * 2).await.unwrap()), ["b"]);
+        // A clock set back is never answered from a later read.
+        assert_eq!(keys(upcoming(now - hour).await.unwrap()), ["a"], "re-read: b is cancelled in the table");
+
+        // Every write through the store invalidates: insert, move, status.
+        s.insert_booking(&booking("c", "+14155550134", now + hour * 5), now).await.unwrap();
+        assert_eq!(keys(upcoming(now).await.unwrap()), ["a", "c"]);
+        s.move_booking("demo", "a", now - hour * 2, now - hour, now).await.unwrap();
+        assert_eq!(keys(upcoming(now).await.unwrap()), ["c"]);
+        s.set_booking_status("demo", "c", "cancelled", now).await.unwrap();
+        assert!(upcoming(now).await.unwrap().is_empty());
     }
 
     #[tokio::test]
