@@ -50,8 +50,20 @@ impl Phone {
         }
         let candidate = if lower.starts_with("sip:") || lower.starts_with("tel:") { user_part } else { trimmed };
         match PHONE_NUMBER_UTIL.parse(candidate, Some(default_region)) {
-            Ok(number) => {
-                let e164 = number.format_as(PhoneNumberFormat::E164).into_owned();
+            Ok(mut number) => {
+                let mut e164 = number.format_as(PhoneNumberFormat::E164).into_owned();
+                // One key per number: the E.164 form must parse back to itself. libphonenumber
+                // can keep extra national leading zeros that its own E.164 string does not carry
+                // back (found by the `phone` fuzz target: "0 00 79-03346 n9" in GB formats as
+                // "+440079033469", which parses as "+44079033469"), so take the fixed point.
+                for _ in 0..3 {
+                    let Ok(again) = PHONE_NUMBER_UTIL.parse(&e164, Some(default_region)) else { break };
+                    let again_e164 = again.format_as(PhoneNumberFormat::E164).into_owned();
+                    if again_e164 == e164 {
+                        break;
+                    }
+                    (number, e164) = (again, again_e164);
+                }
                 if WITHHELD.contains(&e164.as_str()) {
                     return ParsedPhone::Withheld;
                 }
