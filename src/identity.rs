@@ -54,16 +54,29 @@ impl Phone {
                 let mut e164 = number.format_as(PhoneNumberFormat::E164).into_owned();
                 // One key per number: the E.164 form must parse back to itself. libphonenumber
                 // can keep extra national leading zeros that its own E.164 string does not carry
-                // back (found by the `phone` fuzz target: "0 00 79-03346 n9" in GB formats as
-                // "+440079033469", which parses as "+44079033469"), so take the fixed point.
-                for _ in 0..3 {
-                    let Ok(again) = PHONE_NUMBER_UTIL.parse(&e164, Some(default_region)) else { break };
+                // back, and for some invalid numbers re-parsing even cycles (found by the `phone`
+                // fuzz target: GB "00000020000002" → "+440020000002" → "+44020000002" → …). So
+                // follow parse → E.164 until a string repeats and take the smallest member of the
+                // cycle it closed: every spelling on that path gets the same key.
+                let mut seen = vec![(e164.clone(), number.clone())];
+                let cycle_start = loop {
+                    let Ok(again) = PHONE_NUMBER_UTIL.parse(&seen[seen.len() - 1].0, Some(default_region)) else {
+                        break seen.len() - 1;
+                    };
                     let again_e164 = again.format_as(PhoneNumberFormat::E164).into_owned();
-                    if again_e164 == e164 {
-                        break;
+                    if let Some(i) = seen.iter().position(|(e, _)| *e == again_e164) {
+                        break i;
                     }
-                    (number, e164) = (again, again_e164);
-                }
+                    if seen.len() >= 8 {
+                        break seen.len() - 1;
+                    }
+                    seen.push((again_e164, again));
+                };
+                let (canon_e164, canon) = seen
+                    .drain(cycle_start..)
+                    .min_by(|(a, _), (b, _)| (a.len(), a).cmp(&(b.len(), b)))
+                    .expect("the cycle has a member");
+                (number, e164) = (canon, canon_e164);
                 if WITHHELD.contains(&e164.as_str()) {
                     return ParsedPhone::Withheld;
                 }
