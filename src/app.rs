@@ -118,12 +118,13 @@ impl Application {
                         crm_meter,
                     )?,
                     _ if t.crm.auth == "oauth" => {
-                        let app = apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?;
-                        let url = match (sandbox, t.crm.base_url.as_str()) {
-                            (Some(s), "sandbox") => s.hubspot.clone(),
-                            (_, base) => url::Url::parse(base).context("crm.base_url")?,
-                        };
-                        let tokens = connections.token_source(app, &connection_id(&t.id, "hubspot"));
+                        let (url, tokens) = oauth_connection(
+                            t,
+                            apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?,
+                            "hubspot",
+                            sandbox.map(|s| s.hubspot.clone()),
+                            &connections,
+                        )?;
                         Arc::new(
                             HubSpotConnector::with_token_source(url, tokens, client.clone())
                                 .with_clock(clock.clone())
@@ -500,11 +501,7 @@ fn salesforce_crm(
     let new_callers = t.crm.new_callers.unwrap_or_default();
     let connector = if t.crm.auth == "oauth" {
         let app = app.context("oauth tenant without a Salesforce connected app")?;
-        let url = match (sandbox, t.crm.base_url.as_str()) {
-            (Some(s), "sandbox") => s.salesforce.clone(),
-            (_, base) => url::Url::parse(base).context("crm.base_url")?,
-        };
-        let tokens = connections.token_source(app, &connection_id(&t.id, "salesforce"));
+        let (url, tokens) = oauth_connection(t, app, "salesforce", sandbox.map(|s| s.salesforce.clone()), connections)?;
         SalesforceConnector::with_token_source(url, tokens, client.clone())
     } else {
         let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.salesforce.clone(), sandbox::SALESFORCE_TOKEN)))?;
@@ -526,17 +523,30 @@ fn pipedrive_crm(
 ) -> anyhow::Result<Arc<dyn CrmConnector>> {
     let connector = if t.crm.auth == "oauth" {
         let app = app.context("oauth tenant without a Pipedrive OAuth app")?;
-        let url = match (sandbox, t.crm.base_url.as_str()) {
-            (Some(s), "sandbox") => s.pipedrive.clone(),
-            (_, base) => url::Url::parse(base).context("crm.base_url")?,
-        };
-        let tokens = connections.token_source(app, &connection_id(&t.id, "pipedrive"));
+        let (url, tokens) = oauth_connection(t, app, "pipedrive", sandbox.map(|s| s.pipedrive.clone()), connections)?;
         PipedriveConnector::with_token_source(url, tokens, client.clone())
     } else {
         let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.pipedrive.clone(), sandbox::PIPEDRIVE_TOKEN)))?;
         PipedriveConnector::new(url, token, client.clone())
     };
     Ok(Arc::new(connector.with_clock(clock.clone()).with_meter(meter)))
+}
+
+/// The base URL and token source of a tenant's OAuth connection to a CRM vendor: the sandbox
+/// emulator's URL when `base_url = "sandbox"` and the sandbox runs, else `base_url` (for
+/// Salesforce and Pipedrive only the fallback: the connection's own API base URL wins).
+fn oauth_connection(
+    t: &crate::config::TenantConfig,
+    app: Arc<OAuthApp>,
+    vendor: &str,
+    sandbox_url: Option<url::Url>,
+    connections: &Arc<Connections>,
+) -> anyhow::Result<(url::Url, Arc<dyn crate::connections::TokenSource>)> {
+    let url = match (sandbox_url, t.crm.base_url.as_str()) {
+        (Some(url), "sandbox") => url,
+        (_, base) => url::Url::parse(base).context("crm.base_url")?,
+    };
+    Ok((url, connections.token_source(app, &connection_id(&t.id, vendor))))
 }
 
 fn endpoint(v: &VendorSection, sandbox: Option<(url::Url, &str)>) -> anyhow::Result<(url::Url, SecretString)> {
