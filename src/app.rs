@@ -54,6 +54,9 @@ pub struct Application {
     grace: Duration,
     /// Seconds between identity index pulls; 0 = off.
     identity_pull: u64,
+    retention: crate::privacy::RetentionSection,
+    /// Bumped after every retention sweep (`crate::privacy::spawn_sweeper`).
+    retention_rounds: tokio::sync::watch::Sender<u64>,
 }
 
 impl Application {
@@ -258,6 +261,8 @@ impl Application {
             sandbox,
             grace: config.shutdown_grace,
             identity_pull: config.identity.pull_interval_secs,
+            retention: config.retention.clone(),
+            retention_rounds: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -273,6 +278,11 @@ impl Application {
     /// The alert evaluator (its incidents and progress signal).
     pub fn alerter(&self) -> Arc<crate::alerts::Alerter> {
         self.alerter.clone()
+    }
+
+    /// Counts finished retention sweeps (the first runs when [`Application::run`] starts).
+    pub fn retention_rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.retention_rounds.subscribe()
     }
 
     pub fn core(&self) -> Arc<Core> {
@@ -297,7 +307,18 @@ impl Application {
             sandbox_admin,
             grace,
             identity_pull,
+            retention,
+            retention_rounds,
         } = self;
+        // Personal data past its retention, swept on the injected clock.
+        let retention_stop = CancellationToken::new();
+        let retention_task = crate::privacy::spawn_sweeper(
+            state.core.store.clone(),
+            retention,
+            state.core.clock.clone(),
+            retention_rounds,
+            retention_stop.clone(),
+        );
         // The identity index's incremental pull from each tenant's CRM (off when 0).
         let identity_stop = CancellationToken::new();
         let identity_task = (identity_pull > 0).then(|| {
@@ -373,6 +394,8 @@ impl Application {
         let _ = worker_task.await;
         alerts_stop.cancel();
         let _ = alerts_task.await;
+        retention_stop.cancel();
+        let _ = retention_task.await;
         state.core.store.close().await;
         drop(sandbox);
         tracing::info!("shutdown complete");

@@ -68,6 +68,9 @@ pub struct ServerFile {
     /// Inbound sync: vendors' change notifications (`crate::inbound`).
     #[serde(default)]
     pub inbound: InboundSection,
+    /// How long personal data is kept (`crate::privacy`).
+    #[serde(default)]
+    pub retention: crate::privacy::RetentionSection,
 }
 
 /// The identity index's incremental pull from each tenant's CRM.
@@ -431,6 +434,7 @@ pub struct Config {
     pub console: crate::console::ConsoleSection,
     pub sandbox_options: crate::sandbox::admin::SandboxOptions,
     pub inbound: InboundSection,
+    pub retention: crate::privacy::RetentionSection,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -590,6 +594,9 @@ impl Config {
                 "limits.tool_deadline_ms",
                 "must be between 100 and 4999 (voice clients give up at 5 s)".into(),
             );
+        }
+        for (key, reason) in server.retention.validate() {
+            issue(server_path, &key, reason);
         }
         if server.writeback.live_reserve_percent > 90 {
             issue(server_path, "writeback.live_reserve_percent", "must be between 0 and 90".into());
@@ -1007,6 +1014,7 @@ impl Config {
                 console: server.console.clone(),
                 sandbox_options: server.sandbox_options.clone(),
                 inbound: server.inbound.clone(),
+                retention: server.retention.clone(),
                 tenants: out,
             }),
             _ => Err(ConfigError { issues }),

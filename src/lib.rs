@@ -13,6 +13,7 @@
 //! - [`store`] keeps durable state (SQLite by default); [`config`] is the typed configuration.
 //! - [`console`] is the operator console and its JSON API (sync status, re-sync, replay).
 //! - [`alerts`] raises one alert per incident (error rate, backlog age, parked connection).
+//! - [`privacy`] is the retention sweep and `callside erase` (personal data callside keeps).
 //! - [`reload`] swaps in a validated config without a restart (SIGHUP, `/v1/admin/reload`).
 //! - [`clock`] is the injected source of domain time; [`observe`] holds metrics.
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod matching;
 pub mod notify;
 pub mod observe;
 pub mod pilot;
+pub mod privacy;
 pub mod protocol;
 pub mod reload;
 pub mod sandbox;

@@ -90,6 +90,23 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Remove what callside stores about one caller (calls, outcomes, transcripts, write-back
+    /// steps, bookings, pending bookings, identity index rows, audit rows) and print which CRM
+    /// records and calendar events still hold them: those are the business's own records. Works
+    /// on the store directly, with or without the service running; a running service's caches
+    /// forget the caller within five minutes. Exits 2 if NUMBER is not a phone number.
+    Erase {
+        /// The caller's number in any format (read in each tenant's default region).
+        #[arg(long)]
+        phone: String,
+        /// Only this tenant (default: every tenant in the configuration).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Run seed 002's ten test calls and seed 003's pilot scenario against one tenant's CRM and
     /// calendar through the real service path (started in-process from the config, on a free
     /// loopback port with a scratch store), verify each outcome by reading the CRM and calendar
@@ -307,6 +324,21 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Erase { phone, tenant, config, data_dir } => {
+            let (config, store) = open_config_and_store(&config, data_dir).await?;
+            match callside::privacy::erase_caller(&store, &config.tenants, &phone, tenant.as_deref()).await {
+                Ok(erasures) => {
+                    print!("{}", callside::privacy::render_erasure(&erasures));
+                    store.close().await;
+                    Ok(())
+                }
+                Err(e @ (callside::privacy::EraseError::NotAPhone(_) | callside::privacy::EraseError::NoTenant(_))) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Reencrypt { config, data_dir } => {
             let cipher = callside::connections::TokenCipher::from_env().context("reading the keys")?;
             let store = open_store(&config, data_dir).await?;
@@ -411,6 +443,14 @@ async fn pilot(
 
 /// The store named by a config file (for the operator commands; the service need not run).
 async fn open_store(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<callside::store::Store> {
+    Ok(open_config_and_store(config, data_dir).await?.1)
+}
+
+/// The validated config (exit 2 with every problem if it is not) and the store it names.
+async fn open_config_and_store(
+    config: &std::path::Path,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(Config, callside::store::Store)> {
     let overrides = Overrides { listen: None, data_dir, store_url: None };
     let config = match Config::load(config, &overrides) {
         Ok(c) => c,
@@ -419,9 +459,10 @@ async fn open_store(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyh
             std::process::exit(2);
         }
     };
-    callside::store::Store::open(&config.store_url)
+    let store = callside::store::Store::open(&config.store_url)
         .await
-        .with_context(|| format!("opening the store at {}", config.store_url))
+        .with_context(|| format!("opening the store at {}", config.store_url))?;
+    Ok((config, store))
 }
 
 async fn shutdown_signal() {

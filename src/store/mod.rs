@@ -13,6 +13,7 @@ mod inbound;
 mod loadtest;
 mod outbox;
 mod pending_bookings;
+mod privacy;
 mod writeback_rules;
 
 pub use alerts::TenantHealth;
@@ -22,6 +23,7 @@ pub use group_commit::GroupCommitStats;
 pub use identity_index::IdentityKind;
 pub use outbox::{DeadLetter, StepSchedule};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
+pub use privacy::{EraseReport, RetentionReport};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
 
 use std::path::Path;
@@ -182,7 +184,10 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let plans = group_commit::PlanWriter::spawn(pool.clone(), plan_batch);
-        let upcoming = moka::future::Cache::builder().max_capacity(100_000).build();
+        // The generation counter invalidates on this process's writes; the TTL bounds how long a
+        // change made by another process (`callside erase` on the same file) stays unseen.
+        let upcoming =
+            moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build();
         Ok(Store { pool, plans, upcoming, bookings_generation: Arc::new(AtomicU64::new(0)) })
     }
 

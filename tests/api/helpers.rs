@@ -49,6 +49,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub core: Arc<Core>,
     pub alerter: Arc<callside::alerts::Alerter>,
+    /// Counts finished retention sweeps.
+    pub retention_rounds: tokio::sync::watch::Receiver<u64>,
     pub clock: ManualClock,
     pub hubspot: Arc<HubSpotState>,
     pub google: Arc<GoogleCalendarState>,
@@ -136,6 +138,7 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
     let addr = app.local_addr();
     let core = app.core();
     let alerter = app.alerter();
+    let retention_rounds = app.retention_rounds();
     let sandbox = app.sandbox().expect("sandbox runs");
     let hubspot = sandbox.hubspot.state.clone();
     let google = sandbox.google.state.clone();
@@ -150,6 +153,7 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
         addr,
         core,
         alerter,
+        retention_rounds,
         clock,
         hubspot,
         google,

@@ -26,6 +26,7 @@ mod mcp_http;
 mod pending_bookings;
 mod pilot;
 mod pipedrive;
+mod privacy;
 mod reload;
 mod salesforce;
 mod sandbox_admin;

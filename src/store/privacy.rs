@@ -1,0 +1,338 @@
+//! Retention and erasure in the store (issue 14, item 5; the policy is `crate::privacy`). Both run
+//! in one transaction each, so a sweep or an erasure is all-or-nothing.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use sqlx::Row;
+
+use super::{Store, StoreError, ms};
+
+/// What one retention sweep changed (row counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Calls whose saved outcome was reduced to the disposition.
+    pub outcomes_redacted: u64,
+    /// Written steps whose payload was replaced by the redaction marker.
+    pub step_payloads_redacted: u64,
+    /// Decided or shadow plans whose steps were dropped.
+    pub held_plans_redacted: u64,
+    /// Finished pending bookings whose attendee details were dropped.
+    pub pending_attendees_redacted: u64,
+    /// Past bookings whose caller phone and email were dropped.
+    pub bookings_redacted: u64,
+    pub audit_rows_deleted: u64,
+    /// Field writes and resolved conflicts whose values were redacted.
+    pub field_values_redacted: u64,
+}
+
+impl RetentionReport {
+    pub fn is_empty(&self) -> bool {
+        *self == RetentionReport::default()
+    }
+}
+
+/// What an erasure removed for one tenant, and what remains with the business.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EraseReport {
+    pub calls: u64,
+    pub steps: u64,
+    pub bookings: u64,
+    pub pending_bookings: u64,
+    pub identity_rows: u64,
+    pub audit_rows: u64,
+    pub field_writes: u64,
+    pub conflicts: u64,
+    pub held_plans: u64,
+    /// (kind, id) of the CRM records that hold the caller: the identity index's records for the
+    /// number, the objects the write-back created (not undone) and the records its steps wrote.
+    pub crm_records: Vec<(String, String)>,
+    /// (calendar id, event id) of the bookings made for the caller.
+    pub calendar_events: Vec<(String, String)>,
+}
+
+/// Deletes a call's rows from `table` (a name from this file, never from input).
+async fn delete_by_call(
+    tx: &mut sqlx::SqliteConnection,
+    table: &str,
+    tenant: &str,
+    call_id: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(&format!("DELETE FROM {table} WHERE tenant = ? AND call_id = ?"))
+        .bind(tenant)
+        .bind(call_id)
+        .execute(tx)
+        .await?
+        .rows_affected())
+}
+
+/// The marker a redacted JSON payload is replaced by.
+const REDACTED_STEP: &str = "json_object('redacted_at', ?1)";
+
+impl Store {
+    /// Redacts call content of calls ended before `content_before` and removes audit data
+    /// older than `audit_before` (either `None`: kept forever).
+    pub async fn apply_retention(
+        &self,
+        content_before: Option<Timestamp>,
+        audit_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut r = RetentionReport::default();
+        let mut tx = self.pool.begin().await?;
+        let now = ms(now);
+        if let Some(cutoff) = content_before.map(ms) {
+            r.outcomes_redacted = sqlx::query(
+                "UPDATE calls SET outcome = json_object('disposition', json_extract(outcome, '$.disposition'), 'redacted_at', ?1)
+                 WHERE ended_at < ?2 AND outcome IS NOT NULL AND json_extract(outcome, '$.redacted_at') IS NULL",
+            )
+            .bind(now)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            // Only written steps: a step still to deliver needs its payload (erase removes it).
+            r.step_payloads_redacted = sqlx::query(&format!(
+                "UPDATE steps SET payload = {REDACTED_STEP}
+                 WHERE status = 'done' AND json_extract(payload, '$.redacted_at') IS NULL
+                   AND call_id IN (SELECT call_id FROM calls WHERE ended_at < ?2)"
+            ))
+            .bind(now)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            r.held_plans_redacted = sqlx::query(
+                "UPDATE held_plans SET steps = '[]'
+                 WHERE status IN ('shadow', 'approved', 'rejected') AND created_at < ?1 AND steps != '[]'",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            r.pending_attendees_redacted = sqlx::query(
+                "UPDATE pending_bookings SET attendee = '{}'
+                 WHERE status IN ('confirmed', 'escalated') AND updated_at < ?1 AND attendee != '{}'",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            // Past appointments only: an upcoming one is found by the caller's number.
+            r.bookings_redacted = sqlx::query(
+                "UPDATE bookings SET caller_phone = NULL, caller_email = NULL
+                 WHERE end_at < ?1 AND (caller_phone IS NOT NULL OR caller_email IS NOT NULL)",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if let Some(cutoff) = audit_before.map(ms) {
+            r.audit_rows_deleted =
+                sqlx::query("DELETE FROM audit WHERE at < ?1").bind(cutoff).execute(&mut *tx).await?.rows_affected();
+            // 'redacted' is not 'written': undo leaves these fields alone rather than "restore" a
+            // value it no longer knows.
+            r.field_values_redacted = sqlx::query(
+                "UPDATE field_writes SET before_value = NULL, after_value = '', status = 'redacted'
+                 WHERE at < ?1 AND status != 'redacted'",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            r.field_values_redacted += sqlx::query(
+                "UPDATE field_conflicts SET ai_value = '', crm_value = ''
+                 WHERE status = 'resolved' AND at < ?1 AND (ai_value != '' OR crm_value != '')",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        if r.bookings_redacted > 0 {
+            self.bookings_changed();
+        }
+        Ok(r)
+    }
+
+    /// Removes everything the tenant's store holds about the caller whose number is `e164`: their
+    /// calls with steps, plans, field writes, conflicts, created-object records and audit rows,
+    /// their bookings and pending bookings, and their identity index rows (the number, and every
+    /// row of the CRM records it pointed to). Returns the counts and what remains in the CRM and
+    /// calendar.
+    pub async fn erase_caller(&self, tenant: &str, e164: &str) -> Result<EraseReport, StoreError> {
+        let mut r = EraseReport::default();
+        let mut tx = self.pool.begin().await?;
+        let call_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT call_id FROM calls WHERE tenant = ?1 AND caller = ?2
+             UNION SELECT call_id FROM bookings WHERE tenant = ?1 AND caller_phone = ?2
+             UNION SELECT call_id FROM pending_bookings WHERE tenant = ?1 AND json_extract(attendee, '$.phone') = ?2",
+        )
+        .bind(tenant)
+        .bind(e164)
+        .fetch_all(&mut *tx)
+        .await?;
+        let records: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT record_id FROM identity_index WHERE tenant = ? AND kind = 'phone' AND value = ?",
+        )
+        .bind(tenant)
+        .bind(e164)
+        .fetch_all(&mut *tx)
+        .await?;
+        let emails: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT caller_email FROM bookings WHERE tenant = ? AND caller_phone = ? AND caller_email IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(e164)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        // What stays with the business, gathered before the rows that name it go.
+        let mut crm: BTreeMap<String, String> = records.iter().map(|id| (id.clone(), "record".to_owned())).collect();
+        let mut events = Vec::new();
+        for call in &call_ids {
+            for row in sqlx::query(
+                "SELECT object_type, object_id FROM created_objects WHERE tenant = ? AND call_id = ? AND undone_at IS NULL",
+            )
+            .bind(tenant)
+            .bind(call)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                crm.insert(row.try_get("object_id")?, row.try_get("object_type")?);
+            }
+            for row in sqlx::query(
+                "SELECT kind, external_id FROM steps
+                 WHERE tenant = ? AND call_id = ? AND external_id IS NOT NULL AND kind NOT IN ('webhook', 'appointment')",
+            )
+            .bind(tenant)
+            .bind(call)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                let id: String = row.try_get("external_id")?;
+                crm.entry(id).or_insert(row.try_get("kind")?);
+            }
+        }
+        for row in sqlx::query(
+            "SELECT calendar_id, event_id, call_id FROM bookings WHERE tenant = ?1 AND caller_phone = ?2 AND status = 'confirmed'
+             UNION SELECT calendar_id, event_id, call_id FROM pending_bookings
+                   WHERE tenant = ?1 AND json_extract(attendee, '$.phone') = ?2 AND status IN ('booked', 'confirmed')",
+        )
+        .bind(tenant)
+        .bind(e164)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            events.push((row.try_get("calendar_id")?, row.try_get("event_id")?));
+        }
+        for call in &call_ids {
+            for row in sqlx::query(
+                "SELECT calendar_id, event_id FROM bookings WHERE tenant = ? AND call_id = ? AND status = 'confirmed'",
+            )
+            .bind(tenant)
+            .bind(call)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                events.push((row.try_get("calendar_id")?, row.try_get("event_id")?));
+            }
+        }
+        events.sort();
+        events.dedup();
+        r.calendar_events = events;
+        r.crm_records = crm.into_iter().map(|(id, kind)| (kind, id)).collect();
+        r.crm_records.sort();
+
+        // Children first: steps and held plans reference calls.
+        for call in &call_ids {
+            r.field_writes += delete_by_call(&mut tx, "field_writes", tenant, call).await?;
+            r.conflicts += delete_by_call(&mut tx, "field_conflicts", tenant, call).await?;
+            delete_by_call(&mut tx, "created_objects", tenant, call).await?;
+            r.held_plans += delete_by_call(&mut tx, "held_plans", tenant, call).await?;
+            r.audit_rows += delete_by_call(&mut tx, "audit", tenant, call).await?;
+            r.steps += delete_by_call(&mut tx, "steps", tenant, call).await?;
+            r.bookings += delete_by_call(&mut tx, "bookings", tenant, call).await?;
+            r.pending_bookings += delete_by_call(&mut tx, "pending_bookings", tenant, call).await?;
+            r.calls += delete_by_call(&mut tx, "calls", tenant, call).await?;
+        }
+        r.bookings += sqlx::query("DELETE FROM bookings WHERE tenant = ? AND caller_phone = ?")
+            .bind(tenant)
+            .bind(e164)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        r.pending_bookings +=
+            sqlx::query("DELETE FROM pending_bookings WHERE tenant = ? AND json_extract(attendee, '$.phone') = ?")
+                .bind(tenant)
+                .bind(e164)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        // Audit details exclude personal data by rule; this catches any row that names the number.
+        r.audit_rows += sqlx::query("DELETE FROM audit WHERE tenant = ? AND instr(detail, ?) > 0")
+            .bind(tenant)
+            .bind(e164)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        r.identity_rows += sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND kind = 'phone' AND value = ?")
+            .bind(tenant)
+            .bind(e164)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for record in &records {
+            r.identity_rows += sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND record_id = ?")
+                .bind(tenant)
+                .bind(record)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        for email in &emails {
+            r.identity_rows +=
+                sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND kind = 'email' AND value = ?")
+                    .bind(tenant)
+                    .bind(email.to_lowercase())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+        }
+        tx.commit().await?;
+        if r.bookings > 0 {
+            self.bookings_changed();
+        }
+        Ok(r)
+    }
+
+    /// Every (table, column) whose text contains `needle`, over every table of the store: how
+    /// tests prove an erasure or a sweep left nothing behind (and what a privacy review can run).
+    pub async fn tables_mentioning(&self, needle: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for table in tables {
+            let columns: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                .fetch_all(&self.pool)
+                .await?;
+            for column in columns {
+                let hits: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM \"{table}\" WHERE instr(CAST(\"{column}\" AS TEXT), ?) > 0"
+                ))
+                .bind(needle)
+                .fetch_one(&self.pool)
+                .await?;
+                if hits > 0 {
+                    out.push((table.clone(), column));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
