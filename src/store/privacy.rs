@@ -51,19 +51,10 @@ pub struct EraseReport {
     pub calendar_events: Vec<(String, String)>,
 }
 
-/// Deletes a call's rows from `table` (a name from this file, never from input).
-async fn delete_by_call(
-    tx: &mut sqlx::SqliteConnection,
-    table: &str,
-    tenant: &str,
-    call_id: &str,
-) -> Result<u64, StoreError> {
-    Ok(sqlx::query(&format!("DELETE FROM {table} WHERE tenant = ? AND call_id = ?"))
-        .bind(tenant)
-        .bind(call_id)
-        .execute(tx)
-        .await?
-        .rows_affected())
+/// Runs a DELETE whose statement (written in this file, never from input) binds the tenant as
+/// `?1` and one value as `?2`; returns the rows removed.
+async fn delete(tx: &mut sqlx::SqliteConnection, sql: &str, tenant: &str, value: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query(sql).bind(tenant).bind(value).execute(tx).await?.rows_affected())
 }
 
 /// The marker a redacted JSON payload is replaced by.
@@ -248,58 +239,49 @@ impl Store {
 
         // Children first: steps and held plans reference calls.
         for call in &call_ids {
-            r.field_writes += delete_by_call(&mut tx, "field_writes", tenant, call).await?;
-            r.conflicts += delete_by_call(&mut tx, "field_conflicts", tenant, call).await?;
-            delete_by_call(&mut tx, "created_objects", tenant, call).await?;
-            r.held_plans += delete_by_call(&mut tx, "held_plans", tenant, call).await?;
-            r.audit_rows += delete_by_call(&mut tx, "audit", tenant, call).await?;
-            r.steps += delete_by_call(&mut tx, "steps", tenant, call).await?;
-            r.bookings += delete_by_call(&mut tx, "bookings", tenant, call).await?;
-            r.pending_bookings += delete_by_call(&mut tx, "pending_bookings", tenant, call).await?;
-            r.calls += delete_by_call(&mut tx, "calls", tenant, call).await?;
+            let by_call = |table: &str| format!("DELETE FROM {table} WHERE tenant = ?1 AND call_id = ?2");
+            r.field_writes += delete(&mut tx, &by_call("field_writes"), tenant, call).await?;
+            r.conflicts += delete(&mut tx, &by_call("field_conflicts"), tenant, call).await?;
+            delete(&mut tx, &by_call("created_objects"), tenant, call).await?;
+            r.held_plans += delete(&mut tx, &by_call("held_plans"), tenant, call).await?;
+            r.audit_rows += delete(&mut tx, &by_call("audit"), tenant, call).await?;
+            r.steps += delete(&mut tx, &by_call("steps"), tenant, call).await?;
+            r.bookings += delete(&mut tx, &by_call("bookings"), tenant, call).await?;
+            r.pending_bookings += delete(&mut tx, &by_call("pending_bookings"), tenant, call).await?;
+            r.calls += delete(&mut tx, &by_call("calls"), tenant, call).await?;
         }
-        r.bookings += sqlx::query("DELETE FROM bookings WHERE tenant = ? AND caller_phone = ?")
-            .bind(tenant)
-            .bind(e164)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        r.pending_bookings +=
-            sqlx::query("DELETE FROM pending_bookings WHERE tenant = ? AND json_extract(attendee, '$.phone') = ?")
-                .bind(tenant)
-                .bind(e164)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        r.bookings +=
+            delete(&mut tx, "DELETE FROM bookings WHERE tenant = ?1 AND caller_phone = ?2", tenant, e164).await?;
+        r.pending_bookings += delete(
+            &mut tx,
+            "DELETE FROM pending_bookings WHERE tenant = ?1 AND json_extract(attendee, '$.phone') = ?2",
+            tenant,
+            e164,
+        )
+        .await?;
         // Audit details exclude personal data by rule; this catches any row that names the number.
-        r.audit_rows += sqlx::query("DELETE FROM audit WHERE tenant = ? AND instr(detail, ?) > 0")
-            .bind(tenant)
-            .bind(e164)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        r.identity_rows += sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND kind = 'phone' AND value = ?")
-            .bind(tenant)
-            .bind(e164)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        r.audit_rows +=
+            delete(&mut tx, "DELETE FROM audit WHERE tenant = ?1 AND instr(detail, ?2) > 0", tenant, e164).await?;
+        r.identity_rows += delete(
+            &mut tx,
+            "DELETE FROM identity_index WHERE tenant = ?1 AND kind = 'phone' AND value = ?2",
+            tenant,
+            e164,
+        )
+        .await?;
         for record in &records {
-            r.identity_rows += sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND record_id = ?")
-                .bind(tenant)
-                .bind(record)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            r.identity_rows +=
+                delete(&mut tx, "DELETE FROM identity_index WHERE tenant = ?1 AND record_id = ?2", tenant, record)
+                    .await?;
         }
         for email in &emails {
-            r.identity_rows +=
-                sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND kind = 'email' AND value = ?")
-                    .bind(tenant)
-                    .bind(email.to_lowercase())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+            r.identity_rows += delete(
+                &mut tx,
+                "DELETE FROM identity_index WHERE tenant = ?1 AND kind = 'email' AND value = ?2",
+                tenant,
+                &email.to_lowercase(),
+            )
+            .await?;
         }
         tx.commit().await?;
         if r.bookings > 0 {
