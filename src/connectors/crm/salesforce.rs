@@ -120,6 +120,23 @@ impl Person {
         }
     }
 
+    /// The field a write-back property name stands for on this object. Undo and the write rules
+    /// speak the neutral (HubSpot-style) names `firstname`, `zip`, `hubspot_owner_id`, ...;
+    /// anything else is already a Salesforce field name (a tenant's mapped field).
+    fn field_name(self, property: &str) -> &str {
+        match property {
+            "firstname" => "FirstName",
+            "lastname" => "LastName",
+            "email" => "Email",
+            "phone" => "Phone",
+            "mobilephone" => "MobilePhone",
+            "zip" => self.zip_field(),
+            "hubspot_owner_id" => "OwnerId",
+            "lifecyclestage" if self == Person::Lead => "Status",
+            other => other,
+        }
+    }
+
     /// Fields read for a person.
     fn fields(self) -> &'static str {
         match self {
@@ -866,7 +883,7 @@ impl CrmConnector for SalesforceConnector {
         let mut results: Vec<Option<PropertyWriteStatus>> = vec![None; writes.len()];
         let mut pending: Vec<(usize, String, Value)> = Vec::new();
         for (i, write) in writes.iter().enumerate() {
-            let Some(field) = describe.field(&write.name) else {
+            let Some(field) = describe.field(person.field_name(&write.name)) else {
                 results[i] = Some(PropertyWriteStatus::Rejected {
                     reason: format!("no field {} on {}", write.name, person.sobject()),
                 });
@@ -1064,13 +1081,19 @@ impl CrmConnector for SalesforceConnector {
             return Ok(Vec::new());
         }
         let describe = self.describe(person.sobject(), false).await?;
-        let names: Vec<String> =
-            properties.iter().map(|p| describe.field(p).map(|f| f.name.clone()).unwrap_or_else(|| p.clone())).collect();
+        // A property the object does not have (a lead's `lifecyclestage` is its `Status`; a
+        // contact has none) has no history, and is not asked for: naming it is INVALID_FIELD.
+        let names: Vec<Option<String>> =
+            properties.iter().map(|p| describe.field(person.field_name(p)).map(|f| f.name.clone())).collect();
+        let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+        if known.is_empty() {
+            return Ok(properties.iter().map(|p| PropertyHistory { name: p.clone(), versions: Vec::new() }).collect());
+        }
         let (history, key) = match person {
             Person::Contact => ("ContactHistory", "ContactId"),
             Person::Lead => ("LeadHistory", "LeadId"),
         };
-        let list = names.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ");
+        let list = known.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ");
         let query = format!(
             "SELECT Id, Field, OldValue, NewValue, CreatedDate, CreatedById FROM {history} WHERE {key} = {} \
              AND Field IN ({list}) ORDER BY CreatedDate DESC, Id DESC LIMIT 500",
@@ -1086,7 +1109,9 @@ impl CrmConnector for SalesforceConnector {
                 name: asked.clone(),
                 versions: rows
                     .iter()
-                    .filter(|r| text(r, "Field").is_some_and(|f| f.eq_ignore_ascii_case(name)))
+                    .filter(|r| {
+                        name.as_deref().is_some_and(|n| text(r, "Field").is_some_and(|f| f.eq_ignore_ascii_case(n)))
+                    })
                     .filter_map(|r| {
                         let by = text(r, "CreatedById");
                         Some(PropertyVersion {
@@ -1106,17 +1131,22 @@ impl CrmConnector for SalesforceConnector {
         // modification (who and when), with the field's current value. Coarser — any change to
         // the record counts — and so on the safe side: a person's recent edit of anything holds
         // our overwrite back.
-        let untracked: Vec<usize> = (0..histories.len()).filter(|i| histories[*i].versions.is_empty()).collect();
+        let untracked: Vec<(usize, &str)> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((i, n.as_deref()?)))
+            .filter(|(i, _)| histories[*i].versions.is_empty())
+            .collect();
         if !untracked.is_empty() {
-            let mut fields: Vec<&str> = untracked.iter().map(|i| names[*i].as_str()).collect();
+            let mut fields: Vec<&str> = untracked.iter().map(|(_, n)| *n).collect();
             fields.extend(["LastModifiedDate", "LastModifiedById"]);
             let record = self.read_fields(person.sobject(), contact_id, &fields).await?;
             let record = Value::Object(record);
             let by = text(&record, "LastModifiedById");
             if let Some(at) = text(&record, "LastModifiedDate").and_then(|t| parse_sf_time(&t)) {
-                for i in untracked {
+                for (i, name) in untracked {
                     histories[i].versions.push(PropertyVersion {
-                        value: value_text(record.get(names[i].as_str())),
+                        value: value_text(record.get(name)),
                         timestamp: at,
                         source_type: source(&by).into(),
                         source_id: Some("LastModifiedById".into()),
@@ -1176,6 +1206,7 @@ impl CrmConnector for SalesforceConnector {
                 (CrmObjectType::Deal, "dealname") => "Name",
                 (CrmObjectType::Deal, "amount") => "Amount",
                 (CrmObjectType::Deal, "closedate") => "CloseDate",
+                (_, "hubspot_owner_id") => "OwnerId",
                 _ => p,
             };
             describe.field(mapped).map(|f| f.name.clone())
