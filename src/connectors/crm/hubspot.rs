@@ -631,10 +631,7 @@ impl CrmConnector for HubSpotConnector {
                 summary: summarize(&n.prop("hs_note_body").unwrap_or_default()),
             }))
             .collect();
-        // Newest first; engagements logged in the same millisecond: the later-created (longer or
-        // greater numeric id) first.
-        recent_activity.sort_by(|a, b| (b.at, b.id.len(), &b.id).cmp(&(a.at, a.id.len(), &a.id)));
-        recent_activity.truncate(RECENT_ACTIVITY);
+        super::newest_activities(&mut recent_activity, RECENT_ACTIVITY);
         Ok(CrmContext {
             contact: to_contact(&contact),
             open_deals,

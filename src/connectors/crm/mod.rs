@@ -117,6 +117,14 @@ pub struct CrmActivity {
     pub summary: String,
 }
 
+/// Keeps the `keep` newest activities, newest first. Engagements logged at the same time (a
+/// vendor that stores minutes, or the same millisecond) are ordered by id, the later-created
+/// (longer, then greater numeric id) first: otherwise the newest call could be the one cut off.
+pub(crate) fn newest_activities(activities: &mut Vec<CrmActivity>, keep: usize) {
+    activities.sort_by(|a, b| (b.at, b.id.len(), &b.id).cmp(&(a.at, a.id.len(), &a.id)));
+    activities.truncate(keep);
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrmOwner {
     pub id: String,
@@ -443,5 +451,26 @@ pub trait CrmConnector: Send + Sync + 'static {
     ) -> Result<ContactPage, ConnectorError> {
         let _ = (since, cursor);
         Err(ConnectorError::Permanent(format!("{}: incremental contact pull is not supported", self.vendor())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, at: &str) -> CrmActivity {
+        CrmActivity { id: id.into(), kind: ActivityKind::Call, at: at.parse().ok(), summary: String::new() }
+    }
+
+    /// Pipedrive stores a call's time to the minute: six calls logged in one minute keep the five
+    /// created last, newest first — the oldest is the one cut off, never the newest.
+    #[test]
+    fn activities_at_the_same_time_keep_the_later_created() {
+        let same = "2026-11-23T14:00:00Z";
+        let mut list: Vec<CrmActivity> = ["8", "9", "10", "11", "12", "13"].iter().map(|id| call(id, same)).collect();
+        list.push(call("7", "2026-11-23T14:01:00Z"));
+        newest_activities(&mut list, 5);
+        let ids: Vec<&str> = list.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["7", "13", "12", "11", "10"]);
     }
 }

@@ -536,8 +536,8 @@ impl CrmConnector for PipedriveConnector {
                 summary: summarize(&strip_marker(&n.content)),
             }))
             .collect();
-        recent.sort_by_key(|a| std::cmp::Reverse(a.at));
-        recent.truncate(RECENT_ACTIVITY);
+        // Activities store their due time to the minute: several calls share it.
+        super::newest_activities(&mut recent, RECENT_ACTIVITY);
         let owner = owner.map(|u| {
             let (first, last) = match u.name.split_once(' ') {
                 Some((f, l)) => (Some(f.to_string()), Some(l.to_string())),
