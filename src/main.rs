@@ -402,7 +402,7 @@ async fn pilot(
     config: &std::path::Path,
     api_key: &str,
 ) -> anyhow::Result<bool> {
-    use callside::pilot::{Degrade, NoDegrade, Pilot, SandboxHubSpot, ServiceAccess};
+    use callside::pilot::{Degrade, NoDegrade, Pilot, ServiceAccess, sandbox_switches};
     let scratch = std::env::temp_dir().join(format!("callside-pilot-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let overrides = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(scratch.clone()), store_url: None };
@@ -413,10 +413,7 @@ async fn pilot(
     anyhow::ensure!(tenant.accepts_key(api_key), "CALLSIDE_API_KEY is not an API key of tenant {tenant_id:?}");
     let dialed = tenant.config.numbers.first().cloned().context("the tenant has no number")?;
     let degrade: Arc<dyn Degrade> = match (app.sandbox(), tenant.config.crm.base_url.as_str()) {
-        (Some(s), "sandbox") => Arc::new(SandboxHubSpot {
-            state: s.hubspot.state.clone(),
-            token: callside::sandbox::HUBSPOT_TOKEN.to_owned(),
-        }),
+        (Some(s), "sandbox") => sandbox_switches(s, &tenant.config.crm.vendor),
         _ => Arc::new(NoDegrade),
     };
     let access = ServiceAccess::new(&format!("http://{}", app.local_addr()), api_key, &dialed);

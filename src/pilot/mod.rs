@@ -85,6 +85,72 @@ impl Degrade for SandboxHubSpot {
     }
 }
 
+/// The in-process Salesforce emulator's switches (a static-token tenant).
+pub struct SandboxSalesforce {
+    pub state: Arc<crate::sandbox::salesforce::SalesforceState>,
+    pub token: String,
+}
+
+impl Degrade for SandboxSalesforce {
+    fn crm_down(&self, down: bool) -> Result<(), String> {
+        self.state.set_down(down);
+        Ok(())
+    }
+
+    fn crm_token_revoked(&self, revoked: bool) -> Result<(), String> {
+        self.state.set_token(if revoked { "pilot-revoked-token" } else { &self.token });
+        Ok(())
+    }
+
+    fn crm_search_lag(&self, lag: bool) -> Result<(), String> {
+        self.state.set_search_lag(lag);
+        Ok(())
+    }
+}
+
+/// The in-process Pipedrive emulator's switches (a personal-API-token tenant).
+pub struct SandboxPipedrive {
+    pub state: Arc<crate::sandbox::pipedrive::PipedriveState>,
+    pub token: String,
+}
+
+impl Degrade for SandboxPipedrive {
+    fn crm_down(&self, down: bool) -> Result<(), String> {
+        self.state.set_down(down);
+        Ok(())
+    }
+
+    fn crm_token_revoked(&self, revoked: bool) -> Result<(), String> {
+        self.state.set_api_token(if revoked { "pilot-revoked-token" } else { &self.token });
+        Ok(())
+    }
+
+    fn crm_search_lag(&self, lag: bool) -> Result<(), String> {
+        self.state.set_search_lag(lag);
+        Ok(())
+    }
+}
+
+/// The in-process sandbox's switches for a tenant on the sandbox CRM of `vendor` (with the
+/// sandbox's static token); none for a vendor the sandbox does not emulate.
+pub fn sandbox_switches(sandbox: &crate::sandbox::Sandbox, vendor: &str) -> Arc<dyn Degrade> {
+    match vendor {
+        "hubspot" => Arc::new(SandboxHubSpot {
+            state: sandbox.hubspot.state.clone(),
+            token: crate::sandbox::HUBSPOT_TOKEN.to_owned(),
+        }),
+        "salesforce" => Arc::new(SandboxSalesforce {
+            state: sandbox.salesforce.state.clone(),
+            token: crate::sandbox::SALESFORCE_TOKEN.to_owned(),
+        }),
+        "pipedrive" => Arc::new(SandboxPipedrive {
+            state: sandbox.pipedrive.state.clone(),
+            token: crate::sandbox::PIPEDRIVE_TOKEN.to_owned(),
+        }),
+        _ => Arc::new(NoDegrade),
+    }
+}
+
 /// No switches: a real vendor cannot be degraded from here.
 pub struct NoDegrade;
 

@@ -423,6 +423,11 @@ impl PipedriveState {
             .collect()
     }
 
+    /// Every activity's fields, of every person.
+    pub fn activities(&self) -> Vec<Map<String, Value>> {
+        self.lock().activities.values().map(|a| a.fields.clone()).collect()
+    }
+
     pub fn notes_total(&self, person_id: &str) -> usize {
         let inner = self.lock();
         let pid: u64 = person_id.parse().unwrap_or_default();
@@ -463,6 +468,11 @@ impl PipedriveState {
     }
 
     // ----- faults ---------------------------------------------------------------------------
+
+    /// The personal API token the emulator accepts (the pilot revokes it by changing it).
+    pub fn set_api_token(&self, token: &str) {
+        self.lock().api_token = Some(token.to_string());
+    }
 
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;

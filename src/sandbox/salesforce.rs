@@ -563,6 +563,11 @@ impl SalesforceState {
 
     // ----- switches --------------------------------------------------------------------------
 
+    /// The static token the emulator accepts (the pilot revokes it by changing it).
+    pub fn set_token(&self, token: &str) {
+        self.lock().token = token.to_string();
+    }
+
     /// Every request answers 503 (an HTML page, as a load balancer in front of a dead backend).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;

@@ -1,25 +1,114 @@
 //! `callside pilot` (issue 15) against the sandbox: deep on all five dimensions for every CRM ×
 //! calendar pair that exists, its records removed afterwards; and five faults — one per
-//! dimension — each scoring exactly its dimension down, with the evidence naming the fault.
+//! dimension — each scoring exactly its dimension down on every CRM, with the evidence naming the fault.
 
 use std::sync::Arc;
 
 use callside::config::TenantFile;
 use callside::pilot::report::PilotReport;
 use callside::pilot::score::{Depth, Dimension};
-use callside::pilot::{Pilot, SandboxHubSpot, ServiceAccess};
+use callside::pilot::{Degrade, Pilot, SandboxHubSpot, SandboxPipedrive, SandboxSalesforce, ServiceAccess};
+use serde_json::Value;
 
 use crate::helpers::{DEMO_KEY, DEMO_NUMBER, TestApp, demo_tenant, server_file, spawn_app_with};
 
+/// A CRM of the sandbox: how a tenant names it, the pilot's switches over its emulator, and what
+/// the emulator holds (to check the clean-up from outside the connector the pilot used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crm {
+    HubSpot,
+    Salesforce,
+    Pipedrive,
+}
+
+impl Crm {
+    const ALL: [Crm; 3] = [Crm::HubSpot, Crm::Salesforce, Crm::Pipedrive];
+
+    fn name(self) -> &'static str {
+        match self {
+            Crm::HubSpot => "hubspot",
+            Crm::Salesforce => "salesforce",
+            Crm::Pipedrive => "pipedrive",
+        }
+    }
+
+    /// The tenant on this CRM's sandbox. Salesforce's new callers become Contacts: the pilot
+    /// seeds its known caller with an open opportunity, and a Lead cannot have one.
+    fn tenant(self, mut tenant: TenantFile) -> TenantFile {
+        let crm = match self {
+            Crm::HubSpot => "vendor = \"hubspot\"\nbase_url = \"sandbox\"\n",
+            Crm::Salesforce => "vendor = \"salesforce\"\nbase_url = \"sandbox\"\nnew_callers = \"contact\"\n",
+            Crm::Pipedrive => "vendor = \"pipedrive\"\nbase_url = \"sandbox\"\n",
+        };
+        tenant.crm = toml::from_str(crm).expect("crm table parses");
+        tenant
+    }
+
+    fn degrade(self, app: &TestApp) -> Arc<dyn Degrade> {
+        match self {
+            Crm::HubSpot => {
+                Arc::new(SandboxHubSpot { state: app.hubspot.clone(), token: callside::sandbox::HUBSPOT_TOKEN.into() })
+            }
+            Crm::Salesforce => Arc::new(SandboxSalesforce {
+                state: app.salesforce.clone(),
+                token: callside::sandbox::SALESFORCE_TOKEN.into(),
+            }),
+            Crm::Pipedrive => Arc::new(SandboxPipedrive {
+                state: app.pipedrive.clone(),
+                token: callside::sandbox::PIPEDRIVE_TOKEN.into(),
+            }),
+        }
+    }
+
+    /// The people (contacts, leads, persons) the emulator holds.
+    fn people(self, app: &TestApp) -> usize {
+        match self {
+            Crm::HubSpot => app.hubspot.contacts().len(),
+            Crm::Salesforce => app.salesforce.records("Contact").len() + app.salesforce.records("Lead").len(),
+            Crm::Pipedrive => app.pipedrive.persons_total(),
+        }
+    }
+
+    /// The call logs in the emulator that carry a pilot run's tag.
+    fn pilot_call_logs(self, app: &TestApp) -> usize {
+        let tagged = |v: &Value| v.as_str().is_some_and(|s| s.contains("[pilot "));
+        match self {
+            Crm::HubSpot => {
+                app.hubspot.calls().iter().filter(|c| c.properties.values().any(|v| v.contains("[pilot "))).count()
+            }
+            Crm::Salesforce => app
+                .salesforce
+                .records("Task")
+                .iter()
+                .filter(|t| t.text("TaskSubtype").as_deref() == Some("Call") && t.fields.values().any(tagged))
+                .count(),
+            Crm::Pipedrive => app
+                .pipedrive
+                .activities()
+                .iter()
+                .filter(|a| a.get("type").and_then(Value::as_str) == Some("call") && a.values().any(tagged))
+                .count(),
+        }
+    }
+
+    /// A CRM that accepts the postal code and does not keep it (a workflow, a field read-only in
+    /// practice): the write-parity fault, in each vendor's own terms.
+    fn ignore_zip(self, app: &TestApp) {
+        match self {
+            Crm::HubSpot => app.hubspot.ignore_property("zip"),
+            Crm::Salesforce => app.salesforce.ignore_field("MailingPostalCode"),
+            Crm::Pipedrive => app.pipedrive.ignore_field(callside::sandbox::pipedrive::ZIP_FIELD_KEY),
+        }
+    }
+}
+
 /// Runs the whole plan against the app's demo tenant; the progress lines are collected.
-async fn pilot(app: &TestApp) -> (PilotReport, Vec<String>) {
+async fn pilot(app: &TestApp, crm: Crm) -> (PilotReport, Vec<String>) {
     let tenant = app.core.tenants.by_id("demo").expect("the demo tenant");
     let access = ServiceAccess::new(&format!("http://{}", app.addr), DEMO_KEY, DEMO_NUMBER);
-    let degrade =
-        Arc::new(SandboxHubSpot { state: app.hubspot.clone(), token: callside::sandbox::HUBSPOT_TOKEN.to_owned() });
     let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = lines.clone();
-    let report = Pilot::new(access, tenant, degrade, app.core.clock.clone())
+    let report = Pilot::new(access, tenant, crm.degrade(app), app.core.clock.clone())
         .on_progress(move |l| sink.lock().unwrap().push(l.to_owned()))
         .run()
         .await
@@ -41,21 +130,28 @@ async fn app_for(tenant: TenantFile, extra: &str) -> TestApp {
     spawn_app_with(server_file(extra), vec![tenant]).await
 }
 
-/// Every calendar that exists, with HubSpot (the one CRM on main).
-async fn pairs() -> Vec<(&'static str, TenantFile)> {
-    let google = demo_tenant();
-    let mut graph = demo_tenant();
-    graph.calendar.vendor = "microsoft".into();
-    let (caldav, _, _) = crate::caldav_booking::caldav_tenant(None).await;
-    vec![("hubspot × google", google), ("hubspot × microsoft", graph), ("hubspot × caldav (radicale)", caldav)]
+/// Every CRM × every calendar that exists.
+async fn pairs() -> Vec<(String, Crm, TenantFile)> {
+    let mut out = Vec::new();
+    for crm in Crm::ALL {
+        let google = crm.tenant(demo_tenant());
+        let mut graph = crm.tenant(demo_tenant());
+        graph.calendar.vendor = "microsoft".into();
+        let (caldav, _, _) = crate::caldav_booking::caldav_tenant(None).await;
+        let caldav = crm.tenant(caldav);
+        out.push((format!("{} × google", crm.name()), crm, google));
+        out.push((format!("{} × microsoft", crm.name()), crm, graph));
+        out.push((format!("{} × caldav (radicale)", crm.name()), crm, caldav));
+    }
+    out
 }
 
 #[tokio::test]
 async fn the_pilot_scores_deep_on_every_dimension_for_every_crm_and_calendar_pair_and_cleans_up() {
-    for (pair, tenant) in pairs().await {
+    for (pair, crm, tenant) in pairs().await {
         let app = app_for(tenant, "").await;
-        let contacts_before = app.hubspot.contacts().len();
-        let (report, lines) = pilot(&app).await;
+        let people_before = crm.people(&app);
+        let (report, lines) = pilot(&app, crm).await;
         for d in Dimension::ALL {
             assert_eq!(report.depth(d), Depth::Deep, "{pair}: {d:?}\n{}", failed(&report));
         }
@@ -68,11 +164,10 @@ async fn the_pilot_scores_deep_on_every_dimension_for_every_crm_and_calendar_pai
         assert_eq!(lines.iter().filter(|l| l.starts_with('[') && l.contains("/16]")).count(), 16, "{lines:?}");
         // Cleanup: every call undone, the seeded records deleted, nothing left in the CRM.
         assert!(report.cleanup.left.is_empty(), "{pair}: {:?}", report.cleanup.left);
-        assert_eq!(report.cleanup.calls_undone, 16);
-        assert_eq!(report.cleanup.objects_deleted, 4, "contact, deal, note and task");
-        assert_eq!(app.hubspot.contacts().len(), contacts_before, "{pair}: only the demo's own contacts remain");
-        let tagged = |props: &std::collections::BTreeMap<String, String>| props.values().any(|v| v.contains("[pilot "));
-        assert!(!app.hubspot.calls().iter().any(|c| tagged(&c.properties)), "{pair}: a pilot call log remains");
+        assert_eq!(report.cleanup.calls_undone, 16, "{pair}");
+        assert_eq!(report.cleanup.objects_deleted, 4, "{pair}: contact, deal, note and task");
+        assert_eq!(crm.people(&app), people_before, "{pair}: only the demo's own contacts remain");
+        assert_eq!(crm.pilot_call_logs(&app), 0, "{pair}: a pilot call log remains");
         // The reports carry the same scores.
         let md = report.markdown();
         assert!(md.contains("| Read parity | **deep** |"), "{md}");
@@ -88,7 +183,7 @@ struct Fault {
     name: &'static str,
     server: &'static str,
     /// A CRM-side fault applied to the emulator before the run.
-    crm: Option<fn(&TestApp)>,
+    crm: Option<fn(Crm, &TestApp)>,
     dimension: Dimension,
     evidence: &'static str,
 }
@@ -106,8 +201,7 @@ async fn each_of_five_faults_scores_exactly_its_dimension_down_with_the_evidence
         Fault {
             name: "a write silently ignores a field",
             server: "",
-            // The portal accepts `zip` and does not keep it (a workflow, a read-only property).
-            crm: Some(|app| app.hubspot.ignore_property("zip")),
+            crm: Some(Crm::ignore_zip),
             dimension: Dimension::WriteParity,
             evidence: "zip not written to its field",
         },
@@ -133,20 +227,21 @@ async fn each_of_five_faults_scores_exactly_its_dimension_down_with_the_evidence
             evidence: "has no step for it",
         },
     ];
-    for f in faults {
-        let app = app_for(demo_tenant(), f.server).await;
+    for (crm, f) in Crm::ALL.into_iter().flat_map(|crm| faults.iter().map(move |f| (crm, f))) {
+        let app = app_for(crm.tenant(demo_tenant()), f.server).await;
         if let Some(apply) = f.crm {
-            apply(&app);
+            apply(crm, &app);
         }
-        let (report, _) = pilot(&app).await;
+        let (report, _) = pilot(&app, crm).await;
         for d in Dimension::ALL {
             if d == f.dimension {
-                assert_ne!(report.depth(d), Depth::Deep, "{}: {d:?} should be down", f.name);
+                assert_ne!(report.depth(d), Depth::Deep, "{} on {}: {d:?} should be down", f.name, crm.name());
                 let score = report.dimensions.iter().find(|s| s.dimension == d).unwrap();
                 assert!(
                     score.evidence.iter().any(|e| e.contains(f.evidence)),
-                    "{}: evidence {:?} lacks {:?}",
+                    "{} on {}: evidence {:?} lacks {:?}",
                     f.name,
+                    crm.name(),
                     score.evidence,
                     f.evidence
                 );
@@ -154,14 +249,15 @@ async fn each_of_five_faults_scores_exactly_its_dimension_down_with_the_evidence
                 assert_eq!(
                     report.depth(d),
                     Depth::Deep,
-                    "{}: only {:?} may be down\n{}",
+                    "{} on {}: only {:?} may be down\n{}",
                     f.name,
+                    crm.name(),
                     f.dimension,
                     failed(&report)
                 );
             }
         }
-        assert!(!report.all_deep(), "{}: the command would exit non-zero", f.name);
+        assert!(!report.all_deep(), "{} on {}: the command would exit non-zero", f.name, crm.name());
         app.shutdown().await;
     }
 }
