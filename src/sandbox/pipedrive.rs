@@ -67,6 +67,20 @@ pub const DATETIME_FIELD_KEY: &str = "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f";
 pub const ENUM_FIELD_KEY: &str = "6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a";
 /// `(id, label)` of the enum field's options: values are written by option id.
 pub const ENUM_OPTIONS: [(u64, &str); 3] = [(31, "Phone"), (32, "Email"), (33, "SMS")];
+/// Custom person fields the write-back rules map captured data into (as the HubSpot emulator's
+/// `callside_*` properties): intent, urgency, sentiment and language (enums), a qualification
+/// answer as text and one as a number, and the "last written by callside" stamp (text: Pipedrive
+/// has no date-time field type).
+pub const INTENT_FIELD_KEY: &str = "7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b";
+pub const URGENCY_FIELD_KEY: &str = "8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c";
+pub const URGENCY_OPTIONS: [(u64, &str); 3] = [(41, "low"), (42, "medium"), (43, "high")];
+pub const SENTIMENT_FIELD_KEY: &str = "9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d";
+pub const SENTIMENT_OPTIONS: [(u64, &str); 3] = [(51, "positive"), (52, "neutral"), (53, "negative")];
+pub const LANGUAGE_FIELD_KEY: &str = "0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e";
+pub const LANGUAGE_OPTIONS: [(u64, &str); 4] = [(61, "en"), (62, "es"), (63, "fr"), (64, "de")];
+pub const SERVICE_INTEREST_FIELD_KEY: &str = "1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f";
+pub const BUDGET_FIELD_KEY: &str = "2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a";
+pub const LAST_WRITTEN_FIELD_KEY: &str = "3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b";
 
 /// The default pipeline's stages `(id, name)`.
 pub const STAGES: [(u64, &str); 5] =
@@ -398,12 +412,24 @@ impl PipedriveState {
 
     /// The id of the person holding this exact phone string, if any.
     pub fn person_with_phone(&self, phone: &str) -> Option<String> {
+        self.persons_with_phone(phone).into_iter().next()
+    }
+
+    /// The ids of every person holding this exact phone string.
+    pub fn persons_with_phone(&self, phone: &str) -> Vec<String> {
         let inner = self.lock();
         inner
             .persons
             .iter()
-            .find(|(_, p)| p.phones.iter().any(|e| e["value"].as_str() == Some(phone)))
+            .filter(|(_, p)| p.phones.iter().any(|e| e["value"].as_str() == Some(phone)))
             .map(|(id, _)| id.to_string())
+            .collect()
+    }
+
+    /// The contents of the person's notes.
+    pub fn notes_of(&self, person_id: &str) -> Vec<String> {
+        let pid: u64 = person_id.parse().unwrap_or_default();
+        self.lock().notes.values().filter(|n| n.person_id == pid).map(|n| n.content.clone()).collect()
     }
 
     pub fn persons_total(&self) -> usize {
@@ -572,7 +598,8 @@ fn person_field(person: &Person, key: &str) -> Value {
 fn set_person_field(person: &mut Person, key: &str, value: Value) {
     match key {
         "name" => person.name = value.as_str().unwrap_or_default().to_string(),
-        "owner_id" => person.owner_id = value.as_u64(),
+        // A rep's edit names the user as text (`rep_edit`), the API as a number.
+        "owner_id" => person.owner_id = value.as_u64().or_else(|| value.as_str().and_then(|s| s.parse().ok())),
         "phones" => person.phones = value.as_array().cloned().unwrap_or_default(),
         "emails" => person.emails = value.as_array().cloned().unwrap_or_default(),
         other => {
@@ -614,10 +641,22 @@ fn person_fields() -> Value {
         custom(9105, DATE_FIELD_KEY, "Next visit", "date"),
         custom(9106, DATETIME_FIELD_KEY, "Last call at", "varchar"),
     ];
-    let mut with_options = custom(9107, ENUM_FIELD_KEY, "Preferred channel", "enum");
-    with_options["options"] =
-        json!(ENUM_OPTIONS.iter().map(|(id, label)| json!({"id": id, "label": label})).collect::<Vec<_>>());
-    fields.push(with_options);
+    let enumeration = |id: u64, key: &str, name: &str, options: &[(u64, &str)]| {
+        let mut field = custom(id, key, name, "enum");
+        field["options"] =
+            json!(options.iter().map(|(id, label)| json!({"id": id, "label": label})).collect::<Vec<_>>());
+        field
+    };
+    fields.extend([
+        enumeration(9107, ENUM_FIELD_KEY, "Preferred channel", &ENUM_OPTIONS),
+        custom(9108, INTENT_FIELD_KEY, "Intent", "varchar"),
+        enumeration(9109, URGENCY_FIELD_KEY, "Urgency", &URGENCY_OPTIONS),
+        enumeration(9110, SENTIMENT_FIELD_KEY, "Sentiment", &SENTIMENT_OPTIONS),
+        enumeration(9111, LANGUAGE_FIELD_KEY, "Language", &LANGUAGE_OPTIONS),
+        custom(9112, SERVICE_INTEREST_FIELD_KEY, "Service interest", "varchar"),
+        custom(9113, BUDGET_FIELD_KEY, "Budget", "double"),
+        custom(9114, LAST_WRITTEN_FIELD_KEY, "Last written by callside", "varchar"),
+    ]);
     Value::Array(fields)
 }
 

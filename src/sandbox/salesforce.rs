@@ -90,6 +90,20 @@ pub const CUSTOM_DATE_FIELD: &str = "Callside_Next_Visit__c";
 pub const CUSTOM_DATETIME_FIELD: &str = "Callside_Last_Call_At__c";
 pub const CUSTOM_PICKLIST_FIELD: &str = "Callside_Preferred_Channel__c";
 pub const CUSTOM_PICKLIST_VALUES: [&str; 3] = ["Phone", "Email", "SMS"];
+/// Custom Contact and Lead fields the write-back rules map captured data into (as the HubSpot
+/// emulator's `callside_*` properties): what the caller wanted, their urgency, sentiment and
+/// language (picklists), a qualification answer as text and one as a number, and the "last
+/// written by callside" stamp.
+pub const INTENT_FIELD: &str = "Callside_Intent__c";
+pub const URGENCY_FIELD: &str = "Callside_Urgency__c";
+pub const URGENCY_VALUES: [&str; 3] = ["low", "medium", "high"];
+pub const SENTIMENT_FIELD: &str = "Callside_Sentiment__c";
+pub const SENTIMENT_VALUES: [&str; 3] = ["positive", "neutral", "negative"];
+pub const LANGUAGE_FIELD: &str = "Callside_Language__c";
+pub const LANGUAGE_VALUES: [&str; 4] = ["en", "es", "fr", "de"];
+pub const SERVICE_INTEREST_FIELD: &str = "Callside_Service_Interest__c";
+pub const BUDGET_FIELD: &str = "Callside_Budget__c";
+pub const LAST_WRITTEN_FIELD: &str = "Callside_Last_Written_At__c";
 /// The lead-source label the service writes (a text field of ours: `LeadSource` is a picklist).
 pub const SOURCE_FIELD: &str = "Callside_Source__c";
 pub const OAUTH_CLIENT_ID: &str = "sandbox-consumer-key";
@@ -195,6 +209,13 @@ fn callside_fields() -> Vec<FieldDef> {
         f(CUSTOM_DATE_FIELD, FieldType::Date),
         f(CUSTOM_DATETIME_FIELD, FieldType::DateTime),
         picklist(CUSTOM_PICKLIST_FIELD, &CUSTOM_PICKLIST_VALUES, true),
+        f(INTENT_FIELD, FieldType::Text),
+        picklist(URGENCY_FIELD, &URGENCY_VALUES, true),
+        picklist(SENTIMENT_FIELD, &SENTIMENT_VALUES, true),
+        picklist(LANGUAGE_FIELD, &LANGUAGE_VALUES, true),
+        f(SERVICE_INTEREST_FIELD, FieldType::Text),
+        f(BUDGET_FIELD, FieldType::Double),
+        f(LAST_WRITTEN_FIELD, FieldType::DateTime),
     ]
 }
 
