@@ -13,6 +13,7 @@ mod connect;
 mod console;
 mod console_browser;
 mod crash;
+mod crms;
 mod fuzz_corpus;
 mod graph_calendar;
 mod helpers;

@@ -7,100 +7,10 @@ use std::sync::Arc;
 use callside::config::TenantFile;
 use callside::pilot::report::PilotReport;
 use callside::pilot::score::{Depth, Dimension};
-use callside::pilot::{Degrade, Pilot, SandboxHubSpot, SandboxPipedrive, SandboxSalesforce, ServiceAccess};
-use serde_json::Value;
+use callside::pilot::{Pilot, ServiceAccess};
 
+use crate::crms::Crm;
 use crate::helpers::{DEMO_KEY, DEMO_NUMBER, TestApp, demo_tenant, server_file, spawn_app_with};
-
-/// A CRM of the sandbox: how a tenant names it, the pilot's switches over its emulator, and what
-/// the emulator holds (to check the clean-up from outside the connector the pilot used).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Crm {
-    HubSpot,
-    Salesforce,
-    Pipedrive,
-}
-
-impl Crm {
-    const ALL: [Crm; 3] = [Crm::HubSpot, Crm::Salesforce, Crm::Pipedrive];
-
-    fn name(self) -> &'static str {
-        match self {
-            Crm::HubSpot => "hubspot",
-            Crm::Salesforce => "salesforce",
-            Crm::Pipedrive => "pipedrive",
-        }
-    }
-
-    /// The tenant on this CRM's sandbox. Salesforce's new callers become Contacts: the pilot
-    /// seeds its known caller with an open opportunity, and a Lead cannot have one.
-    fn tenant(self, mut tenant: TenantFile) -> TenantFile {
-        let crm = match self {
-            Crm::HubSpot => "vendor = \"hubspot\"\nbase_url = \"sandbox\"\n",
-            Crm::Salesforce => "vendor = \"salesforce\"\nbase_url = \"sandbox\"\nnew_callers = \"contact\"\n",
-            Crm::Pipedrive => "vendor = \"pipedrive\"\nbase_url = \"sandbox\"\n",
-        };
-        tenant.crm = toml::from_str(crm).expect("crm table parses");
-        tenant
-    }
-
-    fn degrade(self, app: &TestApp) -> Arc<dyn Degrade> {
-        match self {
-            Crm::HubSpot => {
-                Arc::new(SandboxHubSpot { state: app.hubspot.clone(), token: callside::sandbox::HUBSPOT_TOKEN.into() })
-            }
-            Crm::Salesforce => Arc::new(SandboxSalesforce {
-                state: app.salesforce.clone(),
-                token: callside::sandbox::SALESFORCE_TOKEN.into(),
-            }),
-            Crm::Pipedrive => Arc::new(SandboxPipedrive {
-                state: app.pipedrive.clone(),
-                token: callside::sandbox::PIPEDRIVE_TOKEN.into(),
-            }),
-        }
-    }
-
-    /// The people (contacts, leads, persons) the emulator holds.
-    fn people(self, app: &TestApp) -> usize {
-        match self {
-            Crm::HubSpot => app.hubspot.contacts().len(),
-            Crm::Salesforce => app.salesforce.records("Contact").len() + app.salesforce.records("Lead").len(),
-            Crm::Pipedrive => app.pipedrive.persons_total(),
-        }
-    }
-
-    /// The call logs in the emulator that carry a pilot run's tag.
-    fn pilot_call_logs(self, app: &TestApp) -> usize {
-        let tagged = |v: &Value| v.as_str().is_some_and(|s| s.contains("[pilot "));
-        match self {
-            Crm::HubSpot => {
-                app.hubspot.calls().iter().filter(|c| c.properties.values().any(|v| v.contains("[pilot "))).count()
-            }
-            Crm::Salesforce => app
-                .salesforce
-                .records("Task")
-                .iter()
-                .filter(|t| t.text("TaskSubtype").as_deref() == Some("Call") && t.fields.values().any(tagged))
-                .count(),
-            Crm::Pipedrive => app
-                .pipedrive
-                .activities()
-                .iter()
-                .filter(|a| a.get("type").and_then(Value::as_str) == Some("call") && a.values().any(tagged))
-                .count(),
-        }
-    }
-
-    /// A CRM that accepts the postal code and does not keep it (a workflow, a field read-only in
-    /// practice): the write-parity fault, in each vendor's own terms.
-    fn ignore_zip(self, app: &TestApp) {
-        match self {
-            Crm::HubSpot => app.hubspot.ignore_property("zip"),
-            Crm::Salesforce => app.salesforce.ignore_field("MailingPostalCode"),
-            Crm::Pipedrive => app.pipedrive.ignore_field(callside::sandbox::pipedrive::ZIP_FIELD_KEY),
-        }
-    }
-}
 
 /// Runs the whole plan against the app's demo tenant; the progress lines are collected.
 async fn pilot(app: &TestApp, crm: Crm) -> (PilotReport, Vec<String>) {
@@ -167,7 +77,8 @@ async fn the_pilot_scores_deep_on_every_dimension_for_every_crm_and_calendar_pai
         assert_eq!(report.cleanup.calls_undone, 16, "{pair}");
         assert_eq!(report.cleanup.objects_deleted, 4, "{pair}: contact, deal, note and task");
         assert_eq!(crm.people(&app), people_before, "{pair}: only the demo's own contacts remain");
-        assert_eq!(crm.pilot_call_logs(&app), 0, "{pair}: a pilot call log remains");
+        let left = crm.all_call_logs(&app).into_iter().filter(|log| log.contains("[pilot ")).count();
+        assert_eq!(left, 0, "{pair}: a pilot call log remains");
         // The reports carry the same scores.
         let md = report.markdown();
         assert!(md.contains("| Read parity | **deep** |"), "{md}");

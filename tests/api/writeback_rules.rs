@@ -1,68 +1,88 @@
-//! The write-back rules through the whole service on the HubSpot emulator: seed 002's test calls
-//! 1–4 and 8–10, field mapping and normalization, the hybrid rule against a rep's edit, shadow
-//! and review modes, read-after-write verification, escalation and undo.
+//! The write-back rules through the whole service: seed 002's test calls 1–4 and 8–10 on every
+//! CRM (HubSpot, Salesforce, Pipedrive — each read back from the vendor's emulator), then, on
+//! HubSpot, field mapping and normalization, the hybrid rule against a rep's edit, shadow and
+//! review modes, read-after-write verification, escalation and undo.
 
 use callside::config::TenantFile;
 use callside::sandbox::hubspot::{ObjectType, SandboxObject};
 use serde_json::{Value, json};
 
+use crate::crms::{Crm, Field};
 use crate::helpers::{DEMO_KEY, TestApp, demo_tenant, server_file, spawn_app_configured, spawn_app_with};
 
-/// The demo tenant with a field mapping covering every kind of rule and type.
-fn rules_tenant(mode: &str) -> TenantFile {
-    let mut t = demo_tenant();
+/// The demo tenant on `crm` with a field mapping covering every kind of rule and type, each datum
+/// mapped to that CRM's own field.
+fn rules_tenant(crm: Crm, mode: &str) -> TenantFile {
+    let mut t = crm.tenant(demo_tenant());
+    let p = |f: Field| crm.property(f);
+    let (default_owner, route_owner) = match crm {
+        Crm::HubSpot => ("555".to_owned(), crm.standing_user()),
+        _ => (crm.standing_user(), crm.standing_user()),
+    };
     let table = format!(
         r#"
         mode = "{mode}"
-        last_written_property = "callside_last_written_at"
+        last_written_property = "{last_written}"
         deal_stage_on = {{ booked = "Qualified To Buy" }}
         [[fields]]
         datum = "intent"
-        property = "callside_intent"
+        property = "{intent}"
         rule = "ai"
         [[fields]]
         datum = "urgency"
-        property = "callside_urgency"
+        property = "{urgency}"
         type = "enumeration"
         rule = "hybrid"
         verify = true
         values = {{ alta = "high", urgente = "high", media = "medium", baja = "low" }}
         [[fields]]
         datum = "sentiment"
-        property = "callside_sentiment"
+        property = "{sentiment}"
         type = "enumeration"
         rule = "ai"
         values = {{ positivo = "positive", negativo = "negative" }}
         [[fields]]
         datum = "language"
-        property = "hs_language"
+        property = "{language}"
         type = "enumeration"
         rule = "ai"
         [[fields]]
         datum = "answer.service"
-        property = "callside_service_interest"
+        property = "{service}"
         rule = "hybrid"
         [[fields]]
         datum = "answer.budget"
-        property = "callside_budget"
+        property = "{budget}"
         type = "number"
         rule = "ai"
         [[fields]]
         datum = "zip"
-        property = "zip"
+        property = "{zip}"
         rule = "rep"
         [escalation]
-        owner_id = "555"
+        owner_id = "{default_owner}"
         due_minutes = {{ high = 60, medium = 240 }}
-        routes = [{{ reason_contains = ["refund", "reembolso"], owner_id = "777" }}]
-        "#
+        routes = [{{ reason_contains = ["refund", "reembolso"], owner_id = "{route_owner}" }}]
+        "#,
+        last_written = p(Field::LastWritten),
+        intent = p(Field::Intent),
+        urgency = p(Field::Urgency),
+        sentiment = p(Field::Sentiment),
+        language = p(Field::Language),
+        service = p(Field::ServiceInterest),
+        budget = p(Field::Budget),
+        zip = p(Field::Zip),
     );
     t.writeback = toml::from_str(&table).expect("writeback table parses");
     t
 }
 
 async fn app(mode: &str) -> TestApp {
-    spawn_app_with(server_file(""), vec![rules_tenant(mode)]).await
+    app_on(Crm::HubSpot, mode).await
+}
+
+async fn app_on(crm: Crm, mode: &str) -> TestApp {
+    spawn_app_with(server_file(""), vec![rules_tenant(crm, mode)]).await
 }
 
 fn ana(app: &TestApp) -> SandboxObject {
@@ -73,6 +93,13 @@ fn ana(app: &TestApp) -> SandboxObject {
 
 fn contact_by_phone(app: &TestApp, e164: &str) -> Vec<SandboxObject> {
     app.hubspot.contacts().into_iter().filter(|c| c.prop("phone") == Some(e164)).collect()
+}
+
+/// The one person the CRM holds with this number.
+fn the_person(crm: Crm, app: &TestApp, e164: &str) -> String {
+    let found = crm.with_phone(app, e164);
+    assert_eq!(found.len(), 1, "{}: exactly one person holds {e164}: {found:?}", crm.name());
+    found.into_iter().next().unwrap()
 }
 
 /// One call over the WebSocket: context first (the service's read), then `end_call`.
@@ -112,211 +139,241 @@ async fn admin(app: &TestApp, method: reqwest::Method, path: &str, key: Option<&
 
 #[tokio::test]
 async fn seed_call_1_a_new_caller_with_full_info_gets_a_contact_with_every_mapped_field() {
-    let app = app("auto").await;
-    let before = app.hubspot.contacts().len();
-    call(
-        &app,
-        "seed-1",
-        "+13125550111",
-        json!({
-            "summary": "Wants a haircut next week.",
-            "disposition": "info_only",
-            "caller_name": "liam o'brien",
-            "caller_email": " Liam.OBrien@Example.com ",
-            "caller_zip": "60601",
-            "intent": "haircut",
-            "sentiment": "positive",
-            "urgency": "media",
-            "language": "en",
-            "answers": {"service": "Haircut", "budget": "$80"}
-        }),
-    )
-    .await;
-    assert_eq!(app.wait_for_sync("seed-1").await, "synced");
-    assert_eq!(app.hubspot.contacts().len(), before + 1, "one new contact");
-    let c = &contact_by_phone(&app, "+13125550111")[0];
-    assert_eq!(c.prop("firstname"), Some("Liam"));
-    assert_eq!(c.prop("lastname"), Some("O'Brien"), "capitalized as people write it");
-    assert_eq!(c.prop("email"), Some("liam.obrien@example.com"));
-    assert_eq!(c.prop("zip"), Some("60601"));
-    assert_eq!(c.prop("callside_source"), Some("AI receptionist"));
-    assert_eq!(c.prop("callside_intent"), Some("haircut"));
-    assert_eq!(c.prop("callside_urgency"), Some("medium"), "'media' mapped to the canonical option");
-    assert_eq!(c.prop("callside_sentiment"), Some("positive"));
-    assert_eq!(c.prop("hs_language"), Some("en"));
-    assert_eq!(c.prop("callside_service_interest"), Some("Haircut"));
-    assert_eq!(c.prop("callside_budget"), Some("80"));
-    assert!(c.prop("callside_last_written_at").is_some(), "last-written stamp set");
-    assert_eq!(app.hubspot.calls_for_contact(&c.id).len(), 1, "the call is logged on the contact");
-    // Every mapped answer had a field: no note blob.
-    assert!(app.hubspot.associated_with_contact(&c.id, ObjectType::Notes).is_empty());
-    let writes = app.core.store.field_writes_for_call("demo", "seed-1").await.unwrap();
-    assert!(writes.iter().all(|w| w.status == "written"), "{writes:?}");
-    assert_eq!(writes.len(), 7, "six mapped fields plus the stamp: {writes:?}");
-    app.shutdown().await;
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        let before = crm.people(&app);
+        call(
+            &app,
+            "seed-1",
+            "+13125550111",
+            json!({
+                "summary": "Wants a haircut next week.",
+                "disposition": "info_only",
+                "caller_name": "liam o'brien",
+                "caller_email": " Liam.OBrien@Example.com ",
+                "caller_zip": "60601",
+                "intent": "haircut",
+                "sentiment": "positive",
+                "urgency": "media",
+                "language": "en",
+                "answers": {"service": "Haircut", "budget": "$80"}
+            }),
+        )
+        .await;
+        let name = crm.name();
+        assert_eq!(app.wait_for_sync("seed-1").await, "synced", "{name}");
+        assert_eq!(crm.people(&app), before + 1, "{name}: one new contact");
+        let id = the_person(crm, &app, "+13125550111");
+        let field = |f: Field| crm.field(&app, &id, f);
+        assert_eq!(field(Field::FirstName).as_deref(), Some("Liam"), "{name}");
+        assert_eq!(field(Field::LastName).as_deref(), Some("O'Brien"), "{name}: capitalized as people write it");
+        assert_eq!(field(Field::Email).as_deref(), Some("liam.obrien@example.com"), "{name}");
+        assert_eq!(field(Field::Zip).as_deref(), Some("60601"), "{name}");
+        assert_eq!(field(Field::Intent).as_deref(), Some("haircut"), "{name}");
+        assert_eq!(field(Field::Urgency).as_deref(), Some("medium"), "{name}: 'media' mapped to the canonical option");
+        assert_eq!(field(Field::Sentiment).as_deref(), Some("positive"), "{name}");
+        assert_eq!(field(Field::Language).as_deref(), Some("en"), "{name}");
+        assert_eq!(field(Field::ServiceInterest).as_deref(), Some("Haircut"), "{name}");
+        assert_eq!(field(Field::Budget).as_deref(), Some("80"), "{name}");
+        assert!(field(Field::LastWritten).is_some(), "{name}: last-written stamp set");
+        assert_eq!(crm.call_logs(&app, &id).len(), 1, "{name}: the call is logged on the contact");
+        // Every mapped answer had a field: no note blob.
+        assert!(crm.notes(&app, &id).is_empty(), "{name}: {:?}", crm.notes(&app, &id));
+        let writes = app.core.store.field_writes_for_call("demo", "seed-1").await.unwrap();
+        assert!(writes.iter().all(|w| w.status == "written"), "{name}: {writes:?}");
+        assert_eq!(writes.len(), 7, "{name}: six mapped fields plus the stamp: {writes:?}");
+        if crm == Crm::HubSpot {
+            let source = contact_by_phone(&app, "+13125550111")[0].prop("callside_source").map(str::to_owned);
+            assert_eq!(source.as_deref(), Some("AI receptionist"));
+        }
+        app.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn seed_call_2_a_new_caller_with_partial_info_leaves_optional_fields_empty() {
-    let app = app("auto").await;
-    call(&app, "seed-2", "+13125550122", json!({"summary": "Asked about prices.", "caller_name": "NOAH"})).await;
-    assert_eq!(app.wait_for_sync("seed-2").await, "synced");
-    let found = contact_by_phone(&app, "+13125550122");
-    assert_eq!(found.len(), 1);
-    let c = &found[0];
-    assert_eq!(c.prop("firstname"), Some("Noah"));
-    for empty in [
-        "lastname",
-        "email",
-        "zip",
-        "callside_intent",
-        "callside_urgency",
-        "callside_sentiment",
-        "hs_language",
-        "callside_service_interest",
-        "callside_budget",
-        "callside_last_written_at",
-    ] {
-        assert_eq!(c.prop(empty), None, "{empty} must stay empty, not garbage");
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        call(&app, "seed-2", "+13125550122", json!({"summary": "Asked about prices.", "caller_name": "NOAH"})).await;
+        let name = crm.name();
+        assert_eq!(app.wait_for_sync("seed-2").await, "synced", "{name}");
+        let id = the_person(crm, &app, "+13125550122");
+        assert_eq!(crm.field(&app, &id, Field::FirstName).as_deref(), Some("Noah"), "{name}");
+        for empty in [
+            Field::LastName,
+            Field::Email,
+            Field::Zip,
+            Field::Intent,
+            Field::Urgency,
+            Field::Sentiment,
+            Field::Language,
+            Field::ServiceInterest,
+            Field::Budget,
+            Field::LastWritten,
+        ] {
+            assert_eq!(crm.field(&app, &id, empty), None, "{name}: {empty:?} must stay empty, not garbage");
+        }
+        assert_eq!(crm.call_logs(&app, &id).len(), 1, "{name}");
+        app.shutdown().await;
     }
-    assert_eq!(app.hubspot.calls_for_contact(&c.id).len(), 1);
-    app.shutdown().await;
 }
 
 #[tokio::test]
 async fn seed_call_3_an_existing_caller_by_phone_is_updated_and_the_call_logged_without_a_new_contact() {
-    let app = app("auto").await;
-    let ana_before = ana(&app);
-    let before = app.hubspot.contacts().len();
-    call(
-        &app,
-        "seed-3",
-        "+14155550134",
-        json!({"summary": "Asked to move her color appointment.", "intent": "reschedule", "urgency": "baja",
-               "caller_zip": "10001", "sentiment": "furiosa"}),
-    )
-    .await;
-    assert_eq!(app.wait_for_sync("seed-3").await, "synced");
-    assert_eq!(app.hubspot.contacts().len(), before, "no new contact");
-    let a = ana(&app);
-    assert_eq!(a.id, ana_before.id);
-    assert_eq!(a.prop("callside_intent"), Some("reschedule"));
-    assert_eq!(a.prop("callside_urgency"), Some("low"));
-    assert_eq!(a.prop("zip"), Some("94110"), "zip is rep-owned: never written");
-    assert_eq!(app.hubspot.calls_for_contact(&a.id).len(), 1);
-    // A value that is not one of the picklist's options is refused before sending and recorded;
-    // the other fields are written.
-    assert_eq!(a.prop("callside_sentiment"), None);
-    let writes = app.core.store.field_writes_for_call("demo", "seed-3").await.unwrap();
-    let sentiment = writes.iter().find(|w| w.property == "callside_sentiment").unwrap();
-    assert_eq!(sentiment.status, "rejected");
-    assert!(sentiment.reason.as_deref().unwrap_or_default().contains("allowed options"), "{sentiment:?}");
-    app.shutdown().await;
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        let name = crm.name();
+        let ana = crm.ana(&app);
+        let before = crm.people(&app);
+        call(
+            &app,
+            "seed-3",
+            "+14155550134",
+            json!({"summary": "Asked to move her color appointment.", "intent": "reschedule", "urgency": "baja",
+                   "caller_zip": "10001", "sentiment": "furiosa"}),
+        )
+        .await;
+        assert_eq!(app.wait_for_sync("seed-3").await, "synced", "{name}");
+        assert_eq!(crm.people(&app), before, "{name}: no new contact");
+        assert_eq!(crm.ana(&app), ana);
+        assert_eq!(crm.field(&app, &ana, Field::Intent).as_deref(), Some("reschedule"), "{name}");
+        assert_eq!(crm.field(&app, &ana, Field::Urgency).as_deref(), Some("low"), "{name}");
+        assert_eq!(
+            crm.field(&app, &ana, Field::Zip).as_deref(),
+            Some("94110"),
+            "{name}: zip is rep-owned: never written"
+        );
+        assert_eq!(crm.call_logs(&app, &ana).len(), 1, "{name}");
+        // A value that is not one of the picklist's options is refused before sending and
+        // recorded; the other fields are written.
+        assert_eq!(crm.field(&app, &ana, Field::Sentiment), None, "{name}");
+        let writes = app.core.store.field_writes_for_call("demo", "seed-3").await.unwrap();
+        let sentiment = writes.iter().find(|w| w.property == crm.property(Field::Sentiment)).unwrap();
+        assert_eq!(sentiment.status, "rejected", "{name}");
+        assert!(sentiment.reason.as_deref().unwrap_or_default().contains("furiosa"), "{name}: {sentiment:?}");
+        app.shutdown().await;
+    }
 }
 
 /// A known caller from an unknown number who gives their email is matched by the email (the
 /// identity index, issue 6): the call lands on her contact and no contact is created.
 #[tokio::test]
 async fn seed_call_4_an_existing_caller_by_email_never_gets_a_duplicate() {
-    let app = app("auto").await;
-    let before = app.hubspot.contacts().len();
-    call(
-        &app,
-        "seed-4",
-        "+16465550144",
-        json!({"summary": "Calling from work about her deal.", "caller_name": "Ana López",
-               "caller_email": "ANA.LOPEZ@example.com", "intent": "deal question"}),
-    )
-    .await;
-    let status = app.wait_for_sync("seed-4").await;
-    assert_eq!(app.hubspot.contacts().len(), before, "no duplicate contact for a known email");
-    let steps = app.core.store.steps_for_call("demo", "seed-4").await.unwrap();
-    let contact_step = steps.iter().find(|s| s.kind == "contact").unwrap();
-    assert_eq!(status, "synced", "{steps:?}");
-    assert_eq!(contact_step.external_id.as_deref(), Some(ana(&app).id.as_str()), "the call is on Ana");
-    app.shutdown().await;
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        let name = crm.name();
+        let before = crm.people(&app);
+        call(
+            &app,
+            "seed-4",
+            "+16465550144",
+            json!({"summary": "Calling from work about her deal.", "caller_name": "Ana López",
+                   "caller_email": "ANA.LOPEZ@example.com", "intent": "deal question"}),
+        )
+        .await;
+        let status = app.wait_for_sync("seed-4").await;
+        assert_eq!(crm.people(&app), before, "{name}: no duplicate contact for a known email");
+        let steps = app.core.store.steps_for_call("demo", "seed-4").await.unwrap();
+        let contact_step = steps.iter().find(|s| s.kind == "contact").unwrap();
+        assert_eq!(status, "synced", "{name}: {steps:?}");
+        assert_eq!(contact_step.external_id.as_deref(), Some(crm.ana(&app).as_str()), "{name}: the call is on Ana");
+        assert_eq!(crm.call_logs(&app, &crm.ana(&app)).len(), 1, "{name}");
+        app.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn seed_call_8_an_escalation_becomes_a_task_for_the_right_owner_with_the_reason_on_the_call_log() {
-    let app = app("auto").await;
-    // Ana has an owner: the escalation is hers; a refund goes to the billing route.
-    let owner = app.hubspot.insert_owner("Rita", "Rep", "rita@demo-salon.example");
-    let ana_id = ana(&app).id;
-    app.hubspot.rep_edit(ObjectType::Contacts, &ana_id, "hubspot_owner_id", &owner, "42");
-    let mut c = app.connect("seed-8", "+14155550134").await;
-    c.initialize().await;
-    let tools = c.request("tools/list", json!({})).await;
-    let names: Vec<&str> =
-        tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"escalate"), "{names:?}");
-    c.tool("get_caller_context", json!({})).await;
-    let e = c.tool("escalate", json!({"reason": "Skin reaction after last color treatment", "urgency": "high"})).await;
-    assert_eq!(e["isError"], false, "{e}");
-    assert_eq!(e["structuredContent"]["escalated"], true);
-    assert_eq!(e["structuredContent"]["due_at"], "2026-11-23T14:00:00Z", "high: due in 60 minutes");
-    let bad = c.tool("escalate", json!({"urgency": "high"})).await;
-    assert_eq!(bad["isError"], true, "a missing reason is a tool error: {bad}");
-    let refund = c.tool("escalate", json!({"reason": "Wants a refund for the last visit"})).await;
-    assert_eq!(refund["isError"], false);
-    c.tool("end_call", json!({"summary": "Reported a reaction; asked for a refund.", "disposition": "escalated"}))
-        .await;
-    assert_eq!(app.wait_for_sync("seed-8").await, "synced");
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        let name = crm.name();
+        // Ana has an owner: the escalation is hers; a refund goes to the billing route.
+        let owner = crm.add_owner(&app);
+        let ana_id = crm.ana(&app);
+        crm.give_owner(&app, &ana_id, &owner);
+        let tasks_before = crm.tasks(&app, &ana_id).len();
+        let mut c = app.connect("seed-8", "+14155550134").await;
+        c.initialize().await;
+        let tools = c.request("tools/list", json!({})).await;
+        let names: Vec<&str> =
+            tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"escalate"), "{names:?}");
+        c.tool("get_caller_context", json!({})).await;
+        let e =
+            c.tool("escalate", json!({"reason": "Skin reaction after last color treatment", "urgency": "high"})).await;
+        assert_eq!(e["isError"], false, "{name}: {e}");
+        assert_eq!(e["structuredContent"]["escalated"], true);
+        assert_eq!(e["structuredContent"]["due_at"], "2026-11-23T14:00:00Z", "high: due in 60 minutes");
+        let bad = c.tool("escalate", json!({"urgency": "high"})).await;
+        assert_eq!(bad["isError"], true, "a missing reason is a tool error: {bad}");
+        let refund = c.tool("escalate", json!({"reason": "Wants a refund for the last visit"})).await;
+        assert_eq!(refund["isError"], false);
+        c.tool("end_call", json!({"summary": "Reported a reaction; asked for a refund.", "disposition": "escalated"}))
+            .await;
+        assert_eq!(app.wait_for_sync("seed-8").await, "synced", "{name}");
 
-    let tasks = app.hubspot.associated_with_contact(&ana_id, ObjectType::Tasks);
-    assert_eq!(tasks.len(), 2, "one task per escalation");
-    let reaction =
-        tasks.iter().find(|t| t.prop("hs_task_subject").unwrap_or_default().contains("Skin reaction")).unwrap();
-    assert_eq!(reaction.prop("hubspot_owner_id"), Some(owner.as_str()), "the contact's owner");
-    assert_eq!(reaction.prop("hs_task_priority"), Some("HIGH"));
-    let due: jiff::Timestamp = reaction.prop("hs_timestamp").unwrap().parse().unwrap();
-    assert_eq!(due, "2026-11-23T14:00:00Z".parse().unwrap());
-    let refund = tasks.iter().find(|t| t.prop("hs_task_subject").unwrap_or_default().contains("refund")).unwrap();
-    assert_eq!(refund.prop("hubspot_owner_id"), Some("777"), "the tenant's routing rule");
-    assert_eq!(refund.prop("hs_task_priority"), Some("MEDIUM"));
-    let calls = app.hubspot.calls_for_contact(&ana_id);
-    assert_eq!(calls.len(), 1);
-    let body = calls[0].prop("hs_call_body").unwrap_or_default();
-    assert!(body.contains("Skin reaction after last color treatment"), "the reason is on the call log: {body}");
-    app.shutdown().await;
+        let tasks = crm.tasks(&app, &ana_id);
+        let reaction = tasks.iter().find(|t| t.subject.contains("Skin reaction"));
+        let refund = tasks.iter().find(|t| t.subject.contains("refund"));
+        let (Some(reaction), Some(refund)) = (reaction, refund) else {
+            panic!("{name}: one task per escalation: {tasks:?}")
+        };
+        assert_eq!(tasks.len(), tasks_before + 2, "{name}: one task per escalation: {tasks:?}");
+        assert_eq!(reaction.owner.as_deref(), Some(owner.as_str()), "{name}: the contact's owner");
+        assert_eq!(reaction.priority.as_deref(), Some("HIGH"), "{name}");
+        assert_eq!(reaction.due, Some("2026-11-23T14:00:00Z".parse().unwrap()), "{name}");
+        assert_eq!(refund.owner, Some(crm.standing_user()), "{name}: the tenant's routing rule");
+        assert_eq!(refund.priority.as_deref(), Some("MEDIUM"), "{name}");
+        let calls = crm.call_logs(&app, &ana_id);
+        assert_eq!(calls.len(), 1, "{name}");
+        assert!(
+            calls[0].contains("Skin reaction after last color treatment"),
+            "{name}: the reason is on the call log: {}",
+            calls[0]
+        );
+        app.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn seed_call_9_a_spanish_call_populates_fields_with_canonical_values_and_names_intact() {
-    let app = app("auto").await;
-    call(
-        &app,
-        "seed-9",
-        "+13055550199",
-        json!({
-            "summary": "Quiere un corte de pelo el sábado.",
-            "caller_name": "maría de la cruz",
-            "caller_email": "Maria.DelaCruz@Example.com",
-            "intent": "corte de pelo",
-            "urgency": "urgencia: alta",
-            "sentiment": "positivo",
-            "language": "es",
-            "answers": {"service": "corte de pelo", "budget": "45", "alergias": "ninguna"}
-        }),
-    )
-    .await;
-    assert_eq!(app.wait_for_sync("seed-9").await, "synced");
-    let c = &contact_by_phone(&app, "+13055550199")[0];
-    assert_eq!(c.prop("firstname"), Some("María"), "accent kept");
-    assert_eq!(c.prop("lastname"), Some("de la Cruz"), "particles kept in lower case");
-    assert_eq!(c.prop("email"), Some("maria.delacruz@example.com"));
-    assert_eq!(c.prop("callside_urgency"), Some("high"), "\"urgencia: alta\" → high");
-    assert_eq!(c.prop("callside_sentiment"), Some("positive"));
-    assert_eq!(c.prop("hs_language"), Some("es"));
-    assert_eq!(c.prop("callside_intent"), Some("corte de pelo"));
-    assert_eq!(c.prop("callside_service_interest"), Some("corte de pelo"));
-    assert_eq!(c.prop("callside_budget"), Some("45"));
-    // The one answer without a field goes to a note; nothing mapped does.
-    let notes = app.hubspot.associated_with_contact(&c.id, ObjectType::Notes);
-    assert_eq!(notes.len(), 1);
-    let note = notes[0].prop("hs_note_body").unwrap_or_default().to_owned();
-    assert!(note.contains("alergias: ninguna") && !note.contains("budget"), "{note}");
-    app.shutdown().await;
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        let name = crm.name();
+        call(
+            &app,
+            "seed-9",
+            "+13055550199",
+            json!({
+                "summary": "Quiere un corte de pelo el sábado.",
+                "caller_name": "maría de la cruz",
+                "caller_email": "Maria.DelaCruz@Example.com",
+                "intent": "corte de pelo",
+                "urgency": "urgencia: alta",
+                "sentiment": "positivo",
+                "language": "es",
+                "answers": {"service": "corte de pelo", "budget": "45", "alergias": "ninguna"}
+            }),
+        )
+        .await;
+        assert_eq!(app.wait_for_sync("seed-9").await, "synced", "{name}");
+        let id = the_person(crm, &app, "+13055550199");
+        let field = |f: Field| crm.field(&app, &id, f);
+        assert_eq!(field(Field::FirstName).as_deref(), Some("María"), "{name}: accent kept");
+        assert_eq!(field(Field::LastName).as_deref(), Some("de la Cruz"), "{name}: particles kept in lower case");
+        assert_eq!(field(Field::Email).as_deref(), Some("maria.delacruz@example.com"), "{name}");
+        assert_eq!(field(Field::Urgency).as_deref(), Some("high"), "{name}: \"urgencia: alta\" → high");
+        assert_eq!(field(Field::Sentiment).as_deref(), Some("positive"), "{name}");
+        assert_eq!(field(Field::Language).as_deref(), Some("es"), "{name}");
+        assert_eq!(field(Field::Intent).as_deref(), Some("corte de pelo"), "{name}");
+        assert_eq!(field(Field::ServiceInterest).as_deref(), Some("corte de pelo"), "{name}");
+        assert_eq!(field(Field::Budget).as_deref(), Some("45"), "{name}");
+        // The one answer without a field goes to a note; nothing mapped does.
+        let notes = crm.notes(&app, &id);
+        assert_eq!(notes.len(), 1, "{name}: {notes:?}");
+        assert!(notes[0].contains("alergias: ninguna") && !notes[0].contains("budget"), "{name}: {}", notes[0]);
+        app.shutdown().await;
+    }
 }
 
 /// Seed 002, call 10: the CRM is down for the whole call. The call goes on without context, the
@@ -324,58 +381,66 @@ async fn seed_call_9_a_spanish_call_populates_fields_with_canonical_values_and_n
 /// the CRM while it is down, and once it is back the queued write-back lands exactly once.
 #[tokio::test]
 async fn seed_call_10_a_call_while_the_crm_is_down_lands_in_the_fallback_queue_then_syncs() {
-    let app = app("auto").await;
-    let phone = "+17735550110";
-    let (contacts_before, calls_before) = (app.hubspot.contacts().len(), app.hubspot.calls().len());
-    app.hubspot.set_down(true);
-    let mut c = app.connect("seed-10", phone).await;
-    c.initialize().await;
-    let ctx = c.tool("get_caller_context", json!({})).await;
-    assert_eq!(ctx["isError"], false, "{ctx}");
-    assert_eq!(ctx["structuredContent"]["status"], "unavailable", "the call goes on without context: {ctx}");
-    let end = c
-        .tool(
-            "end_call",
-            json!({"summary": "Wants a beard trim on Friday.", "disposition": "callback_requested",
-                   "caller_name": "noah mcdonald", "caller_email": "Noah.McDonald@Example.com",
-                   "intent": "beard trim", "urgency": "media"}),
-        )
-        .await;
-    assert_eq!(end["structuredContent"]["saved"], true, "the hangup is acknowledged while the CRM is down: {end}");
-    // The plan waits in the outbox: attempted, refused by the dead CRM, nothing written.
-    let mut progress = app.core.worker.progress();
-    let attempted = async {
-        loop {
-            let steps = app.core.store.steps_for_call("demo", "seed-10").await.unwrap();
-            if steps.iter().any(|s| s.attempts >= 1) {
-                return steps;
+    for crm in Crm::ALL {
+        let app = app_on(crm, "auto").await;
+        let name = crm.name();
+        let phone = "+17735550110";
+        let (people_before, calls_before) = (crm.people(&app), crm.all_call_logs(&app).len());
+        crm.set_down(&app, true);
+        let mut c = app.connect("seed-10", phone).await;
+        c.initialize().await;
+        let ctx = c.tool("get_caller_context", json!({})).await;
+        assert_eq!(ctx["isError"], false, "{ctx}");
+        assert_eq!(
+            ctx["structuredContent"]["status"], "unavailable",
+            "{name}: the call goes on without context: {ctx}"
+        );
+        let end = c
+            .tool(
+                "end_call",
+                json!({"summary": "Wants a beard trim on Friday.", "disposition": "callback_requested",
+                       "caller_name": "noah mcdonald", "caller_email": "Noah.McDonald@Example.com",
+                       "intent": "beard trim", "urgency": "media"}),
+            )
+            .await;
+        assert_eq!(
+            end["structuredContent"]["saved"], true,
+            "{name}: the hangup is acknowledged while the CRM is down: {end}"
+        );
+        // The plan waits in the outbox: attempted, refused by the dead CRM, nothing written.
+        let mut progress = app.core.worker.progress();
+        let attempted = async {
+            loop {
+                let steps = app.core.store.steps_for_call("demo", "seed-10").await.unwrap();
+                if steps.iter().any(|s| s.attempts >= 1) {
+                    return steps;
+                }
+                progress.changed().await.expect("worker alive");
             }
-            progress.changed().await.expect("worker alive");
-        }
-    };
-    let steps = tokio::time::timeout(std::time::Duration::from_secs(20), attempted).await.expect("attempted");
-    assert!(steps.iter().all(|s| s.status == "pending"), "kept, not dropped: {steps:?}");
-    assert_eq!(app.core.store.call("demo", "seed-10").await.unwrap().unwrap().sync_status, "pending");
-    assert_eq!(app.hubspot.contacts().len(), contacts_before, "nothing written while down");
-    assert_eq!(app.hubspot.calls().len(), calls_before);
+        };
+        let steps = tokio::time::timeout(std::time::Duration::from_secs(20), attempted).await.expect("attempted");
+        assert!(steps.iter().all(|s| s.status == "pending"), "{name}: kept, not dropped: {steps:?}");
+        assert_eq!(app.core.store.call("demo", "seed-10").await.unwrap().unwrap().sync_status, "pending");
+        assert_eq!(crm.people(&app), people_before, "{name}: nothing written while down");
+        assert_eq!(crm.all_call_logs(&app).len(), calls_before, "{name}");
 
-    // The CRM comes back; the retry is due once the backoff has passed on the injected clock.
-    app.hubspot.set_down(false);
-    app.clock.advance(jiff::SignedDuration::from_secs(60));
-    app.core.worker.wake();
-    assert_eq!(app.wait_for_sync("seed-10").await, "synced");
-    let found = contact_by_phone(&app, phone);
-    assert_eq!(found.len(), 1, "exactly one contact");
-    assert_eq!(app.hubspot.contacts().len(), contacts_before + 1);
-    let noah = &found[0];
-    assert_eq!(noah.prop("firstname"), Some("Noah"));
-    assert_eq!(noah.prop("lastname"), Some("McDonald"));
-    assert_eq!(noah.prop("email"), Some("noah.mcdonald@example.com"));
-    assert_eq!(noah.prop("callside_intent"), Some("beard trim"));
-    assert_eq!(noah.prop("callside_urgency"), Some("medium"));
-    assert_eq!(app.hubspot.calls_for_contact(&noah.id).len(), 1, "exactly one call log");
-    assert_eq!(app.hubspot.calls().len(), calls_before + 1);
-    app.shutdown().await;
+        // The CRM comes back; the retry is due once the backoff has passed on the injected clock.
+        crm.set_down(&app, false);
+        app.clock.advance(jiff::SignedDuration::from_secs(60));
+        app.core.worker.wake();
+        assert_eq!(app.wait_for_sync("seed-10").await, "synced", "{name}");
+        let noah = the_person(crm, &app, phone);
+        assert_eq!(crm.people(&app), people_before + 1, "{name}");
+        let field = |f: Field| crm.field(&app, &noah, f);
+        assert_eq!(field(Field::FirstName).as_deref(), Some("Noah"), "{name}");
+        assert_eq!(field(Field::LastName).as_deref(), Some("McDonald"), "{name}");
+        assert_eq!(field(Field::Email).as_deref(), Some("noah.mcdonald@example.com"), "{name}");
+        assert_eq!(field(Field::Intent).as_deref(), Some("beard trim"), "{name}");
+        assert_eq!(field(Field::Urgency).as_deref(), Some("medium"), "{name}");
+        assert_eq!(crm.call_logs(&app, &noah).len(), 1, "{name}: exactly one call log");
+        assert_eq!(crm.all_call_logs(&app).len(), calls_before + 1, "{name}");
+        app.shutdown().await;
+    }
 }
 
 #[tokio::test]
@@ -574,7 +639,7 @@ async fn a_booked_call_moves_the_deal_and_the_tenant_webhook_gets_the_signed_map
     let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
     let receiver = tokio::spawn(async move { axum::serve(listener, receiver).await });
     const SECRET: &str = "test-webhook-secret-0123456789";
-    let app = spawn_app_configured(server_file(""), vec![rules_tenant("auto")], |config| {
+    let app = spawn_app_configured(server_file(""), vec![rules_tenant(Crm::HubSpot, "auto")], |config| {
         // A test cannot put the secret in the environment safely (tests share the process), so
         // it is set on the validated config, as the file's `secret_env` would have.
         config.tenants[0].writeback_rules.webhook = Some(callside::writeback::settings::Webhook {
