@@ -49,7 +49,8 @@ pub struct Application {
     alerter: Arc<crate::alerts::Alerter>,
     reloader: Arc<crate::reload::Reloader>,
     worker: Worker,
-    sandbox: Option<Sandbox>,
+    /// Shared with the other instances of a test that share one sandbox (`build_with_sandbox`).
+    sandbox: Option<Arc<Sandbox>>,
     sandbox_admin: bool,
     grace: Duration,
     /// Seconds between identity index pulls; 0 = off.
@@ -62,19 +63,33 @@ pub struct Application {
 impl Application {
     /// Builds everything and binds the listener; nothing is served until [`Application::run`].
     pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<Application> {
+        Self::build_with_sandbox(config, clock, None).await
+    }
+
+    /// [`Application::build`] on another instance's emulators (several instances in one test,
+    /// one CRM and calendar behind them, as in production). The emulators' webhooks keep going to
+    /// the instance that started them.
+    pub async fn build_with_sandbox(
+        config: Config,
+        clock: SharedClock,
+        shared: Option<Arc<Sandbox>>,
+    ) -> anyhow::Result<Application> {
         let needs_sandbox =
             config.tenants.iter().any(|t| t.crm.base_url == "sandbox" || t.calendar.base_url == "sandbox");
-        let sandbox = if config.sandbox && needs_sandbox {
-            let s = Sandbox::start().await.context("starting the sandbox emulators")?;
-            s.seed_demo();
-            Some(s)
-        } else {
-            None
+        let owns_sandbox = shared.is_none();
+        let sandbox = match shared {
+            Some(s) => Some(s),
+            None if config.sandbox && needs_sandbox => {
+                let s = Sandbox::start().await.context("starting the sandbox emulators")?;
+                s.seed_demo();
+                Some(Arc::new(s))
+            }
+            None => None,
         };
         let client = http_client();
         let store = Store::open(&config.store_url)
             .await
-            .with_context(|| format!("opening the store at {}", config.store_url))?;
+            .with_context(|| format!("opening the store at {}", crate::store::redact_url(&config.store_url)))?;
         // Bound before the connectors are built: an OAuth redirect URI needs the real address
         // when the listen port is 0.
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -83,7 +98,7 @@ impl Application {
         } else {
             config.connect.public_url.trim_end_matches('/').to_owned()
         };
-        let mut connect = connect_service(&config, sandbox.as_ref(), &store, &client, &clock, &public_url)?;
+        let mut connect = connect_service(&config, sandbox.as_deref(), &store, &client, &clock, &public_url)?;
         // Every vendor account's rate budget, shared by live reads and the write-back lane; it
         // outlives a config reload (the vendor keeps counting too).
         let budgets = crate::connectors::rate::RateBudgets::new(
@@ -93,7 +108,7 @@ impl Application {
         );
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant: crate::reload::TenantBuilder = {
-            let sandbox_urls = sandbox.as_ref().map(SandboxUrls::of);
+            let sandbox_urls = sandbox.as_deref().map(SandboxUrls::of);
             let apps = connect.apps.clone();
             let connections = connect.connections.clone();
             let (client, clock, budgets) = (client.clone(), clock.clone(), budgets.clone());
@@ -211,7 +226,7 @@ impl Application {
         }
         // The demo and the tests: the HubSpot emulator's app sends its webhooks here, for the
         // (first) sandbox tenant that names its portal.
-        if let (Some(s), Some(h)) = (&sandbox, &config.inbound.hubspot) {
+        if let (Some(s), Some(h), true) = (&sandbox, &config.inbound.hubspot, owns_sandbox) {
             let portal = config.tenants.iter().find(|t| t.crm.base_url == "sandbox").and_then(|t| t.crm.portal_id);
             if let (Some(portal), Ok(secret)) = (portal, std::env::var(&h.client_secret_env)) {
                 let target = url::Url::parse(&format!("{public_url}{}", crate::inbound::hubspot::PATH))
@@ -290,7 +305,12 @@ impl Application {
     }
 
     pub fn sandbox(&self) -> Option<&Sandbox> {
-        self.sandbox.as_ref()
+        self.sandbox.as_deref()
+    }
+
+    /// The emulators, to start another instance on them ([`Application::build_with_sandbox`]).
+    pub fn shared_sandbox(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox.clone()
     }
 
     /// Serves until `shutdown` completes, then shuts down in order.

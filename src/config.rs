@@ -648,12 +648,8 @@ impl Config {
         } else {
             store_url
         };
-        if !store_url.starts_with("sqlite:") {
-            issue(
-                server_path,
-                "store.url",
-                "only sqlite:// is supported by this build (PostgreSQL arrives with multi-instance support)".into(),
-            );
+        if let Err(e) = crate::store::Backend::of_url(&store_url) {
+            issue(server_path, "store.url", e.to_string());
         }
 
         let mut seen_ids = HashSet::new();

@@ -31,6 +31,9 @@ enum Command {
         /// Data directory, overriding the file.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+        store: Option<String>,
     },
     /// Validate the configuration and print every problem found.
     CheckConfig {
@@ -66,6 +69,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+        store: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
@@ -79,6 +85,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+        store: Option<String>,
     },
     /// Re-encrypt every stored OAuth token (and pending authorization) under the current
     /// `CALLSIDE_SECRET_KEY`, reading older rows with `CALLSIDE_SECRET_KEY_OLD`. Run it after
@@ -89,6 +98,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+        store: Option<String>,
     },
     /// Remove what callside stores about one caller (calls, outcomes, transcripts, write-back
     /// steps, bookings, pending bookings, identity index rows, audit rows) and print which CRM
@@ -106,6 +118,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+        store: Option<String>,
     },
     /// Run seed 002's ten test calls and seed 003's pilot scenario against one tenant's CRM and
     /// calendar through the real service path (started in-process from the config, on a free
@@ -195,7 +210,7 @@ fn init_tracing() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, data_dir } => {
+        Command::Serve { config, listen, data_dir, store } => {
             init_tracing();
             match callside::failpoint::arm_from_env() {
                 Ok(armed) if !armed.is_empty() => tracing::warn!(?armed, "failpoints armed (crash testing only)"),
@@ -205,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
             }
-            let overrides = Overrides { listen, data_dir, store_url: None };
+            let overrides = Overrides { listen, data_dir, store_url: store };
             let config_path = config;
             let config = match Config::load(&config_path, &overrides) {
                 Ok(c) => c,
@@ -291,8 +306,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::DeadLetters { config, data_dir, limit } => {
-            let store = open_store(&config, data_dir).await?;
+        Command::DeadLetters { config, data_dir, store, limit } => {
+            let store = open_store(&config, data_dir, store).await?;
             let dead = store.dead_letters(limit).await?;
             if dead.is_empty() {
                 println!("no dead letters");
@@ -311,8 +326,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { call_id, config, data_dir } => {
-            let store = open_store(&config, data_dir).await?;
+        Command::Replay { call_id, config, data_dir, store } => {
+            let store = open_store(&config, data_dir, store).await?;
             match store.replay_call(&call_id, jiff::Timestamp::now()).await? {
                 Some(n) => {
                     println!("replayed {n} step(s) of call {call_id}");
@@ -324,8 +339,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Erase { phone, tenant, config, data_dir } => {
-            let (config, store) = open_config_and_store(&config, data_dir).await?;
+        Command::Erase { phone, tenant, config, data_dir, store } => {
+            let (config, store) = open_config_and_store(&config, data_dir, store).await?;
             match callside::privacy::erase_caller(&store, &config.tenants, &phone, tenant.as_deref()).await {
                 Ok(erasures) => {
                     print!("{}", callside::privacy::render_erasure(&erasures));
@@ -339,9 +354,9 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Reencrypt { config, data_dir } => {
+        Command::Reencrypt { config, data_dir, store } => {
             let cipher = callside::connections::TokenCipher::from_env().context("reading the keys")?;
-            let store = open_store(&config, data_dir).await?;
+            let store = open_store(&config, data_dir, store).await?;
             let report = callside::connections::reencrypt(&store, &cipher).await?;
             println!(
                 "re-encrypted {} connection(s) and {} pending authorization(s) under key {}",
@@ -439,16 +454,21 @@ async fn pilot(
 }
 
 /// The store named by a config file (for the operator commands; the service need not run).
-async fn open_store(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<callside::store::Store> {
-    Ok(open_config_and_store(config, data_dir).await?.1)
+async fn open_store(
+    config: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+) -> anyhow::Result<callside::store::Store> {
+    Ok(open_config_and_store(config, data_dir, store_url).await?.1)
 }
 
 /// The validated config (exit 2 with every problem if it is not) and the store it names.
 async fn open_config_and_store(
     config: &std::path::Path,
     data_dir: Option<PathBuf>,
+    store_url: Option<String>,
 ) -> anyhow::Result<(Config, callside::store::Store)> {
-    let overrides = Overrides { listen: None, data_dir, store_url: None };
+    let overrides = Overrides { listen: None, data_dir, store_url };
     let config = match Config::load(config, &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -458,7 +478,7 @@ async fn open_config_and_store(
     };
     let store = callside::store::Store::open(&config.store_url)
         .await
-        .with_context(|| format!("opening the store at {}", config.store_url))?;
+        .with_context(|| format!("opening the store at {}", callside::store::redact_url(&config.store_url)))?;
     Ok((config, store))
 }
 

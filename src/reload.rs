@@ -72,7 +72,7 @@ pub struct Reloader {
 fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("server.listen", c.listen.to_string()),
-        ("server.data_dir / store", format!("{:?}{}", c.data_dir, c.store_url)),
+        ("server.data_dir / store", format!("{:?}{}", c.data_dir, crate::store::redact_url(&c.store_url))),
         ("server.sandbox", c.sandbox.to_string()),
         ("server.shutdown_grace_secs", format!("{:?}", c.shutdown_grace)),
         ("server.admin_key_sha256", format!("{:?}", c.admin_key_digest)),

@@ -25,22 +25,23 @@ pub struct TenantHealth {
 impl Store {
     /// The tenant's write-back health: attempts and failures since `since`, backlog, parked steps.
     pub async fn tenant_health(&self, tenant: &str, since: Timestamp) -> Result<TenantHealth, StoreError> {
-        let attempts = sqlx::query(
+        let result = self.backend.json_text("detail", "result");
+        let attempts = sqlx::query(&format!(
             "SELECT COUNT(*) AS n,
-                    COALESCE(SUM(json_extract(detail, '$.result') IN ('retry', 'dead')), 0) AS failed
-             FROM audit WHERE tenant = ? AND at >= ? AND action LIKE 'crm.%'",
-        )
+                    COALESCE(SUM(CASE WHEN {result} IN ('retry', 'dead') THEN 1 ELSE 0 END), 0) AS failed
+             FROM audit WHERE tenant = $1 AND at >= $2 AND action LIKE 'crm.%'"
+        ))
         .bind(tenant)
         .bind(ms(since))
         .fetch_one(&self.pool)
         .await?;
         // A pending step's age counts from when its call was closed (the plan's commit).
         let steps = sqlx::query(
-            "SELECT COALESCE(SUM(s.status = 'pending'), 0) AS pending,
+            "SELECT COALESCE(SUM(CASE WHEN s.status = 'pending' THEN 1 ELSE 0 END), 0) AS pending,
                     MIN(CASE WHEN s.status = 'pending' THEN c.ended_at END) AS oldest,
-                    COALESCE(SUM(s.status = 'parked'), 0) AS parked
+                    COALESCE(SUM(CASE WHEN s.status = 'parked' THEN 1 ELSE 0 END), 0) AS parked
              FROM steps s JOIN calls c ON c.call_id = s.call_id
-             WHERE s.tenant = ? AND s.status IN ('pending', 'parked')",
+             WHERE s.tenant = $1 AND s.status IN ('pending', 'parked')",
         )
         .bind(tenant)
         .fetch_one(&self.pool)

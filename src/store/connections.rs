@@ -37,7 +37,7 @@ pub struct OAuthStateRow {
 impl Store {
     pub async fn save_oauth_state(&self, row: &OAuthStateRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO oauth_states (state, tenant, vendor, key_id, verifier_ct, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO oauth_states (state, tenant, vendor, key_id, verifier_ct, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&row.state)
         .bind(&row.tenant)
@@ -53,7 +53,7 @@ impl Store {
     /// Removes and returns the request: a `state` is good for one callback only.
     pub async fn take_oauth_state(&self, state: &str) -> Result<Option<OAuthStateRow>, StoreError> {
         let row = sqlx::query(
-            "DELETE FROM oauth_states WHERE state = ? RETURNING state, tenant, vendor, key_id, verifier_ct, created_at",
+            "DELETE FROM oauth_states WHERE state = $1 RETURNING state, tenant, vendor, key_id, verifier_ct, created_at",
         )
         .bind(state)
         .fetch_optional(&self.pool)
@@ -74,7 +74,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO connections (id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at,
                                       scopes, updated_at, api_base_url)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, key_id = excluded.key_id,
                  access_token_ct = excluded.access_token_ct, refresh_token_ct = excluded.refresh_token_ct,
                  expires_at = excluded.expires_at, scopes = excluded.scopes, updated_at = excluded.updated_at,
@@ -100,7 +100,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at,
                     api_base_url
-             FROM connections WHERE id = ?",
+             FROM connections WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -125,7 +125,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, tenant, vendor, status, key_id, access_token_ct, refresh_token_ct, expires_at, scopes, updated_at,
                     api_base_url
-             FROM connections WHERE key_id <> ? ORDER BY id",
+             FROM connections WHERE key_id <> $1 ORDER BY id",
         )
         .bind(key_id)
         .fetch_all(&self.pool)
@@ -158,8 +158,8 @@ impl Store {
         refresh_token_ct: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE connections SET key_id = ?, access_token_ct = ?, refresh_token_ct = ?
-             WHERE id = ? AND key_id = ? AND access_token_ct = ? AND refresh_token_ct = ?",
+            "UPDATE connections SET key_id = $1, access_token_ct = $2, refresh_token_ct = $3
+             WHERE id = $4 AND key_id = $5 AND access_token_ct = $6 AND refresh_token_ct = $7",
         )
         .bind(key_id)
         .bind(access_token_ct)
@@ -175,7 +175,7 @@ impl Store {
 
     pub async fn oauth_states_not_under(&self, key_id: &str) -> Result<Vec<OAuthStateRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT state, tenant, vendor, key_id, verifier_ct, created_at FROM oauth_states WHERE key_id <> ?",
+            "SELECT state, tenant, vendor, key_id, verifier_ct, created_at FROM oauth_states WHERE key_id <> $1",
         )
         .bind(key_id)
         .fetch_all(&self.pool)
@@ -200,7 +200,7 @@ impl Store {
         verifier_ct: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE oauth_states SET key_id = ?, verifier_ct = ? WHERE state = ? AND key_id = ? AND verifier_ct = ?",
+            "UPDATE oauth_states SET key_id = $1, verifier_ct = $2 WHERE state = $3 AND key_id = $4 AND verifier_ct = $5",
         )
         .bind(key_id)
         .bind(verifier_ct)
@@ -232,7 +232,7 @@ impl Store {
     }
 
     pub async fn set_connection_status(&self, id: &str, status: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE connections SET status = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE connections SET status = $1, updated_at = $2 WHERE id = $3")
             .bind(status)
             .bind(at)
             .bind(id)
@@ -248,10 +248,7 @@ mod tests {
 
     /// The API base URL rides with the tokens: a token answer that names one replaces it, one
     /// that names none (HubSpot's, or a vendor that only names it at the code exchange) keeps it.
-    #[tokio::test]
-    async fn an_upsert_without_an_api_base_url_keeps_the_stored_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    async fn an_upsert_without_an_api_base_url_keeps_the_stored_one(s: &Store) {
         let row = ConnectionRow {
             id: "demo:salesforce".into(),
             tenant: "demo".into(),
@@ -278,4 +275,6 @@ mod tests {
         assert_eq!(stored.api_base_url.as_deref(), Some("https://acme2.my.salesforce.com/"));
         s.close().await;
     }
+
+    both_backends!(an_upsert_without_an_api_base_url_keeps_the_stored_one);
 }

@@ -28,7 +28,7 @@ impl Store {
     ) -> Result<Vec<CallRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT call_id, tenant, caller, started_at, ended_at, end_reason, sync_status, outcome
-             FROM calls WHERE tenant = ? AND started_at >= ? AND started_at < ? ORDER BY started_at, call_id",
+             FROM calls WHERE tenant = $1 AND started_at >= $2 AND started_at < $3 ORDER BY started_at, call_id",
         )
         .bind(tenant)
         .bind(ms(from))
@@ -55,15 +55,15 @@ impl Store {
     /// The steps of many calls at once (for a day view), grouped by the caller.
     pub async fn steps_for_calls(&self, tenant: &str, call_ids: &[String]) -> Result<Vec<super::StepRow>, StoreError> {
         let mut out = Vec::new();
-        // SQLite's bound-parameter limit is far above a day's calls per chunk.
+        // Both backends' bound-parameter limits are far above a day's calls per chunk.
         for chunk in call_ids.chunks(200) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::placeholders(2, chunk.len());
             let sql = format!(
                 "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
                         s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error,
                         p.external_id AS parent_external_id
                  FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
-                 WHERE s.tenant = ? AND s.call_id IN ({marks}) ORDER BY s.call_id, s.seq"
+                 WHERE s.tenant = $1 AND s.call_id IN ({marks}) ORDER BY s.call_id, s.seq"
             );
             let mut q = sqlx::query(&sql).bind(tenant);
             for id in chunk {
@@ -84,10 +84,10 @@ impl Store {
     ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
         let mut out = std::collections::HashMap::new();
         for chunk in call_ids.chunks(200) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::placeholders(2, chunk.len());
             let sql = format!(
                 "SELECT call_id, COUNT(*) AS n FROM field_writes
-                 WHERE tenant = ? AND status = 'rejected' AND call_id IN ({marks}) GROUP BY call_id"
+                 WHERE tenant = $1 AND status = 'rejected' AND call_id IN ({marks}) GROUP BY call_id"
             );
             let mut q = sqlx::query(&sql).bind(tenant);
             for id in chunk {
@@ -108,10 +108,10 @@ impl Store {
     ) -> Result<Vec<(String, String, String)>, StoreError> {
         let mut out = Vec::new();
         for chunk in call_ids.chunks(200) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::placeholders(2, chunk.len());
             let sql = format!(
                 "SELECT call_id, object_type, object_id FROM created_objects
-                 WHERE tenant = ? AND call_id IN ({marks}) ORDER BY at"
+                 WHERE tenant = $1 AND call_id IN ({marks}) ORDER BY at"
             );
             let mut q = sqlx::query(&sql).bind(tenant);
             for id in chunk {
@@ -127,7 +127,7 @@ impl Store {
     /// The call's audit trail with ids and times, oldest first.
     pub async fn audit_rows_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, step_id, at, action, detail FROM audit WHERE tenant = ? AND call_id = ? ORDER BY id",
+            "SELECT id, step_id, at, action, detail FROM audit WHERE tenant = $1 AND call_id = $2 ORDER BY id",
         )
         .bind(tenant)
         .bind(call_id)
@@ -166,7 +166,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // A call still open has no plan yet; a re-sync must not touch it.
         let closed: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM calls WHERE call_id = ? AND tenant = ? AND ended_at IS NOT NULL")
+            sqlx::query_scalar("SELECT 1 FROM calls WHERE call_id = $1 AND tenant = $2 AND ended_at IS NOT NULL")
                 .bind(call_id)
                 .bind(tenant)
                 .fetch_optional(&mut *tx)
@@ -177,7 +177,7 @@ impl Store {
         }
         let filter = if dead_only { "AND status IN ('dead', 'pending')" } else { "" };
         let has_dead: bool = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM steps WHERE call_id = ? AND tenant = ? AND status = 'dead'",
+            "SELECT COUNT(*) FROM steps WHERE call_id = $1 AND tenant = $2 AND status = 'dead'",
         )
         .bind(call_id)
         .bind(tenant)
@@ -189,9 +189,9 @@ impl Store {
             return Ok(0);
         }
         let r = sqlx::query(&format!(
-            "UPDATE steps SET status = 'pending', next_attempt_at = ?, first_attempt_at = NULL, last_error = NULL,
-                              updated_at = ?
-             WHERE call_id = ? AND tenant = ? {filter}"
+            "UPDATE steps SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, last_error = NULL,
+                              updated_at = $2
+             WHERE call_id = $3 AND tenant = $4 {filter}"
         ))
         .bind(now)
         .bind(now)
@@ -203,12 +203,12 @@ impl Store {
             tx.rollback().await?;
             return Ok(0);
         }
-        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = ? AND tenant = ?")
+        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = $1 AND tenant = $2")
             .bind(call_id)
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, NULL, ?, ?, ?)")
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, $4, $5)")
             .bind(tenant)
             .bind(call_id)
             .bind(now)
@@ -231,10 +231,7 @@ mod tests {
         NewStep { seq, kind: "contact".into(), payload: json!({}), depends_on, idempotency_key: format!("k{seq}") }
     }
 
-    #[tokio::test]
-    async fn replay_requeues_dead_and_blocked_steps_and_resync_requeues_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&format!("sqlite://{}", dir.path().join("c.db").display())).await.unwrap();
+    async fn replay_requeues_dead_and_blocked_steps_and_resync_requeues_everything(s: &Store) {
         let t0: Timestamp = "2026-11-22T15:00:00Z".parse().unwrap();
         s.record_call_start("c1", "demo", None, "+12125550100", t0).await.unwrap();
         // An open call has no plan: nothing to requeue.
@@ -267,4 +264,6 @@ mod tests {
         let steps = s.steps_for_calls("demo", &["c1".into()]).await.unwrap();
         assert_eq!(steps.len(), 2);
     }
+
+    both_backends!(replay_requeues_dead_and_blocked_steps_and_resync_requeues_everything);
 }

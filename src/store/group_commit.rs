@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use jiff::Timestamp;
 use serde_json::Value;
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NewStep, StoreError, ms};
@@ -55,7 +55,7 @@ impl std::fmt::Debug for Job {
 
 impl PlanWriter {
     /// Starts the writer task on the current runtime. `max_batch` 1 is a commit per call.
-    pub(super) fn spawn(pool: SqlitePool, max_batch: usize) -> PlanWriter {
+    pub(super) fn spawn(pool: AnyPool, max_batch: usize) -> PlanWriter {
         let max_batch = max_batch.max(1);
         let (jobs, mut rx) = mpsc::channel::<Job>(max_batch * 4);
         let stats = Arc::new(GroupCommitStats::default());
@@ -96,7 +96,7 @@ impl PlanWriter {
 
 /// Commits every close in one transaction, each in its own savepoint. The outer `Err` is a
 /// failure of the transaction itself (nothing of the batch is durable).
-async fn commit_batch(pool: &SqlitePool, closes: &[&ClosePlan]) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+async fn commit_batch(pool: &AnyPool, closes: &[&ClosePlan]) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
     let mut tx = pool.begin().await?;
     let mut results = Vec::with_capacity(closes.len());
     for close in closes {
@@ -118,11 +118,11 @@ async fn commit_batch(pool: &SqlitePool, closes: &[&ClosePlan]) -> Result<Vec<Re
 }
 
 /// Closes the call and inserts its plan; `false` (and nothing written) if it was already closed.
-async fn close_one(tx: &mut Transaction<'_, Sqlite>, c: &ClosePlan) -> Result<bool, StoreError> {
+async fn close_one(tx: &mut Transaction<'_, Any>, c: &ClosePlan) -> Result<bool, StoreError> {
     let now = ms(c.at);
     let closed = sqlx::query(
-        "UPDATE calls SET ended_at = ?, end_reason = ?, outcome = ?, sync_status = ?
-         WHERE call_id = ? AND tenant = ? AND ended_at IS NULL",
+        "UPDATE calls SET ended_at = $1, end_reason = $2, outcome = $3, sync_status = $4
+         WHERE call_id = $5 AND tenant = $6 AND ended_at IS NULL",
     )
     .bind(now)
     .bind(&c.end_reason)
@@ -148,7 +148,7 @@ async fn close_one(tx: &mut Transaction<'_, Sqlite>, c: &ClosePlan) -> Result<bo
             .transpose()?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO steps (call_id, tenant, seq, kind, payload, depends_on, idempotency_key, next_attempt_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(&c.call_id)
         .bind(&c.tenant)
@@ -191,10 +191,7 @@ mod tests {
         ]
     }
 
-    #[tokio::test]
-    async fn a_burst_commits_in_batches_and_a_bad_close_does_not_undo_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    async fn a_burst_commits_in_batches_and_a_bad_close_does_not_undo_its_batch(store: &Store) {
         let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         for i in 0..50 {
             store.record_call_start(&format!("c{i}"), "demo", None, "+15550100000", t0).await.unwrap();
@@ -233,4 +230,6 @@ mod tests {
         // A second close of the same call is refused, batched or not.
         assert!(!store.close_call_with_plan("c1", "demo", "disconnected", &json!({}), &[], t0).await.unwrap());
     }
+
+    both_backends!(a_burst_commits_in_batches_and_a_bad_close_does_not_undo_its_batch);
 }

@@ -41,6 +41,11 @@ impl IndexSource {
     }
 }
 
+/// One identity entry, inserted or refreshed (its source and time) if it is already there.
+const INDEX_UPSERT: &str = "INSERT INTO identity_index (tenant, kind, value, record_id, source, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (tenant, kind, value, record_id) DO UPDATE SET source = excluded.source, updated_at = excluded.updated_at";
+
 impl Store {
     /// Replaces everything the index holds for one record with its current identifiers, as the
     /// CRM reports them (a number removed in the CRM leaves the index too).
@@ -53,7 +58,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND record_id = ?")
+        sqlx::query("DELETE FROM identity_index WHERE tenant = $1 AND record_id = $2")
             .bind(tenant)
             .bind(record_id)
             .execute(&mut *tx)
@@ -62,8 +67,7 @@ impl Store {
             phones.iter().map(|p| (IdentityKind::Phone, p.as_str())).chain(email.map(|e| (IdentityKind::Email, e)));
         for (kind, value) in entries {
             sqlx::query(
-                "INSERT OR REPLACE INTO identity_index (tenant, kind, value, record_id, source, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
+                INDEX_UPSERT,
             )
             .bind(tenant)
             .bind(kind.as_str())
@@ -88,8 +92,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO identity_index (tenant, kind, value, record_id, source, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            INDEX_UPSERT,
         )
         .bind(tenant)
         .bind(kind.as_str())
@@ -110,7 +113,7 @@ impl Store {
         value: &str,
         record_id: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM identity_index WHERE tenant = ? AND kind = ? AND value = ? AND record_id = ?")
+        sqlx::query("DELETE FROM identity_index WHERE tenant = $1 AND kind = $2 AND value = $3 AND record_id = $4")
             .bind(tenant)
             .bind(kind.as_str())
             .bind(value)
@@ -128,7 +131,7 @@ impl Store {
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT record_id FROM identity_index WHERE tenant = ? AND kind = ? AND value = ? ORDER BY record_id",
+            "SELECT record_id FROM identity_index WHERE tenant = $1 AND kind = $2 AND value = $3 ORDER BY record_id",
         )
         .bind(tenant)
         .bind(kind.as_str())
@@ -140,7 +143,7 @@ impl Store {
 
     /// How many identifiers the index holds for a tenant.
     pub async fn identity_index_size(&self, tenant: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM identity_index WHERE tenant = ?")
+        let row = sqlx::query("SELECT COUNT(*) FROM identity_index WHERE tenant = $1")
             .bind(tenant)
             .fetch_one(&self.pool)
             .await?;
@@ -149,7 +152,7 @@ impl Store {
 
     /// The pull watermark (ms since the epoch of the newest modification seen), if any pull ran.
     pub async fn identity_watermark(&self, tenant: &str, vendor: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT watermark FROM identity_sync WHERE tenant = ? AND vendor = ?")
+        let row = sqlx::query("SELECT watermark FROM identity_sync WHERE tenant = $1 AND vendor = $2")
             .bind(tenant)
             .bind(vendor)
             .fetch_optional(&self.pool)
@@ -166,7 +169,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO identity_sync (tenant, vendor, watermark, last_run_at, records) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO identity_sync (tenant, vendor, watermark, last_run_at, records) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (tenant, vendor) DO UPDATE SET watermark = COALESCE(excluded.watermark, identity_sync.watermark), \
              last_run_at = excluded.last_run_at, records = identity_sync.records + excluded.records",
         )
@@ -185,10 +188,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn records_are_indexed_replaced_and_looked_up_per_tenant() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("i.db").display())).await.unwrap();
+    async fn records_are_indexed_replaced_and_looked_up_per_tenant(store: &Store) {
         let phones = vec!["+14155551234".to_string(), "+14155555678".to_string()];
         store.index_record("t1", "101", &phones, Some("ana@example.com"), 1).await.unwrap();
         store.index_record("t1", "102", &["+14155551234".into()], None, 1).await.unwrap();
@@ -207,10 +207,7 @@ mod tests {
         assert_eq!(store.identity_index_size("t1").await.unwrap(), 2);
     }
 
-    #[tokio::test]
-    async fn the_watermark_only_moves_when_a_pull_saw_something() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("i.db").display())).await.unwrap();
+    async fn the_watermark_only_moves_when_a_pull_saw_something(store: &Store) {
         assert_eq!(store.identity_watermark("t1", "hubspot").await.unwrap(), None);
         store.set_identity_watermark("t1", "hubspot", Some(1_000), 5, 10).await.unwrap();
         store.set_identity_watermark("t1", "hubspot", None, 0, 20).await.unwrap();
@@ -218,4 +215,6 @@ mod tests {
         store.set_identity_watermark("t1", "hubspot", Some(2_000), 1, 30).await.unwrap();
         assert_eq!(store.identity_watermark("t1", "hubspot").await.unwrap(), Some(2_000));
     }
+
+    both_backends!(records_are_indexed_replaced_and_looked_up_per_tenant, the_watermark_only_moves_when_a_pull_saw_something);
 }

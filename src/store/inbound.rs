@@ -16,7 +16,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO inbound_deliveries (vendor, delivery_key, tenant, received_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO inbound_deliveries (vendor, delivery_key, tenant, received_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (vendor, delivery_key) DO NOTHING",
         )
         .bind(vendor)
@@ -31,7 +31,7 @@ impl Store {
     /// Whether a delivery key was recorded (tests and the operator).
     pub async fn inbound_delivery_seen(&self, vendor: &str, key: &str) -> Result<bool, StoreError> {
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM inbound_deliveries WHERE vendor = ? AND delivery_key = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbound_deliveries WHERE vendor = $1 AND delivery_key = $2")
                 .bind(vendor)
                 .bind(key)
                 .fetch_one(&self.pool)

@@ -1,8 +1,17 @@
-//! Durable state. SQLite is the embedded default (WAL, `synchronous=FULL`): the outbox of
-//! write-back steps, calls, bookings and the audit trail. Everything the service acknowledges is
-//! committed here first.
+//! Durable state behind one `Store`: SQLite is the embedded default (WAL, `synchronous=FULL`),
+//! PostgreSQL serves several instances sharing one database (`store.url = "postgres://…"`). The
+//! outbox of write-back steps, calls, bookings and the audit trail live here; everything the
+//! service acknowledges is committed here first.
+//!
+//! One set of SQL serves both backends through sqlx's `Any` driver (`$N` placeholders, `ON
+//! CONFLICT`, `RETURNING`); [`Backend`] branches only where the engines differ (JSON functions,
+//! and PostgreSQL's shared holds, lease claims, advisory locks and notifications).
 //!
 //! Times are stored as milliseconds since the Unix epoch from the injected clock.
+
+#[cfg(test)]
+#[macro_use]
+mod contract;
 
 mod alerts;
 mod connections;
@@ -14,6 +23,7 @@ mod loadtest;
 mod outbox;
 mod pending_bookings;
 mod privacy;
+pub mod testing;
 mod writeback_rules;
 
 pub use alerts::TenantHealth;
@@ -27,15 +37,13 @@ pub use privacy::{EraseReport, RetentionReport};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,7 +57,8 @@ pub enum StoreError {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     /// Hangups are committed in groups by one writer task (`group_commit.rs`).
     plans: group_commit::PlanWriter,
     /// Answers of [`Store::upcoming_bookings_for_caller`], valid while `bookings_generation` is
@@ -146,49 +155,40 @@ pub enum AttemptResult {
 /// dead → failed, else synced. A dead step's dependants are dead-lettered with it
 /// ([`Store::record_attempt`]), so a dead parent never leaves the call pending forever.
 const CALL_STATUS_SQL: &str = "UPDATE calls SET sync_status = CASE
-         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'parked') THEN 'parked'
-         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'pending') THEN 'pending'
-         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = ?1 AND status = 'dead') THEN 'failed'
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = $1 AND status = 'parked') THEN 'parked'
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = $1 AND status = 'pending') THEN 'pending'
+         WHEN EXISTS (SELECT 1 FROM steps WHERE call_id = $1 AND status = 'dead') THEN 'failed'
          ELSE 'synced' END
-     WHERE call_id = ?1";
+     WHERE call_id = $1";
 
 pub fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at a `sqlite://PATH` URL and applies migrations.
+    /// Opens the store at `url` and applies migrations: `sqlite://PATH` (the file and its folder
+    /// are created if needed) or `postgres://…` (the database must exist).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         Self::open_with_plan_batch(url, PLAN_BATCH).await
     }
 
     /// [`Store::open`] with a given group-commit limit (1: a commit per hangup, for comparison).
     pub async fn open_with_plan_batch(url: &str, plan_batch: usize) -> Result<Store, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Other(format!("not a sqlite URL: {url}")))?;
-        if let Some(parent) = Path::new(path).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", parent.display())))?;
-        }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged end_call survives power loss, not only a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        sqlx::any::install_default_drivers();
+        let (backend, pool) = match Backend::of_url(url)? {
+            Backend::Sqlite => (Backend::Sqlite, open_sqlite(url).await?),
+            Backend::Postgres => (Backend::Postgres, open_postgres(url).await?),
+        };
         let plans = group_commit::PlanWriter::spawn(pool.clone(), plan_batch);
         // The generation counter invalidates on this process's writes; the TTL bounds how long a
         // change made by another process (`callside erase` on the same file) stays unseen.
         let upcoming =
             moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build();
-        Ok(Store { pool, plans, upcoming, bookings_generation: Arc::new(AtomicU64::new(0)) })
+        Ok(Store { pool, backend, plans, upcoming, bookings_generation: Arc::new(AtomicU64::new(0)) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     fn bookings_changed(&self) {
@@ -208,7 +208,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "INSERT INTO calls (call_id, tenant, caller, dialed, started_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO calls (call_id, tenant, caller, dialed, started_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (call_id) DO NOTHING",
         )
         .bind(call_id)
@@ -256,9 +256,9 @@ impl Store {
             "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
                     s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, p.external_id AS parent_external_id
              FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
-             WHERE s.status = 'pending' AND s.next_attempt_at <= ?
+             WHERE s.status = 'pending' AND s.next_attempt_at <= $1
                AND (s.depends_on IS NULL OR p.status = 'done')
-             ORDER BY s.next_attempt_at, s.id LIMIT ?",
+             ORDER BY s.next_attempt_at, s.id LIMIT $2",
         )
         .bind(ms(now))
         .bind(limit)
@@ -284,7 +284,7 @@ impl Store {
 
     /// Records an external id the moment it is known, before anything else can fail.
     pub async fn record_external_id(&self, step_id: i64, external_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE steps SET external_id = ? WHERE id = ?")
+        sqlx::query("UPDATE steps SET external_id = $1 WHERE id = $2")
             .bind(external_id)
             .bind(step_id)
             .execute(&self.pool)
@@ -309,7 +309,7 @@ impl Store {
             AttemptResult::Done { external_id } => {
                 sqlx::query(
                     "UPDATE steps SET status = 'done', attempts = attempts + 1, last_error = NULL,
-                                      external_id = COALESCE(?, external_id), updated_at = ? WHERE id = ?",
+                                      external_id = COALESCE($1, external_id), updated_at = $2 WHERE id = $3",
                 )
                 .bind(external_id)
                 .bind(now)
@@ -319,8 +319,8 @@ impl Store {
             }
             AttemptResult::Retry { next_at, error } => {
                 sqlx::query(
-                    "UPDATE steps SET attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),
-                                      next_attempt_at = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE steps SET attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $1),
+                                      next_attempt_at = $2, last_error = $3, updated_at = $4 WHERE id = $5",
                 )
                 .bind(now)
                 .bind(ms(*next_at))
@@ -332,7 +332,7 @@ impl Store {
             }
             AttemptResult::Dead { error } => {
                 sqlx::query(
-                    "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3",
                 )
                 .bind(error)
                 .bind(now)
@@ -341,7 +341,7 @@ impl Store {
                 .await?;
             }
         }
-        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&step.tenant)
             .bind(&step.call_id)
             .bind(step.id)
@@ -365,7 +365,7 @@ impl Store {
     pub async fn call(&self, tenant: &str, call_id: &str) -> Result<Option<CallRow>, StoreError> {
         let row = sqlx::query(
             "SELECT call_id, tenant, caller, started_at, ended_at, end_reason, sync_status, outcome
-             FROM calls WHERE call_id = ? AND tenant = ?",
+             FROM calls WHERE call_id = $1 AND tenant = $2",
         )
         .bind(call_id)
         .bind(tenant)
@@ -392,7 +392,7 @@ impl Store {
             "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
                     s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, p.external_id AS parent_external_id
              FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
-             WHERE s.call_id = ? AND s.tenant = ? ORDER BY s.seq",
+             WHERE s.call_id = $1 AND s.tenant = $2 ORDER BY s.seq",
         )
         .bind(call_id)
         .bind(tenant)
@@ -403,7 +403,7 @@ impl Store {
 
     /// The tenant a call id belongs to, if the call is known (call ids are unique across tenants).
     pub async fn call_tenant(&self, call_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = ?")
+        Ok(sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = $1")
             .bind(call_id)
             .fetch_optional(&self.pool)
             .await?)
@@ -417,7 +417,7 @@ impl Store {
         payload: &Value,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE steps SET payload = ?, updated_at = ? WHERE id = ? AND status = 'pending'")
+        let r = sqlx::query("UPDATE steps SET payload = $1, updated_at = $2 WHERE id = $3 AND status = 'pending'")
             .bind(payload.to_string())
             .bind(ms(at))
             .bind(step_id)
@@ -445,7 +445,7 @@ impl Store {
         let now = ms(at);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO steps (call_id, tenant, seq, kind, payload, depends_on, idempotency_key, next_attempt_at, updated_at)
-             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE call_id = ?1), ?3, ?4, ?5, ?6, ?7, ?7)
+             VALUES ($1, $2, (SELECT COALESCE(MAX(seq), -1) + 1 FROM steps WHERE call_id = $1), $3, $4, $5, $6, $7, $7)
              RETURNING id",
         )
         .bind(call_id)
@@ -457,7 +457,7 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = ? AND tenant = ?")
+        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = $1 AND tenant = $2")
             .bind(call_id)
             .bind(tenant)
             .execute(&mut *tx)
@@ -472,10 +472,11 @@ impl Store {
 
     /// Records the platform's report on a closed call's saved outcome (kept for the operator).
     pub async fn set_call_report(&self, call_id: &str, tenant: &str, report: &Value) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE calls SET outcome = json_set(COALESCE(outcome, '{}'), '$.platform_report', json(?))
-             WHERE call_id = ? AND tenant = ?",
-        )
+        let set = match self.backend {
+            Backend::Sqlite => "json_set(COALESCE(outcome, '{}'), '$.platform_report', json($1))",
+            Backend::Postgres => "jsonb_set(COALESCE(outcome, '{}')::jsonb, '{platform_report}', $1::jsonb)::text",
+        };
+        sqlx::query(&format!("UPDATE calls SET outcome = {set} WHERE call_id = $2 AND tenant = $3"))
         .bind(report.to_string())
         .bind(call_id)
         .bind(tenant)
@@ -503,7 +504,7 @@ impl Store {
     pub async fn insert_booking(&self, b: &BookingRow, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO bookings (idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, created_at, caller_phone, caller_email)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (idempotency_key) DO UPDATE SET status = excluded.status, event_id = excluded.event_id",
         )
         .bind(&b.idempotency_key)
@@ -561,8 +562,8 @@ impl Store {
     ) -> Result<Vec<BookingRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {BOOKING_COLUMNS} FROM bookings
-             WHERE tenant = ? AND status = 'confirmed' AND start_at > ?
-               AND ((? IS NOT NULL AND caller_phone = ?) OR (? IS NOT NULL AND caller_email = ?))
+             WHERE tenant = $1 AND status = 'confirmed' AND start_at > $2
+               AND (($3 IS NOT NULL AND caller_phone = $4) OR ($5 IS NOT NULL AND caller_email = $6))
              ORDER BY start_at"
         ))
         .bind(tenant)
@@ -577,7 +578,7 @@ impl Store {
     }
 
     pub async fn booking_by_event(&self, tenant: &str, event_id: &str) -> Result<Option<BookingRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {BOOKING_COLUMNS} FROM bookings WHERE tenant = ? AND event_id = ?"))
+        let row = sqlx::query(&format!("SELECT {BOOKING_COLUMNS} FROM bookings WHERE tenant = $1 AND event_id = $2"))
             .bind(tenant)
             .bind(event_id)
             .fetch_optional(&self.pool)
@@ -595,7 +596,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE bookings SET start_at = ?, end_at = ?, updated_at = ? WHERE tenant = ? AND idempotency_key = ?",
+            "UPDATE bookings SET start_at = $1, end_at = $2, updated_at = $3 WHERE tenant = $4 AND idempotency_key = $5",
         )
         .bind(ms(start))
         .bind(ms(end))
@@ -615,7 +616,7 @@ impl Store {
         status: &str,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE bookings SET status = ?, updated_at = ? WHERE tenant = ? AND idempotency_key = ?")
+        sqlx::query("UPDATE bookings SET status = $1, updated_at = $2 WHERE tenant = $3 AND idempotency_key = $4")
             .bind(status)
             .bind(ms(at))
             .bind(tenant)
@@ -628,7 +629,7 @@ impl Store {
 
     pub async fn bookings_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<BookingRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {BOOKING_COLUMNS} FROM bookings WHERE tenant = ? AND call_id = ? ORDER BY start_at"
+            "SELECT {BOOKING_COLUMNS} FROM bookings WHERE tenant = $1 AND call_id = $2 ORDER BY start_at"
         ))
         .bind(tenant)
         .bind(call_id)
@@ -647,7 +648,7 @@ impl Store {
         detail: &Value,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(tenant)
             .bind(call_id)
             .bind(step_id)
@@ -660,7 +661,7 @@ impl Store {
     }
 
     pub async fn audit_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<(String, Value)>, StoreError> {
-        let rows = sqlx::query("SELECT action, detail FROM audit WHERE tenant = ? AND call_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT action, detail FROM audit WHERE tenant = $1 AND call_id = $2 ORDER BY id")
             .bind(tenant)
             .bind(call_id)
             .fetch_all(&self.pool)
@@ -678,9 +679,96 @@ impl Store {
     }
 }
 
+/// Which engine a store runs on. The SQL is shared; this names the few places it is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a store URL names, or a clear error for anything else.
+    pub fn of_url(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::Other(format!(
+                "unsupported store URL (expected sqlite://PATH or postgres://…): {}",
+                redact_url(url)
+            )))
+        }
+    }
+
+    /// SQL reading the text of a top-level key of a JSON text column.
+    fn json_text(self, column: &str, key: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("json_extract({column}, '$.{key}')"),
+            Backend::Postgres => format!("({column}::jsonb ->> '{key}')"),
+        }
+    }
+}
+
+/// A store URL without its password, for errors and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `$start, $start+1, …` — `n` placeholders for an `IN (…)` list.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::Other(format!("not a sqlite URL: {url}")))?;
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(4)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // FULL: an acknowledged end_call survives power loss, not only a process crash.
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
+                     PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&format!("sqlite://{path}?mode=rwc"))
+        .await?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    Ok(pool)
+}
+
+/// Connections per instance: holds, claims and hangups of one instance share them.
+const PG_MAX_CONNECTIONS: u32 = 16;
+
+async fn open_postgres(url: &str) -> Result<AnyPool, StoreError> {
+    let pool = AnyPoolOptions::new().max_connections(PG_MAX_CONNECTIONS).connect(url).await?;
+    // Two instances starting together: sqlx's migrator serializes them on an advisory lock.
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    Ok(pool)
+}
+
 const BOOKING_COLUMNS: &str = "idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, caller_phone, caller_email";
 
-fn booking_from_row(r: sqlx::sqlite::SqliteRow) -> Result<BookingRow, StoreError> {
+fn booking_from_row(r: sqlx::any::AnyRow) -> Result<BookingRow, StoreError> {
     Ok(BookingRow {
         idempotency_key: r.try_get("idempotency_key")?,
         tenant: r.try_get("tenant")?,
@@ -697,7 +785,7 @@ fn booking_from_row(r: sqlx::sqlite::SqliteRow) -> Result<BookingRow, StoreError
     })
 }
 
-fn step_from_row(r: sqlx::sqlite::SqliteRow) -> Result<StepRow, StoreError> {
+fn step_from_row(r: sqlx::any::AnyRow) -> Result<StepRow, StoreError> {
     let payload: String = r.try_get("payload")?;
     Ok(StepRow {
         id: r.try_get("id")?,
@@ -722,12 +810,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        (dir, Store::open(&url).await.unwrap())
-    }
-
     fn booking(key: &str, phone: &str, start: Timestamp) -> BookingRow {
         BookingRow {
             idempotency_key: key.into(),
@@ -745,9 +827,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn upcoming_bookings_are_served_from_memory_until_a_booking_write_and_filtered_by_the_clock() {
-        let (_d, s) = store().await;
+    async fn upcoming_bookings_are_served_from_memory_until_a_booking_write_and_filtered_by_the_clock(s: &Store) {
         let now: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         let hour = jiff::SignedDuration::from_hours(1);
         let keys = |rows: Vec<BookingRow>| rows.into_iter().map(|b| b.idempotency_key).collect::<Vec<_>>();
@@ -777,9 +857,7 @@ mod tests {
         assert!(upcoming(now).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn a_call_gets_exactly_one_plan_and_steps_wait_for_their_dependency() {
-        let (_d, s) = store().await;
+    async fn a_call_gets_exactly_one_plan_and_steps_wait_for_their_dependency(s: &Store) {
         let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         assert!(s.record_call_start("c1", "demo", Some("+14155550134"), "+15550100000", t0).await.unwrap());
         assert!(!s.record_call_start("c1", "demo", None, "+15550100000", t0).await.unwrap());
@@ -815,9 +893,7 @@ mod tests {
         assert!(s.call("other", "c1").await.unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn retried_steps_are_not_due_before_their_time() {
-        let (_d, s) = store().await;
+    async fn retried_steps_are_not_due_before_their_time(s: &Store) {
         let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         s.record_call_start("c2", "demo", None, "+15550100000", t0).await.unwrap();
         let steps = vec![NewStep {
@@ -847,4 +923,6 @@ mod tests {
             .unwrap();
         assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "failed");
     }
+
+    both_backends!(upcoming_bookings_are_served_from_memory_until_a_booking_write_and_filtered_by_the_clock, a_call_gets_exactly_one_plan_and_steps_wait_for_their_dependency, retried_steps_are_not_due_before_their_time);
 }

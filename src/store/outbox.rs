@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::{CALL_STATUS_SQL, StepRow, Store, StoreError, ms};
 
@@ -46,8 +46,8 @@ impl Store {
         let now = ms(at);
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE steps SET status = 'parked', attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?),
-                              last_error = ?, updated_at = ? WHERE id = ?",
+            "UPDATE steps SET status = 'parked', attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $1),
+                              last_error = $2, updated_at = $3 WHERE id = $4",
         )
         .bind(now)
         .bind(error)
@@ -56,7 +56,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, ?, ?, 'writeback.parked', ?)")
+        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, $3, $4, 'writeback.parked', $5)")
             .bind(&step.tenant)
             .bind(&step.call_id)
             .bind(step.id)
@@ -72,16 +72,17 @@ impl Store {
     /// changed since the step was parked (it was re-authorized). The retry window restarts: the
     /// outage was the grant's, not the vendor's. Returns how many steps resumed.
     pub async fn unpark_reauthorized(&self, at: Timestamp) -> Result<u64, StoreError> {
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM steps WHERE status = 'parked')")
+        let any: i64 =
+            sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM steps WHERE status = 'parked') THEN 1 ELSE 0 END")
             .fetch_one(&self.pool)
             .await?;
-        if !any {
+        if any == 0 {
             return Ok(0);
         }
         let now = ms(at);
         let mut tx = self.pool.begin().await?;
         let calls: Vec<String> = sqlx::query_scalar(
-            "UPDATE steps SET status = 'pending', next_attempt_at = ?1, first_attempt_at = NULL, updated_at = ?1
+            "UPDATE steps SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, updated_at = $1
              WHERE status = 'parked' AND EXISTS (
                  SELECT 1 FROM connections c
                  WHERE c.tenant = steps.tenant AND c.status = 'active' AND c.updated_at >= steps.updated_at)
@@ -101,7 +102,7 @@ impl Store {
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, call_id, tenant, kind, attempts, last_error, updated_at FROM steps
-             WHERE status = 'dead' ORDER BY updated_at DESC, id DESC LIMIT ?",
+             WHERE status = 'dead' ORDER BY updated_at DESC, id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -129,14 +130,14 @@ impl Store {
         let now = ms(at);
         let mut tx = self.pool.begin().await?;
         let replayed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE steps SET status = 'pending', next_attempt_at = ?1, first_attempt_at = NULL, updated_at = ?1
-             WHERE call_id = ?2 AND status IN ('dead', 'parked') RETURNING id",
+            "UPDATE steps SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, updated_at = $1
+             WHERE call_id = $2 AND status IN ('dead', 'parked') RETURNING id",
         )
         .bind(now)
         .bind(call_id)
         .fetch_all(&mut *tx)
         .await?;
-        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = ?")
+        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = $1")
             .bind(call_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -147,7 +148,7 @@ impl Store {
         if !replayed.is_empty() {
             sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&mut *tx).await?;
             sqlx::query(
-                "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES (?, ?, NULL, ?, 'writeback.replay', ?)",
+                "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, 'writeback.replay', $4)",
             )
             .bind(&tenant)
             .bind(call_id)
@@ -161,7 +162,7 @@ impl Store {
     }
 
     pub async fn step_schedule(&self, step_id: i64) -> Result<Option<StepSchedule>, StoreError> {
-        let row = sqlx::query("SELECT status, attempts, next_attempt_at FROM steps WHERE id = ?")
+        let row = sqlx::query("SELECT status, attempts, next_attempt_at FROM steps WHERE id = $1")
             .bind(step_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -182,7 +183,7 @@ impl Store {
 /// down. A replay of the call puts parent and dependants back together. Returns the calls touched
 /// (their status is the caller's to recompute, in the same transaction).
 pub(super) async fn dead_letter_dependants(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     call_id: Option<&str>,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
@@ -191,7 +192,7 @@ pub(super) async fn dead_letter_dependants(
         let rows = sqlx::query(
             "SELECT s.id, s.call_id, s.tenant, p.id AS parent, p.kind AS parent_kind
              FROM steps s JOIN steps p ON p.id = s.depends_on
-             WHERE s.status = 'pending' AND p.status = 'dead' AND (?1 IS NULL OR s.call_id = ?1)
+             WHERE s.status = 'pending' AND p.status = 'dead' AND ($1 IS NULL OR s.call_id = $1)
              ORDER BY p.id, s.id",
         )
         .bind(call_id)
@@ -218,7 +219,7 @@ pub(super) async fn dead_letter_dependants(
         for (parent, parent_kind, call, tenant, ids) in groups {
             for id in &ids {
                 sqlx::query(
-                    "UPDATE steps SET status = 'dead', last_error = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                    "UPDATE steps SET status = 'dead', last_error = $1, updated_at = $2 WHERE id = $3 AND status = 'pending'",
                 )
                 .bind(format!("not attempted: step {parent} ({parent_kind}) it depends on was dead-lettered"))
                 .bind(now)
@@ -228,7 +229,7 @@ pub(super) async fn dead_letter_dependants(
             }
             sqlx::query(
                 "INSERT INTO audit (tenant, call_id, step_id, at, action, detail)
-                 VALUES (?, ?, ?, ?, 'writeback.dependants_dead', ?)",
+                 VALUES ($1, $2, $3, $4, 'writeback.dependants_dead', $5)",
             )
             .bind(&tenant)
             .bind(&call)
@@ -249,13 +250,13 @@ impl Store {
     /// Dead-letters steps left waiting on a dead parent (by a store written before dependants
     /// were dead-lettered with their parent) and settles their calls. Returns how many calls.
     pub async fn dead_letter_blocked_steps(&self, at: Timestamp) -> Result<usize, StoreError> {
-        let any: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM steps s JOIN steps p ON p.id = s.depends_on
-                            WHERE s.status = 'pending' AND p.status = 'dead')",
+        let any: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM steps s JOIN steps p ON p.id = s.depends_on
+                                      WHERE s.status = 'pending' AND p.status = 'dead') THEN 1 ELSE 0 END",
         )
         .fetch_one(&self.pool)
         .await?;
-        if !any {
+        if any == 0 {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
@@ -280,10 +281,7 @@ mod tests {
     use super::*;
     use crate::store::{AttemptResult, NewStep};
 
-    #[tokio::test]
-    async fn dead_letters_are_listed_and_replayed_and_unknown_calls_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    async fn dead_letters_are_listed_and_replayed_and_unknown_calls_are_reported(s: &Store) {
         let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         s.record_call_start("c1", "demo", None, "+15550100000", t0).await.unwrap();
         let steps = vec![NewStep {
@@ -315,10 +313,7 @@ mod tests {
         assert_eq!(s.replay_call("nope", later).await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn a_parked_step_waits_for_its_connection_to_be_reauthorized() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    async fn a_parked_step_waits_for_its_connection_to_be_reauthorized(s: &Store) {
         let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         s.record_call_start("c2", "demo", None, "+15550100000", t0).await.unwrap();
         let steps = vec![
@@ -370,10 +365,7 @@ mod tests {
         assert_eq!(s.step_schedule(step.id).await.unwrap().unwrap().attempts, 1);
     }
 
-    #[tokio::test]
-    async fn a_dead_step_takes_its_dependants_down_transitively_and_the_call_settles_only_then() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    async fn a_dead_step_takes_its_dependants_down_transitively_and_the_call_settles_only_then(s: &Store) {
         let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
         s.record_call_start("c3", "demo", None, "+15550100000", t0).await.unwrap();
         let step = |seq: i64, kind: &str, depends_on: Option<i64>| NewStep {
@@ -432,9 +424,11 @@ mod tests {
 
         // A store left with a step waiting on a dead parent (written before this rule) is settled
         // by the worker's sweep.
-        sqlx::query("UPDATE steps SET status = 'dead' WHERE id = ?").bind(contact.id).execute(&s.pool).await.unwrap();
+        sqlx::query("UPDATE steps SET status = 'dead' WHERE id = $1").bind(contact.id).execute(&s.pool).await.unwrap();
         assert_eq!(s.dead_letter_blocked_steps(t0).await.unwrap(), 1);
         assert_eq!(status("call_log").await.status, "dead");
         assert_eq!(s.dead_letter_blocked_steps(t0).await.unwrap(), 0, "nothing left to settle");
     }
+
+    both_backends!(dead_letters_are_listed_and_replayed_and_unknown_calls_are_reported, a_parked_step_waits_for_its_connection_to_be_reauthorized, a_dead_step_takes_its_dependants_down_transitively_and_the_call_settles_only_then);
 }

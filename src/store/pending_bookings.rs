@@ -36,7 +36,7 @@ pub struct PendingBookingRow {
 const COLUMNS: &str = "idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, \
      blocked_start, blocked_end, attendee, status, attempts, next_attempt_at, deadline_at, last_error, task_id";
 
-fn from_row(r: sqlx::sqlite::SqliteRow) -> Result<PendingBookingRow, StoreError> {
+fn from_row(r: sqlx::any::AnyRow) -> Result<PendingBookingRow, StoreError> {
     let attendee: String = r.try_get("attendee")?;
     Ok(PendingBookingRow {
         idempotency_key: r.try_get("idempotency_key")?,
@@ -66,7 +66,7 @@ impl Store {
     pub async fn insert_pending_booking(&self, p: &PendingBookingRow, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO pending_bookings ({COLUMNS}, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
              ON CONFLICT (idempotency_key) DO NOTHING"
         ))
         .bind(&p.idempotency_key)
@@ -95,7 +95,7 @@ impl Store {
     }
 
     pub async fn pending_booking(&self, key: &str) -> Result<Option<PendingBookingRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM pending_bookings WHERE idempotency_key = ?"))
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM pending_bookings WHERE idempotency_key = $1"))
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -117,8 +117,8 @@ impl Store {
     pub async fn due_pending_bookings(&self, now: Timestamp, limit: i64) -> Result<Vec<PendingBookingRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM pending_bookings
-             WHERE status IN ('pending', 'booked', 'escalating') AND next_attempt_at <= ?
-             ORDER BY next_attempt_at LIMIT ?"
+             WHERE status IN ('pending', 'booked', 'escalating') AND next_attempt_at <= $1
+             ORDER BY next_attempt_at LIMIT $2"
         ))
         .bind(ms(now))
         .bind(limit)
@@ -150,9 +150,9 @@ impl Store {
         at: Timestamp,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE pending_bookings SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
-                 task_id = COALESCE(?, task_id), updated_at = ?
-             WHERE idempotency_key = ?",
+            "UPDATE pending_bookings SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4,
+                 task_id = COALESCE($5, task_id), updated_at = $6
+             WHERE idempotency_key = $7",
         )
         .bind(status)
         .bind(attempts)

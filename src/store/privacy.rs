@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use sqlx::Row;
 
-use super::{Store, StoreError, ms};
+use super::{Backend, Store, StoreError, ms};
 
 /// What one retention sweep changed (row counts).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,13 +52,37 @@ pub struct EraseReport {
 }
 
 /// Runs a DELETE whose statement (written in this file, never from input) binds the tenant as
-/// `?1` and one value as `?2`; returns the rows removed.
-async fn delete(tx: &mut sqlx::SqliteConnection, sql: &str, tenant: &str, value: &str) -> Result<u64, StoreError> {
+/// `$1` and one value as `$2`; returns the rows removed.
+async fn delete(tx: &mut sqlx::AnyConnection, sql: &str, tenant: &str, value: &str) -> Result<u64, StoreError> {
     Ok(sqlx::query(sql).bind(tenant).bind(value).execute(tx).await?.rows_affected())
 }
 
-/// The marker a redacted JSON payload is replaced by.
-const REDACTED_STEP: &str = "json_object('redacted_at', ?1)";
+impl Backend {
+    /// A JSON text object of (key, SQL value) pairs.
+    fn json_object(self, pairs: &[(&str, &str)]) -> String {
+        let args = pairs.iter().map(|(k, v)| format!("'{k}', {v}")).collect::<Vec<_>>().join(", ");
+        match self {
+            Backend::Sqlite => format!("json_object({args})"),
+            Backend::Postgres => format!("json_build_object({args})::text"),
+        }
+    }
+
+    /// A JSON value of a top-level key, kept as JSON (a string stays a string inside an object).
+    fn json_value(self, column: &str, key: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("json_extract({column}, '$.{key}')"),
+            Backend::Postgres => format!("({column}::jsonb -> '{key}')"),
+        }
+    }
+
+    /// Whether text `column` contains the text bound as `param`.
+    fn contains(self, column: &str, param: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("instr({column}, {param}) > 0"),
+            Backend::Postgres => format!("strpos({column}, {param}) > 0"),
+        }
+    }
+}
 
 impl Store {
     /// Redacts call content of calls ended before `content_before` and removes audit data
@@ -73,20 +97,26 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let now = ms(now);
         if let Some(cutoff) = content_before.map(ms) {
-            r.outcomes_redacted = sqlx::query(
-                "UPDATE calls SET outcome = json_object('disposition', json_extract(outcome, '$.disposition'), 'redacted_at', ?1)
-                 WHERE ended_at < ?2 AND outcome IS NOT NULL AND json_extract(outcome, '$.redacted_at') IS NULL",
-            )
+            let b = self.backend;
+            let redacted_outcome =
+                b.json_object(&[("disposition", &b.json_value("outcome", "disposition")), ("redacted_at", "$1")]);
+            let outcome_redacted_at = b.json_text("outcome", "redacted_at");
+            r.outcomes_redacted = sqlx::query(&format!(
+                "UPDATE calls SET outcome = {redacted_outcome}
+                 WHERE ended_at < $2 AND outcome IS NOT NULL AND {outcome_redacted_at} IS NULL"
+            ))
             .bind(now)
             .bind(cutoff)
             .execute(&mut *tx)
             .await?
             .rows_affected();
             // Only written steps: a step still to deliver needs its payload (erase removes it).
+            let redacted_step = b.json_object(&[("redacted_at", "$1")]);
+            let payload_redacted_at = b.json_text("payload", "redacted_at");
             r.step_payloads_redacted = sqlx::query(&format!(
-                "UPDATE steps SET payload = {REDACTED_STEP}
-                 WHERE status = 'done' AND json_extract(payload, '$.redacted_at') IS NULL
-                   AND call_id IN (SELECT call_id FROM calls WHERE ended_at < ?2)"
+                "UPDATE steps SET payload = {redacted_step}
+                 WHERE status = 'done' AND {payload_redacted_at} IS NULL
+                   AND call_id IN (SELECT call_id FROM calls WHERE ended_at < $2)"
             ))
             .bind(now)
             .bind(cutoff)
@@ -95,7 +125,7 @@ impl Store {
             .rows_affected();
             r.held_plans_redacted = sqlx::query(
                 "UPDATE held_plans SET steps = '[]'
-                 WHERE status IN ('shadow', 'approved', 'rejected') AND created_at < ?1 AND steps != '[]'",
+                 WHERE status IN ('shadow', 'approved', 'rejected') AND created_at < $1 AND steps != '[]'",
             )
             .bind(cutoff)
             .execute(&mut *tx)
@@ -103,7 +133,7 @@ impl Store {
             .rows_affected();
             r.pending_attendees_redacted = sqlx::query(
                 "UPDATE pending_bookings SET attendee = '{}'
-                 WHERE status IN ('confirmed', 'escalated') AND updated_at < ?1 AND attendee != '{}'",
+                 WHERE status IN ('confirmed', 'escalated') AND updated_at < $1 AND attendee != '{}'",
             )
             .bind(cutoff)
             .execute(&mut *tx)
@@ -112,7 +142,7 @@ impl Store {
             // Past appointments only: an upcoming one is found by the caller's number.
             r.bookings_redacted = sqlx::query(
                 "UPDATE bookings SET caller_phone = NULL, caller_email = NULL
-                 WHERE end_at < ?1 AND (caller_phone IS NOT NULL OR caller_email IS NOT NULL)",
+                 WHERE end_at < $1 AND (caller_phone IS NOT NULL OR caller_email IS NOT NULL)",
             )
             .bind(cutoff)
             .execute(&mut *tx)
@@ -121,12 +151,12 @@ impl Store {
         }
         if let Some(cutoff) = audit_before.map(ms) {
             r.audit_rows_deleted =
-                sqlx::query("DELETE FROM audit WHERE at < ?1").bind(cutoff).execute(&mut *tx).await?.rows_affected();
+                sqlx::query("DELETE FROM audit WHERE at < $1").bind(cutoff).execute(&mut *tx).await?.rows_affected();
             // 'redacted' is not 'written': undo leaves these fields alone rather than "restore" a
             // value it no longer knows.
             r.field_values_redacted = sqlx::query(
                 "UPDATE field_writes SET before_value = NULL, after_value = '', status = 'redacted'
-                 WHERE at < ?1 AND status != 'redacted'",
+                 WHERE at < $1 AND status != 'redacted'",
             )
             .bind(cutoff)
             .execute(&mut *tx)
@@ -134,7 +164,7 @@ impl Store {
             .rows_affected();
             r.field_values_redacted += sqlx::query(
                 "UPDATE field_conflicts SET ai_value = '', crm_value = ''
-                 WHERE status = 'resolved' AND at < ?1 AND (ai_value != '' OR crm_value != '')",
+                 WHERE status = 'resolved' AND at < $1 AND (ai_value != '' OR crm_value != '')",
             )
             .bind(cutoff)
             .execute(&mut *tx)
@@ -156,24 +186,25 @@ impl Store {
     pub async fn erase_caller(&self, tenant: &str, e164: &str) -> Result<EraseReport, StoreError> {
         let mut r = EraseReport::default();
         let mut tx = self.pool.begin().await?;
-        let call_ids: Vec<String> = sqlx::query_scalar(
-            "SELECT call_id FROM calls WHERE tenant = ?1 AND caller = ?2
-             UNION SELECT call_id FROM bookings WHERE tenant = ?1 AND caller_phone = ?2
-             UNION SELECT call_id FROM pending_bookings WHERE tenant = ?1 AND json_extract(attendee, '$.phone') = ?2",
-        )
+        let attendee_phone = self.backend.json_text("attendee", "phone");
+        let call_ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT call_id FROM calls WHERE tenant = $1 AND caller = $2
+             UNION SELECT call_id FROM bookings WHERE tenant = $1 AND caller_phone = $2
+             UNION SELECT call_id FROM pending_bookings WHERE tenant = $1 AND {attendee_phone} = $2"
+        ))
         .bind(tenant)
         .bind(e164)
         .fetch_all(&mut *tx)
         .await?;
         let records: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT record_id FROM identity_index WHERE tenant = ? AND kind = 'phone' AND value = ?",
+            "SELECT DISTINCT record_id FROM identity_index WHERE tenant = $1 AND kind = 'phone' AND value = $2",
         )
         .bind(tenant)
         .bind(e164)
         .fetch_all(&mut *tx)
         .await?;
         let emails: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT caller_email FROM bookings WHERE tenant = ? AND caller_phone = ? AND caller_email IS NOT NULL",
+            "SELECT DISTINCT caller_email FROM bookings WHERE tenant = $1 AND caller_phone = $2 AND caller_email IS NOT NULL",
         )
         .bind(tenant)
         .bind(e164)
@@ -185,7 +216,7 @@ impl Store {
         let mut events = Vec::new();
         for call in &call_ids {
             for row in sqlx::query(
-                "SELECT object_type, object_id FROM created_objects WHERE tenant = ? AND call_id = ? AND undone_at IS NULL",
+                "SELECT object_type, object_id FROM created_objects WHERE tenant = $1 AND call_id = $2 AND undone_at IS NULL",
             )
             .bind(tenant)
             .bind(call)
@@ -196,7 +227,7 @@ impl Store {
             }
             for row in sqlx::query(
                 "SELECT kind, external_id FROM steps
-                 WHERE tenant = ? AND call_id = ? AND external_id IS NOT NULL AND kind NOT IN ('webhook', 'appointment')",
+                 WHERE tenant = $1 AND call_id = $2 AND external_id IS NOT NULL AND kind NOT IN ('webhook', 'appointment')",
             )
             .bind(tenant)
             .bind(call)
@@ -207,11 +238,11 @@ impl Store {
                 crm.entry(id).or_insert(row.try_get("kind")?);
             }
         }
-        for row in sqlx::query(
-            "SELECT calendar_id, event_id, call_id FROM bookings WHERE tenant = ?1 AND caller_phone = ?2 AND status = 'confirmed'
+        for row in sqlx::query(&format!(
+            "SELECT calendar_id, event_id, call_id FROM bookings WHERE tenant = $1 AND caller_phone = $2 AND status = 'confirmed'
              UNION SELECT calendar_id, event_id, call_id FROM pending_bookings
-                   WHERE tenant = ?1 AND json_extract(attendee, '$.phone') = ?2 AND status IN ('booked', 'confirmed')",
-        )
+                   WHERE tenant = $1 AND {attendee_phone} = $2 AND status IN ('booked', 'confirmed')"
+        ))
         .bind(tenant)
         .bind(e164)
         .fetch_all(&mut *tx)
@@ -221,7 +252,7 @@ impl Store {
         }
         for call in &call_ids {
             for row in sqlx::query(
-                "SELECT calendar_id, event_id FROM bookings WHERE tenant = ? AND call_id = ? AND status = 'confirmed'",
+                "SELECT calendar_id, event_id FROM bookings WHERE tenant = $1 AND call_id = $2 AND status = 'confirmed'",
             )
             .bind(tenant)
             .bind(call)
@@ -239,7 +270,7 @@ impl Store {
 
         // Children first: steps and held plans reference calls.
         for call in &call_ids {
-            let by_call = |table: &str| format!("DELETE FROM {table} WHERE tenant = ?1 AND call_id = ?2");
+            let by_call = |table: &str| format!("DELETE FROM {table} WHERE tenant = $1 AND call_id = $2");
             r.field_writes += delete(&mut tx, &by_call("field_writes"), tenant, call).await?;
             r.conflicts += delete(&mut tx, &by_call("field_conflicts"), tenant, call).await?;
             delete(&mut tx, &by_call("created_objects"), tenant, call).await?;
@@ -251,33 +282,34 @@ impl Store {
             r.calls += delete(&mut tx, &by_call("calls"), tenant, call).await?;
         }
         r.bookings +=
-            delete(&mut tx, "DELETE FROM bookings WHERE tenant = ?1 AND caller_phone = ?2", tenant, e164).await?;
+            delete(&mut tx, "DELETE FROM bookings WHERE tenant = $1 AND caller_phone = $2", tenant, e164).await?;
         r.pending_bookings += delete(
             &mut tx,
-            "DELETE FROM pending_bookings WHERE tenant = ?1 AND json_extract(attendee, '$.phone') = ?2",
+            &format!("DELETE FROM pending_bookings WHERE tenant = $1 AND {attendee_phone} = $2"),
             tenant,
             e164,
         )
         .await?;
         // Audit details exclude personal data by rule; this catches any row that names the number.
         r.audit_rows +=
-            delete(&mut tx, "DELETE FROM audit WHERE tenant = ?1 AND instr(detail, ?2) > 0", tenant, e164).await?;
+            delete(&mut tx, &format!("DELETE FROM audit WHERE tenant = $1 AND {}", self.backend.contains("detail", "$2")), tenant, e164)
+                .await?;
         r.identity_rows += delete(
             &mut tx,
-            "DELETE FROM identity_index WHERE tenant = ?1 AND kind = 'phone' AND value = ?2",
+            "DELETE FROM identity_index WHERE tenant = $1 AND kind = 'phone' AND value = $2",
             tenant,
             e164,
         )
         .await?;
         for record in &records {
             r.identity_rows +=
-                delete(&mut tx, "DELETE FROM identity_index WHERE tenant = ?1 AND record_id = ?2", tenant, record)
+                delete(&mut tx, "DELETE FROM identity_index WHERE tenant = $1 AND record_id = $2", tenant, record)
                     .await?;
         }
         for email in &emails {
             r.identity_rows += delete(
                 &mut tx,
-                "DELETE FROM identity_index WHERE tenant = ?1 AND kind = 'email' AND value = ?2",
+                "DELETE FROM identity_index WHERE tenant = $1 AND kind = 'email' AND value = $2",
                 tenant,
                 &email.to_lowercase(),
             )
@@ -293,19 +325,27 @@ impl Store {
     /// Every (table, column) whose text contains `needle`, over every table of the store: how
     /// tests prove an erasure or a sweep left nothing behind (and what a privacy review can run).
     pub async fn tables_mentioning(&self, needle: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let tables: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let (tables_sql, columns_sql) = match self.backend {
+            Backend::Sqlite => (
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+                "SELECT name FROM pragma_table_info($1)",
+            ),
+            Backend::Postgres => (
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name NOT LIKE '_sqlx%'",
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1",
+            ),
+        };
+        let tables: Vec<String> = sqlx::query_scalar(tables_sql).fetch_all(&self.pool).await?;
         let mut out = Vec::new();
         for table in tables {
-            let columns: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
-                .fetch_all(&self.pool)
-                .await?;
+            let columns: Vec<String> =
+                sqlx::query_scalar(columns_sql).bind(&table).fetch_all(&self.pool).await?;
             for column in columns {
                 let hits: i64 = sqlx::query_scalar(&format!(
-                    "SELECT COUNT(*) FROM \"{table}\" WHERE instr(CAST(\"{column}\" AS TEXT), ?) > 0"
+                    "SELECT COUNT(*) FROM \"{table}\" WHERE {}",
+                    self.backend.contains(&format!("CAST(\"{column}\" AS TEXT)"), "$1")
                 ))
                 .bind(needle)
                 .fetch_one(&self.pool)

@@ -115,8 +115,8 @@ impl Store {
         let sync_status = if steps.is_empty() { "synced" } else { status };
         let mut tx = self.pool.begin().await?;
         let closed = sqlx::query(
-            "UPDATE calls SET ended_at = ?, end_reason = ?, outcome = ?, sync_status = ?
-             WHERE call_id = ? AND tenant = ? AND ended_at IS NULL",
+            "UPDATE calls SET ended_at = $1, end_reason = $2, outcome = $3, sync_status = $4
+             WHERE call_id = $5 AND tenant = $6 AND ended_at IS NULL",
         )
         .bind(now)
         .bind(end_reason)
@@ -132,7 +132,7 @@ impl Store {
         }
         if !steps.is_empty() {
             sqlx::query(
-                "INSERT INTO held_plans (call_id, tenant, mode, steps, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO held_plans (call_id, tenant, mode, steps, status, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(call_id)
             .bind(tenant)
@@ -149,7 +149,7 @@ impl Store {
 
     pub async fn held_plan(&self, tenant: &str, call_id: &str) -> Result<Option<HeldPlan>, StoreError> {
         let row = sqlx::query(
-            "SELECT call_id, tenant, mode, status, steps, decided_by FROM held_plans WHERE tenant = ? AND call_id = ?",
+            "SELECT call_id, tenant, mode, status, steps, decided_by FROM held_plans WHERE tenant = $1 AND call_id = $2",
         )
         .bind(tenant)
         .bind(call_id)
@@ -172,7 +172,7 @@ impl Store {
     /// Plans waiting for an operator, oldest first.
     pub async fn plans_awaiting_review(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT call_id FROM held_plans WHERE tenant = ? AND status = 'awaiting_review' ORDER BY created_at",
+            "SELECT call_id FROM held_plans WHERE tenant = $1 AND status = 'awaiting_review' ORDER BY created_at",
         )
         .bind(tenant)
         .fetch_all(&self.pool)
@@ -193,8 +193,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Writing first takes the write lock at once (see `append_step`).
         let decided = sqlx::query(
-            "UPDATE held_plans SET status = ?, decided_by = ?, decided_at = ?
-             WHERE tenant = ? AND call_id = ? AND status = 'awaiting_review' RETURNING steps",
+            "UPDATE held_plans SET status = $1, decided_by = $2, decided_at = $3
+             WHERE tenant = $4 AND call_id = $5 AND status = 'awaiting_review' RETURNING steps",
         )
         .bind(if approve { "approved" } else { "rejected" })
         .bind(by)
@@ -208,12 +208,12 @@ impl Store {
             return Ok(Decided::NotAwaiting);
         };
         if !approve {
-            sqlx::query("UPDATE calls SET sync_status = 'rejected' WHERE call_id = ? AND tenant = ?")
+            sqlx::query("UPDATE calls SET sync_status = 'rejected' WHERE call_id = $1 AND tenant = $2")
                 .bind(call_id)
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO audit (tenant, call_id, at, action, detail) VALUES (?, ?, ?, 'plan.rejected', ?)")
+            sqlx::query("INSERT INTO audit (tenant, call_id, at, action, detail) VALUES ($1, $2, $3, 'plan.rejected', $4)")
                 .bind(tenant)
                 .bind(call_id)
                 .bind(now)
@@ -238,7 +238,7 @@ impl Store {
                 .transpose()?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO steps (call_id, tenant, seq, kind, payload, depends_on, idempotency_key, next_attempt_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
             )
             .bind(call_id)
             .bind(tenant)
@@ -253,12 +253,12 @@ impl Store {
             .await?;
             ids.push((s.seq, id));
         }
-        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = ? AND tenant = ?")
+        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = $1 AND tenant = $2")
             .bind(call_id)
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO audit (tenant, call_id, at, action, detail) VALUES (?, ?, ?, 'plan.approved', ?)")
+        sqlx::query("INSERT INTO audit (tenant, call_id, at, action, detail) VALUES ($1, $2, $3, 'plan.approved', $4)")
             .bind(tenant)
             .bind(call_id)
             .bind(now)
@@ -287,7 +287,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO field_writes (tenant, call_id, step_id, object_type, object_id, property, before_value,
                                        after_value, status, at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sending', ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'sending', $9)
              ON CONFLICT (step_id, object_id, property) DO UPDATE SET after_value = excluded.after_value
              WHERE field_writes.status = 'sending'",
         )
@@ -314,7 +314,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE field_writes SET status = ?, reason = ? WHERE step_id = ? AND object_id = ? AND property = ?",
+            "UPDATE field_writes SET status = $1, reason = $2 WHERE step_id = $3 AND object_id = $4 AND property = $5",
         )
         .bind(status)
         .bind(reason)
@@ -329,7 +329,7 @@ impl Store {
     pub async fn field_writes_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<FieldWriteRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, step_id, object_type, object_id, property, before_value, after_value, status, reason
-             FROM field_writes WHERE tenant = ? AND call_id = ? ORDER BY id",
+             FROM field_writes WHERE tenant = $1 AND call_id = $2 ORDER BY id",
         )
         .bind(tenant)
         .bind(call_id)
@@ -369,7 +369,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO field_conflicts (tenant, call_id, step_id, object_id, property, ai_value, crm_value, edited_at,
                                           edited_by, at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (step_id, property) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (step_id, property) DO NOTHING",
         )
         .bind(tenant)
         .bind(call_id)
@@ -390,7 +390,7 @@ impl Store {
     pub async fn conflicts(&self, tenant: &str, call_id: Option<&str>) -> Result<Vec<ConflictRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, call_id, object_id, property, ai_value, crm_value, edited_at, edited_by, status
-             FROM field_conflicts WHERE tenant = ?1 AND (?2 IS NULL OR call_id = ?2) ORDER BY id",
+             FROM field_conflicts WHERE tenant = $1 AND ($2 IS NULL OR call_id = $2) ORDER BY id",
         )
         .bind(tenant)
         .bind(call_id)
@@ -423,7 +423,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO created_objects (object_type, object_id, tenant, call_id, step_id, at) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO created_objects (object_type, object_id, tenant, call_id, step_id, at) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (object_type, object_id) DO NOTHING",
         )
         .bind(object_type)
@@ -443,7 +443,7 @@ impl Store {
         call_id: &str,
     ) -> Result<Vec<CreatedObjectRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT object_type, object_id, step_id, undone_at FROM created_objects WHERE tenant = ? AND call_id = ?
+            "SELECT object_type, object_id, step_id, undone_at FROM created_objects WHERE tenant = $1 AND call_id = $2
              ORDER BY step_id",
         )
         .bind(tenant)
@@ -469,7 +469,7 @@ impl Store {
         object_id: &str,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE created_objects SET undone_at = ? WHERE object_type = ? AND object_id = ?")
+        sqlx::query("UPDATE created_objects SET undone_at = $1 WHERE object_type = $2 AND object_id = $3")
             .bind(ms(at))
             .bind(object_type)
             .bind(object_id)
@@ -482,12 +482,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        (dir, Store::open(&url).await.unwrap())
-    }
 
     fn steps() -> Vec<NewStep> {
         vec![
@@ -508,9 +502,7 @@ mod tests {
         ]
     }
 
-    #[tokio::test]
-    async fn a_reviewed_plan_enters_the_outbox_only_when_approved_and_only_once() {
-        let (_d, s) = store().await;
+    async fn a_reviewed_plan_enters_the_outbox_only_when_approved_and_only_once(s: &Store) {
         let t0: Timestamp = "2026-11-23T13:00:00Z".parse().unwrap();
         s.record_call_start("c1", "demo", None, "+1", t0).await.unwrap();
         assert!(s.close_call_with_held_plan("c1", "demo", "end_call", &json!({}), &steps(), true, t0).await.unwrap());
@@ -527,9 +519,7 @@ mod tests {
         assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
     }
 
-    #[tokio::test]
-    async fn a_shadow_plan_is_kept_and_never_due() {
-        let (_d, s) = store().await;
+    async fn a_shadow_plan_is_kept_and_never_due(s: &Store) {
         let t0: Timestamp = "2026-11-23T13:00:00Z".parse().unwrap();
         s.record_call_start("c1", "demo", None, "+1", t0).await.unwrap();
         s.close_call_with_held_plan("c1", "demo", "end_call", &json!({}), &steps(), false, t0).await.unwrap();
@@ -540,9 +530,7 @@ mod tests {
         assert_eq!(s.decide_held_plan("demo", "c1", true, "op", t0).await.unwrap(), Decided::NotAwaiting);
     }
 
-    #[tokio::test]
-    async fn a_retried_field_write_keeps_the_first_before_value() {
-        let (_d, s) = store().await;
+    async fn a_retried_field_write_keeps_the_first_before_value(s: &Store) {
         let t0: Timestamp = "2026-11-23T13:00:00Z".parse().unwrap();
         s.record_field_intent("demo", "c1", 7, "contact", "101", "zip", Some("10001"), "94110", t0).await.unwrap();
         // The retry reads our own value back as the "before": it must not replace the original.
@@ -551,4 +539,6 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].before_value.as_deref(), Some("10001"));
     }
+
+    both_backends!(a_reviewed_plan_enters_the_outbox_only_when_approved_and_only_once, a_shadow_plan_is_kept_and_never_due, a_retried_field_write_keeps_the_first_before_value);
 }

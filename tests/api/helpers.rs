@@ -57,6 +57,8 @@ pub struct TestApp {
     pub graph: Arc<GraphState>,
     pub salesforce: Arc<SalesforceState>,
     pub pipedrive: Arc<PipedriveState>,
+    /// The emulators, shared by every instance started beside this one ([`spawn_instance`]).
+    pub sandbox: Arc<callside::sandbox::Sandbox>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -120,6 +122,29 @@ async fn spawn_app_configured_in(
     start(config, dir, None).await
 }
 
+/// One instance of a deployment on a shared store (a PostgreSQL test schema's URL): the demo
+/// tenant, its own port and data dir; `beside` another instance, it shares that one's emulators
+/// (one CRM and calendar behind both) and its domain clock.
+pub async fn spawn_instance(store_url: &str, beside: Option<&TestApp>) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.path().to_owned()),
+        store_url: Some(store_url.to_owned()),
+    };
+    let tenants = vec![demo_tenant()];
+    let config = Config::from_parts(
+        Path::new("test.toml"),
+        server_file(""),
+        tenants.into_iter().map(|t| (PathBuf::from(format!("{}.toml", t.id)), t)).collect(),
+        &overrides,
+        dir.path().to_owned(),
+    )
+    .expect("test config is valid");
+    let clock = beside.map(|b| b.clock.clone()).unwrap_or_else(|| ManualClock::new(START.parse().unwrap()));
+    start_on(config, dir, None, clock, beside.map(|b| b.sandbox.clone())).await
+}
+
 /// Starts the application from a server file on disk and makes it reloadable from that file,
 /// as `callside serve` does.
 pub async fn spawn_app_from_file(path: &Path, dir: tempfile::TempDir) -> TestApp {
@@ -130,8 +155,17 @@ pub async fn spawn_app_from_file(path: &Path, dir: tempfile::TempDir) -> TestApp
 }
 
 async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, Overrides)>) -> TestApp {
-    let clock = ManualClock::new(START.parse().unwrap());
-    let app = Application::build(config, Arc::new(clock.clone())).await.expect("app builds");
+    start_on(config, dir, source, ManualClock::new(START.parse().unwrap()), None).await
+}
+
+async fn start_on(
+    config: Config,
+    dir: tempfile::TempDir,
+    source: Option<(PathBuf, Overrides)>,
+    clock: ManualClock,
+    sandbox: Option<Arc<callside::sandbox::Sandbox>>,
+) -> TestApp {
+    let app = Application::build_with_sandbox(config, Arc::new(clock.clone()), sandbox).await.expect("app builds");
     if let Some((path, overrides)) = source {
         app.reloader().set_source(path, overrides);
     }
@@ -145,6 +179,7 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
     let graph = sandbox.graph.state.clone();
     let salesforce = sandbox.salesforce.state.clone();
     let pipedrive = sandbox.pipedrive.state.clone();
+    let sandbox = app.shared_sandbox().expect("sandbox runs");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
@@ -160,6 +195,7 @@ async fn start(config: Config, dir: tempfile::TempDir, source: Option<(PathBuf, 
         graph,
         salesforce,
         pipedrive,
+        sandbox,
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,

@@ -24,6 +24,7 @@ mod isolation;
 mod lifecycle;
 mod match_eval;
 mod mcp_http;
+mod multi_instance;
 mod pending_bookings;
 mod pilot;
 mod pipedrive;
