@@ -208,14 +208,16 @@ impl Store {
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, $4, $5)")
-            .bind(tenant)
-            .bind(call_id)
-            .bind(now)
-            .bind(action)
-            .bind(detail.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(call_id)
+        .bind(now)
+        .bind(action)
+        .bind(detail.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(r.rows_affected())
     }

@@ -71,7 +71,13 @@ fn t0() -> Timestamp {
 }
 
 fn step(seq: i64, depends_on: Option<i64>) -> NewStep {
-    NewStep { seq, kind: "contact".into(), payload: json!({"seq": seq}), depends_on, idempotency_key: format!("k{seq}") }
+    NewStep {
+        seq,
+        kind: "contact".into(),
+        payload: json!({"seq": seq}),
+        depends_on,
+        idempotency_key: format!("k{seq}"),
+    }
 }
 
 async fn a_platform_report_is_merged_into_the_saved_outcome(s: &Store) {
@@ -155,7 +161,30 @@ async fn a_pending_booking_is_recorded_once_and_updated_until_it_settles(s: &Sto
     assert_eq!(s.next_pending_due_at().await.unwrap(), None);
 }
 
+async fn retention_redacts_old_content_and_erasure_leaves_no_trace_of_the_number(s: &Store) {
+    let phone = "+14155550134";
+    s.record_call_start("c1", "demo", Some(phone), "+15550100000", t0()).await.unwrap();
+    let outcome = json!({"disposition": "booked", "summary": "Ana at +14155550134"});
+    s.close_call_with_plan("c1", "demo", "end_call", &outcome, &[step(0, None)], t0()).await.unwrap();
+    let due = s.due_steps(t0(), 1).await.unwrap().remove(0);
+    s.record_attempt(&due, &AttemptResult::Done { external_id: Some("9".into()) }, "crm.contact", &json!({}), t0())
+        .await
+        .unwrap();
+    s.index_identity("demo", IdentityKind::Phone, phone, "9", 1).await.unwrap();
+    let later = t0() + jiff::SignedDuration::from_hours(24);
+    let report = s.apply_retention(Some(later), None, later).await.unwrap();
+    assert_eq!((report.outcomes_redacted, report.step_payloads_redacted), (1, 1), "{report:?}");
+    let kept = s.call("demo", "c1").await.unwrap().unwrap().outcome.unwrap();
+    assert_eq!(kept, json!({"disposition": "booked", "redacted_at": ms(later)}));
+    assert!(s.apply_retention(Some(later), None, later).await.unwrap().is_empty(), "a second sweep changes nothing");
+    assert!(!s.tables_mentioning(phone).await.unwrap().is_empty(), "the call and the index still name the number");
+    let erased = s.erase_caller("demo", phone).await.unwrap();
+    assert_eq!((erased.calls, erased.steps, erased.identity_rows), (1, 1, 1), "{erased:?}");
+    assert_eq!(s.tables_mentioning(phone).await.unwrap(), Vec::<(String, String)>::new());
+}
+
 both_backends!(
+    retention_redacts_old_content_and_erasure_leaves_no_trace_of_the_number,
     a_platform_report_is_merged_into_the_saved_outcome,
     tenant_health_counts_failed_attempts_pending_and_parked_steps,
     an_inbound_delivery_is_recorded_once,

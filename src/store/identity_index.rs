@@ -66,17 +66,15 @@ impl Store {
         let entries =
             phones.iter().map(|p| (IdentityKind::Phone, p.as_str())).chain(email.map(|e| (IdentityKind::Email, e)));
         for (kind, value) in entries {
-            sqlx::query(
-                INDEX_UPSERT,
-            )
-            .bind(tenant)
-            .bind(kind.as_str())
-            .bind(value)
-            .bind(record_id)
-            .bind(IndexSource::Crm.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(INDEX_UPSERT)
+                .bind(tenant)
+                .bind(kind.as_str())
+                .bind(value)
+                .bind(record_id)
+                .bind(IndexSource::Crm.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -91,17 +89,15 @@ impl Store {
         record_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            INDEX_UPSERT,
-        )
-        .bind(tenant)
-        .bind(kind.as_str())
-        .bind(value)
-        .bind(record_id)
-        .bind(IndexSource::Writeback.as_str())
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(INDEX_UPSERT)
+            .bind(tenant)
+            .bind(kind.as_str())
+            .bind(value)
+            .bind(record_id)
+            .bind(IndexSource::Writeback.as_str())
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -216,5 +212,8 @@ mod tests {
         assert_eq!(store.identity_watermark("t1", "hubspot").await.unwrap(), Some(2_000));
     }
 
-    both_backends!(records_are_indexed_replaced_and_looked_up_per_tenant, the_watermark_only_moves_when_a_pull_saw_something);
+    both_backends!(
+        records_are_indexed_replaced_and_looked_up_per_tenant,
+        the_watermark_only_moves_when_a_pull_saw_something
+    );
 }

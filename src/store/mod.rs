@@ -182,8 +182,10 @@ impl Store {
         let plans = group_commit::PlanWriter::spawn(pool.clone(), plan_batch);
         // The generation counter invalidates on this process's writes; the TTL bounds how long a
         // change made by another process (`callside erase` on the same file) stays unseen.
-        let upcoming =
-            moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build();
+        let upcoming = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(std::time::Duration::from_secs(300))
+            .build();
         Ok(Store { pool, backend, plans, upcoming, bookings_generation: Arc::new(AtomicU64::new(0)) })
     }
 
@@ -477,11 +479,11 @@ impl Store {
             Backend::Postgres => "jsonb_set(COALESCE(outcome, '{}')::jsonb, '{platform_report}', $1::jsonb)::text",
         };
         sqlx::query(&format!("UPDATE calls SET outcome = {set} WHERE call_id = $2 AND tenant = $3"))
-        .bind(report.to_string())
-        .bind(call_id)
-        .bind(tenant)
-        .execute(&self.pool)
-        .await?;
+            .bind(report.to_string())
+            .bind(call_id)
+            .bind(tenant)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -924,5 +926,9 @@ mod tests {
         assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "failed");
     }
 
-    both_backends!(upcoming_bookings_are_served_from_memory_until_a_booking_write_and_filtered_by_the_clock, a_call_gets_exactly_one_plan_and_steps_wait_for_their_dependency, retried_steps_are_not_due_before_their_time);
+    both_backends!(
+        upcoming_bookings_are_served_from_memory_until_a_booking_write_and_filtered_by_the_clock,
+        a_call_gets_exactly_one_plan_and_steps_wait_for_their_dependency,
+        retried_steps_are_not_due_before_their_time
+    );
 }

@@ -72,10 +72,11 @@ impl Store {
     /// changed since the step was parked (it was re-authorized). The retry window restarts: the
     /// outage was the grant's, not the vendor's. Returns how many steps resumed.
     pub async fn unpark_reauthorized(&self, at: Timestamp) -> Result<u64, StoreError> {
-        let any: i64 =
-            sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM steps WHERE status = 'parked') THEN 1 ELSE 0 END")
-            .fetch_one(&self.pool)
-            .await?;
+        let any: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM steps WHERE status = 'parked') THEN 1 ELSE 0 END",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         if any == 0 {
             return Ok(0);
         }
@@ -430,5 +431,9 @@ mod tests {
         assert_eq!(s.dead_letter_blocked_steps(t0).await.unwrap(), 0, "nothing left to settle");
     }
 
-    both_backends!(dead_letters_are_listed_and_replayed_and_unknown_calls_are_reported, a_parked_step_waits_for_its_connection_to_be_reauthorized, a_dead_step_takes_its_dependants_down_transitively_and_the_call_settles_only_then);
+    both_backends!(
+        dead_letters_are_listed_and_replayed_and_unknown_calls_are_reported,
+        a_parked_step_waits_for_its_connection_to_be_reauthorized,
+        a_dead_step_takes_its_dependants_down_transitively_and_the_call_settles_only_then
+    );
 }

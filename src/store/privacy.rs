@@ -291,9 +291,13 @@ impl Store {
         )
         .await?;
         // Audit details exclude personal data by rule; this catches any row that names the number.
-        r.audit_rows +=
-            delete(&mut tx, &format!("DELETE FROM audit WHERE tenant = $1 AND {}", self.backend.contains("detail", "$2")), tenant, e164)
-                .await?;
+        r.audit_rows += delete(
+            &mut tx,
+            &format!("DELETE FROM audit WHERE tenant = $1 AND {}", self.backend.contains("detail", "$2")),
+            tenant,
+            e164,
+        )
+        .await?;
         r.identity_rows += delete(
             &mut tx,
             "DELETE FROM identity_index WHERE tenant = $1 AND kind = 'phone' AND value = $2",
@@ -340,8 +344,7 @@ impl Store {
         let tables: Vec<String> = sqlx::query_scalar(tables_sql).fetch_all(&self.pool).await?;
         let mut out = Vec::new();
         for table in tables {
-            let columns: Vec<String> =
-                sqlx::query_scalar(columns_sql).bind(&table).fetch_all(&self.pool).await?;
+            let columns: Vec<String> = sqlx::query_scalar(columns_sql).bind(&table).fetch_all(&self.pool).await?;
             for column in columns {
                 let hits: i64 = sqlx::query_scalar(&format!(
                     "SELECT COUNT(*) FROM \"{table}\" WHERE {}",

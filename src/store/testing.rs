@@ -28,7 +28,8 @@ impl TestSchema {
     pub async fn create() -> Result<TestSchema, StoreError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let admin_url = std::env::var("CALLSIDE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let schema =
             format!("t_{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000);
         let mut conn = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| {

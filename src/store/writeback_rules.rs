@@ -213,13 +213,15 @@ impl Store {
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO audit (tenant, call_id, at, action, detail) VALUES ($1, $2, $3, 'plan.rejected', $4)")
-                .bind(tenant)
-                .bind(call_id)
-                .bind(now)
-                .bind(json!({"by": by}).to_string())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO audit (tenant, call_id, at, action, detail) VALUES ($1, $2, $3, 'plan.rejected', $4)",
+            )
+            .bind(tenant)
+            .bind(call_id)
+            .bind(now)
+            .bind(json!({"by": by}).to_string())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(Decided::Rejected);
         }
@@ -540,5 +542,9 @@ mod tests {
         assert_eq!(rows[0].before_value.as_deref(), Some("10001"));
     }
 
-    both_backends!(a_reviewed_plan_enters_the_outbox_only_when_approved_and_only_once, a_shadow_plan_is_kept_and_never_due, a_retried_field_write_keeps_the_first_before_value);
+    both_backends!(
+        a_reviewed_plan_enters_the_outbox_only_when_approved_and_only_once,
+        a_shadow_plan_is_kept_and_never_due,
+        a_retried_field_write_keeps_the_first_before_value
+    );
 }
