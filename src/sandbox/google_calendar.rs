@@ -32,6 +32,10 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::google_push::{Push, start_delivery};
+pub use super::google_push::{PushStats, WatchChannel};
 
 /// The discovery document's `servicePath`, as an absolute path.
 pub const SERVICE_PATH: &str = "/calendar/v3/";
@@ -54,16 +58,20 @@ pub enum GoogleCalendarMethod {
     List,
     Patch,
     Delete,
+    Watch,
+    StopChannel,
 }
 
 impl GoogleCalendarMethod {
-    pub const ALL: [GoogleCalendarMethod; 6] = [
+    pub const ALL: [GoogleCalendarMethod; 8] = [
         GoogleCalendarMethod::FreeBusy,
         GoogleCalendarMethod::Insert,
         GoogleCalendarMethod::Get,
         GoogleCalendarMethod::List,
         GoogleCalendarMethod::Patch,
         GoogleCalendarMethod::Delete,
+        GoogleCalendarMethod::Watch,
+        GoogleCalendarMethod::StopChannel,
     ];
 
     /// The method's `id` in the discovery document.
@@ -75,12 +83,17 @@ impl GoogleCalendarMethod {
             GoogleCalendarMethod::List => "calendar.events.list",
             GoogleCalendarMethod::Patch => "calendar.events.patch",
             GoogleCalendarMethod::Delete => "calendar.events.delete",
+            GoogleCalendarMethod::Watch => "calendar.events.watch",
+            GoogleCalendarMethod::StopChannel => "calendar.channels.stop",
         }
     }
 
     pub fn http_method(self) -> &'static str {
         match self {
-            GoogleCalendarMethod::FreeBusy | GoogleCalendarMethod::Insert => "POST",
+            GoogleCalendarMethod::FreeBusy
+            | GoogleCalendarMethod::Insert
+            | GoogleCalendarMethod::Watch
+            | GoogleCalendarMethod::StopChannel => "POST",
             GoogleCalendarMethod::Get | GoogleCalendarMethod::List => "GET",
             GoogleCalendarMethod::Patch => "PATCH",
             GoogleCalendarMethod::Delete => "DELETE",
@@ -96,6 +109,8 @@ impl GoogleCalendarMethod {
             GoogleCalendarMethod::Get | GoogleCalendarMethod::Patch | GoogleCalendarMethod::Delete => {
                 "calendars/{calendarId}/events/{eventId}"
             }
+            GoogleCalendarMethod::Watch => "calendars/{calendarId}/events/watch",
+            GoogleCalendarMethod::StopChannel => "channels/stop",
         }
     }
 }
@@ -153,7 +168,17 @@ impl SandboxEvent {
     pub fn send_updates_of(&self, method: GoogleCalendarMethod) -> Option<&str> {
         self.writes.iter().rev().find(|w| w.method == method).and_then(|w| w.send_updates.as_deref())
     }
+
+    /// The emulator's change sequence number of the event's last change: every change takes a
+    /// fresh etag from [`Inner::next_etag`], which is that number plus a constant. Sync tokens
+    /// are positions in the same sequence.
+    fn change_seq(&self) -> u64 {
+        self.etag.trim_matches('"').parse::<u64>().map(|n| n.saturating_sub(ETAG_BASE)).unwrap_or(0)
+    }
 }
+
+/// Etags are `ETAG_BASE + change sequence number`, quoted.
+const ETAG_BASE: u64 = 3_000_000_000_000_000;
 
 #[derive(Debug, Clone)]
 struct Fault {
@@ -183,6 +208,14 @@ struct Inner {
     latency: Duration,
     pending_foreign: HashMap<String, VecDeque<PendingForeign>>,
     seq: u64,
+    /// Push channels opened by events.watch (`super::google_push`).
+    channels: Vec<WatchChannel>,
+    /// The push delivery queue, started by the first events.watch.
+    push_tx: Option<mpsc::UnboundedSender<Push>>,
+    /// Notifications still to drop on purpose ("the webhook was missed").
+    drop_pushes: usize,
+    /// Sync tokens older than this change number answer 410 (`expire_sync_tokens`).
+    sync_floor: u64,
 }
 
 impl Inner {
@@ -194,7 +227,22 @@ impl Inner {
     /// A fresh etag. Google's event etags are quoted decimal strings such as `"3181161784712000"`.
     fn next_etag(&mut self) -> String {
         let n = self.next_seq();
-        format!("\"{}\"", 3_000_000_000_000_000u64 + n)
+        format!("\"{}\"", ETAG_BASE + n)
+    }
+
+    /// A collection changed: every open channel watching it gets an `exists` notification.
+    fn changed(&mut self, calendar_id: &str, stats: &PushStats) {
+        for channel in self.channels.iter_mut().filter(|c| !c.stopped && c.calendar_id == calendar_id) {
+            channel.message_number += 1;
+            if self.drop_pushes > 0 {
+                self.drop_pushes -= 1;
+                stats.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
+            if let Some(tx) = &self.push_tx {
+                let _ = tx.send(push_of(channel, "exists"));
+            }
+        }
     }
 
     fn event_mut(&mut self, calendar_id: &str, event_id: &str) -> Option<&mut SandboxEvent> {
@@ -240,21 +288,64 @@ impl Inner {
     }
 }
 
+fn push_of(channel: &WatchChannel, state: &'static str) -> Push {
+    Push {
+        address: channel.address.clone(),
+        channel_id: channel.id.clone(),
+        token: channel.token.clone(),
+        resource_id: channel.resource_id.clone(),
+        resource_uri: format!(
+            "https://www.googleapis.com/calendar/v3/calendars/{}/events?alt=json",
+            crate::connectors::encode_path_segment(&channel.calendar_id)
+        ),
+        state,
+        message_number: channel.message_number,
+        expiration: channel.expiration,
+    }
+}
+
 /// Shared emulator state; every method is callable from tests while the server runs.
 #[derive(Debug)]
 pub struct GoogleCalendarState {
     inner: Mutex<Inner>,
+    push_stats: Arc<PushStats>,
 }
 
 impl GoogleCalendarState {
     /// A fresh, empty calendar world that accepts `Authorization: Bearer <token>`.
     pub fn new(token: &str) -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::new(Inner { token: token.to_owned(), ..Inner::default() }) })
+        Arc::new(Self {
+            inner: Mutex::new(Inner { token: token.to_owned(), ..Inner::default() }),
+            push_stats: Arc::default(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A test that panicked while holding the lock must not cascade into every other test.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every push channel opened so far (stopped ones included), in order.
+    pub fn channels(&self) -> Vec<WatchChannel> {
+        self.lock().channels.clone()
+    }
+
+    /// What the push delivery task has done.
+    pub fn push_stats(&self) -> Arc<PushStats> {
+        self.push_stats.clone()
+    }
+
+    /// The next `n` notifications are not sent (a missed webhook); the change is still made and
+    /// the message number still advances, as when Google's delivery is lost.
+    pub fn drop_next_pushes(&self, n: usize) {
+        self.lock().drop_pushes = n;
+    }
+
+    /// Invalidates every sync token issued so far: the next incremental events.list answers
+    /// 410 Gone and the client must fully sync again.
+    pub fn expire_sync_tokens(&self) {
+        let mut inner = self.lock();
+        inner.sync_floor = inner.seq + 1;
     }
 
     /// Replaces the accepted access token (e.g. to simulate expiry and refresh).
@@ -283,6 +374,7 @@ impl GoogleCalendarState {
         let mut inner = self.lock();
         let id = generated_id(&mut inner);
         inner.push_foreign(calendar_id, id.clone(), start, end, summary, false);
+        inner.changed(calendar_id, &self.push_stats);
         id
     }
 
@@ -298,6 +390,7 @@ impl GoogleCalendarState {
         let mut inner = self.lock();
         let id = generated_id(&mut inner);
         inner.push_foreign(calendar_id, id.clone(), start, end, summary, true);
+        inner.changed(calendar_id, &self.push_stats);
         id
     }
 
@@ -311,6 +404,7 @@ impl GoogleCalendarState {
                 event.status = "cancelled".to_owned();
                 event.etag = etag;
                 event.updated = Timestamp::now();
+                inner.changed(calendar_id, &self.push_stats);
                 true
             }
             None => false,
@@ -455,6 +549,8 @@ impl GoogleCalendarSandbox {
             .route(&at(M::FreeBusy), post(free_busy))
             .route(&at(M::Insert), post(insert_event).get(list_events))
             .route(&at(M::Get), get(get_event).patch(patch_event).delete(delete_event))
+            .route(&at(M::Watch), post(watch_events))
+            .route(&at(M::StopChannel), post(stop_channel))
             .fallback(|| async { google_error(StatusCode::NOT_FOUND, "global", "notFound", "Not Found", None) })
             .with_state(state)
     }
@@ -619,6 +715,8 @@ struct EventsJson {
     default_reminders: Vec<ReminderJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_page_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_sync_token: Option<String>,
     items: Vec<EventJson>,
 }
 
@@ -1214,7 +1312,8 @@ async fn insert_event(
         writes: vec![RecordedWrite { method: GoogleCalendarMethod::Insert, send_updates, if_match: None }],
     };
     let json = event_json(&event);
-    inner.calendars.entry(calendar_id).or_default().push(event);
+    inner.calendars.entry(calendar_id.clone()).or_default().push(event);
+    inner.changed(&calendar_id, &state.push_stats);
     drop(inner);
     json_response(StatusCode::OK, &json)
 }
@@ -1250,18 +1349,48 @@ async fn list_events(
     if let Err(r) = admit(&state, GoogleCalendarMethod::List, &headers).await {
         return r.into_response();
     }
-    if query_value(&params, "syncToken").is_some() {
-        // The emulator keeps no change log, so every sync token is treated as expired: Google
-        // answers 410 and the client must wipe its store and fully sync again.
-        // https://developers.google.com/workspace/calendar/api/guides/errors (410: Gone)
-        return google_error(
-            StatusCode::GONE,
-            "calendar",
-            "fullSyncRequired",
-            "Sync token is no longer valid, a full sync is required.",
-            None,
-        );
-    }
+    // Incremental sync (https://developers.google.com/workspace/calendar/api/guides/sync and the
+    // discovery doc's `syncToken`): only entries changed since the token, deleted ones always
+    // included; the filters below cannot be combined with it; an expired token answers 410.
+    let sync_from = match query_value(&params, "syncToken") {
+        None => None,
+        Some(token) => {
+            const INCOMPATIBLE: [&str; 8] = [
+                "iCalUID",
+                "orderBy",
+                "privateExtendedProperty",
+                "q",
+                "sharedExtendedProperty",
+                "timeMin",
+                "timeMax",
+                "updatedMin",
+            ];
+            if let Some((name, _)) = params.iter().find(|(k, _)| INCOMPATIBLE.contains(&k.as_str())) {
+                return bad_request("invalid", &format!("{name} cannot be specified together with syncToken."));
+            }
+            if query_value(&params, "showDeleted").is_some_and(|v| v == "false") {
+                return bad_request("invalid", "showDeleted cannot be false together with syncToken.");
+            }
+            let Some(seq) = decode_sync_token(token) else {
+                return bad_request("invalid", "Invalid sync token value.");
+            };
+            let inner = state.lock();
+            if seq > inner.seq {
+                return bad_request("invalid", "Invalid sync token value.");
+            }
+            if seq < inner.sync_floor {
+                // https://developers.google.com/workspace/calendar/api/guides/errors (410: Gone)
+                return google_error(
+                    StatusCode::GONE,
+                    "calendar",
+                    "fullSyncRequired",
+                    "Sync token is no longer valid, a full sync is required.",
+                    None,
+                );
+            }
+            Some(seq)
+        }
+    };
     let time_bound = |name: &str| -> Result<Option<Timestamp>, Rejection> {
         match query_value(&params, name) {
             None => Ok(None),
@@ -1344,7 +1473,8 @@ async fn list_events(
         .get(&calendar_id)
         .into_iter()
         .flatten()
-        .filter(|e| show_deleted || e.status != "cancelled")
+        .filter(|e| sync_from.is_none_or(|seq| e.change_seq() > seq))
+        .filter(|e| show_deleted || sync_from.is_some() || e.status != "cancelled")
         // timeMin: "Lower bound (exclusive) for an event's end time"; timeMax: "Upper bound
         // (exclusive) for an event's start time".
         .filter(|e| time_min.is_none_or(|min| e.end > min))
@@ -1354,8 +1484,12 @@ async fn list_events(
     match order_by {
         Some("startTime") => matching.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id))),
         Some("updated") => matching.sort_by(|a, b| a.updated.cmp(&b.updated).then(a.id.cmp(&b.id))),
+        _ if sync_from.is_some() => matching.sort_by_key(|e| e.change_seq()),
         _ => {}
     }
+    // A sync token comes with the last page of a query that sync can follow: one without the
+    // filters sync cannot be combined with (time bounds excepted, for the initial full sync).
+    let syncable = order_by.is_none() && constraints.is_empty() && query_value(&params, "q").is_none();
     let total = matching.len();
     let items: Vec<EventJson> = matching.into_iter().skip(offset).take(page_size).map(event_json).collect();
     let next = offset + page_size;
@@ -1368,6 +1502,7 @@ async fn list_events(
         .max()
         .unwrap_or(Timestamp::UNIX_EPOCH);
     let etag = format!("\"{}\"", inner.seq);
+    let sync_seq = inner.seq;
     drop(inner);
     json_response(
         StatusCode::OK,
@@ -1380,9 +1515,139 @@ async fn list_events(
             access_role: "owner",
             default_reminders: vec![ReminderJson { method: "popup".to_owned(), minutes: 10 }],
             next_page_token: (next < total).then(|| encode_page_token(next)),
+            next_sync_token: (next >= total && syncable).then(|| encode_sync_token(sync_seq)),
             items,
         },
     )
+}
+
+fn encode_sync_token(seq: u64) -> String {
+    data_encoding::BASE64URL_NOPAD.encode(format!("sync:{seq}").as_bytes())
+}
+
+fn decode_sync_token(token: &str) -> Option<u64> {
+    let raw = data_encoding::BASE64URL_NOPAD.decode(token.as_bytes()).ok()?;
+    String::from_utf8(raw).ok()?.strip_prefix("sync:")?.parse().ok()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChannelBody {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    address: Option<String>,
+    token: Option<String>,
+    expiration: Option<String>,
+    resource_id: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+/// Channel TTL when the request names none: one week (Google's default for Calendar channels;
+/// `params.ttl` or `expiration` override it).
+const DEFAULT_CHANNEL_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// events.watch: opens a push channel on a calendar's events and sends its `sync` message.
+async fn watch_events(
+    State(state): State<Arc<GoogleCalendarState>>,
+    Path(calendar_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = admit(&state, GoogleCalendarMethod::Watch, &headers).await {
+        return r.into_response();
+    }
+    let req: ChannelBody = match parse_body(&body) {
+        Ok(req) => req,
+        Err(r) => return r.into_response(),
+    };
+    let (Some(id), Some(address)) = (req.id.filter(|i| !i.is_empty()), req.address.filter(|a| !a.is_empty())) else {
+        return bad_request("required", "Channel id and address are required.");
+    };
+    if !matches!(req.kind.as_deref(), Some("web_hook" | "webhook")) {
+        return bad_request("invalid", "Invalid channel type.");
+    }
+    // Google requires an https address with a valid certificate; the emulator also takes the
+    // loopback http addresses of the tests.
+    if url::Url::parse(&address).map(|u| u.scheme() != "https" && u.scheme() != "http").unwrap_or(true) {
+        return bad_request("invalid", "Invalid channel address.");
+    }
+    let expiration = match (&req.expiration, req.params.get("ttl")) {
+        (Some(ms), _) => match ms.parse::<i64>().ok().and_then(|ms| Timestamp::from_millisecond(ms).ok()) {
+            Some(t) => t,
+            None => return bad_request("invalid", "Invalid channel expiration."),
+        },
+        (None, Some(ttl)) => match ttl.parse::<i64>() {
+            Ok(secs) if secs > 0 => Timestamp::now() + jiff::SignedDuration::from_secs(secs),
+            _ => return bad_request("invalid", "Invalid channel ttl."),
+        },
+        (None, None) => Timestamp::now() + jiff::SignedDuration::from_secs(DEFAULT_CHANNEL_TTL_SECS),
+    };
+    let mut inner = state.lock();
+    if inner.missing_calendars.contains(&calendar_id) {
+        return calendar_not_found();
+    }
+    if inner.channels.iter().any(|c| c.id == id) {
+        return bad_request("channelIdNotUnique", "Channel id not unique.");
+    }
+    let resource_id = format!(
+        "res-{}",
+        crate::connectors::truncate_bytes(
+            &data_encoding::BASE32HEX_NOPAD.encode(calendar_id.as_bytes()).to_ascii_lowercase(),
+            24
+        )
+    );
+    let channel = WatchChannel {
+        id,
+        resource_id,
+        calendar_id,
+        address,
+        token: req.token,
+        expiration,
+        message_number: 1,
+        stopped: false,
+    };
+    if inner.push_tx.is_none() {
+        inner.push_tx = Some(start_delivery(state.push_stats.clone()));
+    }
+    if let Some(tx) = &inner.push_tx {
+        let _ = tx.send(push_of(&channel, "sync"));
+    }
+    let answer = json!({
+        "kind": "api#channel",
+        "id": channel.id,
+        "resourceId": channel.resource_id,
+        "resourceUri": push_of(&channel, "sync").resource_uri,
+        "token": channel.token,
+        "expiration": channel.expiration.as_millisecond().to_string(),
+    });
+    inner.channels.push(channel);
+    drop(inner);
+    json_response(StatusCode::OK, &answer)
+}
+
+/// channels.stop: stops a channel named by its `id` and `resourceId`.
+async fn stop_channel(State(state): State<Arc<GoogleCalendarState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admit(&state, GoogleCalendarMethod::StopChannel, &headers).await {
+        return r.into_response();
+    }
+    let req: ChannelBody = match parse_body(&body) {
+        Ok(req) => req,
+        Err(r) => return r.into_response(),
+    };
+    let mut inner = state.lock();
+    match inner
+        .channels
+        .iter_mut()
+        .find(|c| Some(&c.id) == req.id.as_ref() && Some(&c.resource_id) == req.resource_id.as_ref())
+    {
+        Some(channel) => {
+            channel.stopped = true;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => google_error(StatusCode::NOT_FOUND, "global", "notFound", "Channel not found.", None),
+    }
 }
 
 fn encode_page_token(offset: usize) -> String {
@@ -1509,6 +1774,7 @@ async fn patch_event(
     event.updated = Timestamp::now();
     event.writes.push(RecordedWrite { method: GoogleCalendarMethod::Patch, send_updates, if_match });
     let json = event_json(event);
+    inner.changed(&calendar_id, &state.push_stats);
     drop(inner);
     json_response(StatusCode::OK, &json)
 }
@@ -1557,6 +1823,7 @@ async fn delete_event(
     event.etag = etag;
     event.updated = Timestamp::now();
     event.writes.push(RecordedWrite { method: GoogleCalendarMethod::Delete, send_updates, if_match });
+    inner.changed(&calendar_id, &state.push_stats);
     drop(inner);
     StatusCode::NO_CONTENT.into_response()
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod control;
 pub mod google_calendar;
+pub mod google_push;
 pub mod graph;
 pub mod hubspot;
 pub mod hubspot_webhooks;
