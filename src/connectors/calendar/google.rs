@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::{CalendarConnector, CalendarEvent, Interval, NewEvent, merge_intervals};
+use super::{
+    CalendarConnector, CalendarEvent, EventChange, Interval, NewEvent, SubscribeRequest, Subscription, SyncResult,
+    merge_intervals,
+};
 use crate::connectors::{ConnectorError, encode_path_segment, longest, parse_retry_after};
 
 /// Private extended property holding the call id on events callside creates.
@@ -338,6 +341,112 @@ impl CalendarConnector for GoogleCalendarConnector {
         self.send(Method::DELETE, url, None, None, None).await?;
         Ok(())
     }
+
+    /// events.list with `syncToken` (<https://developers.google.com/workspace/calendar/api/guides/sync>):
+    /// the full sync bounds events by `timeMin` (the only filter the guide allows beside a
+    /// token's query), the incremental one repeats the other parameters and always gets the
+    /// deleted entries; `nextSyncToken` comes on the last page only; 410 Gone means the token
+    /// expired and a full sync is due.
+    async fn sync_events(
+        &self,
+        calendar_id: &str,
+        cursor: Option<&str>,
+        since: Timestamp,
+    ) -> Result<SyncResult, ConnectorError> {
+        let mut changes = Vec::new();
+        let mut page_token: Option<String> = None;
+        let mut seen_tokens = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let mut url = self.url(&["calendars", calendar_id, "events"])?;
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("singleEvents", "true").append_pair("maxResults", &self.page_size.to_string());
+                match cursor {
+                    Some(token) => query.append_pair("syncToken", token),
+                    None => query.append_pair("timeMin", &rfc3339_utc(since)),
+                };
+                if let Some(token) = &page_token {
+                    query.append_pair("pageToken", token);
+                }
+            }
+            let page: EventsPage = match self.get_json(Method::GET, url, None, None, None).await {
+                Ok(page) => page,
+                // classify() reports 410 as "deleted: …".
+                Err(ConnectorError::NotFound(m)) if cursor.is_some() && m.starts_with("deleted:") => {
+                    return Ok(SyncResult::Expired);
+                }
+                Err(e) => return Err(e),
+            };
+            for item in page.items {
+                if item.status.as_deref() == Some("cancelled") && (item.start.is_none() || item.end.is_none()) {
+                    let id = item.id.ok_or_else(|| unexpected("deleted event without an id"))?;
+                    changes.push(EventChange::Removed { id });
+                    continue;
+                }
+                changes.push(EventChange::Upserted(item.into_calendar_event(page.time_zone.as_deref())?));
+            }
+            match (page.next_page_token, page.next_sync_token) {
+                (Some(token), _) if !token.is_empty() => {
+                    if !seen_tokens.insert(token.clone()) {
+                        return Err(ConnectorError::Permanent("events.list returned a page token twice".to_owned()));
+                    }
+                    page_token = Some(token);
+                }
+                (_, Some(cursor)) => return Ok(SyncResult::Changes { changes, cursor }),
+                _ => return Err(unexpected("the last events.list page has no nextSyncToken")),
+            }
+        }
+        Err(ConnectorError::Permanent("events.list returned too many pages".to_owned()))
+    }
+
+    fn syncs_changes(&self) -> bool {
+        true
+    }
+
+    fn pushes_changes(&self) -> bool {
+        true
+    }
+
+    /// events.watch (<https://developers.google.com/workspace/calendar/api/guides/push>): a
+    /// `web_hook` channel whose `token` comes back in `X-Goog-Channel-Token`.
+    async fn subscribe(
+        &self,
+        calendar_id: &str,
+        request: &SubscribeRequest<'_>,
+    ) -> Result<Subscription, ConnectorError> {
+        let url = self.url(&["calendars", calendar_id, "events", "watch"])?;
+        let body = serde_json::json!({
+            "id": request.id,
+            "type": "web_hook",
+            "address": request.address,
+            "token": request.secret,
+            "expiration": request.expires_at.as_millisecond().to_string(),
+        });
+        let channel: ChannelResource = self.get_json(Method::POST, url, Some(&body), None, None).await?;
+        let expires_at = channel
+            .expiration
+            .as_deref()
+            .and_then(|ms| ms.parse::<i64>().ok())
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+            // Google may shorten the requested lifetime; without an answer assume what was asked.
+            .unwrap_or(request.expires_at);
+        Ok(Subscription {
+            id: channel.id.unwrap_or_else(|| request.id.to_owned()),
+            resource_id: channel.resource_id,
+            expires_at,
+        })
+    }
+
+    /// channels.stop with the channel's id and resource id.
+    async fn unsubscribe(&self, subscription: &Subscription) -> Result<(), ConnectorError> {
+        let url = self.url(&["channels", "stop"])?;
+        let body = serde_json::json!({"id": subscription.id, "resourceId": subscription.resource_id});
+        match self.send(Method::POST, url, Some(&body), None, None).await {
+            // Already gone is what we wanted.
+            Ok(_) | Err(ConnectorError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,6 +614,14 @@ struct TimePeriod {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChannelResource {
+    id: Option<String>,
+    resource_id: Option<String>,
+    expiration: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 struct FreeBusyError {
     reason: Option<String>,
 }
@@ -515,6 +632,8 @@ struct EventsPage {
     #[serde(default)]
     items: Vec<EventResource>,
     next_page_token: Option<String>,
+    /// On the last page of a list that sync can follow.
+    next_sync_token: Option<String>,
     /// The calendar's time zone: the zone of all-day (`date`) events.
     time_zone: Option<String>,
 }
@@ -938,6 +1057,104 @@ mod tests {
         ev.id = "Not-Base32hex!".to_owned();
         let err = connector.create_event(CAL, &ev).await.unwrap_err();
         assert!(matches!(err, ConnectorError::Validation { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn sync_lists_everything_then_only_changes_deletions_included_and_reports_an_expired_token() {
+        let (sandbox, connector) = setup().await;
+        let connector = connector.with_page_size(1);
+        let cal = "owner@example.com";
+        let since = ts("2026-11-23T00:00:00Z");
+        let past =
+            sandbox.state.insert_foreign_event(cal, ts("2026-11-20T10:00:00Z"), ts("2026-11-20T11:00:00Z"), "Old");
+        let a = sandbox.state.insert_foreign_event(cal, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "A");
+        let b = sandbox.state.insert_foreign_event(cal, ts("2026-11-25T10:00:00Z"), ts("2026-11-25T11:00:00Z"), "B");
+        // Full sync: the events ending after `since`, over pages; the token comes on the last.
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(cal, None, since).await.unwrap() else {
+            panic!("a full sync has changes")
+        };
+        let ids: Vec<_> = changes
+            .iter()
+            .map(|c| match c {
+                EventChange::Upserted(e) => e.id.clone(),
+                EventChange::Removed { id } => id.clone(),
+            })
+            .collect();
+        assert_eq!(ids, vec![a.clone(), b.clone()], "not {past}");
+        // Nothing changed: nothing listed, a cursor again.
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(cal, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        assert!(changes.is_empty(), "{changes:?}");
+        // One new event and one deletion: exactly those, the deletion with its cancelled status.
+        let c = sandbox.state.insert_foreign_event(cal, ts("2026-11-26T10:00:00Z"), ts("2026-11-26T11:00:00Z"), "C");
+        assert!(sandbox.state.cancel_directly(cal, &a));
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(cal, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(matches!(&changes[0], EventChange::Upserted(e) if e.id == c && e.status == "confirmed"));
+        assert!(matches!(&changes[1], EventChange::Upserted(e) if e.id == a && e.status == "cancelled"));
+        // The provider drops its tokens: 410, reported as Expired (not an error).
+        sandbox.state.expire_sync_tokens();
+        assert_eq!(connector.sync_events(cal, Some(&cursor), since).await.unwrap(), SyncResult::Expired);
+        // A token that was never issued is the vendor's 400, an error.
+        assert!(connector.sync_events(cal, Some("not-a-token"), since).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn watch_opens_a_channel_that_pushes_and_stop_closes_it() {
+        let (sandbox, connector) = setup().await;
+        let cal = "owner@example.com";
+        // A receiver standing in for ours: it reports each notification's headers.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<axum::http::HeaderMap>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}/hook", listener.local_addr().unwrap());
+        let receiver = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(headers);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
+        let expires_at = ts("2026-11-24T13:00:00Z");
+        let request = SubscribeRequest { id: "chan-1", address: &address, secret: "s3cret-token", expires_at };
+        let subscription = connector.subscribe(cal, &request).await.unwrap();
+        assert_eq!(subscription.id, "chan-1");
+        assert_eq!(subscription.expires_at, expires_at);
+        let resource = subscription.resource_id.clone().expect("Google names the watched resource");
+        let header = |h: &axum::http::HeaderMap, name: &str| h.get(name).unwrap().to_str().unwrap().to_owned();
+        let sync = rx.recv().await.unwrap();
+        assert_eq!(header(&sync, "X-Goog-Resource-State"), "sync");
+        assert_eq!(header(&sync, "X-Goog-Message-Number"), "1");
+        assert_eq!(header(&sync, "X-Goog-Channel-Token"), "s3cret-token");
+        assert_eq!(header(&sync, "X-Goog-Resource-ID"), resource);
+        sandbox.state.insert_foreign_event(cal, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "A");
+        let change = rx.recv().await.unwrap();
+        assert_eq!(header(&change, "X-Goog-Resource-State"), "exists");
+        assert_eq!(header(&change, "X-Goog-Channel-ID"), "chan-1");
+        assert!(header(&change, "X-Goog-Message-Number").parse::<u64>().unwrap() > 1);
+        // Another calendar's change is not this channel's business.
+        sandbox.state.insert_foreign_event(
+            "other@example.com",
+            ts("2026-11-24T10:00:00Z"),
+            ts("2026-11-24T11:00:00Z"),
+            "B",
+        );
+        let sent = sandbox.state.channels()[0].message_number;
+        connector.unsubscribe(&subscription).await.unwrap();
+        assert!(sandbox.state.channels()[0].stopped);
+        sandbox.state.insert_foreign_event(cal, ts("2026-11-24T12:00:00Z"), ts("2026-11-24T12:30:00Z"), "C");
+        assert_eq!(sandbox.state.channels()[0].message_number, sent, "nothing is sent after the stop");
+        // Stopping twice is fine (already gone).
+        connector.unsubscribe(&subscription).await.unwrap();
+        server.abort();
     }
 
     #[test]

@@ -82,6 +82,52 @@ pub struct CalendarEvent {
     pub busy: bool,
 }
 
+/// One entry of an incremental sync of a calendar's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventChange {
+    /// Created or changed (a cancelled event with its times still known comes as this, with
+    /// `status` `cancelled`).
+    Upserted(CalendarEvent),
+    /// Deleted; providers may send only the id of a deleted event.
+    Removed { id: String },
+}
+
+/// What one sync of a calendar's events found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncResult {
+    /// The changes since the cursor (for a full sync: every event from `since` on) and the
+    /// cursor to present next time.
+    Changes { changes: Vec<EventChange>, cursor: String },
+    /// The provider no longer honours the cursor (Google's 410 Gone, WebDAV's
+    /// `valid-sync-token` precondition): forget what is known and sync fully again.
+    Expired,
+}
+
+/// A push subscription to a calendar's changes (a Google channel, a Graph subscription).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The id we chose (Google) or the provider assigned (Graph).
+    pub id: String,
+    /// The provider's id of the watched resource (Google `resourceId`), checked on every
+    /// notification.
+    pub resource_id: Option<String>,
+    pub expires_at: Timestamp,
+}
+
+/// What a subscription asks for. `secret` comes back with every notification (Google's
+/// channel token, Graph's `clientState`) and is how a notification is told from a forgery.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    pub secret: &'a str,
+    pub expires_at: Timestamp,
+}
+
+fn not_supported(what: &str) -> ConnectorError {
+    ConnectorError::Permanent(format!("{what} is not supported by this calendar provider"))
+}
+
 #[async_trait]
 pub trait CalendarConnector: Send + Sync + 'static {
     fn provider(&self) -> &'static str;
@@ -117,4 +163,41 @@ pub trait CalendarConnector: Send + Sync + 'static {
 
     /// Cancels (deletes) an event; `notify` asks the provider to email attendees.
     async fn cancel_event(&self, calendar_id: &str, event_id: &str, notify: bool) -> Result<(), ConnectorError>;
+
+    /// The calendar's event changes since `cursor`; without a cursor, a full sync of the events
+    /// ending after `since`. Inbound sync (`crate::inbound::calendar`) calls it on every push
+    /// notification and on its polling safety net.
+    async fn sync_events(
+        &self,
+        _calendar_id: &str,
+        _cursor: Option<&str>,
+        _since: Timestamp,
+    ) -> Result<SyncResult, ConnectorError> {
+        Err(not_supported("incremental sync"))
+    }
+
+    /// Whether [`Self::sync_events`] is implemented (calendars of other providers are not
+    /// watched).
+    fn syncs_changes(&self) -> bool {
+        false
+    }
+
+    /// Whether the provider pushes change notifications ([`Self::subscribe`]).
+    fn pushes_changes(&self) -> bool {
+        false
+    }
+
+    /// Asks the provider to notify `request.address` of changes to the calendar's events.
+    async fn subscribe(
+        &self,
+        _calendar_id: &str,
+        _request: &SubscribeRequest<'_>,
+    ) -> Result<Subscription, ConnectorError> {
+        Err(not_supported("push notification"))
+    }
+
+    /// Ends a subscription (after its replacement exists).
+    async fn unsubscribe(&self, _subscription: &Subscription) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
