@@ -212,6 +212,7 @@ impl Application {
                 config.limits.max_concurrent_calls_per_tenant,
             ),
             budgets: budgets.clone(),
+            calendar_sync: crate::inbound::calendar::CalendarSync::new(config.inbound.calendar.clone(), &public_url),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
@@ -364,6 +365,10 @@ impl Application {
         let sweeper_task = tokio::spawn(state.core.clone().run_idle_sweeper(idle, sweeper_stop.clone()));
         let pending_stop = CancellationToken::new();
         let pending_task = tokio::spawn(state.core.clone().run_pending_bookings(pending_stop.clone()));
+        // Calendar changes: subscriptions, their renewal and the polling safety net (when
+        // `[inbound.calendar]` is configured; otherwise the task returns at once).
+        let calendar_stop = CancellationToken::new();
+        let calendar_task = tokio::spawn(crate::inbound::calendar::run(state.core.clone(), calendar_stop.clone()));
         {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -405,6 +410,8 @@ impl Application {
         let _ = sweeper_task.await;
         pending_stop.cancel();
         let _ = pending_task.await;
+        calendar_stop.cancel();
+        let _ = calendar_task.await;
         identity_stop.cancel();
         if let Some(t) = identity_task {
             let _ = t.await;

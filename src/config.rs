@@ -94,6 +94,32 @@ impl Default for IdentitySection {
 #[serde(deny_unknown_fields, default)]
 pub struct InboundSection {
     pub hubspot: Option<HubSpotWebhookSection>,
+    /// Calendar changes: push subscriptions where the provider has them, and polling for
+    /// every calendar (`crate::inbound::calendar`). Absent: busy time is only re-read when its
+    /// cache lapses (30 s) and at commit.
+    pub calendar: Option<CalendarSyncSection>,
+}
+
+/// How callside learns of changes in the tenants' calendars.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalendarSyncSection {
+    /// Seconds between incremental syncs of every calendar: the polling of CalDAV and the
+    /// safety net that catches a missed push for the others.
+    pub poll_interval_secs: u64,
+    /// Subscribe to push notifications (Google channels, Graph subscriptions) at
+    /// `{connect.public_url}/v1/inbound/{vendor}`.
+    pub push: bool,
+    /// Lifetime asked for a subscription.
+    pub subscription_ttl_secs: u64,
+    /// A subscription is replaced this long before it expires.
+    pub renew_before_secs: u64,
+}
+
+impl Default for CalendarSyncSection {
+    fn default() -> Self {
+        Self { poll_interval_secs: 30, push: true, subscription_ttl_secs: 86_400, renew_before_secs: 3_600 }
+    }
 }
 
 /// The HubSpot app whose webhooks `POST /v1/inbound/hubspot` receives: one URL for the app,
@@ -633,6 +659,18 @@ impl Config {
             }
             if h.app_id.trim().is_empty() {
                 issue(server_path, "inbound.hubspot.app_id", "must not be empty".into());
+            }
+        }
+        if let Some(c) = &server.inbound.calendar {
+            if c.poll_interval_secs == 0 {
+                issue(server_path, "inbound.calendar.poll_interval_secs", "must be at least 1".into());
+            }
+            if c.renew_before_secs >= c.subscription_ttl_secs {
+                issue(
+                    server_path,
+                    "inbound.calendar.renew_before_secs",
+                    "must be less than subscription_ttl_secs".into(),
+                );
             }
         }
         if !server.connect.public_url.is_empty() && url::Url::parse(&server.connect.public_url).is_err() {

@@ -74,6 +74,9 @@ pub enum HoldError {
 struct Entry {
     hold: Hold,
     confirmed: bool,
+    /// The calendar reported a foreign busy event over this entry (inbound sync): the slot is
+    /// taken at the provider, whatever the ledger says.
+    flagged: bool,
 }
 
 impl Entry {
@@ -194,7 +197,11 @@ impl HoldLedger {
             expires_at,
         };
         tenant.index.insert(hold.id, hold.staff_id.clone());
-        tenant.staff.entry(hold.staff_id.clone()).or_default().push(Entry { hold: hold.clone(), confirmed: false });
+        tenant.staff.entry(hold.staff_id.clone()).or_default().push(Entry {
+            hold: hold.clone(),
+            confirmed: false,
+            flagged: false,
+        });
         Ok(hold)
     }
 
@@ -312,6 +319,29 @@ impl HoldLedger {
             return 0;
         };
         t.remove_everywhere(|e| !e.confirmed && e.hold.call_id == call_id)
+    }
+
+    /// Flags the staff member's live holds and bookings whose slot overlaps `taken` (a foreign
+    /// busy event the calendar reported) and returns the ones flagged now: (hold, confirmed).
+    /// An entry is flagged once, so a repeated report does not repeat the news.
+    pub fn flag_overlapping(&self, tenant: &str, staff_id: &str, taken: Interval, now: Timestamp) -> Vec<(Hold, bool)> {
+        let mut tenants = self.lock();
+        let Some(entries) = tenants.get_mut(tenant).and_then(|t| t.staff.get_mut(staff_id)) else {
+            return Vec::new();
+        };
+        entries
+            .iter_mut()
+            .filter(|e| !e.flagged && e.blocks_at(now) && e.hold.slot.overlaps(&taken))
+            .map(|e| {
+                e.flagged = true;
+                (e.hold.clone(), e.confirmed)
+            })
+            .collect()
+    }
+
+    /// Whether a hold or booking was flagged by [`Self::flag_overlapping`].
+    pub fn is_flagged(&self, tenant: &str, hold_id: Uuid) -> bool {
+        self.lock().get_mut(tenant).and_then(|t| t.entry_mut(hold_id)).is_some_and(|e| e.flagged)
     }
 
     /// Blocked intervals of the staff member's live holds and bookings overlapping `window`,

@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use crate::inbound::Rejection;
+use crate::inbound::google;
 use crate::inbound::hubspot::{self, Delivery};
 
 /// Webhook bodies are small batches (HubSpot sends at most 100 events per request).
@@ -42,7 +44,26 @@ pub(super) async fn hubspot(
         signature: header(hubspot::SIGNATURE_HEADER),
         timestamp: header(hubspot::TIMESTAMP_HEADER),
     };
-    match receiver.receive(&app.core, delivery).await {
+    answer(receiver.receive(&app.core, delivery).await)
+}
+
+/// `POST /v1/inbound/google`: Google Calendar push notifications (no body; the headers say
+/// which channel and what happened).
+pub(super) async fn google(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let push = google::Push {
+        channel_id: header(google::CHANNEL_ID_HEADER),
+        token: header(google::CHANNEL_TOKEN_HEADER),
+        resource_id: header(google::RESOURCE_ID_HEADER),
+        state: header(google::RESOURCE_STATE_HEADER),
+        message_number: header(google::MESSAGE_NUMBER_HEADER),
+    };
+    answer(google::receive(&app.core, push).await)
+}
+
+/// An accepted notification is 200 with what it did; a refused one its status and outcome.
+fn answer<T: serde::Serialize>(result: Result<T, Rejection>) -> Response {
+    match result {
         Ok(accepted) => (StatusCode::OK, axum::Json(json!(accepted))).into_response(),
         Err(rejection) => {
             let status = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::BAD_REQUEST);

@@ -62,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestBodyLimitLayer::new(state.limits.max_http_body_bytes));
     let inbound = Router::new()
         .route(crate::inbound::hubspot::PATH, post(inbound::hubspot))
+        .route(crate::inbound::google::PATH, post(inbound::google))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(inbound::INBOUND_BODY_LIMIT));
     Router::new()
@@ -150,6 +151,10 @@ pub(crate) fn notification_message(call_id: &str, n: &Notification) -> (&'static
         Notification::ContextChanged { context } => (
             "notifications/callside/context_changed",
             json!({"call_id": call_id, "status": context.status(), "greeting_hint": context.greeting_hint(), "context": context.as_ref()}),
+        ),
+        Notification::SlotTaken { hold_id, start, booked } => (
+            "notifications/callside/slot_taken",
+            json!({"call_id": call_id, "hold_id": hold_id, "start": start, "booked": booked}),
         ),
     }
 }

@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{Affected, refresh_callers};
+use super::{Affected, Rejection, refresh_callers};
 use crate::config::HubSpotWebhookSection;
 use crate::session::Core;
 
@@ -57,47 +57,6 @@ pub struct Delivery<'a> {
     pub body: &'a [u8],
     pub signature: Option<&'a str>,
     pub timestamp: Option<&'a str>,
-}
-
-/// Why a request was refused. Nothing was changed by it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    #[error("signature missing or wrong")]
-    Forged,
-    #[error("timestamp missing, malformed or outside the five-minute window")]
-    Stale,
-    #[error("this request was already received")]
-    Replayed,
-    #[error("malformed body: {0}")]
-    Malformed(String),
-    #[error("no tenant has this portal")]
-    UnknownPortal,
-    #[error("the secret is not available: {0}")]
-    Unavailable(String),
-}
-
-impl Rejection {
-    pub fn status(&self) -> u16 {
-        match self {
-            Rejection::Forged | Rejection::Stale => 401,
-            Rejection::Replayed => 409,
-            Rejection::Malformed(_) => 400,
-            Rejection::UnknownPortal => 404,
-            Rejection::Unavailable(_) => 503,
-        }
-    }
-
-    /// The `outcome` label it is counted under.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            Rejection::Forged => "forged",
-            Rejection::Stale => "stale",
-            Rejection::Replayed => "replayed",
-            Rejection::Malformed(_) => "malformed",
-            Rejection::UnknownPortal => "unknown_portal",
-            Rejection::Unavailable(_) => "unavailable",
-        }
-    }
 }
 
 /// What an accepted request did, per event.
@@ -181,17 +140,7 @@ impl HubSpotReceiver {
 
     /// Validates a request and applies its events. Counts the request (and each event).
     pub async fn receive(&self, core: &Arc<Core>, delivery: Delivery<'_>) -> Result<Accepted, Rejection> {
-        let result = self.receive_uncounted(core, delivery).await;
-        let outcome = match &result {
-            Ok(_) => "accepted",
-            Err(r) => r.outcome(),
-        };
-        core.metrics.count_inbound_request(VENDOR, outcome);
-        if result.is_err() {
-            // Only the outcome: a malformed body's parse error can quote the body (phones, names).
-            tracing::warn!(vendor = VENDOR, outcome, "inbound webhook refused");
-        }
-        result
+        super::counted(core, VENDOR, self.receive_uncounted(core, delivery).await)
     }
 
     async fn receive_uncounted(&self, core: &Arc<Core>, d: Delivery<'_>) -> Result<Accepted, Rejection> {

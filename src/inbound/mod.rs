@@ -10,6 +10,8 @@
 //! are dropped, and a live call whose caller it concerns re-reads its context and gets it pushed
 //! (`notifications/callside/context_changed`).
 
+pub mod calendar;
+pub mod google;
 pub mod hubspot;
 
 use std::sync::Arc;
@@ -22,6 +24,65 @@ use crate::tenant::Tenant;
 /// How long one live call's re-read may take inside a webhook request: vendors time deliveries
 /// out (HubSpot after 5 s), and the cache is already invalidated if the re-read is abandoned.
 const REFRESH_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Why a notification was refused. Nothing was changed by it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("signature or token missing or wrong")]
+    Forged,
+    #[error("timestamp missing, malformed or outside the accepted window, or the channel expired")]
+    Stale,
+    #[error("this request was already received")]
+    Replayed,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("no tenant has this portal")]
+    UnknownPortal,
+    #[error("no open notification channel has this id")]
+    UnknownChannel,
+    #[error("the secret is not available: {0}")]
+    Unavailable(String),
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::Forged | Rejection::Stale => 401,
+            Rejection::Replayed => 409,
+            Rejection::Malformed(_) => 400,
+            Rejection::UnknownPortal | Rejection::UnknownChannel => 404,
+            Rejection::Unavailable(_) => 503,
+        }
+    }
+
+    /// The `outcome` label it is counted under.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Rejection::Forged => "forged",
+            Rejection::Stale => "stale",
+            Rejection::Replayed => "replayed",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::UnknownPortal => "unknown_portal",
+            Rejection::UnknownChannel => "unknown_channel",
+            Rejection::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Counts a receiver's answer (`callside_inbound_requests{vendor,outcome}`) and logs a refusal,
+/// then hands the answer back: every vendor's receiver ends here.
+pub(crate) fn counted<T>(core: &Core, vendor: &str, result: Result<T, Rejection>) -> Result<T, Rejection> {
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(r) => r.outcome(),
+    };
+    core.metrics.count_inbound_request(vendor, outcome);
+    if result.is_err() {
+        // Only the outcome: a malformed body's parse error can quote the body (phones, names).
+        tracing::warn!(vendor, outcome, "inbound notification refused");
+    }
+    result
+}
 
 /// Which cached contexts and live calls a CRM change concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! A call's lifetime: open (prefetch spawned at once), tool dispatch, hangup. The transport
 //! (WebSocket today, MCP HTTP later) owns the connection; this module owns the call.
 
-mod pending;
+pub(crate) mod pending;
 mod tools;
 
 use std::collections::HashMap;
@@ -42,6 +42,8 @@ pub struct Core {
     pub sessions: Sessions,
     /// The vendor accounts' rate budgets (live reads and the write-back lane, `connectors::rate`).
     pub budgets: Arc<crate::connectors::rate::RateBudgets>,
+    /// Inbound calendar sync: cursors, subscriptions and progress (`crate::inbound::calendar`).
+    pub calendar_sync: crate::inbound::calendar::CalendarSync,
 }
 
 /// Live calls on this instance, by call id, under the concurrent-call caps (in total and per
@@ -196,6 +198,14 @@ pub enum Notification {
     /// The caller's record changed in the CRM during the call (inbound sync): the fresh context.
     ContextChanged {
         context: Arc<CallerContext>,
+    },
+    /// The calendar reported a foreign booking over a slot this call holds or booked (inbound
+    /// sync): the AI should offer another time (a hold) or tell the caller staff will call
+    /// (a booking: a staff task was created).
+    SlotTaken {
+        hold_id: uuid::Uuid,
+        start: jiff::Timestamp,
+        booked: bool,
     },
 }
 

@@ -25,6 +25,15 @@ fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// A booking as a staff task names it: the service's name and the local time, e.g.
+/// ("Consultation", "Monday, November 23 at 9:00 AM").
+pub(crate) fn describe_booking<'a>(tenant: &'a Tenant, service_id: &str, start: Timestamp) -> (&'a str, String) {
+    let service =
+        tenant.config.services.iter().find(|s| s.id == service_id).map(|s| s.name.as_str()).unwrap_or("appointment");
+    let when = start.to_zoned_datetime(tenant.config.time_zone.clone()).strftime("%A, %B %-d at %-I:%M %p").to_string();
+    (service, when)
+}
+
 impl Core {
     /// Runs until `stop`: one pass over the due pending bookings, then sleep until the next is
     /// due or a new one arrives.
@@ -273,17 +282,9 @@ impl Core {
     /// A task for the contact's owner: call the customer back, the booking was not confirmed.
     async fn create_staff_task(&self, tenant: &Arc<Tenant>, row: &PendingBookingRow) -> Result<String, ConnectorError> {
         let attendee: StoredAttendee = serde_json::from_value(row.attendee.clone()).unwrap_or_default();
-        let contact_id = self.contact_for(tenant, row, &attendee).await?;
+        let contact_id = self.contact_for_booking(tenant, &row.call_id, &attendee, &row.idempotency_key).await?;
         let owner_id = tenant.crm.read_context(&contact_id).await?.owner.map(|o| o.id);
-        let service = tenant
-            .config
-            .services
-            .iter()
-            .find(|s| s.id == row.service_id)
-            .map(|s| s.name.as_str())
-            .unwrap_or("appointment");
-        let when =
-            ts(row.start_at).to_zoned_datetime(tenant.config.time_zone.clone()).strftime("%A, %B %-d at %-I:%M %p");
+        let (service, when) = describe_booking(tenant, &row.service_id, ts(row.start_at));
         let task = TaskRecord {
             subject: format!("Call back: {service} on {when} was NOT booked"),
             body: Some(format!(
@@ -300,15 +301,17 @@ impl Core {
         tenant.crm.create_task(&contact_id, &task, &format!("{}:staff-task", row.idempotency_key)).await
     }
 
-    /// The caller's contact: the one the call's write-back resolved, else by phone, else by
-    /// email, else created (under an idempotency key of this pending booking).
-    async fn contact_for(
+    /// The contact a staff task about a booking goes on: the one the call's write-back
+    /// resolved, else by phone, else by email, else created (under an idempotency key derived
+    /// from `key`, the booking's). Pending bookings and calendar conflicts both use it.
+    pub(crate) async fn contact_for_booking(
         &self,
         tenant: &Arc<Tenant>,
-        row: &PendingBookingRow,
+        call_id: &str,
         attendee: &StoredAttendee,
+        key: &str,
     ) -> Result<String, ConnectorError> {
-        if let Ok(steps) = self.store.steps_for_call(&row.tenant, &row.call_id).await
+        if let Ok(steps) = self.store.steps_for_call(tenant.id(), call_id).await
             && let Some(id) = steps.iter().find(|s| s.kind == kind::CONTACT).and_then(|s| s.external_id.clone())
         {
             return Ok(id);
@@ -342,6 +345,6 @@ impl Core {
             zip: None,
             source: Some("AI receptionist".into()),
         };
-        tenant.crm.create_contact(&fields, &format!("{}:contact", row.idempotency_key)).await
+        tenant.crm.create_contact(&fields, &format!("{key}:contact")).await
     }
 }

@@ -375,6 +375,30 @@ impl Client {
         r["result"].clone()
     }
 
+    /// Reads the socket until a notification with `method` arrives (the signal a test waits
+    /// on); other notifications are kept in `notifications`.
+    pub async fn next_notification(&mut self, method: &str) -> Value {
+        if let Some(i) = self.notifications.iter().position(|n| n["method"] == method) {
+            return self.notifications.remove(i);
+        }
+        let read = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).unwrap();
+                        if v["method"] == method {
+                            return v;
+                        }
+                        self.notifications.push(v);
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("socket ended while waiting for {method}: {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read).await.expect("notification arrived")
+    }
+
     /// Drops the connection without a close handshake (the caller's network vanished).
     pub async fn drop_abruptly(self) {
         let stream = self.ws.into_inner();

@@ -1,14 +1,10 @@
 //! HubSpot webhooks (issue 12): a rep's edit in the CRM reaches a live call; bad deliveries are
 //! refused with their status, counted, and change nothing.
 
-use std::time::Duration;
-
 use callside::sandbox::hubspot::{ObjectType, SANDBOX_APP_ID};
 use callside::sandbox::hubspot_webhooks::sign_v3;
 use callside::session::Core;
-use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
@@ -79,29 +75,6 @@ fn requests(core: &Core, outcome: &str) -> u64 {
 /// A refused delivery: (what, status, outcome counted, body, timestamp header, signature header).
 type BadCase = (&'static str, u16, &'static str, Vec<u8>, Option<String>, Option<String>);
 
-/// Reads the socket until a notification with `method` arrives (the signal the test waits on).
-async fn next_notification(client: &mut Client, method: &str) -> Value {
-    if let Some(i) = client.notifications.iter().position(|n| n["method"] == method) {
-        return client.notifications.remove(i);
-    }
-    let read = async {
-        loop {
-            match client.ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["method"] == method {
-                        return v;
-                    }
-                    client.notifications.push(v);
-                }
-                Some(Ok(_)) => {}
-                other => panic!("socket ended while waiting for {method}: {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read).await.expect("notification arrived")
-}
-
 #[tokio::test]
 async fn a_reps_edit_in_the_crm_reaches_the_live_calls_socket_with_the_fresh_context() {
     let app = spawn_with_webhooks().await;
@@ -114,7 +87,7 @@ async fn a_reps_edit_in_the_crm_reaches_the_live_calls_socket_with_the_fresh_con
     // A rep renames her in HubSpot while she is on the line: the emulator's app POSTs the
     // signed webhook to the service, which re-reads her record and pushes it on the socket.
     app.hubspot.rep_edit(ObjectType::Contacts, &ana, "firstname", "Anita", "77");
-    let note = next_notification(&mut call, "notifications/callside/context_changed").await;
+    let note = call.next_notification("notifications/callside/context_changed").await;
     assert_eq!(note["params"]["call_id"], "call-inbound-1");
     assert_eq!(note["params"]["status"], "matched");
     assert_eq!(note["params"]["context"]["contact"]["first_name"], "Anita");

@@ -19,6 +19,7 @@ mod graph_calendar;
 mod helpers;
 mod hostile_input;
 mod identity;
+mod inbound_calendar;
 mod inbound_hubspot;
 mod isolation;
 mod lifecycle;
