@@ -324,3 +324,39 @@ async fn a_direct_booking_over_one_we_made_after_hangup_becomes_a_staff_task_not
     assert_eq!(progress(&app).conflict_tasks, before.conflict_tasks);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_event_put_directly_in_radicale_leaves_find_slots_after_the_next_poll() {
+    let (tenant, dav, alex) = crate::caldav_booking::caldav_tenant(None).await;
+    let app = spawn_app_with(server_file("[inbound.calendar]\npoll_interval_secs = 30\n"), vec![tenant]).await;
+    wait_progress(&app, |p| p.started).await;
+    assert!(app.core.calendar_sync.cursor("demo", &alex).is_some(), "fully synced at start");
+    assert!(app.core.calendar_sync.subscription("demo", &alex).is_none(), "CalDAV has no push: polled only");
+    let mut c = app.connect("cal-caldav", STRANGER).await;
+    c.initialize().await;
+    let (_, start, staff) = first_slot(&mut c).await;
+    assert_eq!(staff, "alex");
+    assert!(offered(&mut c, start, "alex").await);
+
+    // Another client books the slot straight into the CalDAV collection.
+    let ics = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Front desk//EN\r\nBEGIN:VEVENT\r\nUID:desk-1\r\nDTSTAMP:20261101T000000Z\r\nDTSTART:{}\r\nDTEND:{}\r\nSUMMARY:Walk-in\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+        callside::connectors::calendar::caldav::ical_utc(start),
+        callside::connectors::calendar::caldav::ical_utc(start + SignedDuration::from_mins(30)),
+    );
+    let url = dav.collection_url(&alex).unwrap().join("desk-1.ics").unwrap();
+    let put = reqwest::Client::new()
+        .put(url)
+        .basic_auth("callside", Some("unused"))
+        .header("Content-Type", "text/calendar; charset=utf-8")
+        .body(ics)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let before = progress(&app);
+    app.clock.advance(SignedDuration::from_secs(30));
+    wait_progress(&app, |p| p.foreign_changes > before.foreign_changes).await;
+    assert!(!offered(&mut c, start, "alex").await, "gone after the poll");
+    app.shutdown().await;
+}

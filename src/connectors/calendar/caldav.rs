@@ -13,6 +13,7 @@
 //! | list | `REPORT` `CALDAV:calendar-query` with `time-range` and `<C:expand>` (RFC 4791 §7.8, §9.6.5) |
 //! | move | `GET`, rewrite `DTSTART`/`DTEND`, `PUT` with `If-Match` (the caller's etag, else the one just read); 412 → `PreconditionFailed` |
 //! | cancel | `DELETE {collection}/{id}.ics` |
+//! | sync | `REPORT` `DAV:sync-collection` (RFC 6578 §3.2) with the last `DAV:sync-token` (empty for a full sync) and `sync-level` 1; a response without 200 propstat is a removed resource; an invalid token (403/409 with `DAV:valid-sync-token`, §3.2) is `SyncResult::Expired` |
 //!
 //! Behaviour worth knowing:
 //!
@@ -49,7 +50,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{CalendarConnector, CalendarEvent, Interval, NewEvent, merge_intervals};
+use super::{CalendarConnector, CalendarEvent, EventChange, Interval, NewEvent, SyncResult, merge_intervals};
 use crate::connectors::{ConnectorError, encode_path_segment, longest, parse_retry_after, truncate_bytes};
 
 /// Property carrying the call id on events callside creates.
@@ -481,6 +482,84 @@ impl CalendarConnector for CalDavConnector {
             return Ok(());
         }
         Err(classify(answer.status, None, &answer.body, None, &self.auth))
+    }
+
+    fn syncs_changes(&self) -> bool {
+        true
+    }
+
+    /// `sync-collection` (RFC 6578): every resource changed or removed since the token; the
+    /// full sync (no token) lists the whole collection, so `since` does not narrow it. A
+    /// recurring event's change is reported with its first instance's times.
+    async fn sync_events(
+        &self,
+        calendar_id: &str,
+        cursor: Option<&str>,
+        _since: Timestamp,
+    ) -> Result<SyncResult, ConnectorError> {
+        let url = self.collection_url(calendar_id)?;
+        let body = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<D:sync-collection xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">
+  <D:sync-token>{}</D:sync-token>
+  <D:sync-level>1</D:sync-level>
+  <D:prop>
+    <D:getetag/>
+    <C:calendar-data/>
+  </D:prop>
+</D:sync-collection>"#,
+            xml_escape(cursor.unwrap_or(""))
+        );
+        let answer = self.report(url, body).await?;
+        if cursor.is_some()
+            && matches!(answer.status, StatusCode::FORBIDDEN | StatusCode::CONFLICT)
+            && answer.body.contains("valid-sync-token")
+        {
+            return Ok(SyncResult::Expired);
+        }
+        if answer.status != StatusCode::MULTI_STATUS {
+            return Err(classify(answer.status, None, &answer.body, None, &self.auth));
+        }
+        let token = sync_token_of(&answer.body)?.ok_or_else(|| unexpected("sync-collection without a sync-token"))?;
+        let mut changes = Vec::new();
+        for item in parse_multistatus(&answer.body)? {
+            let id = id_from_href(&item.href)?;
+            let Some(data) = item.calendar_data else {
+                changes.push(EventChange::Removed { id });
+                continue;
+            };
+            let calendar = parse_calendar(&data)?;
+            if let Some(vevent) = calendar.components("VEVENT").next() {
+                changes.push(EventChange::Upserted(vevent_to_event(vevent, &id, item.etag.clone())?));
+            }
+        }
+        Ok(SyncResult::Changes { changes, cursor: token })
+    }
+}
+
+/// The `DAV:sync-token` a `sync-collection` multistatus ends with (a child of `multistatus`).
+fn sync_token_of(xml: &str) -> Result<Option<String>, ConnectorError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut stack: Vec<String> = Vec::new();
+    let mut text = String::new();
+    loop {
+        match reader.read_event().map_err(|_| unexpected("malformed multistatus XML"))? {
+            Event::Start(e) => {
+                stack.push(e.local_name().as_ref().to_owned());
+                text.clear();
+            }
+            Event::Text(t) => text.push_str(&t.xml10_content()),
+            Event::End(_) => {
+                let name = stack.pop().unwrap_or_default();
+                if name == "sync-token" && stack.last().map(String::as_str) == Some("multistatus") {
+                    return Ok(Some(text.trim().to_owned()));
+                }
+                text.clear();
+            }
+            Event::Eof => return Ok(None),
+            _ => {}
+        }
     }
 }
 
@@ -1209,6 +1288,54 @@ mod tests {
         format!(
             "BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:-//Other client//EN\nBEGIN:VEVENT\nUID:{uid}\nDTSTAMP:20261101T000000Z\n{extra}\nEND:VEVENT\nEND:VCALENDAR\n"
         )
+    }
+
+    #[tokio::test]
+    async fn radicale_sync_collection_lists_everything_then_changes_and_removals_and_refuses_a_bad_token() {
+        let (connector, calendar) = radicale().await;
+        let since = ts("2026-11-23T00:00:00Z");
+        foreign_put(
+            &connector,
+            &calendar,
+            "a.ics",
+            &foreign_ics("a", "DTSTART:20261124T100000Z\nDTEND:20261124T110000Z"),
+        )
+        .await;
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(&calendar, None, since).await.unwrap()
+        else {
+            panic!("a full sync has changes")
+        };
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            matches!(&changes[0], EventChange::Upserted(e) if e.id == "a" && e.start == ts("2026-11-24T10:00:00Z"))
+        );
+        let SyncResult::Changes { changes, cursor } =
+            connector.sync_events(&calendar, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        assert!(changes.is_empty(), "{changes:?}");
+        foreign_put(
+            &connector,
+            &calendar,
+            "b.ics",
+            &foreign_ics("b", "DTSTART:20261125T100000Z\nDTEND:20261125T110000Z"),
+        )
+        .await;
+        connector.cancel_event(&calendar, "a", false).await.unwrap();
+        let SyncResult::Changes { mut changes, .. } =
+            connector.sync_events(&calendar, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        changes.sort_by_key(|c| matches!(c, EventChange::Removed { .. }));
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(matches!(&changes[0], EventChange::Upserted(e) if e.id == "b"));
+        assert_eq!(changes[1], EventChange::Removed { id: "a".into() });
+        assert_eq!(
+            connector.sync_events(&calendar, Some("http://radicale.org/ns/sync/not-a-token"), since).await.unwrap(),
+            SyncResult::Expired
+        );
     }
 
     #[tokio::test]
