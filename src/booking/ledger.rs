@@ -68,6 +68,9 @@ pub enum HoldError {
     NotOwner,
     #[error("hold expired")]
     Expired,
+    /// The shared ledger's store did not answer (`booking::holds`); nothing was held or changed.
+    #[error("the hold ledger is unavailable")]
+    Unavailable,
 }
 
 #[derive(Debug)]

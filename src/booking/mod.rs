@@ -1,9 +1,11 @@
-//! Holds and commits. A hold is an atomic insert into the [`ledger::HoldLedger`]; a commit
+//! Holds and commits. A hold is an atomic insert into the hold ledger ([`holds::Holds`]: this
+//! instance's [`ledger::HoldLedger`], or the table shared on PostgreSQL); a commit
 //! re-checks the provider's free/busy (bypassing any cache), creates the event with an id derived
 //! from the hold (so a retry cannot create a second event), then lists events overlapping the
 //! slot: if a foreign event appeared concurrently, ours is withdrawn — the customer who booked
 //! directly wins (design invariant 3).
 
+pub mod holds;
 pub mod ledger;
 pub mod pending;
 
@@ -20,7 +22,8 @@ use crate::connectors::calendar::{Interval, NewEvent, google::event_id_from_key}
 use crate::schedule::{self, Busy, ServiceType, Slot, SlotPreference};
 use crate::store::{BookingRow, Store, ms};
 use crate::tenant::Tenant;
-use ledger::{Hold, HoldError, HoldLedger, HoldRequest};
+use holds::Holds;
+use ledger::{Hold, HoldError, HoldRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
@@ -62,7 +65,7 @@ pub struct Attendee {
 }
 
 pub struct BookingService {
-    pub ledger: HoldLedger,
+    pub ledger: Holds,
     store: Store,
     clock: SharedClock,
     /// Busy time per (tenant, staff) read from the provider, so find_slots answers from memory.
@@ -88,7 +91,7 @@ const BUSY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 impl BookingService {
     pub fn new(store: Store, clock: SharedClock) -> Self {
         Self {
-            ledger: HoldLedger::new(),
+            ledger: Holds::for_store(&store),
             store,
             clock,
             busy_cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(BUSY_TTL).build(),
@@ -186,6 +189,7 @@ impl BookingService {
             busy.extend(
                 self.ledger
                     .busy(tenant.id(), &staff.id, window, now)
+                    .await?
                     .into_iter()
                     .map(|interval| Busy { staff_id: staff.id.clone(), interval }),
             );
@@ -252,7 +256,7 @@ impl BookingService {
                 blocked: schedule::blocked_interval(service, slot.start),
                 ttl: tenant.config.hold_ttl,
             };
-            match self.ledger.try_hold(req, now) {
+            match self.ledger.try_hold(req, now).await {
                 Ok(hold) => return Ok(hold),
                 Err(HoldError::Overlap) => continue,
                 Err(e) => return Err(e.into()),
@@ -275,7 +279,7 @@ impl BookingService {
         attendee: &Attendee,
     ) -> Result<Booked, BookingError> {
         let now = self.clock.now();
-        let hold = self.ledger.get(tenant.id(), hold_id, now)?;
+        let hold = self.ledger.get(tenant.id(), hold_id, now).await?;
         if hold.call_id != call_id {
             return Err(HoldError::NotOwner.into());
         }
@@ -323,7 +327,7 @@ impl BookingService {
         .await;
         match outcome {
             Ok(Step::Taken) => {
-                self.ledger.release(tenant.id(), hold_id, call_id)?;
+                self.ledger.release(tenant.id(), hold_id, call_id).await?;
                 // The cache did not know of the direct booking: neither the alternatives nor the
                 // next caller may be offered that time again.
                 self.invalidate_busy(tenant.id(), &hold.staff_id).await;
@@ -331,7 +335,7 @@ impl BookingService {
                 Err(BookingError::NotAvailable { alternatives })
             }
             Ok(Step::Created) => {
-                self.ledger.confirm(tenant.id(), hold_id, call_id, self.clock.now())?;
+                self.ledger.confirm(tenant.id(), hold_id, call_id, self.clock.now()).await?;
                 self.record_booking(
                     tenant,
                     call_id,
@@ -580,12 +584,13 @@ impl BookingService {
         let read = Interval::new(new_blocked.start.min(old_slot.start), new_blocked.end.max(old_slot.end));
         let provider = tenant.calendar.free_busy(&staff.calendar_ids, read).await.map_err(BookingError::Calendar)?;
         let provider = subtract(&provider, old_slot);
-        self.ledger.remove_booking(tenant.id(), &staff.id, old_blocked);
+        self.ledger.remove_booking(tenant.id(), &staff.id, old_blocked).await;
         let mut busy: Vec<Busy> =
             provider.into_iter().map(|interval| Busy { staff_id: staff.id.clone(), interval }).collect();
         busy.extend(
             self.ledger
                 .busy(tenant.id(), &staff.id, read, now)
+                .await?
                 .into_iter()
                 .map(|interval| Busy { staff_id: staff.id.clone(), interval }),
         );
@@ -604,18 +609,19 @@ impl BookingService {
                     },
                     now,
                 )
+                .await
                 .ok()
         } else {
             None
         };
         let Some(hold) = hold else {
-            self.restore_block(tenant, staff, call_id, old_slot, old_blocked, now);
+            self.restore_block(tenant, staff, call_id, old_slot, old_blocked, now).await;
             let alternatives = self.alternatives(tenant, service, new_start).await?;
             return Err(BookingError::NotAvailable { alternatives });
         };
         match self.move_in_place(tenant, booking, new_slot).await {
             Ok(()) => {
-                self.ledger.confirm(tenant.id(), hold.id, call_id, self.clock.now())?;
+                self.ledger.confirm(tenant.id(), hold.id, call_id, self.clock.now()).await?;
                 self.store
                     .move_booking(tenant.id(), &booking.idempotency_key, new_slot.start, new_slot.end, self.clock.now())
                     .await?;
@@ -640,8 +646,8 @@ impl BookingService {
                 })
             }
             Err(e) => {
-                let _ = self.ledger.release(tenant.id(), hold.id, call_id);
-                self.restore_block(tenant, staff, call_id, old_slot, old_blocked, self.clock.now());
+                let _ = self.ledger.release(tenant.id(), hold.id, call_id).await;
+                self.restore_block(tenant, staff, call_id, old_slot, old_blocked, self.clock.now()).await;
                 Err(BookingError::Unconfirmed(e))
             }
         }
@@ -667,7 +673,7 @@ impl BookingService {
     }
 
     /// Puts a booking's block back in the ledger after a failed move.
-    fn restore_block(
+    async fn restore_block(
         &self,
         tenant: &Tenant,
         staff: &crate::schedule::StaffMember,
@@ -684,8 +690,8 @@ impl BookingService {
             blocked,
             ttl: tenant.config.hold_ttl,
         };
-        if let Ok(h) = self.ledger.try_hold(req, now) {
-            let _ = self.ledger.confirm(tenant.id(), h.id, call_id, now);
+        if let Ok(h) = self.ledger.try_hold(req, now).await {
+            let _ = self.ledger.confirm(tenant.id(), h.id, call_id, now).await;
         }
     }
 
@@ -707,11 +713,9 @@ impl BookingService {
             Err(e) => return Err(BookingError::Unconfirmed(e)),
         }
         if let Some(service) = service {
-            self.ledger.remove_booking(
-                tenant.id(),
-                &booking.staff_id,
-                schedule::blocked_interval(service, ts(booking.start_at)),
-            );
+            self.ledger
+                .remove_booking(tenant.id(), &booking.staff_id, schedule::blocked_interval(service, ts(booking.start_at)))
+                .await;
         }
         let now = self.clock.now();
         self.store.set_booking_status(tenant.id(), &booking.idempotency_key, "cancelled", now).await?;
@@ -889,7 +893,7 @@ mod tests {
                     Busy { staff_id: team[who].id.clone(), interval: Interval::new(start, start + SignedDuration::from_mins(len)) }
                 })
                 .collect();
-            let ledger = HoldLedger::new();
+            let ledger = ledger::HoldLedger::new();
             let calls = ["c0", "c1", "c2"];
             let mut held: Vec<(Uuid, &str)> = Vec::new();
             for (pick, call, release) in steps {

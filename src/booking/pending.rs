@@ -156,7 +156,7 @@ impl BookingService {
         };
         // Durable first: once the caller is told "pending", the record exists.
         self.store.insert_pending_booking(&row, now).await?;
-        match self.ledger.transfer(tenant.id(), hold.id, call_id, &owner(key), deadline, now) {
+        match self.ledger.transfer(tenant.id(), hold.id, call_id, &owner(key), deadline, now).await {
             Ok(_) => self.pending.set_hold(key, hold.id),
             // The hold lapsed this very moment: the retrier re-holds the slot before confirming,
             // and the verify step still protects a direct booking made meanwhile.
@@ -196,10 +196,10 @@ impl BookingService {
                 blocked,
                 ttl: until.duration_since(now),
             };
-            match self.ledger.try_hold(req, now) {
+            match self.ledger.try_hold(req, now).await {
                 Ok(h) => {
                     if row.status == "booked" {
-                        let _ = self.ledger.confirm(&row.tenant, h.id, &owner(&row.idempotency_key), now);
+                        let _ = self.ledger.confirm(&row.tenant, h.id, &owner(&row.idempotency_key), now).await;
                     }
                     self.pending.set_hold(&row.idempotency_key, h.id);
                     n += 1;
@@ -251,7 +251,7 @@ impl BookingService {
             Ok(false) => {}
             Err(e) => return Ok(classify(e)),
         }
-        let hold = self.pending_hold(row, slot, blocked, now);
+        let hold = self.pending_hold(row, slot, blocked, now).await;
         let booked = self
             .record_booking(
                 tenant,
@@ -269,10 +269,10 @@ impl BookingService {
 
     /// Turns the pending booking's hold into a booking in the ledger (re-holding it if it was
     /// lost, e.g. past its deadline) and returns it.
-    fn pending_hold(&self, row: &PendingBookingRow, slot: Interval, blocked: Interval, now: Timestamp) -> Hold {
+    async fn pending_hold(&self, row: &PendingBookingRow, slot: Interval, blocked: Interval, now: Timestamp) -> Hold {
         let who = owner(&row.idempotency_key);
         if let Some(id) = self.pending.hold_of(&row.idempotency_key)
-            && let Ok(h) = self.ledger.confirm(&row.tenant, id, &who, now)
+            && let Ok(h) = self.ledger.confirm(&row.tenant, id, &who, now).await
         {
             return h;
         }
@@ -284,9 +284,9 @@ impl BookingService {
             blocked,
             ttl: SignedDuration::from_mins(1),
         };
-        match self.ledger.try_hold(req, now) {
+        match self.ledger.try_hold(req, now).await {
             Ok(h) => {
-                let _ = self.ledger.confirm(&row.tenant, h.id, &who, now);
+                let _ = self.ledger.confirm(&row.tenant, h.id, &who, now).await;
                 self.pending.set_hold(&row.idempotency_key, h.id);
                 h
             }
@@ -304,8 +304,8 @@ impl BookingService {
     }
 
     /// Frees a pending booking's hold (escalated or confirmed elsewhere).
-    pub fn release_pending_hold(&self, tenant: &str, key: &str) {
-        self.ledger.release_all_for_call(tenant, &owner(key));
+    pub async fn release_pending_hold(&self, tenant: &str, key: &str) {
+        self.ledger.release_all_for_call(tenant, &owner(key)).await;
         self.pending.forget(key);
     }
 }

@@ -158,7 +158,7 @@ async fn state_handler(State(s): State<AdminState>) -> Response {
         "crm_call_keys": crm_call_keys,
         "calls": calls.into_iter().map(|(id, reason, status)| json!({"call_id": id, "end_reason": reason, "sync_status": status})).collect::<Vec<_>>(),
         "steps": steps,
-        "outstanding_holds": s.core.booking.ledger.outstanding_holds(),
+        "outstanding_holds": s.core.booking.ledger.outstanding_holds().await,
         "open_sessions": s.core.sessions.len(),
         "emulator_urls": s.urls,
         "emulator_requests": {

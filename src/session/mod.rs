@@ -343,7 +343,7 @@ impl Core {
         };
         // Holds die with the call; bookings stay.
         for (h, _) in holds {
-            let _ = session.tenant_release(self, h);
+            let _ = session.tenant_release(self, h).await;
         }
         let ctx = session.context().await;
         let now = self.clock.now();
@@ -645,7 +645,7 @@ impl CallSession {
         self.state.lock().expect("call state lock").ended
     }
 
-    fn tenant_release(&self, core: &Core, hold: Uuid) -> bool {
-        core.booking.ledger.release(self.tenant.id(), hold, &self.call_id).is_ok()
+    async fn tenant_release(&self, core: &Core, hold: Uuid) -> bool {
+        core.booking.ledger.release(self.tenant.id(), hold, &self.call_id).await.is_ok()
     }
 }

@@ -186,7 +186,7 @@ impl Core {
     async fn to_escalating(&self, row: &PendingBookingRow, why: &str) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
         tracing::warn!(key = %row.idempotency_key, reason = why, "pending booking escalated to staff");
-        self.booking.release_pending_hold(&row.tenant, &row.idempotency_key);
+        self.booking.release_pending_hold(&row.tenant, &row.idempotency_key).await;
         // An earlier attempt may have created our event without confirming it: withdraw it, so
         // the calendar never shows what the caller was not promised (best effort: the calendar
         // may still be down, which the staff task then says).

@@ -27,7 +27,7 @@ pub(super) async fn dispatch(core: &Arc<Core>, s: &Arc<CallSession>, call: ToolC
         ToolCall::ListServices => list_services(&s.tenant),
         ToolCall::FindSlots(a) => find_slots(core, s, a).await,
         ToolCall::HoldSlot(a) => hold_slot(core, s, a).await,
-        ToolCall::ReleaseHold { hold_id } => release_hold(core, s, &hold_id),
+        ToolCall::ReleaseHold { hold_id } => release_hold(core, s, &hold_id).await,
         ToolCall::BookSlot(a) => book_slot(core, s, a).await,
         ToolCall::FindAppointments => find_appointments(core, s).await,
         ToolCall::RescheduleAppointment { appointment_id, start } => reschedule(core, s, &appointment_id, &start).await,
@@ -317,14 +317,14 @@ fn parse_instant(text: &str) -> Option<Timestamp> {
     text.parse::<Timestamp>().ok()
 }
 
-fn release_hold(core: &Core, s: &CallSession, hold_id: &str) -> ToolResult {
+async fn release_hold(core: &Core, s: &CallSession, hold_id: &str) -> ToolResult {
     let Ok(id) = Uuid::parse_str(hold_id) else {
         return ToolResult::error(
             json!({"error": "bad_argument", "argument": "hold_id"}),
             "I don't recognise that hold.",
         );
     };
-    let released = core.booking.ledger.release(s.tenant.id(), id, &s.call_id).is_ok();
+    let released = core.booking.ledger.release(s.tenant.id(), id, &s.call_id).await.is_ok();
     s.state.lock().expect("call state lock").holds.retain(|(h, _)| *h != id);
     if released {
         ToolResult::ok(json!({"released": true}), "Okay, I've let that time go.")

@@ -64,8 +64,8 @@ async fn wait_pending(app: &TestApp, key: &str, done: impl Fn(&PendingBookingRow
     tokio::time::timeout(Duration::from_secs(20), wait).await.expect("pending booking progressed in time")
 }
 
-fn slot_is_blocked(app: &TestApp, slot: Interval) -> bool {
-    !app.core.booking.ledger.busy("demo", "alex", slot, app.clock.now()).is_empty()
+async fn slot_is_blocked(app: &TestApp, slot: Interval) -> bool {
+    !app.core.booking.ledger.busy("demo", "alex", slot, app.clock.now()).await.unwrap().is_empty()
 }
 
 #[tokio::test]
@@ -75,7 +75,7 @@ async fn a_pending_booking_is_confirmed_exactly_once_when_the_calendar_returns()
     let row = app.core.store.pending_booking(&key).await.unwrap().expect("recorded durably");
     assert_eq!(row.status, "pending");
     assert_eq!(row.start_at, slot.start.as_millisecond());
-    assert!(slot_is_blocked(&app, slot), "the hold outlives the call");
+    assert!(slot_is_blocked(&app, slot).await, "the hold outlives the call");
     assert!(app.google.events(ALEX).is_empty());
     assert!(app.core.store.bookings_for_call("demo", "pend-ok").await.unwrap().is_empty(), "nothing promised");
 
@@ -125,7 +125,7 @@ async fn a_booking_never_confirmed_becomes_a_staff_task_for_the_owner_and_frees_
     app.clock.advance(SignedDuration::from_secs(15));
     let row = wait_pending(&app, &key, |r| r.attempts >= 1).await;
     assert_eq!(row.status, "pending");
-    assert!(slot_is_blocked(&app, slot));
+    assert!(slot_is_blocked(&app, slot).await);
 
     // Past the deadline (slot start minus minimum notice): a staff task, the slot released.
     let deadline = Timestamp::from_millisecond(row.deadline_at).unwrap();
@@ -137,7 +137,7 @@ async fn a_booking_never_confirmed_becomes_a_staff_task_for_the_owner_and_frees_
     assert_eq!(row.task_id.as_deref(), Some(tasks[0].id.as_str()));
     assert_eq!(tasks[0].prop("hubspot_owner_id"), Some(owner.as_str()), "for the contact's owner");
     assert!(tasks[0].prop("hs_task_subject").unwrap().contains("NOT booked"), "{tasks:?}");
-    assert!(!slot_is_blocked(&app, slot), "the hold is released");
+    assert!(!slot_is_blocked(&app, slot).await, "the hold is released");
     assert!(app.google.events(ALEX).is_empty(), "nothing was booked");
     assert!(app.core.store.bookings_for_call("demo", "pend-never").await.unwrap().is_empty());
     let audit = app.core.store.audit_for_call("demo", "pend-never").await.unwrap();
@@ -155,7 +155,7 @@ async fn a_pending_booking_survives_a_restart_and_is_confirmed_after_it() {
 
     // A new process on the same store: its calendar answers again.
     let app = spawn_app_in(server_file(""), vec![demo_tenant()], dir).await;
-    assert!(slot_is_blocked(&app, slot), "re-held from the store at start");
+    assert!(slot_is_blocked(&app, slot).await, "re-held from the store at start");
     let mut c = app.connect("pend-other", "+16465550177").await;
     c.initialize().await;
     let start = slot.start.to_zoned_datetime(jiff::tz::TimeZone::get("America/New_York").unwrap());
