@@ -714,7 +714,11 @@ impl BookingService {
         }
         if let Some(service) = service {
             self.ledger
-                .remove_booking(tenant.id(), &booking.staff_id, schedule::blocked_interval(service, ts(booking.start_at)))
+                .remove_booking(
+                    tenant.id(),
+                    &booking.staff_id,
+                    schedule::blocked_interval(service, ts(booking.start_at)),
+                )
                 .await;
         }
         let now = self.clock.now();

@@ -259,7 +259,11 @@ impl Store {
         .bind(now_ms)
         .fetch_one(&self.pool)
         .await?;
-        Ok(HoldCounts { live: r.try_get("live")?, bookings: r.try_get("bookings")?, outstanding: r.try_get("outstanding")? })
+        Ok(HoldCounts {
+            live: r.try_get("live")?,
+            bookings: r.try_get("bookings")?,
+            outstanding: r.try_get("outstanding")?,
+        })
     }
 
     /// Drops every expired hold; returns how many.
