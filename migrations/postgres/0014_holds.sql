@@ -16,6 +16,7 @@ CREATE TABLE holds (
     blocked_end   BIGINT NOT NULL,
     expires_at    BIGINT NOT NULL,
     confirmed     BOOLEAN NOT NULL DEFAULT FALSE, -- a booking: never expires
+    flagged       BOOLEAN NOT NULL DEFAULT FALSE, -- a foreign calendar event covers it (inbound sync)
     during        TSTZRANGE GENERATED ALWAYS AS
                       (tstzrange(to_timestamp(blocked_start / 1000.0), to_timestamp(blocked_end / 1000.0), '[)')) STORED,
     EXCLUDE USING gist (tenant WITH =, staff_id WITH =, during WITH &&)

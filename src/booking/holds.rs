@@ -219,6 +219,39 @@ impl Holds {
         }
     }
 
+    /// See [`HoldLedger::flag_overlapping`]: (hold, confirmed) for each entry flagged now.
+    pub async fn flag_overlapping(
+        &self,
+        tenant: &str,
+        staff_id: &str,
+        taken: Interval,
+        now: Timestamp,
+    ) -> Vec<(Hold, bool)> {
+        match self {
+            Holds::Memory(l) => l.flag_overlapping(tenant, staff_id, taken, now),
+            Holds::Shared { store, .. } => store
+                .flag_overlapping_holds(tenant, staff_id, (ms(taken.start), ms(taken.end)), ms(now))
+                .await
+                .map_err(unavailable)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|r| {
+                    let confirmed = r.confirmed;
+                    to_hold(r).ok().map(|h| (h, confirmed))
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn is_flagged(&self, tenant: &str, hold_id: Uuid) -> bool {
+        match self {
+            Holds::Memory(l) => l.is_flagged(tenant, hold_id),
+            Holds::Shared { store, .. } => {
+                store.hold_flagged(tenant, &hold_id.to_string()).await.map_err(unavailable).unwrap_or(false)
+            }
+        }
+    }
+
     /// Unconfirmed holds (live or expired-but-unpurged) across tenants.
     pub async fn outstanding_holds(&self) -> usize {
         match self {

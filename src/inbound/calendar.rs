@@ -239,7 +239,7 @@ async fn apply_changes(
     let now = core.clock.now();
     for s in &staff {
         for interval in &taken {
-            for (hold, booked) in core.booking.ledger.flag_overlapping(tenant.id(), s, *interval, now) {
+            for (hold, booked) in core.booking.ledger.flag_overlapping(tenant.id(), s, *interval, now).await {
                 report.flagged += 1;
                 let live = core.sessions.get(&hold.call_id).filter(|c| !c.is_ended());
                 if let Some(call) = &live {

@@ -276,6 +276,42 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// Flags the staff member's live holds and bookings whose slot overlaps `taken` and returns
+    /// those flagged now (each is flagged once, whichever instance saw the event).
+    pub async fn flag_overlapping_holds(
+        &self,
+        tenant: &str,
+        staff_id: &str,
+        taken: (i64, i64),
+        now_ms: i64,
+    ) -> Result<Vec<HoldRow>, StoreError> {
+        self.require_shared_holds()?;
+        let rows = sqlx::query(&format!(
+            "UPDATE holds SET flagged = TRUE
+             WHERE tenant = $1 AND staff_id = $2 AND NOT flagged AND (confirmed OR expires_at > $3)
+               AND slot_start < $5 AND slot_end > $4
+             RETURNING {HOLD_COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(staff_id)
+        .bind(now_ms)
+        .bind(taken.0)
+        .bind(taken.1)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(hold_from_row).collect()
+    }
+
+    pub async fn hold_flagged(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        self.require_shared_holds()?;
+        let flagged: Option<bool> = sqlx::query_scalar("SELECT flagged FROM holds WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(flagged.unwrap_or(false))
+    }
+
     /// Every row of one staff member (tests check them for overlaps).
     pub async fn holds_of_staff(&self, tenant: &str, staff_id: &str) -> Result<Vec<HoldRow>, StoreError> {
         self.require_shared_holds()?;

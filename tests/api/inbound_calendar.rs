@@ -115,7 +115,7 @@ async fn a_hold_under_a_direct_booking_is_flagged_and_its_call_told() {
     let mut c = app.connect("cal-hold", STRANGER).await;
     c.initialize().await;
     let (hold_id, start) = hold_first(&mut c).await;
-    assert!(!app.core.booking.ledger.is_flagged("demo", hold_id.parse().unwrap()));
+    assert!(!app.core.booking.ledger.is_flagged("demo", hold_id.parse().unwrap()).await);
 
     app.google.insert_foreign_event(
         ALEX,
@@ -127,7 +127,7 @@ async fn a_hold_under_a_direct_booking_is_flagged_and_its_call_told() {
     assert_eq!(note["params"]["call_id"], "cal-hold");
     assert_eq!(note["params"]["hold_id"], hold_id.as_str());
     assert_eq!(note["params"]["booked"], false);
-    assert!(app.core.booking.ledger.is_flagged("demo", hold_id.parse().unwrap()));
+    assert!(app.core.booking.ledger.is_flagged("demo", hold_id.parse().unwrap()).await);
 
     // Booking it now fails cleanly at the commit's re-check: nothing of ours in the calendar.
     let booked = c.tool("book_slot", json!({"hold_id": hold_id, "name": "Pat Doe"})).await;

@@ -125,6 +125,10 @@ async fn the_shared_ledger_keeps_the_in_memory_ledgers_semantics() {
     assert_eq!(lb.get("demo", h1.id, now).await.unwrap(), h1, "B sees A's hold");
     assert_eq!(lb.release("demo", h1.id, "c2").await, Err(HoldError::NotOwner));
     assert_eq!(lb.get("other", h1.id, now).await, Err(HoldError::NotFound), "tenant-scoped");
+    // A foreign calendar event over the slot, seen by B: flagged once, visible to A.
+    assert_eq!(lb.flag_overlapping("demo", "alex", slot, now).await, vec![(h1.clone(), false)]);
+    assert!(lb.flag_overlapping("demo", "alex", slot, now).await.is_empty(), "flagged once");
+    assert!(la.is_flagged("demo", h1.id).await);
     // Expired at exactly expires_at; the next caller on B takes the time.
     let expiry = h1.expires_at;
     assert_eq!(la.get("demo", h1.id, expiry).await, Err(HoldError::Expired));
