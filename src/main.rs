@@ -328,7 +328,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Replay { call_id, config, data_dir, store } => {
             let store = open_store(&config, data_dir, store).await?;
-            match store.replay_call(&call_id, jiff::Timestamp::now()).await? {
+            let replay = callside::store::Requeue::Failed;
+            let now = jiff::Timestamp::now();
+            match store.requeue_call(None, &call_id, replay, "writeback.replay", &serde_json::json!({}), now).await? {
                 Some(n) => {
                     println!("replayed {n} step(s) of call {call_id}");
                     Ok(())

@@ -25,7 +25,7 @@ use serde_json::json;
 pub use auth::{ConsoleSection, Operators, validate};
 
 use crate::session::Core;
-use crate::store::{Decided, StoreError};
+use crate::store::{Decided, Requeue, StoreError};
 use crate::tenant::Tenant;
 use crate::writeback::undo::{UndoError, undo_call};
 
@@ -129,7 +129,9 @@ impl ConsoleState {
         let result = match action {
             Action::Resync | Action::Replay => {
                 match self.requeue(tenant.id(), call_id, action == Action::Replay, who).await? {
-                    0 if action == Action::Replay => ActionResult::Nothing("the call has no dead-lettered steps"),
+                    0 if action == Action::Replay => {
+                        ActionResult::Nothing("the call has no dead-lettered or parked steps")
+                    }
                     0 => ActionResult::Nothing("the call has nothing to write back yet"),
                     n => return Ok(ActionResult::Done(json!({"call_id": call_id, "requeued_steps": n}))),
                 }
@@ -181,11 +183,13 @@ impl ConsoleState {
         who: &str,
     ) -> Result<u64, StoreError> {
         let action = if dead_only { "console.replay" } else { "console.resync" };
+        let what = if dead_only { Requeue::Failed } else { Requeue::All };
         let n = self
             .core
             .store
-            .requeue_call_steps(tenant, call_id, dead_only, action, &json!({"by": who}), self.core.clock.now())
-            .await?;
+            .requeue_call(Some(tenant), call_id, what, action, &json!({"by": who}), self.core.clock.now())
+            .await?
+            .unwrap_or(0);
         if n > 0 {
             tracing::info!(call_id, tenant, action, steps = n, "operator requeued a call's write-back");
             self.core.worker.wake();

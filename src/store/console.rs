@@ -146,87 +146,12 @@ impl Store {
             })
             .collect()
     }
-
-    /// Puts a call's steps back into the outbox, due now, with a fresh retry window, and marks the
-    /// call pending; with `dead_only` just the dead-lettered steps and the steps waiting on them
-    /// (a replay), otherwise every step (a re-sync: applying a done step again is safe because
-    /// each step writes under its idempotency key and reuses a recorded external id). The audit
-    /// entry naming the operator is written in the same transaction. Returns how many steps were
-    /// requeued; 0 changes nothing (no audit entry either).
-    pub async fn requeue_call_steps(
-        &self,
-        tenant: &str,
-        call_id: &str,
-        dead_only: bool,
-        action: &str,
-        detail: &Value,
-        at: Timestamp,
-    ) -> Result<u64, StoreError> {
-        let now = ms(at);
-        let mut tx = self.pool.begin().await?;
-        // A call still open has no plan yet; a re-sync must not touch it.
-        let closed: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM calls WHERE call_id = $1 AND tenant = $2 AND ended_at IS NOT NULL")
-                .bind(call_id)
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if closed.is_none() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        let filter = if dead_only { "AND status IN ('dead', 'pending')" } else { "" };
-        let has_dead: bool = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM steps WHERE call_id = $1 AND tenant = $2 AND status = 'dead'",
-        )
-        .bind(call_id)
-        .bind(tenant)
-        .fetch_one(&mut *tx)
-        .await?
-            > 0;
-        if dead_only && !has_dead {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        let r = sqlx::query(&format!(
-            "UPDATE steps SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, last_error = NULL,
-                              updated_at = $2
-             WHERE call_id = $3 AND tenant = $4 {filter}"
-        ))
-        .bind(now)
-        .bind(now)
-        .bind(call_id)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        sqlx::query("UPDATE calls SET sync_status = 'pending' WHERE call_id = $1 AND tenant = $2")
-            .bind(call_id)
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, $4, $5)",
-        )
-        .bind(tenant)
-        .bind(call_id)
-        .bind(now)
-        .bind(action)
-        .bind(detail.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AttemptResult, NewStep};
+    use crate::store::{AttemptResult, NewStep, Requeue};
     use serde_json::json;
 
     fn step(seq: i64, depends_on: Option<i64>) -> NewStep {
@@ -237,7 +162,7 @@ mod tests {
         let t0: Timestamp = "2026-11-22T15:00:00Z".parse().unwrap();
         s.record_call_start("c1", "demo", None, "+12125550100", t0).await.unwrap();
         // An open call has no plan: nothing to requeue.
-        assert_eq!(s.requeue_call_steps("demo", "c1", false, "t", &json!({}), t0).await.unwrap(), 0);
+        assert_eq!(s.requeue_call(Some("demo"), "c1", Requeue::All, "t", &json!({}), t0).await.unwrap(), Some(0));
         s.close_call_with_plan("c1", "demo", "end_call", &json!({}), &[step(0, None), step(1, Some(0))], t0)
             .await
             .unwrap();
@@ -247,12 +172,18 @@ mod tests {
             .unwrap();
         assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "failed");
         // Another tenant cannot requeue it.
-        assert_eq!(s.requeue_call_steps("other", "c1", true, "t", &json!({}), t0).await.unwrap(), 0);
-        assert_eq!(s.requeue_call_steps("demo", "c1", true, "console.replay", &json!({}), t0).await.unwrap(), 2);
+        assert_eq!(s.requeue_call(Some("other"), "c1", Requeue::Failed, "t", &json!({}), t0).await.unwrap(), None);
+        assert_eq!(
+            s.requeue_call(Some("demo"), "c1", Requeue::Failed, "console.replay", &json!({}), t0).await.unwrap(),
+            Some(2)
+        );
         assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
         assert_eq!(s.due_steps(t0, 10).await.unwrap().len(), 1);
         // Nothing dead any more: a replay is a no-op and leaves no audit entry.
-        assert_eq!(s.requeue_call_steps("demo", "c1", true, "console.replay", &json!({}), t0).await.unwrap(), 0);
+        assert_eq!(
+            s.requeue_call(Some("demo"), "c1", Requeue::Failed, "console.replay", &json!({}), t0).await.unwrap(),
+            Some(0)
+        );
         let audit = s.audit_rows_for_call("demo", "c1").await.unwrap();
         assert_eq!(
             audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),

@@ -33,7 +33,7 @@ pub use console::AuditRow;
 pub use group_commit::GroupCommitStats;
 pub use holds::{HoldCounts, HoldRow};
 pub use identity_index::IdentityKind;
-pub use outbox::{DeadLetter, StepSchedule};
+pub use outbox::{DeadLetter, Requeue, StepSchedule};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use privacy::{EraseReport, RetentionReport};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};

@@ -8,6 +8,16 @@ use sqlx::{AnyConnection, Row};
 
 use super::{CALL_STATUS_SQL, StepRow, Store, StoreError, ms};
 
+/// Which of a call's steps [`Store::requeue_call`] puts back into the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// The dead-lettered and parked steps, and the steps waiting on them (a replay).
+    Failed,
+    /// Every step: applying a done step again is safe, since each step writes under its
+    /// idempotency key and reuses a recorded external id (a re-sync).
+    All,
+}
+
 /// A step's retry bookkeeping, for the operator and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepSchedule {
@@ -123,43 +133,90 @@ impl Store {
             .collect()
     }
 
-    /// Replays a call's dead-lettered and parked steps: back to pending, due now, with a fresh
-    /// retry window (attempt counts are kept for the record; idempotency keys are unchanged, so a
-    /// step the vendor did apply is not applied twice). Returns how many steps were replayed;
-    /// `None` if the call is unknown.
-    pub async fn replay_call(&self, call_id: &str, at: Timestamp) -> Result<Option<u64>, StoreError> {
+    /// Puts a call's steps back into the outbox, due now, with a fresh retry window (attempt
+    /// counts are kept for the record; idempotency keys are unchanged, so a step the vendor did
+    /// apply is not applied twice, and a recorded external id is reused). [`Requeue::Failed`]: the
+    /// dead-lettered and parked steps and the steps waiting on them (a replay: the CLI's
+    /// `callside replay`, the console's "replay"); [`Requeue::All`]: every step (the console's
+    /// "re-sync"). The audit entry (`action`, `detail` plus the requeued step ids) is written in
+    /// the same transaction. `tenant` limits it to that tenant's call (the console); the CLI
+    /// operates the whole store. Returns `None` for an unknown call, else how many steps were
+    /// requeued; 0 changes nothing (no audit entry either) — a call still open has no plan yet.
+    pub async fn requeue_call(
+        &self,
+        tenant: Option<&str>,
+        call_id: &str,
+        what: Requeue,
+        action: &str,
+        detail: &Value,
+        at: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
         let now = ms(at);
         let mut tx = self.pool.begin().await?;
-        let replayed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE steps SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, updated_at = $1
-             WHERE call_id = $2 AND status IN ('dead', 'parked') RETURNING id",
-        )
+        let call = match tenant {
+            Some(t) => {
+                sqlx::query("SELECT tenant, ended_at FROM calls WHERE call_id = $1 AND tenant = $2")
+                    .bind(call_id)
+                    .bind(t)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT tenant, ended_at FROM calls WHERE call_id = $1")
+                    .bind(call_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
+        };
+        let Some(call) = call else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let owner: String = call.try_get("tenant")?;
+        let ended: Option<i64> = call.try_get("ended_at")?;
+        let failed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE call_id = $1 AND status IN ('dead', 'parked')")
+                .bind(call_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if ended.is_none() || (what == Requeue::Failed && failed == 0) {
+            tx.rollback().await?;
+            return Ok(Some(0));
+        }
+        let filter = match what {
+            Requeue::Failed => "AND status IN ('dead', 'parked', 'pending')",
+            Requeue::All => "",
+        };
+        let requeued: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE steps SET status = 'pending', next_attempt_at = $1, first_attempt_at = NULL, last_error = NULL,
+                              updated_at = $1
+             WHERE call_id = $2 {filter} RETURNING id"
+        ))
         .bind(now)
         .bind(call_id)
         .fetch_all(&mut *tx)
         .await?;
-        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM calls WHERE call_id = $1")
-            .bind(call_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(tenant) = tenant else {
+        if requeued.is_empty() {
             tx.rollback().await?;
-            return Ok(None);
-        };
-        if !replayed.is_empty() {
-            sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&mut *tx).await?;
-            sqlx::query(
-                "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, 'writeback.replay', $4)",
-            )
-            .bind(&tenant)
-            .bind(call_id)
-            .bind(now)
-            .bind(json!({"steps": replayed}).to_string())
-            .execute(&mut *tx)
-            .await?;
+            return Ok(Some(0));
         }
+        sqlx::query(CALL_STATUS_SQL).bind(call_id).execute(&mut *tx).await?;
+        let mut detail = detail.clone();
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("steps".into(), json!(requeued));
+        }
+        sqlx::query(
+            "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, $4, $5)",
+        )
+        .bind(&owner)
+        .bind(call_id)
+        .bind(now)
+        .bind(action)
+        .bind(detail.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(Some(replayed.len() as u64))
+        Ok(Some(requeued.len() as u64))
     }
 
     pub async fn step_schedule(&self, step_id: i64) -> Result<Option<StepSchedule>, StoreError> {
@@ -302,7 +359,10 @@ mod tests {
         assert_eq!(dead[0].last_error.as_deref(), Some("400 bad"));
 
         let later = t0 + jiff::SignedDuration::from_secs(3600);
-        assert_eq!(s.replay_call("c1", later).await.unwrap(), Some(1));
+        assert_eq!(
+            s.requeue_call(None, "c1", Requeue::Failed, "writeback.replay", &json!({}), later).await.unwrap(),
+            Some(1)
+        );
         assert_eq!(s.call("demo", "c1").await.unwrap().unwrap().sync_status, "pending");
         assert!(s.dead_letters(10).await.unwrap().is_empty());
         let due = s.due_steps(later, 10).await.unwrap();
@@ -310,8 +370,14 @@ mod tests {
         assert_eq!(due[0].idempotency_key, "c1:contact", "a replay keeps the idempotency key");
         assert!(s.audit_for_call("demo", "c1").await.unwrap().iter().any(|(a, _)| a == "writeback.replay"));
         // Nothing left to replay; an unknown call is told apart from that.
-        assert_eq!(s.replay_call("c1", later).await.unwrap(), Some(0));
-        assert_eq!(s.replay_call("nope", later).await.unwrap(), None);
+        assert_eq!(
+            s.requeue_call(None, "c1", Requeue::Failed, "writeback.replay", &json!({}), later).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            s.requeue_call(None, "nope", Requeue::Failed, "writeback.replay", &json!({}), later).await.unwrap(),
+            None
+        );
     }
 
     async fn a_parked_step_waits_for_its_connection_to_be_reauthorized(s: &Store) {
@@ -420,7 +486,10 @@ mod tests {
         assert_eq!(s.call("demo", "c3").await.unwrap().unwrap().sync_status, "failed");
 
         // A replay puts the whole chain back.
-        assert_eq!(s.replay_call("c3", t0).await.unwrap(), Some(4));
+        assert_eq!(
+            s.requeue_call(None, "c3", Requeue::Failed, "writeback.replay", &json!({}), t0).await.unwrap(),
+            Some(4)
+        );
         assert_eq!(s.call("demo", "c3").await.unwrap().unwrap().sync_status, "pending");
 
         // A store left with a step waiting on a dead parent (written before this rule) is settled

@@ -235,7 +235,21 @@ async fn a_dead_parent_takes_its_dependants_with_it_the_call_is_final_and_a_repl
 
     // A replay of the call re-runs the parent and its dependants.
     app.hubspot.clear_property_faults();
-    assert_eq!(app.core.store.replay_call("dead", callside::clock::Clock::now(&app.clock)).await.unwrap(), Some(2));
+    assert_eq!(
+        app.core
+            .store
+            .requeue_call(
+                None,
+                "dead",
+                callside::store::Requeue::Failed,
+                "writeback.replay",
+                &serde_json::json!({}),
+                callside::clock::Clock::now(&app.clock)
+            )
+            .await
+            .unwrap(),
+        Some(2)
+    );
     app.core.worker.wake();
     assert_eq!(app.wait_for_sync("dead").await, "synced");
     assert_eq!(contacts_with_phone(&app, phone), 1);
