@@ -36,6 +36,9 @@ pub enum ParsedPhone {
 const WITHHELD: &[&str] =
     &["anonymous", "restricted", "private", "withheld", "unknown", "unavailable", "blocked", "+266696687", "266696687"];
 
+/// The most parse → E.164 steps followed to find a number's key (see [`Phone::parse`]).
+const REPARSE_BOUND: usize = 64;
+
 impl Phone {
     pub fn parse(raw: &str, default_region: Region) -> ParsedPhone {
         let trimmed = raw.trim();
@@ -67,7 +70,10 @@ impl Phone {
                     if let Some(i) = seen.iter().position(|(e, _)| *e == again_e164) {
                         break i;
                     }
-                    if seen.len() >= 8 {
+                    // Each step can drop only one leading zero, and a national number has at
+                    // most 17 digits, so a path closes long before this bound (the third fuzz
+                    // find, `%00000o00000o22001340`, needed more than the 8 steps once allowed).
+                    if seen.len() >= REPARSE_BOUND {
                         break seen.len() - 1;
                     }
                     seen.push((again_e164, again));
