@@ -98,7 +98,9 @@ impl Application {
         } else {
             config.connect.public_url.trim_end_matches('/').to_owned()
         };
+        let metrics = Arc::new(Metrics::new());
         let mut connect = connect_service(&config, sandbox.as_deref(), &store, &client, &clock, &public_url)?;
+        connect.connections.export_refreshes(metrics.token_refreshes.clone());
         // Every vendor account's rate budget, shared by live reads and the write-back lane; it
         // outlives a config reload (the vendor keeps counting too).
         let budgets = crate::connectors::rate::RateBudgets::new(
@@ -106,6 +108,7 @@ impl Application {
             config.writeback.live_reserve_percent,
             config.writeback.app_requests_per_10s,
         );
+        budgets.export_throttled(metrics.vendor_rate_limited.clone());
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant: crate::reload::TenantBuilder = {
             let sandbox_urls = sandbox.as_deref().map(SandboxUrls::of);
@@ -180,7 +183,6 @@ impl Application {
             tenants.push(build_tenant(t)?);
         }
         let tenants = Arc::new(Tenants::new(tenants));
-        let metrics = Arc::new(Metrics::new());
         let (worker, handle): (Worker, WorkerHandle) =
             Worker::new(store.clone(), tenants.clone(), clock.clone(), config.writeback.clone(), metrics.clone());
         let fault = config.sandbox_options.integration_fault;
@@ -196,6 +198,7 @@ impl Application {
             clock: clock.clone(),
             context: {
                 let context = ContextService::new(Duration::from_secs(300), 100_000)
+                    .with_lookup_counter(metrics.context_cache.clone())
                     .with_dropped_open_deals(fault == Some(IntegrationFault::DropOpenDeals));
                 // TEST ONLY: a naive integration has no identity index.
                 if fault == Some(IntegrationFault::NaiveCreate) {

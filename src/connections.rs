@@ -505,7 +505,14 @@ pub struct Connections {
     http: reqwest::Client,
     clock: SharedClock,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Token refreshes by vendor and outcome, as exported on `/metrics` (set once).
+    refreshes: std::sync::OnceLock<RefreshCounter>,
 }
+
+type RefreshCounter = prometheus_client::metrics::family::Family<
+    crate::observe::InboundLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 pub fn connection_id(tenant: &str, vendor: &str) -> String {
     format!("{tenant}:{vendor}")
@@ -513,7 +520,18 @@ pub fn connection_id(tenant: &str, vendor: &str) -> String {
 
 impl Connections {
     pub fn new(store: Store, cipher: Arc<TokenCipher>, http: reqwest::Client, clock: SharedClock) -> Self {
-        Self { store, cipher, http, clock, locks: Mutex::new(HashMap::new()) }
+        Self { store, cipher, http, clock, locks: Mutex::new(HashMap::new()), refreshes: std::sync::OnceLock::new() }
+    }
+
+    /// Counts token refreshes (`refreshed`, `revoked`, `failed`) per vendor in this family.
+    pub fn export_refreshes(&self, family: RefreshCounter) {
+        let _ = self.refreshes.set(family);
+    }
+
+    fn count_refresh(&self, vendor: &str, outcome: &str) {
+        if let Some(f) = self.refreshes.get() {
+            f.get_or_create(&crate::observe::InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).inc();
+        }
     }
 
     /// Step 1: the URL to send the installing user to. Also the re-authorize path for a revoked
@@ -669,13 +687,20 @@ impl Connections {
             ("refresh_token", refresh.expose_secret()),
         ];
         let tokens = match self.token_request(app, &form).await {
-            Ok(tokens) => tokens,
+            Ok(tokens) => {
+                self.count_refresh(&row.vendor, "refreshed");
+                tokens
+            }
             Err(ConnectorError::AuthRevoked(reason)) => {
+                self.count_refresh(&row.vendor, "revoked");
                 let _ = self.store.set_connection_status(id, "revoked", self.clock.now().as_millisecond()).await;
                 tracing::warn!(connection = %id, "refresh token refused; the connection must be re-authorized");
                 return Err(ConnectorError::AuthRevoked(reason));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.count_refresh(&row.vendor, "failed");
+                return Err(e);
+            }
         };
         // An answer naming a host the app does not accept is not used at all: the stored tokens
         // stay as they were.

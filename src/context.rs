@@ -112,6 +112,13 @@ pub struct ContextService {
     /// TEST ONLY (`[sandbox_options] integration_fault = "drop_open_deals"`): the context leaves
     /// out open deals, as a read connector that pulls the contact alone would.
     drop_open_deals: bool,
+    /// Lookups by outcome (`hit`, `miss`), when exported (`/metrics`).
+    lookups: Option<
+        prometheus_client::metrics::family::Family<
+            crate::observe::OutcomeLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    >,
 }
 
 impl ContextService {
@@ -120,7 +127,20 @@ impl ContextService {
             cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             index: None,
             drop_open_deals: false,
+            lookups: None,
         }
+    }
+
+    /// Counts every [`ContextService::fetch`] as a cache `hit` or `miss` in this family.
+    pub fn with_lookup_counter(
+        mut self,
+        family: prometheus_client::metrics::family::Family<
+            crate::observe::OutcomeLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) -> Self {
+        self.lookups = Some(family);
+        self
     }
 
     /// TEST ONLY: see the field.
@@ -148,12 +168,18 @@ impl ContextService {
         let drop_deals = self.drop_open_deals;
         let result = self
             .cache
-            .try_get_with(key, async move {
+            .entry(key)
+            .or_try_insert_with(async move {
                 let claims = Claims { phone: Some(phone), ..Default::default() };
                 read(&t, index.as_ref(), &claims, drop_deals).await.map(|(ctx, _)| Arc::new(ctx))
             })
             .await;
-        match result {
+        // Fresh: this lookup (or the single flight it joined) read the CRM.
+        if let (Some(family), Ok(entry)) = (&self.lookups, &result) {
+            let outcome = if entry.is_fresh() { "miss" } else { "hit" };
+            family.get_or_create(&crate::observe::OutcomeLabel { outcome: outcome.into() }).inc();
+        }
+        match result.map(|entry| entry.into_value()) {
             Ok(ctx) => ctx,
             Err(reason) => Arc::new(CallerContext::Unavailable { reason: (*reason).clone() }),
         }

@@ -233,13 +233,7 @@ async fn main() -> anyhow::Result<()> {
             let reloader = app.reloader();
             reloader.set_source(config_path, overrides);
             // SIGHUP reloads the configuration; a bad file is logged and the running one kept.
-            let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .context("installing the SIGHUP handler")?;
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    let _ = reloader.reload().await;
-                }
-            });
+            callside::reload::on_sighup(reloader).context("installing the SIGHUP handler")?;
             tracing::info!(addr = %app.local_addr(), "callside listening");
             app.run(shutdown_signal()).await
         }

@@ -83,7 +83,23 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("console", format!("{:?}", c.console)),
         ("sandbox_options", format!("{:?}", c.sandbox_options)),
         ("inbound", format!("{:?}", c.inbound)),
+        ("retention", format!("{:?}", c.retention)),
     ]
+}
+
+/// Reloads `reloader` on every SIGHUP the process receives, for as long as the runtime runs.
+/// The handler is installed before this returns, so a signal raised afterwards is never lost;
+/// the receiver counts finished reloads (applied or refused: the report is logged).
+pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::sync::watch::Receiver<u64>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let (done, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let _ = reloader.reload().await;
+            done.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(rx)
 }
 
 impl Reloader {

@@ -83,6 +83,26 @@ pub struct Sent {
     pub writeback: u64,
 }
 
+/// One account's budget as it stands now, for the console and `/metrics` (looking does not draw).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BudgetView {
+    pub vendor: String,
+    pub account: String,
+    /// Requests per 10 s the account allows (0: unmetered, and the rest is not meaningful).
+    pub limit_per_10s: u32,
+    /// Tokens left in the shared bucket (below zero: live calls overdrew it).
+    pub remaining: f64,
+    /// Tokens left in the write-back lane's own bucket.
+    pub lane_remaining: f64,
+    /// The write-back lane's sustained rate, requests per second.
+    pub lane_per_sec: f64,
+    /// Requests sent so far, per lane.
+    pub sent_live: u64,
+    pub sent_writeback: u64,
+    /// HTTP 429 answers from this account's vendor.
+    pub throttled: u64,
+}
+
 /// Every bucket of the process (they outlive a config reload: the vendor's count does too).
 pub struct RateBudgets {
     clock: SharedClock,
@@ -92,7 +112,17 @@ pub struct RateBudgets {
     sent: Mutex<HashMap<String, Sent>>,
     /// Bumped each time a write-back request starts waiting for tokens: a signal tests wait on.
     waits: watch::Sender<u64>,
+    /// 429 answers per account.
+    throttled: Mutex<HashMap<String, u64>>,
+    /// 429 answers per vendor, as exported on `/metrics` (set once by the application).
+    throttled_metric: std::sync::OnceLock<ThrottledCounter>,
 }
+
+/// The `/metrics` family 429 answers are counted in.
+pub type ThrottledCounter = prometheus_client::metrics::family::Family<
+    crate::observe::VendorLabel,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 impl std::fmt::Debug for RateBudgets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,7 +141,40 @@ impl RateBudgets {
             buckets: Mutex::new(HashMap::new()),
             sent: Mutex::new(HashMap::new()),
             waits: watch::channel(0).0,
+            throttled: Mutex::new(HashMap::new()),
+            throttled_metric: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts 429 answers in this `/metrics` family too (the first call wins).
+    pub fn export_throttled(&self, family: ThrottledCounter) {
+        let _ = self.throttled_metric.set(family);
+    }
+
+    /// One account's budget at the injected clock's now, refilled as a request would see it.
+    pub fn view(&self, vendor: &str, account: &str, per_10s: u32) -> BudgetView {
+        let k = key(vendor, account);
+        let sent = self.sent(vendor, account);
+        let throttled = self.throttled.lock().unwrap_or_else(|p| p.into_inner()).get(&k).copied().unwrap_or(0);
+        let (cap, share) = (f64::from(per_10s), self.lane_share(per_10s));
+        let (remaining, lane_remaining) = match self.buckets.lock().unwrap_or_else(|p| p.into_inner()).get(&k) {
+            Some(b) => {
+                let elapsed = self.clock.now().duration_since(b.at).as_secs_f64().max(0.0);
+                ((b.level + elapsed * cap / WINDOW_SECS).min(cap), (b.lane + elapsed * share / WINDOW_SECS).min(share))
+            }
+            None => (cap, share),
+        };
+        BudgetView {
+            vendor: vendor.to_owned(),
+            account: account.to_owned(),
+            limit_per_10s: per_10s,
+            remaining,
+            lane_remaining: if per_10s == 0 { 0.0 } else { lane_remaining },
+            lane_per_sec: if per_10s == 0 { 0.0 } else { share / WINDOW_SECS },
+            sent_live: sent.live,
+            sent_writeback: sent.writeback,
+            throttled,
+        }
     }
 
     /// The meter one connector charges its requests to. `per_10s` 0: unmetered.
@@ -209,6 +272,23 @@ impl Meter {
             self.count(budgets, lane);
         }
         taken
+    }
+
+    /// Records the status of a vendor's answer: a 429 is counted per account and per vendor.
+    pub fn observe(&self, status: u16) {
+        let Some(budgets) = &self.budgets else { return };
+        if status != 429 {
+            return;
+        }
+        *budgets
+            .throttled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key(&self.vendor, &self.account))
+            .or_default() += 1;
+        if let Some(family) = budgets.throttled_metric.get() {
+            family.get_or_create(&crate::observe::VendorLabel { vendor: self.vendor.clone() }).inc();
+        }
     }
 
     fn count(&self, budgets: &RateBudgets, lane: Lane) {

@@ -73,6 +73,16 @@ fn tenant_for(state: &ConsoleState, who: &Who, requested: Option<&str>) -> Resul
     }
 }
 
+/// The tenant a GET with an optional `?tenant=` is about, authenticated and authorized.
+fn requested_tenant(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Arc<Tenant>, Response> {
+    let who = who(state, headers).ok_or_else(unauthorized)?;
+    tenant_for(state, &who, q.get("tenant").map(String::as_str))
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "console query failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -90,10 +100,7 @@ pub(super) async fn list_calls(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(who) = who(&state, &headers) else {
-        return unauthorized();
-    };
-    let tenant = match tenant_for(&state, &who, q.get("tenant").map(String::as_str)) {
+    let tenant = match requested_tenant(&state, &headers, &q) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -112,6 +119,38 @@ pub(super) async fn list_calls(
             "alerts": state.alerts.incidents(tenant.id()),
         }))
         .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /v1/reconciliation[?tenant=ID]`: what the write-back did not settle, each with its fix.
+pub(super) async fn reconciliation(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let tenant = match requested_tenant(&state, &headers, &q) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match super::reconcile::reconcile(&state.core, &tenant).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /v1/rate-limits[?tenant=ID]`: each connected account's budget, backlog and drain ETA.
+pub(super) async fn rate_limits(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let tenant = match requested_tenant(&state, &headers, &q) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match crate::observe::rate_limits::for_tenant(&state.core, &tenant).await {
+        Ok(accounts) => Json(json!({"tenant": tenant.id(), "accounts": accounts})).into_response(),
         Err(e) => internal(e),
     }
 }

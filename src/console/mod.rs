@@ -14,6 +14,7 @@
 mod api;
 pub mod auth;
 mod pages;
+pub mod reconcile;
 pub mod view;
 
 use std::sync::Arc;
@@ -209,11 +210,14 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/v1/calls/{call_id}/approve", post(api::approve))
         .route("/v1/calls/{call_id}/reject", post(api::reject))
         .route("/v1/calls/{call_id}/undo", post(api::undo))
+        .route("/v1/reconciliation", get(api::reconciliation))
+        .route("/v1/rate-limits", get(api::rate_limits))
         .route("/console", get(pages::home))
         .route("/console/login", get(pages::login_form).post(pages::login))
         .route("/console/logout", post(pages::logout))
         .route("/console/t/{tenant}/calls", get(pages::day))
         .route("/console/t/{tenant}/calls/{call_id}", get(pages::call))
+        .route("/console/t/{tenant}/operations", get(pages::operations))
         .route("/console/t/{tenant}/calls/{call_id}/resync", post(pages::resync))
         .route("/console/t/{tenant}/calls/{call_id}/replay", post(pages::replay))
         .route("/console/t/{tenant}/calls/{call_id}/approve", post(pages::approve))

@@ -30,6 +30,7 @@ pub(super) fn templates() -> minijinja::Environment<'static> {
         ("day.html", include_str!("templates/day.html")),
         ("call.html", include_str!("templates/call.html")),
         ("message.html", include_str!("templates/message.html")),
+        ("operations.html", include_str!("templates/operations.html")),
     ] {
         env.add_template(name, source).expect("console templates compile");
     }
@@ -81,6 +82,14 @@ fn tenant_of(state: &ConsoleState, s: &Session, tenant: &str) -> Result<Arc<Tena
         Some(t) if s.may_see(tenant) => Ok(t.clone()),
         _ => Err(message(state, StatusCode::NOT_FOUND, Some(s), "Not found", "There is no such tenant or call.")),
     }
+}
+
+/// The signed-in operator and the tenant of a page (the login page when signed out, 404 when the
+/// operator may not see the tenant).
+fn page_tenant(state: &ConsoleState, headers: &HeaderMap, tenant: &str) -> Result<(Session, Arc<Tenant>), Response> {
+    let s = session(state, headers).ok_or_else(to_login)?;
+    let t = tenant_of(state, &s, tenant)?;
+    Ok((s, t))
 }
 
 /// `GET /console`: the operator's tenants (straight to the day view when there is one).
@@ -211,11 +220,8 @@ pub(super) async fn day(
     Path(tenant): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = session(&state, &headers) else {
-        return to_login();
-    };
-    let tenant = match tenant_of(&state, &s, &tenant) {
-        Ok(t) => t,
+    let (s, tenant) = match page_tenant(&state, &headers, &tenant) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let tz = &tenant.config.time_zone;
@@ -261,6 +267,58 @@ pub(super) async fn day(
     )
 }
 
+/// `GET /console/t/{tenant}/operations`: rate budgets with backlog and drain ETA, and the
+/// reconciliation lists with the button or link that resolves each entry.
+pub(super) async fn operations(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Response {
+    use crate::observe::rate_limits::{for_tenant, human_secs};
+    let (s, tenant) = match page_tenant(&state, &headers, &tenant) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let read = async {
+        Ok::<_, crate::store::StoreError>((
+            for_tenant(&state.core, &tenant).await?,
+            super::reconcile::reconcile(&state.core, &tenant).await?,
+        ))
+    };
+    let (accounts, r) = match read.await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "operations page query failed");
+            return message(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(&s),
+                "Error",
+                "The page could not be read.",
+            );
+        }
+    };
+    let accounts: Vec<_> = accounts
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(a).unwrap_or_default();
+            v["eta"] = a.drain_eta_secs.filter(|_| a.backlog > 0).map(human_secs).into();
+            v["oldest_age"] = a.oldest_age_secs.map(|s| human_secs(s as f64)).into();
+            v
+        })
+        .collect();
+    render(
+        &state,
+        "operations.html",
+        context! {
+            tenant => context!{id => tenant.id(), name => tenant.config.name, zone => tenant.config.time_zone_name},
+            accounts => minijinja::Value::from_serialize(&accounts), r,
+            operator => s.operator, csrf => s.csrf,
+            crm_vendor => tenant.config.crm.vendor,
+        },
+    )
+}
+
 /// `GET /console/t/{tenant}/calls/{id}`
 pub(super) async fn call(
     State(state): State<Arc<ConsoleState>>,
@@ -268,11 +326,8 @@ pub(super) async fn call(
     Path((tenant, call_id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = session(&state, &headers) else {
-        return to_login();
-    };
-    let tenant = match tenant_of(&state, &s, &tenant) {
-        Ok(t) => t,
+    let (s, tenant) = match page_tenant(&state, &headers, &tenant) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     match state.call_detail(&tenant.config, &call_id).await {

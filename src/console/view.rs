@@ -231,7 +231,7 @@ fn zoned(ms: i64, tz: &TimeZone) -> Option<jiff::ZonedDateTime> {
     Timestamp::from_millisecond(ms).ok().map(|t| t.to_zoned_datetime(tz.clone()))
 }
 
-fn rfc3339(ms: i64, tz: &TimeZone) -> String {
+pub(crate) fn rfc3339(ms: i64, tz: &TimeZone) -> String {
     zoned(ms, tz).map(|z| z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()).unwrap_or_default()
 }
 
@@ -307,6 +307,16 @@ pub fn yesterday(now: Timestamp, tz: &TimeZone) -> Date {
 /// Every call the tenant had on `date` (its zone), with status and records.
 pub async fn day(store: &Store, tenant: &TenantConfig, date: Date) -> Result<Vec<CallSummary>, StoreError> {
     let (from, to) = day_bounds(date, &tenant.time_zone).map_err(|e| StoreError::Other(e.to_string()))?;
+    between(store, tenant, from, to).await
+}
+
+/// Every call the tenant had that started in `[from, to)`, with status and records.
+pub async fn between(
+    store: &Store,
+    tenant: &TenantConfig,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<CallSummary>, StoreError> {
     let calls = store.calls_started_between(&tenant.id, from, to).await?;
     let ids: Vec<String> = calls.iter().map(|c| c.call_id.clone()).collect();
     let steps = store.steps_for_calls(&tenant.id, &ids).await?;

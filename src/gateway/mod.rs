@@ -94,6 +94,10 @@ async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    // Budgets, backlog age and drain ETA are read at scrape time (they change with the clock).
+    if let Err(e) = crate::observe::rate_limits::export(&app.core).await {
+        tracing::warn!(error = %e, "rate-limit metrics not updated");
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.core.metrics.render())
 }
 

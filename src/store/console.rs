@@ -18,6 +18,17 @@ pub struct AuditRow {
     pub detail: Value,
 }
 
+fn audit_row(r: &sqlx::any::AnyRow) -> Result<AuditRow, StoreError> {
+    let detail: String = r.try_get("detail")?;
+    Ok(AuditRow {
+        id: r.try_get("id")?,
+        step_id: r.try_get("step_id")?,
+        at: r.try_get("at")?,
+        action: r.try_get("action")?,
+        detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+    })
+}
+
 impl Store {
     /// The tenant's calls that started in `[from, to)`, oldest first.
     pub async fn calls_started_between(
@@ -50,6 +61,25 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The tenant's audit entries with `action` since `since`, oldest first, with their call.
+    pub async fn audit_entries_since(
+        &self,
+        tenant: &str,
+        action: &str,
+        since: Timestamp,
+    ) -> Result<Vec<(Option<String>, AuditRow)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, call_id, step_id, at, action, detail FROM audit
+             WHERE tenant = $1 AND action = $2 AND at >= $3 ORDER BY id",
+        )
+        .bind(tenant)
+        .bind(action)
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("call_id")?, audit_row(r)?))).collect()
     }
 
     /// The steps of many calls at once (for a day view), grouped by the caller.
@@ -133,18 +163,7 @@ impl Store {
         .bind(call_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    step_id: r.try_get("step_id")?,
-                    at: r.try_get("at")?,
-                    action: r.try_get("action")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
     }
 }
 

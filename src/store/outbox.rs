@@ -111,13 +111,28 @@ impl Store {
 
     /// Dead-lettered steps, newest first.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
+        self.steps_in_status(None, "dead", limit).await
+    }
+
+    /// One tenant's (or, with `None`, every tenant's) steps in `status` (`dead`, `parked`), newest
+    /// first, without payloads.
+    pub async fn steps_in_status(
+        &self,
+        tenant: Option<&str>,
+        status: &str,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        // No `$3 IS NULL` test: PostgreSQL cannot type an untyped NULL parameter.
+        let scope = if tenant.is_some() { " AND tenant = $3" } else { "" };
+        let sql = format!(
             "SELECT id, call_id, tenant, kind, attempts, last_error, updated_at FROM steps
-             WHERE status = 'dead' ORDER BY updated_at DESC, id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE status = $1{scope} ORDER BY updated_at DESC, id DESC LIMIT $2"
+        );
+        let mut query = sqlx::query(&sql).bind(status).bind(limit);
+        if let Some(t) = tenant {
+            query = query.bind(t);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|r| {
                 Ok(DeadLetter {

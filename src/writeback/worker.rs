@@ -316,7 +316,10 @@ impl Worker {
                 Outcome::Matched => {
                     existing = found.contacts.iter().find(|x| Some(&x.id) == decision.record_id.as_ref()).cloned()
                 }
-                Outcome::Ambiguous => review = resolve::review_task(&decision, &found.contacts, self.clock.now()),
+                Outcome::Ambiguous => {
+                    review = resolve::review_task(&decision, &found.contacts, self.clock.now())
+                        .map(|task| (task, decision.candidates.clone()))
+                }
                 Outcome::New => {}
             }
             if !naive {
@@ -350,12 +353,24 @@ impl Worker {
                 // Ambiguous: a new record, flagged where reps work (a task for the owner). Before
                 // the id is recorded, so a failed flag is retried with the step (the create is
                 // idempotent by its key and returns this contact again).
-                if let Some(task) = &review {
+                if let Some((task, candidates)) = &review {
                     let task_id =
                         tenant.crm.create_task(&id, task, &format!("{}:review", step.idempotency_key)).await?;
                     let _ = self
                         .store
                         .record_created_object(&step.tenant, &step.call_id, step.id, "task", &task_id, self.clock.now())
+                        .await;
+                    // For the console's reconciliation list: record ids only, no personal data.
+                    let _ = self
+                        .store
+                        .audit(
+                            &step.tenant,
+                            Some(&step.call_id),
+                            Some(step.id),
+                            "match.ambiguous",
+                            &json!({"created": id, "candidates": candidates, "review_task": task_id}),
+                            self.clock.now(),
+                        )
                         .await;
                 }
                 // Recorded before anything else can fail, so a retry never creates a second one.

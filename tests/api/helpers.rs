@@ -49,6 +49,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub core: Arc<Core>,
     pub alerter: Arc<callside::alerts::Alerter>,
+    /// The config reloader (`POST /v1/admin/reload` and SIGHUP call it).
+    pub reloader: Arc<callside::reload::Reloader>,
     /// Counts finished retention sweeps.
     pub retention_rounds: tokio::sync::watch::Receiver<u64>,
     pub clock: ManualClock,
@@ -173,6 +175,7 @@ async fn start_on(
     let core = app.core();
     let alerter = app.alerter();
     let retention_rounds = app.retention_rounds();
+    let reloader = app.reloader();
     let sandbox = app.sandbox().expect("sandbox runs");
     let hubspot = sandbox.hubspot.state.clone();
     let google = sandbox.google.state.clone();
@@ -189,6 +192,7 @@ async fn start_on(
         core,
         alerter,
         retention_rounds,
+        reloader,
         clock,
         hubspot,
         google,

@@ -26,6 +26,7 @@ mod lifecycle;
 mod match_eval;
 mod mcp_http;
 mod multi_instance;
+mod operations;
 mod pending_bookings;
 mod pilot;
 mod pipedrive;

@@ -115,3 +115,29 @@ async fn a_bad_reload_leaves_the_service_on_the_old_config_and_a_good_one_applie
     assert!(metrics.contains("callside_config_reloads_total{outcome=\"refused\"} 1"), "{metrics}");
     app.shutdown().await;
 }
+
+/// A real SIGHUP (sent to this test process with `kill -HUP`) reloads the configuration: the
+/// handler `callside serve` installs, waited on through its count of finished reloads.
+#[tokio::test]
+async fn a_sighup_reloads_the_configuration() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::create_dir(files.path().join("tenants")).unwrap();
+    write(files.path(), "callside.toml", &server_toml(100));
+    write(files.path(), "tenants/demo.toml", &demo_toml());
+    let app = spawn_app_from_file(&files.path().join("callside.toml"), tempfile::tempdir().unwrap()).await;
+    let mut reloads = callside::reload::on_sighup(app.reloader.clone()).expect("the handler installs");
+    assert!(app.core.tenants.by_id("other").is_none());
+
+    write(files.path(), "tenants/other.toml", &other_toml());
+    let sent = std::process::Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(std::time::Duration::from_secs(20), reloads.wait_for(|n| *n >= 1))
+        .await
+        .expect("the signal was handled")
+        .unwrap();
+    assert!(app.core.tenants.by_id("other").is_some(), "the new tenant is served after the SIGHUP");
+    assert_eq!(calls_status(&app, OTHER_KEY).await.0, StatusCode::OK);
+    let metrics = app.get("/metrics").await.1;
+    assert!(metrics.contains("callside_config_reloads_total{outcome=\"applied\"} 1"), "{metrics}");
+    app.shutdown().await;
+}

@@ -157,6 +157,7 @@ impl GoogleCalendarConnector {
         }
         self.meter.acquire().await;
         let response = request.send().await.map_err(|err| ConnectorError::from_transport(&err))?;
+        self.meter.observe(response.status().as_u16());
         if response.status().is_success() {
             return Ok(response);
         }

@@ -227,6 +227,7 @@ impl PipedriveConnector {
         self.meter.acquire().await;
         let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
         let status = response.status();
+        self.meter.observe(status.as_u16());
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?.to_vec();
         Ok(Raw { status, headers, body, sent_keys })

@@ -1,4 +1,10 @@
-//! Metrics (Prometheus text via `prometheus-client`) and log redaction helpers.
+//! Metrics (Prometheus text via `prometheus-client`), log redaction helpers, and the operator's
+//! views of the write-back's health: rate budgets with backlog and drain ETA (`rate_limits.rs`)
+//! (the console's reconciliation lists are `console::reconcile`).
+
+pub mod rate_limits;
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +49,23 @@ pub struct AlertLabel {
     pub kind: String,
 }
 
+/// A vendor (`hubspot`, `google`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VendorLabel {
+    pub vendor: String,
+}
+
+/// One connected account at one vendor, and a lane of its budget where it matters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    pub vendor: String,
+    pub account: String,
+    pub lane: String,
+}
+
+/// A gauge holding a float.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// What became of an operation (a configuration reload).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -69,6 +92,19 @@ pub struct Metrics {
     pub alerts: Family<AlertLabel, Counter>,
     /// Configuration reloads by outcome (`applied`, `refused`).
     pub config_reloads: Family<OutcomeLabel, Counter>,
+    /// Caller-context lookups by outcome (`hit`: answered from the cache, `miss`: read from the
+    /// CRM); the hit ratio is `hit / (hit + miss)`.
+    pub context_cache: Family<OutcomeLabel, Counter>,
+    /// HTTP 429 answers per vendor (`connectors::rate::Meter::observe`).
+    pub vendor_rate_limited: Family<VendorLabel, Counter>,
+    /// OAuth token refreshes by vendor and outcome.
+    pub token_refreshes: Family<InboundLabels, Counter>,
+    /// Rate budget tokens left per account and lane (`shared`, `writeback`), set at each scrape.
+    pub rate_budget_remaining: Family<AccountLabels, FloatGauge>,
+    /// Seconds until the account's write-back backlog drains at its lane's rate (lane `writeback`).
+    pub writeback_drain_eta: Family<AccountLabels, FloatGauge>,
+    /// Age of the oldest pending write-back step, seconds (0: none), set at each scrape.
+    pub writeback_backlog_age: FloatGauge,
 }
 
 impl Metrics {
@@ -107,8 +143,42 @@ impl Metrics {
         registry.register("alerts", "Alert incidents opened, by kind", alerts.clone());
         let config_reloads = Family::<OutcomeLabel, Counter>::default();
         registry.register("config_reloads", "Configuration reloads by outcome", config_reloads.clone());
+        let context_cache = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "context_cache_lookups",
+            "Caller-context lookups by outcome (hit, miss)",
+            context_cache.clone(),
+        );
+        let vendor_rate_limited = Family::<VendorLabel, Counter>::default();
+        registry.register("vendor_rate_limited", "HTTP 429 answers per vendor", vendor_rate_limited.clone());
+        let token_refreshes = Family::<InboundLabels, Counter>::default();
+        registry.register("token_refreshes", "OAuth token refreshes by vendor and outcome", token_refreshes.clone());
+        let rate_budget_remaining = Family::<AccountLabels, FloatGauge>::default();
+        registry.register(
+            "rate_budget_remaining",
+            "Requests left in each account's rate budget, per lane (shared, writeback)",
+            rate_budget_remaining.clone(),
+        );
+        let writeback_drain_eta = Family::<AccountLabels, FloatGauge>::default();
+        registry.register(
+            "writeback_drain_eta_seconds",
+            "Seconds until the write-back backlog drains at the account's write-back lane rate",
+            writeback_drain_eta.clone(),
+        );
+        let writeback_backlog_age = FloatGauge::default();
+        registry.register(
+            "writeback_backlog_age_seconds",
+            "Age of the oldest pending write-back step",
+            writeback_backlog_age.clone(),
+        );
         Metrics {
             registry,
+            context_cache,
+            vendor_rate_limited,
+            token_refreshes,
+            rate_budget_remaining,
+            writeback_drain_eta,
+            writeback_backlog_age,
             alerts,
             config_reloads,
             tool_calls,
