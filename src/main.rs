@@ -156,6 +156,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         pipedrive_port: u16,
         #[arg(long, default_value_t = 0)]
+        square_port: u16,
+        #[arg(long, default_value_t = 0)]
+        shopify_port: u16,
+        #[arg(long, default_value_t = 0)]
         control_port: u16,
     },
 }
@@ -256,7 +260,16 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("GET {url}"))?;
             if resp.status().is_success() { Ok(()) } else { anyhow::bail!("{url} answered {}", resp.status()) }
         }
-        Command::Sandbox { hubspot_port, google_port, graph_port, salesforce_port, pipedrive_port, control_port } => {
+        Command::Sandbox {
+            hubspot_port,
+            google_port,
+            graph_port,
+            salesforce_port,
+            pipedrive_port,
+            square_port,
+            shopify_port,
+            control_port,
+        } => {
             init_tracing();
             let ports = SandboxPorts {
                 hubspot: hubspot_port,
@@ -264,6 +277,8 @@ async fn main() -> anyhow::Result<()> {
                 graph: graph_port,
                 salesforce: salesforce_port,
                 pipedrive: pipedrive_port,
+                square: square_port,
+                shopify: shopify_port,
             };
             let sandbox = Sandbox::start_on(ports).await.context("starting the emulators")?;
             sandbox.seed_demo();
@@ -276,6 +291,8 @@ async fn main() -> anyhow::Result<()> {
                 "graph": sandbox.graph.base_url().as_str(),
                 "salesforce": sandbox.salesforce.base_url().as_str(),
                 "pipedrive": sandbox.pipedrive.base_url().as_str(),
+                "square": sandbox.square.base_url().as_str(),
+                "shopify": sandbox.shopify.base_url().as_str(),
                 "control": format!("http://{}/", control.local_addr()?),
                 "tokens": {
                     "hubspot": callside::sandbox::HUBSPOT_TOKEN,
@@ -283,10 +300,14 @@ async fn main() -> anyhow::Result<()> {
                     "graph": callside::sandbox::GRAPH_TOKEN,
                     "salesforce": callside::sandbox::SALESFORCE_TOKEN,
                     "pipedrive": callside::sandbox::PIPEDRIVE_TOKEN,
+                    "square": callside::sandbox::SQUARE_TOKEN,
+                    "shopify": callside::sandbox::SHOPIFY_TOKEN,
                 },
             });
             println!("{urls}");
-            let router = callside::sandbox::control::router(sandbox.hubspot.state.clone());
+            let router = callside::sandbox::control::router(sandbox.hubspot.state.clone()).merge(
+                callside::sandbox::control::pos_router(sandbox.square.state.clone(), sandbox.shopify.state.clone()),
+            );
             axum::serve(control, router).with_graceful_shutdown(shutdown_signal()).await.context("control port")?;
             Ok(())
         }

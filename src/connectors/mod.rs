@@ -1,4 +1,4 @@
-//! Outbound connectors: one folder per kind (`crm/`, `calendar/`), one file per vendor, and the
+//! Outbound connectors: one folder per kind (`crm/`, `calendar/`, `pos/`), one file per vendor, and the
 //! pieces every vendor shares — the error classification and the HTTP client settings.
 //!
 //! Connectors speak each vendor's real API; the same code talks to the in-process sandbox
@@ -6,6 +6,7 @@
 
 pub mod calendar;
 pub mod crm;
+pub mod pos;
 pub mod rate;
 
 use std::time::Duration;
@@ -110,6 +111,25 @@ pub(crate) fn truncate_bytes(value: &str, max: usize) -> String {
         cut -= 1;
     }
     value[..cut].to_owned()
+}
+
+/// A vendor's answer, read whole (status and headers for classification, the body to decode).
+pub(crate) struct Raw {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Charges one request to the account's rate budget (`rate.rs`), sends it and reads the answer
+/// whole; a transport failure is classified ([`ConnectorError::from_transport`]).
+pub(crate) async fn send_metered(meter: &rate::Meter, request: reqwest::RequestBuilder) -> Result<Raw, ConnectorError> {
+    meter.acquire().await;
+    let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
+    let status = response.status();
+    meter.observe(status.as_u16());
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?.to_vec();
+    Ok(Raw { status, headers, body })
 }
 
 /// The outbound HTTP client every connector uses: bounded timeouts so no vendor call can hang a

@@ -80,7 +80,8 @@ impl SandboxOptions {
                 });
             }
             for (file, t) in tenants {
-                if t.crm.base_url != "sandbox" || t.calendar.base_url != "sandbox" {
+                let pos_real = t.pos.as_ref().is_some_and(|p| p.base_url.as_deref() != Some("sandbox"));
+                if t.crm.base_url != "sandbox" || t.calendar.base_url != "sandbox" || pos_real {
                     issues.push(ConfigIssue {
                         file: file.clone(),
                         key: key.into(),

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod faults;
 pub mod google_calendar;
 pub mod google_push;
 pub mod graph;
@@ -12,8 +13,11 @@ pub mod hubspot_webhooks;
 pub mod pipedrive;
 pub mod radicale;
 pub mod salesforce;
+pub mod shopify;
+pub mod square;
 
 use std::io;
+use std::sync::Arc;
 
 use google_calendar::GoogleCalendarSandbox;
 use hubspot::HubSpotSandbox;
@@ -26,6 +30,74 @@ pub const GOOGLE_TOKEN: &str = "sandbox-google-token";
 pub const GRAPH_TOKEN: &str = "sandbox-graph-token";
 pub const SALESFORCE_TOKEN: &str = "sandbox-salesforce-token";
 pub const PIPEDRIVE_TOKEN: &str = "sandbox-pipedrive-api-token";
+pub const SQUARE_TOKEN: &str = "sandbox-square-token";
+pub const SHOPIFY_TOKEN: &str = "sandbox-shopify-token";
+
+/// An emulator's HTTP server on a loopback port; it stops when dropped.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Serves `router` on `127.0.0.1:port` (0: any free port) on the current runtime.
+    pub async fn start(router: axum::Router, port: u16, name: &'static str) -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                tracing::warn!(error = %err, emulator = name, "sandbox emulator stopped");
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// `http://127.0.0.1:<port>/`.
+    pub fn base_url(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}/", self.addr)).expect("socket address forms a valid URL")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An emulator: its state (seeding, faults, what it received) and its server.
+pub struct Emulator<S> {
+    pub state: Arc<S>,
+    server: Served,
+}
+
+impl<S> Emulator<S> {
+    /// Serves `router` (built over `state`) on `127.0.0.1:port` (0: any free port).
+    pub async fn serve(state: Arc<S>, router: axum::Router, port: u16, name: &'static str) -> io::Result<Self> {
+        Ok(Self { state, server: Served::start(router, port, name).await? })
+    }
+
+    /// The emulator's base URL: it stands in for the vendor's API host.
+    pub fn base_url(&self) -> url::Url {
+        self.server.base_url()
+    }
+}
+
+/// Sends one request to an emulator's router in process and reads the JSON answer (`Null` for a
+/// body that is not JSON).
+#[cfg(test)]
+pub(crate) async fn call_router(
+    app: &axum::Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt;
+    let resp = app.clone().oneshot(request).await.expect("the router answers");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("a readable body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// A seeded visit at the till: when, the items (name, price in cents), who served.
+type Visit = (&'static str, &'static [(&'static str, i64)], &'static str);
 
 /// Loopback ports for [`Sandbox::start_on`]; 0 picks a free one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +107,8 @@ pub struct SandboxPorts {
     pub graph: u16,
     pub salesforce: u16,
     pub pipedrive: u16,
+    pub square: u16,
+    pub shopify: u16,
 }
 
 /// Every emulator the service can run against, started together.
@@ -44,6 +118,8 @@ pub struct Sandbox {
     pub graph: graph::GraphSandbox,
     pub salesforce: salesforce::SalesforceSandbox,
     pub pipedrive: PipedriveSandbox,
+    pub square: Emulator<square::SquareState>,
+    pub shopify: Emulator<shopify::ShopifyState>,
 }
 
 impl Sandbox {
@@ -64,6 +140,8 @@ impl Sandbox {
             graph: graph::GraphSandbox::serve_on(graph::GraphState::new(GRAPH_TOKEN), ports.graph).await?,
             salesforce: salesforce::SalesforceSandbox::start_on(SALESFORCE_TOKEN, ports.salesforce)?,
             pipedrive: PipedriveSandbox::start_with_api_token_on(PIPEDRIVE_TOKEN, ports.pipedrive).await?,
+            square: square::start_on(SQUARE_TOKEN, ports.square).await?,
+            shopify: shopify::start_on(SHOPIFY_TOKEN, ports.shopify).await?,
         })
     }
 
@@ -115,5 +193,20 @@ impl Sandbox {
             None,
         );
         self.pipedrive.state.insert_deal(&ana, "Color correction package", "open", pipedrive::STAGES[0].0);
+        // Her purchase history at the till, in both POS emulators: a haircut regular.
+        let visits: [Visit; 4] = [
+            ("2026-08-14T16:00:00Z", &[("Haircut", 6500), ("Deep conditioning", 2500)], "Sam"),
+            ("2026-09-18T15:30:00Z", &[("Haircut", 6500)], "Alex"),
+            ("2026-10-21T17:00:00Z", &[("Color", 12000), ("Haircut", 6500)], "Alex"),
+            ("2026-11-12T15:00:00Z", &[("Haircut", 6500), ("Deep conditioning", 2500)], "Alex"),
+        ];
+        let ana =
+            self.square.state.insert_customer("Ana", "López", Some("ana.lopez@example.com"), Some("(415) 555-0134"));
+        let shop_ana = self.shopify.state.insert_customer("Ana", Some("ana.lopez@example.com"), Some("+14155550134"));
+        for (at, items, staff) in visits {
+            let at = at.parse().expect("valid seed timestamp");
+            self.square.state.insert_order(&ana, square::DEMO_LOCATION, at, items);
+            self.shopify.state.insert_order(&shop_ana, at, items, Some(staff));
+        }
     }
 }

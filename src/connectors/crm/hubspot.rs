@@ -247,13 +247,7 @@ impl HubSpotConnector {
         if let Some(body) = body {
             request = request.json(body);
         }
-        self.meter.acquire().await;
-        let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
-        let status = response.status();
-        self.meter.observe(status.as_u16());
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?.to_vec();
-        Ok(Raw { status, headers, body })
+        crate::connectors::send_metered(&self.meter, request).await
     }
 
     /// Sends and decodes a successful answer; anything else is classified.
@@ -1397,11 +1391,7 @@ fn to_histories(properties: &[String], object: HistoryObject) -> Vec<PropertyHis
 
 // ----- response types -----------------------------------------------------------------------------
 
-struct Raw {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
+use crate::connectors::Raw;
 
 /// Ids are strings in v3 responses and numbers in v4 ones.
 fn id_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {

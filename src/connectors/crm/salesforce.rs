@@ -187,11 +187,7 @@ impl Describe {
     }
 }
 
-struct Raw {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
+use crate::connectors::Raw;
 
 /// A [`CrmConnector`] for Salesforce.
 pub struct SalesforceConnector {
@@ -345,13 +341,7 @@ impl SalesforceConnector {
         if let Some(body) = body {
             request = request.json(body);
         }
-        self.meter.acquire().await;
-        let response = request.send().await.map_err(|e| ConnectorError::from_transport(&e))?;
-        let status = response.status();
-        self.meter.observe(status.as_u16());
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| ConnectorError::from_transport(&e))?.to_vec();
-        Ok(Raw { status, headers, body })
+        crate::connectors::send_metered(&self.meter, request).await
     }
 
     async fn call(
