@@ -74,8 +74,11 @@ impl Application {
         clock: SharedClock,
         shared: Option<Arc<Sandbox>>,
     ) -> anyhow::Result<Application> {
-        let needs_sandbox =
-            config.tenants.iter().any(|t| t.crm.base_url == "sandbox" || t.calendar.base_url == "sandbox");
+        let needs_sandbox = config.tenants.iter().any(|t| {
+            t.crm.base_url == "sandbox"
+                || t.calendar.base_url == "sandbox"
+                || t.pos.as_ref().is_some_and(|p| p.base_url.as_deref() == Some("sandbox"))
+        });
         let owns_sandbox = shared.is_none();
         let sandbox = match shared {
             Some(s) => Some(s),
@@ -175,7 +178,11 @@ impl Application {
                         Arc::new(GoogleCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
                     }
                 };
-                Ok(Tenant { config: t.clone(), crm, calendar })
+                let pos = match &t.pos {
+                    None => None,
+                    Some(p) => Some(pos_connector(p, &t.id, sandbox, &client, &clock, &budgets)?),
+                };
+                Ok(Tenant { config: t.clone(), crm, calendar, pos })
             })
         };
         let mut tenants = Vec::new();
@@ -525,6 +532,8 @@ struct SandboxUrls {
     graph: url::Url,
     salesforce: url::Url,
     pipedrive: url::Url,
+    square: url::Url,
+    shopify: url::Url,
 }
 
 impl SandboxUrls {
@@ -535,6 +544,8 @@ impl SandboxUrls {
             graph: s.graph.base_url(),
             salesforce: s.salesforce.base_url(),
             pipedrive: s.pipedrive.base_url(),
+            square: s.square.base_url(),
+            shopify: s.shopify.base_url(),
         }
     }
 }
@@ -583,6 +594,40 @@ fn pipedrive_crm(
         PipedriveConnector::new(url, token, client.clone())
     };
     Ok(Arc::new(connector.with_clock(clock.clone()).with_meter(meter)))
+}
+
+/// A tenant's point of sale: the emulator for `base_url = "sandbox"`, else the vendor with the
+/// token from `access_token_env`; every request charged to the tenant's POS budget.
+fn pos_connector(
+    p: &crate::config::PosSection,
+    tenant: &str,
+    sandbox: Option<&SandboxUrls>,
+    client: &reqwest::Client,
+    clock: &SharedClock,
+    budgets: &Arc<crate::connectors::rate::RateBudgets>,
+) -> anyhow::Result<Arc<dyn crate::connectors::pos::PosConnector>> {
+    use crate::connectors::pos::{PosHttp, shopify::ShopifyPos, square::SquarePos};
+    let (url, token) = match p.base_url() {
+        None => {
+            let s = sandbox.context("a tenant's POS uses the sandbox but the sandbox is not running")?;
+            match p.vendor.as_str() {
+                "shopify" => (s.shopify.clone(), sandbox::SHOPIFY_TOKEN.to_owned()),
+                _ => (s.square.clone(), sandbox::SQUARE_TOKEN.to_owned()),
+            }
+        }
+        Some(base) => {
+            let url = url::Url::parse(&base).context("pos base_url")?;
+            let var = p.access_token_env.as_deref().context("pos.access_token_env is required")?;
+            (url, std::env::var(var).with_context(|| format!("environment variable {var}"))?)
+        }
+    };
+    let http = PosHttp::new(client.clone(), SecretString::from(token))
+        .with_meter(budgets.meter(&p.vendor, tenant, p.requests_per_10s.unwrap_or(0)))
+        .with_clock(clock.clone());
+    Ok(match p.vendor.as_str() {
+        "shopify" => Arc::new(ShopifyPos::new(url, http).with_version(p.version()).with_staff(p.read_staff)),
+        _ => Arc::new(SquarePos::new(url, p.location_ids.clone(), http).with_version(p.version())),
+    })
 }
 
 /// The base URL and token source of a tenant's OAuth connection to a CRM vendor: the sandbox

@@ -300,6 +300,148 @@ pub struct TenantFile {
     /// Alert thresholds and webhook (`crate::alerts`); alerts are evaluated only with this section.
     #[serde(default)]
     pub alerts: Option<crate::alerts::AlertsFile>,
+    /// The business's point of sale (`[pos]`), read at ring time beside the CRM.
+    #[serde(default)]
+    pub pos: Option<PosSection>,
+}
+
+/// `[pos]`: the tenant's point of sale (`crate::connectors::pos`). The token is named by
+/// environment variable, never written here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PosSection {
+    /// `square` or `shopify`.
+    pub vendor: String,
+    /// `sandbox` for the in-process emulator; otherwise the API base URL. Default: Square's
+    /// `https://connect.squareup.com/`, Shopify's `https://{shop_domain}/`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the access token (Square: an access token; Shopify: the
+    /// app's Admin API token). Not needed for the sandbox.
+    #[serde(default)]
+    pub access_token_env: Option<String>,
+    /// Never accepted: present only so a token written into the file gets a clear error.
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// Square: the locations whose orders are read (1 to 10, Square's limit per search).
+    #[serde(default)]
+    pub location_ids: Vec<String>,
+    /// Shopify: the shop, `name.myshopify.com`.
+    #[serde(default)]
+    pub shop_domain: Option<String>,
+    /// Square's `Square-Version` (`YYYY-MM-DD`) or Shopify's Admin API version (`YYYY-MM`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Shopify: read each order's staff member (needs the `read_users` scope: Plus / Advanced).
+    #[serde(default)]
+    pub read_staff: bool,
+    /// Requests per 10 s charged to the rate budget (0 or absent: unmetered; neither vendor
+    /// publishes a request-count limit — Shopify's is cost-based, handled from its answers).
+    #[serde(default)]
+    pub requests_per_10s: Option<u32>,
+    /// How long the ring-time read may take before the context is served without it.
+    #[serde(default = "default_pos_budget_ms")]
+    pub ring_budget_ms: u64,
+}
+
+fn default_pos_budget_ms() -> u64 {
+    1500
+}
+
+impl PosSection {
+    /// The API version to send: the configured one or the connector's default.
+    pub fn version(&self) -> &str {
+        match (self.api_version.as_deref(), self.vendor.as_str()) {
+            (Some(v), _) => v,
+            (None, "shopify") => crate::connectors::pos::shopify::DEFAULT_API_VERSION,
+            (None, _) => crate::connectors::pos::square::DEFAULT_SQUARE_VERSION,
+        }
+    }
+
+    /// The API base URL (`None` for the sandbox).
+    pub fn base_url(&self) -> Option<String> {
+        match (self.base_url.as_deref(), self.vendor.as_str()) {
+            (Some("sandbox"), _) => None,
+            (Some(url), _) => Some(url.to_owned()),
+            (None, "shopify") => Some(format!("https://{}/", self.shop_domain.as_deref().unwrap_or_default())),
+            (None, _) => Some("https://connect.squareup.com/".to_owned()),
+        }
+    }
+}
+
+/// Every problem with a `[pos]` section.
+fn validate_pos(p: &PosSection, sandbox: bool, issue: &mut impl FnMut(&str, String)) {
+    if p.access_token.is_some() {
+        issue(
+            "pos.access_token",
+            "secrets never live in tenant files: put the token in an environment variable and name it in \
+             access_token_env"
+                .into(),
+        );
+    }
+    let shopify = match p.vendor.as_str() {
+        "square" => false,
+        "shopify" => true,
+        other => {
+            issue("pos.vendor", format!("{other:?} is not supported (supported: square, shopify)"));
+            return;
+        }
+    };
+    if shopify {
+        if !p.location_ids.is_empty() {
+            issue("pos.location_ids", "only used with vendor = \"square\"".into());
+        }
+        let domain_ok = p.shop_domain.as_deref().is_some_and(|d| {
+            d.strip_suffix(".myshopify.com")
+                .is_some_and(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        });
+        if !domain_ok {
+            issue("pos.shop_domain", "required for Shopify: the shop's \"name.myshopify.com\" domain".into());
+        }
+    } else {
+        if p.location_ids.is_empty() || p.location_ids.len() > 10 {
+            issue("pos.location_ids", "Square needs 1 to 10 location ids (its limit per orders search)".into());
+        } else if p.location_ids.iter().any(|l| l.is_empty() || !l.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            issue("pos.location_ids", "a location id is letters and digits only".into());
+        }
+        if p.shop_domain.is_some() {
+            issue("pos.shop_domain", "only used with vendor = \"shopify\"".into());
+        }
+        if p.read_staff {
+            issue("pos.read_staff", "Square orders carry no staff member; only used with vendor = \"shopify\"".into());
+        }
+    }
+    if let Some(v) = &p.api_version {
+        // Shopify names versions by month (`2025-10`), Square by day (`2025-10-16`).
+        let (len, full) = if shopify { (7, format!("{v}-01")) } else { (10, v.clone()) };
+        if v.len() != len || full.parse::<jiff::civil::Date>().is_err() {
+            let example = if shopify { "2025-10" } else { "2025-10-16" };
+            issue("pos.api_version", format!("{v:?} is not a version like {example:?}"));
+        }
+    }
+    if !(50..=4000).contains(&p.ring_budget_ms) {
+        issue("pos.ring_budget_ms", "must be between 50 and 4000 (tool calls have 5 s in all)".into());
+    }
+    match p.base_url.as_deref() {
+        Some("sandbox") => {
+            if !sandbox {
+                issue("pos.base_url", "\"sandbox\" needs server.sandbox = true".into());
+            }
+            return;
+        }
+        Some(url) => match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+            _ => issue("pos.base_url", format!("{url:?} is not an http(s) URL")),
+        },
+        None => {}
+    }
+    match &p.access_token_env {
+        None => issue("pos.access_token_env", "required for a real POS".into()),
+        Some(var) if std::env::var_os(var).is_none() => {
+            issue("pos.access_token_env", format!("environment variable {var} is not set"))
+        }
+        Some(_) => {}
+    }
 }
 
 /// The tenant's notification webhook: callside POSTs JSON events (e.g. `appointment.cancelled`)
@@ -491,6 +633,8 @@ pub struct TenantConfig {
     pub writeback_rules: crate::writeback::settings::WritebackRules,
     /// Alert thresholds and webhook, when the tenant has an `[alerts]` section.
     pub alerts: Option<crate::alerts::AlertSettings>,
+    /// The point of sale, when the tenant has a `[pos]` section.
+    pub pos: Option<PosSection>,
 }
 
 /// Overrides given on the command line; they win over the file.
@@ -881,6 +1025,9 @@ impl Config {
                 }
             }
             let alerts = t.alerts.as_ref().and_then(|a| crate::alerts::validate(a, &mut issue));
+            if let Some(p) = &t.pos {
+                validate_pos(p, server.server.sandbox, &mut issue);
+            }
             if t.calendar.vendor == "caldav" && t.schedule.notify_on_cancel && t.notifications.is_none() {
                 issue(
                     "notifications",
@@ -1020,6 +1167,7 @@ impl Config {
                     services,
                     writeback_rules,
                     alerts,
+                    pos: t.pos.clone(),
                 });
             }
         }

@@ -6,7 +6,15 @@
 //! by id: no vendor search), and by vendor search only on a miss; the decision is
 //! [`crate::matching::decide`]. A mid-call identity update (the caller gives an email or a name)
 //! re-matches with [`ContextService::rematch`].
+//!
+//! The point of sale is read at the same ring, concurrently ([`ContextService::fetch_pos`]), into
+//! its own entry of the same cache (same key, same TTL, single-flight): a POS that is slow or
+//! down must not hold the CRM context back, and a CRM outage must not throw a good POS read away.
+//! It has a time budget (`[pos] ring_budget_ms`); past it the caller's context is served with
+//! `pos: unavailable`. What the AI may see of it is decided with the CRM's answer
+//! ([`pos_for_caller`]): nothing when the caller is not identified for sure.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +22,7 @@ use serde::Serialize;
 
 use crate::clock::SharedClock;
 use crate::connectors::crm::{CrmActivity, CrmContact, CrmContext, CrmDeal, CrmTicket};
+use crate::connectors::pos::{PosMatch, PosSummary};
 use crate::identity::ParsedPhone;
 use crate::matching::{Claims, Decision, Outcome, resolve};
 use crate::store::Store;
@@ -103,10 +112,86 @@ impl CallerContext {
     }
 }
 
+/// The caller's point-of-sale history, as read at ring time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PosContext {
+    /// The tenant has no point of sale.
+    NotConfigured,
+    /// One customer profile; `matched_by` is `phone` or `email` (the CRM record's email, when
+    /// the number is not on a till profile).
+    Found {
+        matched_by: &'static str,
+        summary: Box<PosSummary>,
+    },
+    NotFound,
+    /// Several till profiles share the number: none is shown.
+    Ambiguous {
+        profiles: usize,
+    },
+    /// Not shown because the caller is not identified for sure (see [`pos_for_caller`]).
+    NotShown {
+        reason: String,
+    },
+    /// The POS did not answer in time or failed; the call goes on without it.
+    Unavailable {
+        reason: String,
+    },
+}
+
+impl PosContext {
+    pub fn status(&self) -> &'static str {
+        match self {
+            PosContext::NotConfigured => "not_configured",
+            PosContext::Found { .. } => "found",
+            PosContext::NotFound => "not_found",
+            PosContext::Ambiguous { .. } => "ambiguous",
+            PosContext::NotShown { .. } => "not_shown",
+            PosContext::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// The speakable hint ("Usual: Haircut."), only for a summary the AI may use.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PosContext::Found { summary, .. } => summary.hint(),
+            _ => None,
+        }
+    }
+}
+
+/// What of the POS read the AI may see, given who the CRM says the caller is. A till profile
+/// found by this number is shown for a matched caller whose first name agrees with it (a
+/// household's shared number can be on the till under another member), and for a caller the CRM
+/// does not know or could not read (the number alone found one profile); never for an ambiguous
+/// caller — that would read one person's purchases to another.
+pub fn pos_for_caller(crm: &CallerContext, pos: &PosContext) -> PosContext {
+    let PosContext::Found { summary, .. } = pos else { return pos.clone() };
+    match crm {
+        CallerContext::Ambiguous { .. } => {
+            PosContext::NotShown { reason: "the caller is not identified yet: ask who is calling".into() }
+        }
+        CallerContext::Matched { contact, .. } => {
+            let disagree = match (&contact.first_name, &summary.first_name) {
+                (Some(crm), Some(till)) => !crate::matching::names::same_first_name(crm, till),
+                _ => false,
+            };
+            if disagree {
+                PosContext::NotShown { reason: "the till's customer on this number has another first name".into() }
+            } else {
+                pos.clone()
+            }
+        }
+        _ => pos.clone(),
+    }
+}
+
 type Key = (String, String);
 
 pub struct ContextService {
     cache: moka::future::Cache<Key, Arc<CallerContext>>,
+    /// The point-of-sale reads, keyed and timed like `cache`.
+    pos_cache: moka::future::Cache<Key, Arc<PosContext>>,
     /// The identity index; without it every lookup is a vendor search.
     index: Option<(Store, SharedClock)>,
     /// TEST ONLY (`[sandbox_options] integration_fault = "drop_open_deals"`): the context leaves
@@ -125,6 +210,7 @@ impl ContextService {
     pub fn new(ttl: Duration, capacity: u64) -> Self {
         Self {
             cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            pos_cache: moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             index: None,
             drop_open_deals: false,
             lookups: None,
@@ -183,6 +269,63 @@ impl ContextService {
             Ok(ctx) => ctx,
             Err(reason) => Arc::new(CallerContext::Unavailable { reason: (*reason).clone() }),
         }
+    }
+
+    /// The caller's point-of-sale history: by phone, then — when the number is on no till
+    /// profile, or on several — by the email of the CRM record `crm` resolves to. Cached per
+    /// (tenant, E.164) like [`ContextService::fetch`]; a failure or a read past the tenant's
+    /// budget is `Unavailable` and not cached (the next call tries again).
+    pub async fn fetch_pos<F>(&self, tenant: &Arc<Tenant>, caller: &ParsedPhone, crm: F) -> Arc<PosContext>
+    where
+        F: Future<Output = Arc<CallerContext>> + Send + 'static,
+    {
+        let (Some(pos), Some(config)) = (tenant.pos.clone(), tenant.config.pos.as_ref()) else {
+            return Arc::new(PosContext::NotConfigured);
+        };
+        let ParsedPhone::Number(phone) = caller else { return Arc::new(PosContext::NotFound) };
+        let budget = Duration::from_millis(config.ring_budget_ms);
+        let key = (tenant.id().to_owned(), phone.e164.clone());
+        let e164 = phone.e164.clone();
+        let init = async move {
+            let lookup = async {
+                let by_phone = pos.by_phone(&e164).await?;
+                if let PosMatch::Found(summary) = by_phone {
+                    return Ok::<_, crate::connectors::ConnectorError>(PosContext::Found {
+                        matched_by: "phone",
+                        summary,
+                    });
+                }
+                let email = crm
+                    .await
+                    .matched_contact()
+                    .and_then(|c| c.email.as_deref())
+                    .and_then(crate::identity::normalize_email);
+                let by_email = match email {
+                    Some(e) => pos.by_email(&e).await?,
+                    None => PosMatch::NotFound,
+                };
+                Ok(match (by_phone, by_email) {
+                    (_, PosMatch::Found(summary)) => PosContext::Found { matched_by: "email", summary },
+                    (PosMatch::Ambiguous(n), _) | (_, PosMatch::Ambiguous(n)) => PosContext::Ambiguous { profiles: n },
+                    _ => PosContext::NotFound,
+                })
+            };
+            // Real time on purpose: this bounds a wait on a vendor's socket (design.md, Time).
+            match tokio::time::timeout(budget, lookup).await {
+                Ok(Ok(ctx)) => Ok(Arc::new(ctx)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("the point of sale did not answer within {} ms", budget.as_millis())),
+            }
+        };
+        match self.pos_cache.try_get_with(key, init).await {
+            Ok(ctx) => ctx,
+            Err(reason) => Arc::new(PosContext::Unavailable { reason: (*reason).clone() }),
+        }
+    }
+
+    /// Whether a POS read is cached for (tenant, E.164).
+    pub fn is_pos_cached(&self, tenant: &str, e164: &str) -> bool {
+        self.pos_cache.contains_key(&(tenant.to_owned(), e164.to_owned()))
     }
 
     /// Re-matches with what the caller has said on the call (email, name, postal code): not

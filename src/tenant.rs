@@ -8,11 +8,14 @@ use std::sync::Arc;
 use crate::config::TenantConfig;
 use crate::connectors::calendar::CalendarConnector;
 use crate::connectors::crm::CrmConnector;
+use crate::connectors::pos::PosConnector;
 
 pub struct Tenant {
     pub config: TenantConfig,
     pub crm: Arc<dyn CrmConnector>,
     pub calendar: Arc<dyn CalendarConnector>,
+    /// The point of sale, when the tenant has one (`[pos]`).
+    pub pos: Option<Arc<dyn PosConnector>>,
 }
 
 impl Tenant {

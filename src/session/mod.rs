@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::booking::BookingService;
 use crate::clock::SharedClock;
 use crate::connectors::crm::CallLog;
-use crate::context::{CallerContext, ContextService};
+use crate::context::{CallerContext, ContextService, PosContext};
 use crate::identity::ParsedPhone;
 use crate::observe::Metrics;
 use crate::protocol::ToolResult;
@@ -180,6 +180,9 @@ pub struct CallSession {
     pub dialed: String,
     pub started_at: Timestamp,
     prefetch: Shared<BoxFuture<'static, Arc<CallerContext>>>,
+    /// The point-of-sale read, started at ring beside the prefetch (its email fallback waits
+    /// on the prefetch's answer).
+    pos: Shared<BoxFuture<'static, Arc<PosContext>>>,
     /// The caller's context as re-read after the CRM said the record changed (inbound sync);
     /// tools read it in place of the prefetch. The write-back keeps the ring-time read as its
     /// watermark (see `finish_call`), so a rep's mid-call edit still counts as newer.
@@ -282,6 +285,16 @@ impl Core {
         }
         .boxed()
         .shared();
+        let pos = {
+            let (core, t, c, crm) = (self.clone(), tenant.clone(), caller.clone(), prefetch.clone());
+            let task = tokio::spawn(async move { core.context.fetch_pos(&t, &c, crm).await });
+            async move {
+                task.await
+                    .unwrap_or_else(|e| Arc::new(PosContext::Unavailable { reason: format!("POS read failed: {e}") }))
+            }
+            .boxed()
+            .shared()
+        };
         let session = Arc::new(CallSession {
             call_id: call_id.clone(),
             transport,
@@ -292,6 +305,7 @@ impl Core {
             dialed: dialed.clone(),
             started_at: now,
             prefetch,
+            pos,
             refreshed: Mutex::new(None),
             state: Mutex::new(CallState::default()),
             notifications: tx,
@@ -587,6 +601,11 @@ impl CallSession {
             return fresh;
         }
         self.prefetch.clone().await
+    }
+
+    /// The caller's point-of-sale history as read at ring (waits for it, within its budget).
+    pub async fn pos(&self) -> Arc<PosContext> {
+        self.pos.clone().await
     }
 
     /// The context as currently known without waiting: `None` while the prefetch is running.

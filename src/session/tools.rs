@@ -109,7 +109,8 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
             s.state.lock().expect("call state lock").rematched = Some(ctx);
         }
     }
-    let ctx = s.context().await;
+    let (ctx, pos) = futures::join!(s.context(), s.pos());
+    let pos = crate::context::pos_for_caller(&ctx, &pos);
     let mut structured = json!({
         "status": ctx.status(),
         "greeting_hint": ctx.greeting_hint(),
@@ -119,6 +120,8 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
         "last_touchpoint": Value::Null,
         "upcoming_appointments": [],
         "new_number": Value::Null,
+        "pos": pos,
+        "pos_hint": pos.hint(),
     });
     match ctx.as_ref() {
         CallerContext::Matched { contact, open_deals, open_tickets, last_touchpoint, new_number } => {
@@ -141,7 +144,11 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
         }
         _ => {}
     }
-    ToolResult::ok(structured, ctx.greeting_hint())
+    let text = match pos.hint() {
+        Some(hint) => format!("{} {hint}", ctx.greeting_hint()),
+        None => ctx.greeting_hint(),
+    };
+    ToolResult::ok(structured, text)
 }
 
 fn list_services(t: &Tenant) -> ToolResult {

@@ -13,6 +13,8 @@ use callside::sandbox::graph::GraphState;
 use callside::sandbox::hubspot::HubSpotState;
 use callside::sandbox::pipedrive::PipedriveState;
 use callside::sandbox::salesforce::SalesforceState;
+use callside::sandbox::shopify::ShopifyState;
+use callside::sandbox::square::SquareState;
 use callside::session::Core;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -61,6 +63,8 @@ pub struct TestApp {
     pub pipedrive: Arc<PipedriveState>,
     /// The emulators, shared by every instance started beside this one ([`spawn_instance`]).
     pub sandbox: Arc<callside::sandbox::Sandbox>,
+    pub square: Arc<SquareState>,
+    pub shopify: Arc<ShopifyState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -183,6 +187,8 @@ async fn start_on(
     let salesforce = sandbox.salesforce.state.clone();
     let pipedrive = sandbox.pipedrive.state.clone();
     let sandbox = app.shared_sandbox().expect("sandbox runs");
+    let square = sandbox.square.state.clone();
+    let shopify = sandbox.shopify.state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
         let _ = rx.await;
@@ -200,6 +206,8 @@ async fn start_on(
         salesforce,
         pipedrive,
         sandbox,
+        square,
+        shopify,
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,

@@ -31,6 +31,7 @@ mod pending_bookings;
 mod pilot;
 mod pipedrive;
 mod privacy;
+mod pos;
 mod reload;
 mod salesforce;
 mod sandbox_admin;
