@@ -106,6 +106,7 @@ impl ServiceProc {
             .env("CALLSIDE_FAILPOINTS", failpoints)
             .env("CRASH_HUBSPOT_TOKEN", sandbox.urls["tokens"]["hubspot"].as_str().unwrap())
             .env("CRASH_GOOGLE_TOKEN", sandbox.urls["tokens"]["google"].as_str().unwrap())
+            .env("CRASH_SQUARE_TOKEN", sandbox.urls["tokens"]["square"].as_str().unwrap())
             .env("RUST_LOG", "info")
             .env_remove("CALLSIDE_SECRET_KEY")
             .stdout(Stdio::piped())
@@ -208,6 +209,10 @@ fn write_config(dir: &Path, sandbox: &SandboxProc) -> std::path::PathBuf {
         t.insert("access_token_env".into(), env.into());
         tenant.insert(section.into(), toml::Value::Table(t));
     }
+    // The till: the out-of-process sandbox's Square emulator.
+    let pos = tenant.get_mut("pos").and_then(toml::Value::as_table_mut).expect("the demo tenant has a [pos]");
+    pos.insert("base_url".into(), sandbox.url("square").into());
+    pos.insert("access_token_env".into(), "CRASH_SQUARE_TOKEN".into());
     std::fs::write(dir.join("tenants/demo.toml"), toml::to_string(&tenant).unwrap()).unwrap();
     let server = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\ntenants_dir = \"tenants\"\nsandbox = false\nshutdown_grace_secs = 1\n",
