@@ -151,6 +151,7 @@ impl Application {
                         )?;
                         Arc::new(
                             HubSpotConnector::with_token_source(url, tokens, client.clone())
+                                .with_contact_properties(t.account_flags.properties())
                                 .with_clock(clock.clone())
                                 .with_meter(crm_meter),
                         )
@@ -160,6 +161,7 @@ impl Application {
                             endpoint(&t.crm, sandbox.map(|s| (s.hubspot.clone(), sandbox::HUBSPOT_TOKEN)))?;
                         Arc::new(
                             HubSpotConnector::new(url, token, client.clone())
+                                .with_contact_properties(t.account_flags.properties())
                                 .with_clock(clock.clone())
                                 .with_meter(crm_meter),
                         )

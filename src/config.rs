@@ -303,6 +303,63 @@ pub struct TenantFile {
     /// The business's point of sale (`[pos]`), read at ring time beside the CRM.
     #[serde(default)]
     pub pos: Option<PosSection>,
+    /// Which CRM contact properties carry the account flags (`[account_flags]`).
+    #[serde(default)]
+    pub account_flags: AccountFlagsSection,
+}
+
+/// `[account_flags]`: the CRM contact properties (internal names) that say the caller is a VIP,
+/// has an overdue balance, must not be called, and how many appointments they missed. CRMs have
+/// no standard properties for these, so each business names its own; they are read with the
+/// contact, in the same request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountFlagsSection {
+    /// Yes/no (`true`, `yes`, `1`, `on`, or an enumeration value listed in `vip_values`).
+    pub vip: Option<String>,
+    /// Option values of the `vip` property that mean VIP (e.g. `["gold", "platinum"]`).
+    #[serde(default)]
+    pub vip_values: Vec<String>,
+    /// Yes/no, or an amount (overdue when above zero).
+    pub overdue_balance: Option<String>,
+    /// Yes/no.
+    pub do_not_call: Option<String>,
+    /// A count of missed appointments.
+    pub past_no_shows: Option<String>,
+}
+
+impl AccountFlagsSection {
+    /// The property names to read with the contact.
+    pub fn properties(&self) -> Vec<String> {
+        [&self.vip, &self.overdue_balance, &self.do_not_call, &self.past_no_shows]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn validate(&self, crm_vendor: &str, issue: &mut impl FnMut(&str, String)) {
+        for (key, name) in [
+            ("vip", &self.vip),
+            ("overdue_balance", &self.overdue_balance),
+            ("do_not_call", &self.do_not_call),
+            ("past_no_shows", &self.past_no_shows),
+        ] {
+            let Some(name) = name else { continue };
+            let ok = name.len() <= 100
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                issue(&format!("account_flags.{key}"), format!("{name:?} is not a property's internal name"));
+            }
+        }
+        if !self.vip_values.is_empty() && self.vip.is_none() {
+            issue("account_flags.vip_values", "needs account_flags.vip (the property they are values of)".into());
+        }
+        if !self.properties().is_empty() && crm_vendor != "hubspot" {
+            issue("account_flags", "account flags are read from HubSpot CRMs only so far".into());
+        }
+    }
 }
 
 /// `[pos]`: the tenant's point of sale (`crate::connectors::pos`). The token is named by
@@ -635,6 +692,8 @@ pub struct TenantConfig {
     pub alerts: Option<crate::alerts::AlertSettings>,
     /// The point of sale, when the tenant has a `[pos]` section.
     pub pos: Option<PosSection>,
+    /// The CRM properties the account flags are read from.
+    pub account_flags: AccountFlagsSection,
 }
 
 /// Overrides given on the command line; they win over the file.
@@ -1028,6 +1087,7 @@ impl Config {
             if let Some(p) = &t.pos {
                 validate_pos(p, server.server.sandbox, &mut issue);
             }
+            t.account_flags.validate(&t.crm.vendor, &mut issue);
             if t.calendar.vendor == "caldav" && t.schedule.notify_on_cancel && t.notifications.is_none() {
                 issue(
                     "notifications",
@@ -1168,6 +1228,7 @@ impl Config {
                     writeback_rules,
                     alerts,
                     pos: t.pos.clone(),
+                    account_flags: t.account_flags.clone(),
                 });
             }
         }

@@ -44,6 +44,8 @@ pub enum CallerContext {
         /// The caller dialed from a number the record does not hold (matched by email or name):
         /// it is added as an additional phone at write-back.
         new_number: Option<String>,
+        /// VIP, overdue balance, do-not-call and past no-shows, from the tenant's mapping.
+        flags: AccountFlags,
     },
     /// Several records could be this caller: greet neutrally, ask for a name.
     Ambiguous {
@@ -109,6 +111,62 @@ impl CallerContext {
                 "Customer records are unavailable right now: ask for their name.".into()
             }
         }
+    }
+}
+
+/// The account flags of a matched caller, read from the CRM properties the tenant names in
+/// `[account_flags]`. `None`: not mapped, or the record has no value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AccountFlags {
+    pub vip: Option<bool>,
+    pub overdue_balance: Option<bool>,
+    pub do_not_call: Option<bool>,
+    pub past_no_shows: Option<u32>,
+}
+
+impl AccountFlags {
+    /// Reads the flags from the record's property values.
+    pub fn from_properties(
+        map: &crate::config::AccountFlagsSection,
+        props: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let value = |name: &Option<String>| name.as_ref().and_then(|n| props.get(n)).map(|v| v.trim().to_owned());
+        let yes_no = |v: &str| match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "y" | "1" | "on" => Some(true),
+            "false" | "no" | "n" | "0" | "off" | "" => Some(false),
+            _ => None,
+        };
+        // An amount: overdue when above zero ("0.00" is not overdue).
+        let amount =
+            |v: &str| v.trim_start_matches(['$', '€', '£']).replace(',', "").parse::<f64>().ok().map(|a| a > 0.0);
+        AccountFlags {
+            vip: value(&map.vip)
+                .and_then(|v| yes_no(&v).or_else(|| Some(map.vip_values.iter().any(|x| x.eq_ignore_ascii_case(&v))))),
+            overdue_balance: value(&map.overdue_balance).and_then(|v| yes_no(&v).or_else(|| amount(&v))),
+            do_not_call: value(&map.do_not_call).and_then(|v| yes_no(&v)),
+            past_no_shows: value(&map.past_no_shows)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|n| *n >= 0.0)
+                .map(|n| n as u32),
+        }
+    }
+
+    /// Notes for the AI (not to be read out): how to treat this caller.
+    pub fn notes(&self) -> Vec<&'static str> {
+        let mut notes = Vec::new();
+        if self.vip == Some(true) {
+            notes.push("VIP customer: offer the best available options.");
+        }
+        if self.overdue_balance == Some(true) {
+            notes.push("The account has an overdue balance: do not discuss it; a person will follow up.");
+        }
+        if self.do_not_call == Some(true) {
+            notes.push("Do not promise a call back: offer email or text instead.");
+        }
+        if self.past_no_shows.is_some_and(|n| n >= 2) {
+            notes.push("Several missed appointments: confirm the booking clearly.");
+        }
+        notes
     }
 }
 
@@ -360,8 +418,9 @@ impl ContextService {
     }
 }
 
-fn matched(ctx: CrmContext, decision: &Decision) -> CallerContext {
+fn matched(ctx: CrmContext, decision: &Decision, flags: &crate::config::AccountFlagsSection) -> CallerContext {
     CallerContext::Matched {
+        flags: AccountFlags::from_properties(flags, &ctx.properties),
         last_touchpoint: ctx.recent_activity.first().cloned(),
         contact: ctx.contact,
         open_deals: ctx.open_deals,
@@ -392,7 +451,7 @@ async fn read(
             if let Some((store, clock)) = index {
                 resolve::remember(store, tenant.id(), &id, &decision, claims, clock.now()).await;
             }
-            matched(full, &decision)
+            matched(full, &decision, &tenant.config.account_flags)
         }
         Outcome::Ambiguous => {
             CallerContext::Ambiguous { candidates: decision.candidates.len(), reason: decision.reason.to_owned() }

@@ -118,6 +118,8 @@ pub const CUSTOM_ENUM_OPTIONS: [&str; 3] = ["phone", "email", "sms"];
 /// `writeback::settings`): what the caller wanted, their urgency and sentiment (enumerations),
 /// a qualification answer as text and one as a number, and the "last written by callside" stamp.
 pub const INTENT_PROPERTY: &str = "callside_intent";
+/// The test portal's own account properties (a business names its own in `[account_flags]`).
+pub const ACCOUNT_PROPERTIES: [&str; 4] = ["vip_tier", "overdue_balance", "do_not_call", "no_show_count"];
 pub const URGENCY_PROPERTY: &str = "callside_urgency";
 pub const URGENCY_OPTIONS: [&str; 3] = ["low", "medium", "high"];
 pub const SENTIMENT_PROPERTY: &str = "callside_sentiment";
@@ -1655,6 +1657,7 @@ fn render(
 
 fn is_known_property(object_type: ObjectType, name: &str) -> bool {
     object_type.writable().contains(&name)
+        || (object_type == ObjectType::Contacts && ACCOUNT_PROPERTIES.contains(&name))
         || object_type.read_only(name)
         || object_type.default_properties().contains(&name)
 }

@@ -122,9 +122,16 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
         "new_number": Value::Null,
         "pos": pos,
         "pos_hint": pos.hint(),
+        "account_flags": Value::Null,
+        "past_no_shows": Value::Null,
+        "account_notes": [],
     });
     match ctx.as_ref() {
-        CallerContext::Matched { contact, open_deals, open_tickets, last_touchpoint, new_number } => {
+        CallerContext::Matched { contact, open_deals, open_tickets, last_touchpoint, new_number, flags } => {
+            structured["account_flags"] =
+                json!({"vip": flags.vip, "overdue_balance": flags.overdue_balance, "do_not_call": flags.do_not_call});
+            structured["past_no_shows"] = json!(flags.past_no_shows);
+            structured["account_notes"] = json!(flags.notes());
             structured["contact"] = json!(contact);
             structured["open_deals"] = json!(open_deals);
             structured["open_tickets"] = json!(open_tickets);

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, every test starts its own application on port 0 with the
 //! in-process vendor emulators and a manual clock (see `helpers::spawn_app`).
 
+mod account_flags;
 mod alerts;
 mod appointments;
 mod bad_input;

@@ -141,6 +141,8 @@ pub struct HubSpotConnector {
     last_search: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Every request is charged to the account's rate budget (`crate::connectors::rate`).
     meter: crate::connectors::rate::Meter,
+    /// The tenant's extra contact properties read with the context (`[account_flags]`).
+    extra_properties: Vec<String>,
 }
 
 impl std::fmt::Debug for HubSpotConnector {
@@ -177,7 +179,14 @@ impl HubSpotConnector {
             property_defs: Mutex::new(HashMap::new()),
             last_search: tokio::sync::Mutex::new(None),
             meter: crate::connectors::rate::Meter::unmetered(),
+            extra_properties: Vec::new(),
         }
+    }
+
+    /// Reads these contact properties too in `read_context` (`CrmContext::properties`).
+    pub fn with_contact_properties(mut self, names: Vec<String>) -> Self {
+        self.extra_properties = names;
+        self
     }
 
     /// Charges every request to this rate budget (the account's, shared by live reads and the
@@ -542,7 +551,11 @@ impl CrmConnector for HubSpotConnector {
     /// request returning associated records' properties, so this is the fewest requests the API
     /// allows.
     async fn read_context(&self, contact_id: &str) -> Result<CrmContext, ConnectorError> {
-        let properties = CONTACT_PROPERTIES.join(",");
+        let mut properties = CONTACT_PROPERTIES.join(",");
+        for extra in &self.extra_properties {
+            properties.push(',');
+            properties.push_str(extra);
+        }
         let url = self.url(
             &["crm", "v3", "objects", "contacts", contact_id],
             &[("properties", &properties), ("associations", "deals,tickets,tasks,calls,notes")],
@@ -627,6 +640,7 @@ impl CrmConnector for HubSpotConnector {
             }))
             .collect();
         super::newest_activities(&mut recent_activity, RECENT_ACTIVITY);
+        let properties = self.extra_properties.iter().filter_map(|n| contact.prop(n).map(|v| (n.clone(), v))).collect();
         Ok(CrmContext {
             contact: to_contact(&contact),
             open_deals,
@@ -635,6 +649,7 @@ impl CrmConnector for HubSpotConnector {
             recent_activity,
             owner,
             organization: None,
+            properties,
         })
     }
 

@@ -76,6 +76,10 @@ pub struct CrmContext {
     /// The contact's organization (company), when the CRM links one.
     #[serde(default)]
     pub organization: Option<CrmOrganization>,
+    /// The tenant's extra contact properties (`[account_flags]`) as the CRM stores them, by
+    /// internal name; absent when empty.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

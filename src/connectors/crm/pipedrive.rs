@@ -554,6 +554,7 @@ impl CrmConnector for PipedriveConnector {
             recent_activity: recent,
             owner,
             organization: org.map(|o| CrmOrganization { id: o.id.to_string(), name: o.name }),
+            properties: Default::default(),
         })
     }
 

@@ -782,6 +782,7 @@ impl CrmConnector for SalesforceConnector {
             owner,
             // A Contact's Account is not read into the context yet (a Lead has only `Company`).
             organization: None,
+            properties: Default::default(),
         })
     }
 
