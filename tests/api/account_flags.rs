@@ -40,6 +40,8 @@ async fn mapped_hubspot_properties_become_flags_and_no_shows_read_with_the_conta
     ]);
     let mut c = app.connect("flags-1", "+14155552020").await;
     c.initialize().await;
+    // The ring-time read is done once its context is pushed; count requests from there.
+    c.next_notification("notifications/callside/context_ready").await;
     let before = app.hubspot.total_requests();
     let vera = c.tool("get_caller_context", json!({})).await;
     let s = &vera["structuredContent"];
