@@ -180,12 +180,16 @@ impl Crm {
         }
     }
 
-    /// The people whose phone is exactly this E.164 string.
+    /// The people holding exactly this E.164 string as a phone (main or additional).
     pub fn with_phone(self, app: &TestApp, e164: &str) -> Vec<String> {
         match self {
-            Crm::HubSpot => {
-                app.hubspot.contacts().into_iter().filter(|c| c.prop("phone") == Some(e164)).map(|c| c.id).collect()
-            }
+            Crm::HubSpot => app
+                .hubspot
+                .contacts()
+                .into_iter()
+                .filter(|c| ["phone", "mobilephone"].iter().any(|f| c.prop(f) == Some(e164)))
+                .map(|c| c.id)
+                .collect(),
             Crm::Salesforce => salesforce_people(app)
                 .into_iter()
                 .filter(|r| ["Phone", "MobilePhone"].iter().any(|f| r.text(f).as_deref() == Some(e164)))

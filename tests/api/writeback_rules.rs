@@ -278,6 +278,8 @@ async fn seed_call_4_an_existing_caller_by_email_never_gets_a_duplicate() {
         assert_eq!(status, "synced", "{name}: {steps:?}");
         assert_eq!(contact_step.external_id.as_deref(), Some(crm.ana(&app).as_str()), "{name}: the call is on Ana");
         assert_eq!(crm.call_logs(&app, &crm.ana(&app)).len(), 1, "{name}");
+        // Seed 003's diagnostic: the new number is added to her record as an additional phone.
+        assert_eq!(crm.with_phone(&app, "+16465550144"), vec![crm.ana(&app)], "{name}: the new number is Ana's now");
         app.shutdown().await;
     }
 }
