@@ -200,19 +200,27 @@ action_route!(approve, Action::Approve, "`POST /v1/calls/{id}/approve`");
 action_route!(reject, Action::Reject, "`POST /v1/calls/{id}/reject`");
 action_route!(undo, Action::Undo, "`POST /v1/calls/{id}/undo`");
 
+/// Who performs a POST, for the audit trail; an operator's POST needs the session's CSRF token.
+fn actor(who: &Who, headers: &HeaderMap) -> Result<String, Response> {
+    match who {
+        Who::Tenant(t) => Ok(format!("api-key:{}", t.id())),
+        Who::Operator(s) => {
+            let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if !s.csrf_ok(presented) {
+                return Err(error(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token"));
+            }
+            Ok(format!("operator:{}", s.operator))
+        }
+    }
+}
+
 async fn act(state: &ConsoleState, headers: &HeaderMap, call_id: &str, action: Action) -> Response {
     let Some(who) = who(state, headers) else {
         return unauthorized();
     };
-    let actor = match &who {
-        Who::Tenant(t) => format!("api-key:{}", t.id()),
-        Who::Operator(s) => {
-            let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
-            if !s.csrf_ok(presented) {
-                return error(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token");
-            }
-            format!("operator:{}", s.operator)
-        }
+    let actor = match actor(&who, headers) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let tenant = match call_tenant(state, &who, call_id).await {
         Ok(t) => t,
@@ -227,5 +235,53 @@ async fn act(state: &ConsoleState, headers: &HeaderMap, call_id: &str, action: A
         Ok(ActionResult::Nothing(why)) => error(StatusCode::CONFLICT, why),
         Ok(ActionResult::Refused(why)) => error(StatusCode::CONFLICT, &why),
         Err(e) => internal(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ResolveBody {
+    keep: String,
+}
+
+/// `POST /v1/conflicts/{id}/resolve[?tenant=ID]` with `{"keep": "crm" | "ai"}`: settles a
+/// hybrid-field conflict (`writeback::conflicts`).
+pub(super) async fn resolve_conflict(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(who) = who(&state, &headers) else {
+        return unauthorized();
+    };
+    let actor = match actor(&who, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let tenant = match tenant_for(&state, &who, q.get("tenant").map(String::as_str)) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::NOT_FOUND, "no such conflict");
+    };
+    let keep = match body.as_ref().map(|b| super::Keep::parse(&b.keep)) {
+        Ok(Some(k)) => k,
+        Ok(None) | Err(_) => return error(StatusCode::BAD_REQUEST, "the body must be {\"keep\": \"crm\" | \"ai\"}"),
+    };
+    resolved_response(state.resolve_conflict(&tenant, id, keep, &actor).await)
+}
+
+/// The JSON answer to a conflict resolution.
+fn resolved_response(result: Result<super::Resolved, super::ResolveError>) -> Response {
+    use super::ResolveError as E;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(E::Unknown) => error(StatusCode::NOT_FOUND, "no such conflict"),
+        Err(e @ (E::Settled(_) | E::ChangedSince | E::NotWritten(_) | E::RacedAfterWrite | E::Crm(_))) => {
+            error(StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(E::Store(e)) => internal(e),
     }
 }

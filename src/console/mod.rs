@@ -28,6 +28,7 @@ pub use auth::{ConsoleSection, Operators, validate};
 use crate::session::Core;
 use crate::store::{Decided, Requeue, StoreError};
 use crate::tenant::Tenant;
+pub use crate::writeback::conflicts::{Keep, ResolveError, Resolved};
 use crate::writeback::undo::{UndoError, undo_call};
 
 /// An operator action on one call.
@@ -174,6 +175,23 @@ impl ConsoleState {
         Ok(result)
     }
 
+    /// Settles one of the tenant's hybrid-field conflicts for `who` (already authorized).
+    pub(crate) async fn resolve_conflict(
+        &self,
+        tenant: &Tenant,
+        id: i64,
+        keep: Keep,
+        who: &str,
+    ) -> Result<Resolved, ResolveError> {
+        let result =
+            crate::writeback::conflicts::resolve_conflict(&self.core.store, &self.core.clock, tenant, id, keep, who)
+                .await;
+        if let Err(e @ (ResolveError::Crm(_) | ResolveError::Store(_))) = &result {
+            tracing::warn!(tenant = tenant.id(), conflict_id = id, error = %e, "resolving a conflict failed");
+        }
+        result
+    }
+
     /// Puts a call's steps back into the outbox and wakes the worker: the audit entry is written
     /// with the requeue in one transaction.
     pub(crate) async fn requeue(
@@ -211,6 +229,7 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/v1/calls/{call_id}/reject", post(api::reject))
         .route("/v1/calls/{call_id}/undo", post(api::undo))
         .route("/v1/reconciliation", get(api::reconciliation))
+        .route("/v1/conflicts/{id}/resolve", post(api::resolve_conflict))
         .route("/v1/rate-limits", get(api::rate_limits))
         .route("/console", get(pages::home))
         .route("/console/login", get(pages::login_form).post(pages::login))
@@ -224,6 +243,7 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/console/t/{tenant}/calls/{call_id}/reject", post(pages::reject))
         .route("/console/t/{tenant}/calls/{call_id}/undo", post(pages::undo))
         .route("/console/t/{tenant}/connect/{vendor}", post(pages::reauthorize))
+        .route("/console/t/{tenant}/conflicts/{id}/resolve", post(pages::resolve_conflict))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }

@@ -273,6 +273,7 @@ pub(super) async fn operations(
     State(state): State<Arc<ConsoleState>>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     use crate::observe::rate_limits::{for_tenant, human_secs};
     let (s, tenant) = match page_tenant(&state, &headers, &tenant) {
@@ -314,6 +315,11 @@ pub(super) async fn operations(
             tenant => context!{id => tenant.id(), name => tenant.config.name, zone => tenant.config.time_zone_name},
             accounts => minijinja::Value::from_serialize(&accounts), r,
             operator => s.operator, csrf => s.csrf,
+            notice => match q.get("done").map(String::as_str) {
+                Some("kept_crm") => Some("Conflict settled: the person's value stays."),
+                Some("applied_ai") => Some("Conflict settled: the AI's value was written to the CRM."),
+                _ => None,
+            },
             crm_vendor => tenant.config.crm.vendor,
         },
     )
@@ -420,6 +426,49 @@ async fn act(
         }
     };
     Redirect::to(&format!("/console/t/{}/calls/{}?done={done}", tenant.id(), urlencode(call_id))).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct ResolveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    keep: String,
+}
+
+/// `POST /console/t/{tenant}/conflicts/{id}/resolve` (form: `keep` = `crm` | `ai`): settles a
+/// hybrid-field conflict and returns to the operations page.
+pub(super) async fn resolve_conflict(
+    State(state): State<Arc<ConsoleState>>,
+    headers: HeaderMap,
+    Path((tenant, id)): Path<(String, String)>,
+    Form(form): Form<ResolveForm>,
+) -> Response {
+    let s = match post_session(&state, &headers, &CsrfForm { csrf: form.csrf }) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let tenant = match tenant_of(&state, &s, &tenant) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(keep) = super::Keep::parse(&form.keep) else {
+        return message(&state, StatusCode::BAD_REQUEST, Some(&s), "Not done", "Choose which value to keep.");
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return message(&state, StatusCode::NOT_FOUND, Some(&s), "Not found", "There is no such conflict.");
+    };
+    use super::ResolveError as E;
+    match state.resolve_conflict(&tenant, id, keep, &format!("operator:{}", s.operator)).await {
+        Ok(r) => {
+            Redirect::to(&format!("/console/t/{}/operations?done={}#conflicts", tenant.id(), r.status)).into_response()
+        }
+        Err(E::Unknown) => message(&state, StatusCode::NOT_FOUND, Some(&s), "Not found", "There is no such conflict."),
+        Err(E::Store(_)) => {
+            message(&state, StatusCode::INTERNAL_SERVER_ERROR, Some(&s), "Error", "The conflict could not be settled.")
+        }
+        Err(e) => message(&state, StatusCode::CONFLICT, Some(&s), "Not done", &e.to_string()),
+    }
 }
 
 fn urlencode(s: &str) -> String {

@@ -20,7 +20,8 @@ const LIMIT: i64 = 200;
 /// The action that resolves an entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fix {
-    /// `replay`, `resync`, `approve` (the console's call actions), `reauthorize` (the CRM
+    /// `replay`, `resync`, `approve` (the console's call actions), `resolve_conflict` (keep the
+    /// person's value or write the AI's), `reauthorize` (the CRM
     /// connection), `replay_cli` (`callside replay`, for a static-token connection) or `in_crm`
     /// (done by a person in the CRM, at `link`).
     pub action: &'static str,
@@ -48,6 +49,20 @@ pub struct Entry {
     pub detail: String,
     pub records: Vec<Record>,
     pub fix: Fix,
+    /// A field conflict's two values, for the operator's choice (`fix.action` = `resolve_conflict`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictChoice>,
+}
+
+/// What an operator chooses between to settle a hybrid-field conflict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConflictChoice {
+    pub id: i64,
+    pub property: String,
+    /// The value the AI would have written.
+    pub ai_value: String,
+    /// The person's value, kept in the CRM.
+    pub crm_value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,6 +114,7 @@ fn reconnect(tenant: &Tenant, call_id: &str) -> Fix {
 
 fn step_entry(d: &DeadLetter, tz: &jiff::tz::TimeZone, detail: String, fix: Fix) -> Entry {
     Entry {
+        conflict: None,
         call_id: Some(d.call_id.clone()),
         at: rfc3339(d.updated_at.as_millisecond(), tz),
         detail,
@@ -146,6 +162,7 @@ pub async fn reconcile(core: &Core, tenant: &Tenant) -> Result<Reconciliation, S
             SyncStatus::Open | SyncStatus::Pending | SyncStatus::Shadow | SyncStatus::Rejected => continue,
         };
         no_crm_record.push(Entry {
+            conflict: None,
             call_id: Some(c.call_id.clone()),
             at: c.started_at.clone(),
             detail: format!("Call from {} ({}) wrote no CRM record.", c.caller, c.status_label),
@@ -164,6 +181,7 @@ pub async fn reconcile(core: &Core, tenant: &Tenant) -> Result<Reconciliation, S
         let mut records = vec![record(tenant, "contact", &created)];
         records.extend(candidates.iter().map(|id| record(tenant, "contact", id)));
         possible_duplicates.push(Entry {
+            conflict: None,
             call_id,
             at: rfc3339(row.at, tz),
             detail: format!(
@@ -199,15 +217,21 @@ pub async fn reconcile(core: &Core, tenant: &Tenant) -> Result<Reconciliation, S
                     c.edited_by.as_deref().unwrap_or("a person")
                 ),
                 fix: Fix {
-                    action: "in_crm",
+                    action: "resolve_conflict",
                     description: format!(
-                        "Compare the values of {} on the call page and copy the AI's into the CRM if it is right.",
+                        "Keep the person's value of {}, or write the AI's (only while the CRM still holds the person's).",
                         c.property
                     ),
-                    api: None,
+                    api: Some(format!("/v1/conflicts/{}/resolve", c.id)),
                     link: contact.url.clone(),
                 },
                 records: vec![contact],
+                conflict: Some(ConflictChoice {
+                    id: c.id,
+                    property: c.property.clone(),
+                    ai_value: c.ai_value.clone(),
+                    crm_value: c.crm_value.clone(),
+                }),
             }
         })
         .collect();

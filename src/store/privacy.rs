@@ -164,7 +164,7 @@ impl Store {
             .rows_affected();
             r.field_values_redacted += sqlx::query(
                 "UPDATE field_conflicts SET ai_value = '', crm_value = ''
-                 WHERE status = 'resolved' AND at < $1 AND (ai_value != '' OR crm_value != '')",
+                 WHERE status != 'open' AND at < $1 AND (ai_value != '' OR crm_value != '')",
             )
             .bind(cutoff)
             .execute(&mut *tx)

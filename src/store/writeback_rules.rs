@@ -388,7 +388,7 @@ impl Store {
         Ok(())
     }
 
-    /// Open conflicts of a tenant (all calls) or of one call.
+    /// Conflicts of a tenant (all calls) or of one call, open or settled.
     pub async fn conflicts(&self, tenant: &str, call_id: Option<&str>) -> Result<Vec<ConflictRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, call_id, object_id, property, ai_value, crm_value, edited_at, edited_by, status
@@ -398,21 +398,56 @@ impl Store {
         .bind(call_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ConflictRow {
-                    id: r.try_get("id")?,
-                    call_id: r.try_get("call_id")?,
-                    object_id: r.try_get("object_id")?,
-                    property: r.try_get("property")?,
-                    ai_value: r.try_get("ai_value")?,
-                    crm_value: r.try_get("crm_value")?,
-                    edited_at: r.try_get("edited_at")?,
-                    edited_by: r.try_get("edited_by")?,
-                    status: r.try_get("status")?,
-                })
-            })
-            .collect()
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    /// One conflict of a tenant, whatever its status.
+    pub async fn conflict(&self, tenant: &str, id: i64) -> Result<Option<ConflictRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, call_id, object_id, property, ai_value, crm_value, edited_at, edited_by, status
+             FROM field_conflicts WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(conflict_from_row).transpose()
+    }
+
+    /// Closes an open conflict with `status` (`kept_crm` / `applied_ai`) and audits it, in one
+    /// transaction. False when the conflict was no longer open (another operator was first).
+    pub async fn settle_conflict(
+        &self,
+        tenant: &str,
+        id: i64,
+        status: &str,
+        detail: &Value,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let call_id: Option<String> = sqlx::query_scalar(
+            "UPDATE field_conflicts SET status = $1 WHERE tenant = $2 AND id = $3 AND status = 'open' RETURNING call_id",
+        )
+        .bind(status)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(call_id) = call_id else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, NULL, $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(&call_id)
+        .bind(ms(at))
+        .bind("conflict.resolved")
+        .bind(detail.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn record_created_object(
@@ -481,6 +516,20 @@ impl Store {
     }
 }
 
+fn conflict_from_row(r: &sqlx::any::AnyRow) -> Result<ConflictRow, StoreError> {
+    Ok(ConflictRow {
+        id: r.try_get("id")?,
+        call_id: r.try_get("call_id")?,
+        object_id: r.try_get("object_id")?,
+        property: r.try_get("property")?,
+        ai_value: r.try_get("ai_value")?,
+        crm_value: r.try_get("crm_value")?,
+        edited_at: r.try_get("edited_at")?,
+        edited_by: r.try_get("edited_by")?,
+        status: r.try_get("status")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,9 +591,23 @@ mod tests {
         assert_eq!(rows[0].before_value.as_deref(), Some("10001"));
     }
 
+    async fn a_conflict_is_settled_once_by_its_own_tenant_with_an_audit_entry(s: &Store) {
+        let t0: Timestamp = "2026-11-23T13:00:00Z".parse().unwrap();
+        s.record_conflict("demo", "c1", 7, "101", "callside_urgency", "high", "low", t0, Some("42"), t0).await.unwrap();
+        let id = s.conflicts("demo", Some("c1")).await.unwrap()[0].id;
+        assert!(s.conflict("other", id).await.unwrap().is_none(), "another tenant's conflict is not found");
+        assert!(!s.settle_conflict("other", id, "kept_crm", &json!({"by": "x"}), t0).await.unwrap());
+        assert!(s.settle_conflict("demo", id, "applied_ai", &json!({"by": "op"}), t0).await.unwrap());
+        assert!(!s.settle_conflict("demo", id, "kept_crm", &json!({"by": "op2"}), t0).await.unwrap(), "only once");
+        assert_eq!(s.conflict("demo", id).await.unwrap().unwrap().status, "applied_ai");
+        let audit = s.audit_for_call("demo", "c1").await.unwrap();
+        assert_eq!(audit, vec![("conflict.resolved".to_string(), json!({"by": "op"}))]);
+    }
+
     both_backends!(
         a_reviewed_plan_enters_the_outbox_only_when_approved_and_only_once,
         a_shadow_plan_is_kept_and_never_due,
-        a_retried_field_write_keeps_the_first_before_value
+        a_retried_field_write_keeps_the_first_before_value,
+        a_conflict_is_settled_once_by_its_own_tenant_with_an_audit_entry
     );
 }

@@ -2,6 +2,7 @@
 //! is acknowledged), and a worker applies the steps to the CRM with idempotency keys, retries
 //! with backoff, and dead letters.
 
+pub mod conflicts;
 pub mod mapping;
 pub mod plan;
 pub mod rules;

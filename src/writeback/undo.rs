@@ -63,7 +63,7 @@ fn watched_properties(object: CrmObjectType) -> &'static [&'static str] {
 
 /// Whether two stored values are the same value (times and numbers compare by value, since the
 /// CRM may store them in another layout than the one sent).
-fn same_stored(a: &str, b: &str) -> bool {
+pub(crate) fn same_stored(a: &str, b: &str) -> bool {
     a == b
         || matches!((a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()), (Ok(x), Ok(y)) if x == y)
         || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)

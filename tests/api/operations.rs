@@ -207,3 +207,107 @@ async fn metrics_count_context_cache_hits_and_misses_and_429s_per_vendor() {
     assert_eq!(limits["accounts"][0]["throttled"], 1, "{limits}");
     app.shutdown().await;
 }
+
+/// Posts `{"keep": …}` (or a raw body) to a conflict's resolve endpoint with a tenant key.
+async fn resolve(app: &TestApp, id: &str, body: &str, key: Option<&str>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/v1/conflicts/{id}/resolve", app.addr))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_conflict_is_settled_from_the_console_or_the_api_and_a_second_edit_by_a_person_is_never_overwritten() {
+    use callside::sandbox::hubspot::ObjectType;
+    let app = seeded_day().await;
+    app.hubspot.set_down(false);
+    let urgency = |id: &str| {
+        app.hubspot.contacts().into_iter().find(|c| c.id == id).unwrap().prop("callside_urgency").map(str::to_owned)
+    };
+    let maria = app.hubspot.insert_contact([("firstname", "María"), ("phone", "(305) 555-0142")]);
+    let mario = app.hubspot.insert_contact([("firstname", "Mario"), ("phone", "(305) 555-0143")]);
+    let at = app.core.clock.now();
+    for (step, id) in [(1, &maria), (2, &mario)] {
+        // A rep set "low" after the AI's read; the AI's "high" was kept back as a conflict.
+        app.hubspot.rep_edit(ObjectType::Contacts, id, "callside_urgency", "low", "7");
+        let store = &app.core.store;
+        store
+            .record_conflict("demo", SYNCED, step, id, "callside_urgency", "high", "low", at, Some("7"), at)
+            .await
+            .unwrap();
+    }
+    let conflicts = app.core.store.conflicts("demo", Some(SYNCED)).await.unwrap();
+    let id_of = |object: &str| conflicts.iter().find(|c| c.object_id == object).unwrap().id.to_string();
+    let (maria_c, mario_c) = (id_of(&maria), id_of(&mario));
+
+    // The operations page offers both choices with both values; the operator writes the AI's.
+    let mut ana = Browser::new(&app);
+    let csrf = ana.login("ana", ANA_PASSWORD).await;
+    let page = ana.get("/console/t/demo/operations").await;
+    let form = format!("/console/t/demo/conflicts/{maria_c}/resolve");
+    assert!(page.body.contains(&form), "{}", page.body);
+    assert!(page.body.contains("class=\"crm-value\">low<") && page.body.contains("class=\"ai-value\">high<"));
+    // A stale form (wrong CSRF token) changes nothing.
+    assert_eq!(ana.post_form(&form, &[("csrf", "forged"), ("keep", "ai")]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(urgency(&maria).as_deref(), Some("low"));
+    let done = ana.post_form(&form, &[("csrf", &csrf), ("keep", "ai")]).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some("/console/t/demo/operations?done=applied_ai#conflicts"));
+    assert_eq!(urgency(&maria).as_deref(), Some("high"), "the AI's value is in the CRM");
+    let settled = app.core.store.conflict("demo", maria_c.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(settled.status, "applied_ai");
+    let audit = app.core.store.audit_rows_for_call("demo", SYNCED).await.unwrap();
+    let entry = audit.iter().find(|a| a.action == "conflict.resolved").expect("audited");
+    assert_eq!(entry.detail["by"], "operator:ana");
+    assert_eq!(entry.detail["kept"], "ai");
+    // Settled once: a second click is refused and writes nothing.
+    let again = ana.post_form(&form, &[("csrf", &csrf), ("keep", "crm")]).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.body.contains("already settled"), "{}", again.body);
+    // Another agency's operator cannot settle it.
+    let mut bo = Browser::new(&app);
+    let bo_csrf = bo.login("bo", BO_PASSWORD).await;
+    let other = bo
+        .post_form(&format!("/console/t/demo/conflicts/{mario_c}/resolve"), &[("csrf", &bo_csrf), ("keep", "ai")])
+        .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+
+    // A person edits the field again: writing the AI's value is refused, the new edit stands.
+    app.hubspot.rep_edit(ObjectType::Contacts, &mario, "callside_urgency", "medium", "8");
+    let requests = app.hubspot.total_requests();
+    let (status, body) = resolve(&app, &mario_c, r#"{"keep": "ai"}"#, Some(DEMO_KEY)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("changed again"), "{body}");
+    assert_eq!(urgency(&mario).as_deref(), Some("medium"));
+    assert_eq!(app.hubspot.total_requests(), requests + 1, "one history read, no write");
+    // Bad input: a clear error, nothing settled.
+    for (id, body, key, want) in [
+        (mario_c.as_str(), r#"{"keep": "both"}"#, Some(DEMO_KEY), StatusCode::BAD_REQUEST),
+        (mario_c.as_str(), "keep=ai", Some(DEMO_KEY), StatusCode::BAD_REQUEST),
+        (mario_c.as_str(), r#"{"keep": "crm"}"#, Some(OTHER_KEY), StatusCode::NOT_FOUND),
+        (mario_c.as_str(), r#"{"keep": "crm"}"#, None, StatusCode::UNAUTHORIZED),
+        ("99999999", r#"{"keep": "crm"}"#, Some(DEMO_KEY), StatusCode::NOT_FOUND),
+        ("not-a-number", r#"{"keep": "crm"}"#, Some(DEMO_KEY), StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = resolve(&app, id, body, key).await;
+        assert_eq!(status, want, "{id} {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    assert_eq!(app.core.store.conflict("demo", mario_c.parse().unwrap()).await.unwrap().unwrap().status, "open");
+    // Keeping the person's value writes nothing and takes the entry off the list.
+    let requests = app.hubspot.total_requests();
+    let (status, body) = resolve(&app, &mario_c, r#"{"keep": "crm"}"#, Some(DEMO_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "kept_crm");
+    assert_eq!(app.hubspot.total_requests(), requests, "nothing sent to the CRM");
+    assert_eq!(urgency(&mario).as_deref(), Some("medium"));
+    let (_, r) = api(&app, "/v1/reconciliation", Some(DEMO_KEY)).await;
+    assert_eq!(r["conflicts"], json!([]), "{r}");
+    app.shutdown().await;
+}
