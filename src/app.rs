@@ -85,6 +85,8 @@ impl Application {
             None if config.sandbox && needs_sandbox => {
                 let s = Sandbox::start().await.context("starting the sandbox emulators")?;
                 s.seed_demo();
+                // Graph subscriptions expire on the service's clock (the tests' manual one).
+                s.graph.state.set_clock(clock.clone());
                 Some(Arc::new(s))
             }
             None => None,

@@ -58,6 +58,10 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+pub use super::graph_notify::{GraphSubscription, NotificationStats, Validation};
+use super::graph_notify::{Notification, notification_body, start_delivery, validate_endpoint};
 
 /// The API methods the emulator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +75,14 @@ pub enum GraphMethod {
     Delete,
     Cancel,
     CalendarView,
+    /// `GET …/calendarView/delta` (a delta round's pages).
+    Delta,
+    /// `POST /v1.0/subscriptions`.
+    CreateSubscription,
+    /// `PATCH /v1.0/subscriptions/{id}`.
+    RenewSubscription,
+    /// `DELETE /v1.0/subscriptions/{id}`.
+    DeleteSubscription,
     Token,
 }
 
@@ -120,6 +132,8 @@ pub struct GraphSandboxEvent {
     /// Booked through the handle ("the customer booked directly"), not through the API.
     pub foreign: bool,
     pub writes: Vec<RecordedWrite>,
+    /// The change number of the event's last change (delta queries list changes after one).
+    pub seq: u64,
 }
 
 impl GraphSandboxEvent {
@@ -159,8 +173,34 @@ struct OAuthClient {
     spent: HashSet<String>,
 }
 
+/// A deleted event, remembered for delta queries.
+#[derive(Debug, Clone)]
+struct Tombstone {
+    user: String,
+    id: String,
+    seq: u64,
+}
+
+/// The emulator's notion of now: the injected clock when one is set (so subscriptions expire on
+/// the tests' manual clock), else the system's.
+#[derive(Default)]
+struct EmulatorClock(Option<crate::clock::SharedClock>);
+
+impl std::fmt::Debug for EmulatorClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "EmulatorClock(injected)" } else { "EmulatorClock(system)" })
+    }
+}
+
+impl EmulatorClock {
+    fn now(&self) -> Timestamp {
+        self.0.as_ref().map_or_else(Timestamp::now, |c| c.now())
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
+    clock: EmulatorClock,
     access_tokens: HashSet<String>,
     /// Events per mailbox (lowercased UPN), in insertion order.
     users: HashMap<String, Vec<GraphSandboxEvent>>,
@@ -173,6 +213,17 @@ struct Inner {
     pending_foreign: HashMap<String, VecDeque<PendingForeign>>,
     oauth: HashMap<String, OAuthClient>,
     seq: u64,
+    tombstones: Vec<Tombstone>,
+    /// Delta and skip tokens carry the epoch they were issued in; `expire_delta_tokens` starts a
+    /// new one, and older tokens answer 410.
+    delta_epoch: u64,
+    subscriptions: Vec<GraphSubscription>,
+    validations: Vec<Validation>,
+    /// The notification delivery queue, started by the first subscription.
+    notify_tx: Option<mpsc::UnboundedSender<Notification>>,
+    notification_stats: Arc<NotificationStats>,
+    /// Notifications still to drop (`drop_next_notifications`).
+    drop_notifications: usize,
 }
 
 impl Inner {
@@ -192,6 +243,42 @@ impl Inner {
         let mut bytes = n.to_be_bytes().to_vec();
         bytes.extend_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
         format!("AAMkAG{}", data_encoding::BASE64URL_NOPAD.encode(&bytes))
+    }
+
+    /// An event was created, updated or deleted (`change_type`): its change number moves on (for
+    /// delta queries) and every live subscription to the mailbox's events is notified.
+    fn touched(&mut self, user: &str, id: &str, change_type: &'static str) {
+        let seq = self.next_seq();
+        let user = user.to_ascii_lowercase();
+        let mut etag = None;
+        if change_type == "deleted" {
+            self.tombstones.push(Tombstone { user: user.clone(), id: id.to_owned(), seq });
+        } else if let Some(event) = self.event_mut(&user, id) {
+            event.seq = seq;
+            etag = Some(event.etag());
+        }
+        let now = self.clock.now();
+        let bodies: Vec<Notification> = self
+            .subscriptions
+            .iter()
+            .filter(|s| {
+                !s.deleted && s.user == user && s.expiration > now && s.change_types.iter().any(|c| c == change_type)
+            })
+            .map(|s| Notification {
+                url: s.notification_url.clone(),
+                body: notification_body(s, id, etag.as_deref(), change_type),
+            })
+            .collect();
+        for n in bodies {
+            if self.drop_notifications > 0 {
+                self.drop_notifications -= 1;
+                self.notification_stats.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
+            if let Some(tx) = &self.notify_tx {
+                let _ = tx.send(n);
+            }
+        }
     }
 
     fn events_mut(&mut self, user: &str) -> &mut Vec<GraphSandboxEvent> {
@@ -227,8 +314,11 @@ impl Inner {
             last_modified: now,
             foreign: true,
             writes: Vec::new(),
+            seq: 0,
         };
+        let id = event.id.clone();
         self.events_mut(user).push(event);
+        self.touched(user, &id, "created");
     }
 }
 
@@ -314,16 +404,55 @@ impl GraphState {
     pub fn cancel_directly(&self, user: &str, id: &str) -> bool {
         let mut inner = self.lock();
         let change_key = inner.next_change_key();
-        match inner.event_mut(user, id) {
-            Some(event) => {
-                event.is_cancelled = true;
-                event.is_organizer = false;
-                event.change_key = change_key;
-                event.last_modified = Timestamp::now();
-                true
-            }
-            None => false,
-        }
+        let Some(event) = inner.event_mut(user, id) else { return false };
+        event.is_cancelled = true;
+        event.is_organizer = false;
+        event.change_key = change_key;
+        event.last_modified = Timestamp::now();
+        inner.touched(user, id, "updated");
+        true
+    }
+
+    /// Deletes a stored event as its owner would in Outlook (no API request is counted; delta
+    /// queries report it `@removed`, subscriptions are notified). False when absent.
+    pub fn delete_directly(&self, user: &str, id: &str) -> bool {
+        let mut inner = self.lock();
+        let events = inner.events_mut(user);
+        let Some(pos) = events.iter().position(|e| e.id == id) else { return false };
+        events.remove(pos);
+        inner.touched(user, id, "deleted");
+        true
+    }
+
+    /// Drives subscription expiry (and validation of `expirationDateTime`) from `clock`.
+    pub fn set_clock(&self, clock: crate::clock::SharedClock) {
+        self.lock().clock = EmulatorClock(Some(clock));
+    }
+
+    /// Every subscription created so far (deleted ones included), in order.
+    pub fn subscriptions(&self) -> Vec<GraphSubscription> {
+        self.lock().subscriptions.clone()
+    }
+
+    /// Every validation handshake performed, in order.
+    pub fn validations(&self) -> Vec<Validation> {
+        self.lock().validations.clone()
+    }
+
+    /// What the notification delivery task has done.
+    pub fn notification_stats(&self) -> Arc<NotificationStats> {
+        self.lock().notification_stats.clone()
+    }
+
+    /// The next `n` notifications are not sent ("the webhook was missed").
+    pub fn drop_next_notifications(&self, n: usize) {
+        self.lock().drop_notifications = n;
+    }
+
+    /// Every delta and skip token issued so far answers 410 Gone from now on (the service lost
+    /// the sync state): the client must sync fully again.
+    pub fn expire_delta_tokens(&self) {
+        self.lock().delta_epoch += 1;
     }
 
     /// Arms a foreign booking that lands in `user`'s calendar while the next create for that
@@ -445,6 +574,9 @@ impl GraphSandbox {
             .route("/v1.0/users/{user}/calendar/events/{id}", get(get_event).patch(patch_event).delete(delete_event))
             .route("/v1.0/users/{user}/calendar/events/{id}/cancel", post(cancel_event))
             .route("/v1.0/users/{user}/calendarView", get(calendar_view))
+            .route("/v1.0/users/{user}/calendarView/delta", get(calendar_view_delta))
+            .route("/v1.0/subscriptions", post(create_subscription))
+            .route("/v1.0/subscriptions/{id}", axum::routing::patch(renew_subscription).delete(delete_subscription))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .fallback(|| async {
                 graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Resource not found for the segment.")
@@ -1002,9 +1134,12 @@ async fn create_event_inner(
         last_modified: now,
         foreign: false,
         writes: vec![RecordedWrite { method: GraphMethod::Create, if_match: None }],
+        seq: 0,
     };
     let body = event_json(&event, &zone, expand.as_deref());
+    let id = event.id.clone();
     inner.events_mut(user).push(event);
+    inner.touched(user, &id, "created");
     Ok(json_response(StatusCode::CREATED, &body))
 }
 
@@ -1156,7 +1291,9 @@ async fn patch_event_inner(
     event.change_key = change_key;
     event.last_modified = Timestamp::now();
     event.writes.push(RecordedWrite { method: GraphMethod::Patch, if_match });
-    Ok(json_response(StatusCode::OK, &event_json(event, &zone, expand.as_deref())))
+    let body = event_json(event, &zone, expand.as_deref());
+    inner.touched(user, id, "updated");
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 async fn delete_event(
@@ -1212,6 +1349,7 @@ async fn remove_event(
     }
     events.remove(pos);
     inner.removals.push(Removal { user: user.to_ascii_lowercase(), id: id.to_owned(), method, comment });
+    inner.touched(user, id, "deleted");
     let status = if method == GraphMethod::Cancel { StatusCode::ACCEPTED } else { StatusCode::NO_CONTENT };
     Ok(status.into_response())
 }
@@ -1277,6 +1415,342 @@ async fn calendar_view_inner(
         body["@odata.nextLink"] = json!(next.to_string());
     }
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The page size a request asks for with `Prefer: odata.maxpagesize=N` (delta queries page
+/// by this header, <https://learn.microsoft.com/en-us/graph/delta-query-events>).
+fn preferred_page_size(headers: &HeaderMap, default: usize) -> usize {
+    for value in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
+        for part in value.split(',') {
+            if let Some(n) = part.trim().strip_prefix("odata.maxpagesize=")
+                && let Ok(n) = n.trim().parse::<usize>()
+            {
+                return n.clamp(1, 1000);
+            }
+        }
+    }
+    default
+}
+
+/// What a delta or skip token stands for. Opaque to clients (base64url of this JSON).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+struct DeltaState {
+    /// The mailbox (lowercased).
+    u: String,
+    /// The calendar view's window, epoch milliseconds.
+    s: i64,
+    e: i64,
+    /// Changes after this change number (none: a full round).
+    since: Option<u64>,
+    /// The round's snapshot: changes up to this number (a deltaLink resumes from here).
+    upto: u64,
+    /// Items up to this change number were already paged out in this round.
+    after: u64,
+    /// Tokens from before `expire_delta_tokens` answer 410.
+    epoch: u64,
+}
+
+fn encode_delta_state(state: &DeltaState) -> String {
+    data_encoding::BASE64URL_NOPAD.encode(&serde_json::to_vec(state).expect("delta state serializes"))
+}
+
+fn decode_delta_state(token: &str) -> Option<DeltaState> {
+    let raw = data_encoding::BASE64URL_NOPAD.decode(token.as_bytes()).ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
+async fn calendar_view_delta(
+    State(state): State<Arc<GraphState>>,
+    Path(user): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    finish(calendar_view_delta_inner(&state, &user, &params, &headers).await)
+}
+
+/// `GET /users/{upn}/calendarView/delta` (<https://learn.microsoft.com/en-us/graph/api/event-delta?view=graph-rest-1.0>,
+/// <https://learn.microsoft.com/en-us/graph/delta-query-events>): the first request names the
+/// window (`startDateTime`, `endDateTime`) and lists every event in it; pages continue with
+/// `@odata.nextLink` (`$skiptoken`) and the last page carries `@odata.deltaLink`
+/// (`$deltatoken`), which lists what changed since: changed events in the window, and deleted
+/// ones (or ones moved out of the window) as `{"id", "@removed": {"reason": "deleted"}}`. A token
+/// the service no longer honours answers 410 Gone (`expire_delta_tokens`); one it never issued
+/// answers 400.
+async fn calendar_view_delta_inner(
+    state: &GraphState,
+    user: &str,
+    params: &[(String, String)],
+    headers: &HeaderMap,
+) -> Handled<Response> {
+    admit(state, GraphMethod::Delta, headers).await?;
+    check_user(state, user)?;
+    let page_size = preferred_page_size(headers, 10);
+    let zone = preferred_zone(headers);
+    let key = user.to_ascii_lowercase();
+    let inner = state.lock();
+    let epoch = inner.delta_epoch;
+    let token = query_value(params, "$deltatoken").or_else(|| query_value(params, "$skiptoken"));
+    let round = match token {
+        Some(token) => {
+            let Some(mut round) = decode_delta_state(token).filter(|r| r.u == key) else {
+                return reject(bad_request("ErrorInvalidUrlQuery", "The delta or skip token is malformed."));
+            };
+            if round.epoch != epoch {
+                return reject(graph_error(
+                    StatusCode::GONE,
+                    "SyncStateNotFound",
+                    "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+                ));
+            }
+            if query_value(params, "$deltatoken").is_some() {
+                // A new round: the changes after the last round's snapshot.
+                round = DeltaState { since: Some(round.upto), upto: inner.seq, after: round.upto, ..round };
+            }
+            round
+        }
+        None => {
+            let (Some(start_raw), Some(end_raw)) =
+                (query_value(params, "startDateTime"), query_value(params, "endDateTime"))
+            else {
+                return reject(bad_request(
+                    "ErrorInvalidParameter",
+                    "This request requires a time window specified by the query string parameters StartDateTime and EndDateTime.",
+                ));
+            };
+            let (Some(start), Some(end)) = (parse_query_time(start_raw), parse_query_time(end_raw)) else {
+                return reject(bad_request("ErrorInvalidParameter", "Invalid StartDateTime or EndDateTime."));
+            };
+            DeltaState {
+                u: key.clone(),
+                s: start.as_millisecond(),
+                e: end.as_millisecond(),
+                since: None,
+                upto: inner.seq,
+                after: 0,
+                epoch,
+            }
+        }
+    };
+    let (start, end) = (
+        Timestamp::from_millisecond(round.s).unwrap_or(Timestamp::UNIX_EPOCH),
+        Timestamp::from_millisecond(round.e).unwrap_or(Timestamp::UNIX_EPOCH),
+    );
+    let in_round = |seq: u64| seq > round.after && seq <= round.upto;
+    // (change number, item) in change order: a page boundary is a change number.
+    let mut items: Vec<(u64, Value)> = Vec::new();
+    for event in inner.users.get(&key).into_iter().flatten().filter(|e| in_round(e.seq)) {
+        let inside = event.start < end && event.end > start;
+        let mut item = event_json(event, &zone, None);
+        item["@odata.type"] = json!("#microsoft.graph.event");
+        match (inside, round.since) {
+            (true, _) => items.push((event.seq, item)),
+            // Changed out of the window since the last round: gone from the view.
+            (false, Some(_)) => items.push((event.seq, removed_json(&event.id))),
+            (false, None) => {}
+        }
+    }
+    if round.since.is_some() {
+        for t in inner.tombstones.iter().filter(|t| t.user == key && in_round(t.seq)) {
+            items.push((t.seq, removed_json(&t.id)));
+        }
+    }
+    items.sort_by_key(|(seq, _)| *seq);
+    let more = items.len() > page_size;
+    items.truncate(page_size);
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
+    let mut link = url::Url::parse(&format!("http://{host}/v1.0/users/")).expect("static URL");
+    link.path_segments_mut().expect("http URL").pop_if_empty().push(user).push("calendarView").push("delta");
+    let mut body = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(event)",
+        "value": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+    });
+    if more {
+        let after = items.last().map_or(round.after, |(seq, _)| *seq);
+        link.query_pairs_mut().append_pair("$skiptoken", &encode_delta_state(&DeltaState { after, ..round }));
+        body["@odata.nextLink"] = json!(link.to_string());
+    } else {
+        link.query_pairs_mut().append_pair("$deltatoken", &encode_delta_state(&round));
+        body["@odata.deltaLink"] = json!(link.to_string());
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn removed_json(id: &str) -> Value {
+    json!({"@odata.type": "#microsoft.graph.event", "id": id, "@removed": {"reason": "deleted"}})
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionBody {
+    change_type: Option<String>,
+    notification_url: Option<String>,
+    resource: Option<String>,
+    expiration_date_time: Option<String>,
+    client_state: Option<String>,
+}
+
+fn invalid_subscription(message: &str) -> Response {
+    bad_request("InvalidRequest", message)
+}
+
+/// The mailbox a subscription `resource` watches: `users/{upn}/events` or
+/// `users/{upn}/calendar/events` (a leading `/` allowed).
+fn subscribed_mailbox(resource: &str) -> Option<String> {
+    let segments: Vec<&str> = resource.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [users, upn, events] | [users, upn, _, events]
+            if users.eq_ignore_ascii_case("users")
+                && events.eq_ignore_ascii_case("events")
+                && !upn.is_empty()
+                && (segments.len() == 3 || segments[2].eq_ignore_ascii_case("calendar")) =>
+        {
+            Some(upn.to_ascii_lowercase())
+        }
+        _ => None,
+    }
+}
+
+/// `expirationDateTime` must be in the future and at most 10,080 minutes away.
+fn subscription_expiry(value: Option<&str>, now: Timestamp) -> Handled<Timestamp> {
+    let Some(at) = value.and_then(|v| v.parse::<Timestamp>().ok()) else {
+        return reject(invalid_subscription("expirationDateTime is required and must be a DateTimeOffset."));
+    };
+    let max = now + jiff::SignedDuration::from_mins(super::graph_notify::MAX_EVENT_SUBSCRIPTION_MINUTES);
+    if at <= now || at > max {
+        return reject(invalid_subscription(&format!(
+            "Subscription expiration can only be {} minutes in the future.",
+            super::graph_notify::MAX_EVENT_SUBSCRIPTION_MINUTES
+        )));
+    }
+    Ok(at)
+}
+
+fn subscription_json(s: &GraphSubscription) -> Value {
+    json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+        "id": s.id,
+        "resource": s.resource,
+        "applicationId": "24d3b144-21ae-4080-943f-7067b395b913",
+        "changeType": s.change_types.join(","),
+        "clientState": s.client_state,
+        "notificationUrl": s.notification_url,
+        "lifecycleNotificationUrl": null,
+        "expirationDateTime": format_instant(s.expiration),
+        "creatorId": "8ee44408-0679-472c-bc2a-692812af3437",
+        "latestSupportedTlsVersion": "v1_2",
+        "includeResourceData": null,
+    })
+}
+
+async fn create_subscription(State(state): State<Arc<GraphState>>, headers: HeaderMap, body: Bytes) -> Response {
+    finish(create_subscription_inner(&state, &headers, &body).await)
+}
+
+/// `POST /subscriptions` (<https://learn.microsoft.com/en-us/graph/api/subscription-post-subscriptions?view=graph-rest-1.0>).
+async fn create_subscription_inner(state: &GraphState, headers: &HeaderMap, body: &Bytes) -> Handled<Response> {
+    admit(state, GraphMethod::CreateSubscription, headers).await?;
+    let req: SubscriptionBody = parse_body(body)?;
+    let change_types: Vec<String> =
+        req.change_type.as_deref().unwrap_or("").split(',').map(|c| c.trim().to_owned()).collect();
+    if change_types.iter().any(|c| !matches!(c.as_str(), "created" | "updated" | "deleted")) {
+        return reject(invalid_subscription("changeType must be created, updated and/or deleted."));
+    }
+    let resource = req.resource.unwrap_or_default();
+    let Some(user) = subscribed_mailbox(&resource) else {
+        return reject(invalid_subscription(&format!("Resource '{resource}' is not supported.")));
+    };
+    check_user(state, &user)?;
+    let notification_url = req.notification_url.unwrap_or_default();
+    if url::Url::parse(&notification_url).map(|u| !matches!(u.scheme(), "https" | "http")).unwrap_or(true) {
+        return reject(invalid_subscription("notificationUrl must be an absolute https URL."));
+    }
+    if req.client_state.as_ref().is_some_and(|c| c.chars().count() > 128) {
+        return reject(invalid_subscription("clientState must be at most 128 characters."));
+    }
+    let now = state.lock().clock.now();
+    let expiration = subscription_expiry(req.expiration_date_time.as_deref(), now)?;
+    // The handshake, with no lock held: the endpoint may call back into this emulator.
+    let token = format!(
+        "Validation: Testing client application reachability for subscription Request-Id: {}",
+        uuid::Uuid::new_v4()
+    );
+    let passed = validate_endpoint(&notification_url, &token).await;
+    let mut inner = state.lock();
+    inner.validations.push(Validation { notification_url: notification_url.clone(), token, passed });
+    if !passed {
+        return reject(invalid_subscription(
+            "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
+        ));
+    }
+    let subscription = GraphSubscription {
+        id: uuid::Uuid::new_v4().to_string(),
+        user,
+        resource,
+        change_types,
+        notification_url,
+        client_state: req.client_state,
+        expiration,
+        renewals: 0,
+        deleted: false,
+    };
+    if inner.notify_tx.is_none() {
+        inner.notify_tx = Some(start_delivery(inner.notification_stats.clone()));
+    }
+    let body = subscription_json(&subscription);
+    inner.subscriptions.push(subscription);
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+fn subscription_not_found(id: &str) -> Response {
+    graph_error(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("The object '{id}' was not found."))
+}
+
+async fn renew_subscription(
+    State(state): State<Arc<GraphState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    finish(renew_subscription_inner(&state, &id, &headers, &body).await)
+}
+
+/// `PATCH /subscriptions/{id}` with a new `expirationDateTime`
+/// (<https://learn.microsoft.com/en-us/graph/api/subscription-update?view=graph-rest-1.0>).
+async fn renew_subscription_inner(
+    state: &GraphState,
+    id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Handled<Response> {
+    admit(state, GraphMethod::RenewSubscription, headers).await?;
+    let req: SubscriptionBody = parse_body(body)?;
+    let mut inner = state.lock();
+    let now = inner.clock.now();
+    let expiration = subscription_expiry(req.expiration_date_time.as_deref(), now)?;
+    let Some(s) = inner.subscriptions.iter_mut().find(|s| s.id == id && !s.deleted && s.expiration > now) else {
+        return reject(subscription_not_found(id));
+    };
+    s.expiration = expiration;
+    s.renewals += 1;
+    Ok(json_response(StatusCode::OK, &subscription_json(s)))
+}
+
+async fn delete_subscription(
+    State(state): State<Arc<GraphState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&state, GraphMethod::DeleteSubscription, &headers).await {
+        return r.into_response();
+    }
+    let mut inner = state.lock();
+    match inner.subscriptions.iter_mut().find(|s| s.id == id && !s.deleted) {
+        Some(s) => {
+            s.deleted = true;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => subscription_not_found(&id),
+    }
 }
 
 fn oauth_error(error: &str, description: &str, codes: &[u32]) -> Response {

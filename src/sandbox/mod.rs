@@ -8,6 +8,7 @@ pub mod faults;
 pub mod google_calendar;
 pub mod google_push;
 pub mod graph;
+pub mod graph_notify;
 pub mod hubspot;
 pub mod hubspot_webhooks;
 pub mod pipedrive;
