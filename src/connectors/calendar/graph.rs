@@ -82,7 +82,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{CalendarConnector, CalendarEvent, Interval, NewEvent, merge_intervals};
+use super::{
+    CalendarConnector, CalendarEvent, EventChange, Interval, NewEvent, SubscribeRequest, Subscription, SyncResult,
+    merge_intervals,
+};
 use crate::connectors::{ConnectorError, encode_path_segment, longest, parse_retry_after, truncate_bytes};
 
 /// The property-set GUID of callside's single-value extended properties (MAPI named properties
@@ -106,6 +109,15 @@ const SCHEDULE_BATCH: usize = 20;
 
 /// `Prefer` header asking for every `dateTimeTimeZone` in UTC.
 const PREFER_UTC: &str = "outlook.timezone=\"UTC\"";
+/// How far ahead a delta round's calendar view reaches from the full sync that starts it.
+/// Graph's event delta works on a fixed `calendarView` window (the window is part of the delta
+/// token); events beyond it are seen by the next full sync. Bookings are offered weeks ahead,
+/// not a year.
+const DELTA_WINDOW_DAYS: i64 = 400;
+/// Prefix of the `NotFound` a lost sync state is classified as.
+const SYNC_STATE_GONE: &str = "sync state gone";
+/// What a subscription watches: the created, updated and deleted events of a mailbox.
+const SUBSCRIPTION_CHANGES: &str = "created,updated,deleted";
 
 // ---------------------------------------------------------------------------------------------
 // OAuth v2 refresh with rotation
@@ -312,6 +324,8 @@ struct Call<'a> {
     if_match: Option<&'a str>,
     /// What a 409 reports as the existing object's id.
     existing_id: Option<&'a str>,
+    /// `Prefer: odata.maxpagesize` (delta queries page by it, not by `$top`).
+    page_size: Option<u32>,
 }
 
 impl GraphCalendarConnector {
@@ -410,6 +424,9 @@ impl GraphCalendarConnector {
             .header(header::AUTHORIZATION, authorization)
             .header(header::ACCEPT, "application/json")
             .header("Prefer", PREFER_UTC);
+        if let Some(n) = call.page_size {
+            request = request.header("Prefer", format!("odata.maxpagesize={n}"));
+        }
         if let Some(body) = call.body {
             request = request.json(body);
         }
@@ -461,8 +478,9 @@ impl GraphCalendarConnector {
         );
         Self::expand_markers(&mut url);
         url.query_pairs_mut().append_pair("$top", "2");
-        let page: EventsPage =
-            self.json(Call { method: Method::GET, url, body: None, if_match: None, existing_id: None }).await?;
+        let page: EventsPage = self
+            .json(Call { method: Method::GET, url, body: None, if_match: None, existing_id: None, page_size: None })
+            .await?;
         // The value filter is case-insensitive (docs above); keys are compared exactly here.
         Ok(page.value.into_iter().find(|e| e.marker(EVENT_KEY_PROPERTY).as_deref() == Some(key)))
     }
@@ -474,7 +492,8 @@ impl GraphCalendarConnector {
         }
         let mut url = self.url(user, &["calendar", "events", id])?;
         Self::expand_markers(&mut url);
-        self.json(Call { method: Method::GET, url, body: None, if_match: None, existing_id: None }).await
+        self.json(Call { method: Method::GET, url, body: None, if_match: None, existing_id: None, page_size: None })
+            .await
     }
 
     async fn schedule_batch(
@@ -491,8 +510,16 @@ impl GraphCalendarConnector {
         })
         .map_err(|_| ConnectorError::Permanent("getSchedule request did not serialize".to_owned()))?;
         let url = self.url(as_user, &["calendar", "getSchedule"])?;
-        let response: ScheduleResponse =
-            self.json(Call { method: Method::POST, url, body: Some(&body), if_match: None, existing_id: None }).await?;
+        let response: ScheduleResponse = self
+            .json(Call {
+                method: Method::POST,
+                url,
+                body: Some(&body),
+                if_match: None,
+                existing_id: None,
+                page_size: None,
+            })
+            .await?;
         let mut busy = Vec::new();
         for id in ids {
             let info = response.value.iter().find(|s| s.schedule_id.eq_ignore_ascii_case(id)).ok_or_else(|| {
@@ -565,7 +592,14 @@ impl CalendarConnector for GraphCalendarConnector {
         let mut url = self.url(calendar_id, &["calendar", "events"])?;
         Self::expand_markers(&mut url);
         let created: GraphEvent = self
-            .json(Call { method: Method::POST, url, body: Some(&body), if_match: None, existing_id: Some(&event.id) })
+            .json(Call {
+                method: Method::POST,
+                url,
+                body: Some(&body),
+                if_match: None,
+                existing_id: Some(&event.id),
+                page_size: None,
+            })
             .await?;
         // The POST response may not echo extended properties; we know what we sent.
         let mut out = created.into_calendar_event()?;
@@ -593,7 +627,14 @@ impl CalendarConnector for GraphCalendarConnector {
         let mut next = url;
         for _ in 0..MAX_PAGES {
             let page: EventsPage = self
-                .json(Call { method: Method::GET, url: next, body: None, if_match: None, existing_id: None })
+                .json(Call {
+                    method: Method::GET,
+                    url: next,
+                    body: None,
+                    if_match: None,
+                    existing_id: None,
+                    page_size: None,
+                })
                 .await?;
             for item in page.value {
                 if item.is_cancelled == Some(true) {
@@ -638,7 +679,14 @@ impl CalendarConnector for GraphCalendarConnector {
         let mut url = self.url(calendar_id, &["calendar", "events", &graph_id])?;
         Self::expand_markers(&mut url);
         let moved: GraphEvent = self
-            .json(Call { method: Method::PATCH, url, body: Some(&body), if_match: etag, existing_id: None })
+            .json(Call {
+                method: Method::PATCH,
+                url,
+                body: Some(&body),
+                if_match: etag,
+                existing_id: None,
+                page_size: None,
+            })
             .await?;
         let mut out = moved.into_calendar_event()?;
         if let Some(key) = current.marker(EVENT_KEY_PROPERTY) {
@@ -657,13 +705,220 @@ impl CalendarConnector for GraphCalendarConnector {
         if notify && has_attendees && current.is_organizer != Some(false) {
             let url = self.url(calendar_id, &["calendar", "events", &graph_id, "cancel"])?;
             let body = serde_json::json!({"comment": "This appointment has been cancelled."});
-            self.send(&Call { method: Method::POST, url, body: Some(&body), if_match: None, existing_id: None })
-                .await?;
+            self.send(&Call {
+                method: Method::POST,
+                url,
+                body: Some(&body),
+                if_match: None,
+                existing_id: None,
+                page_size: None,
+            })
+            .await?;
         } else {
             let url = self.url(calendar_id, &["calendar", "events", &graph_id])?;
-            self.send(&Call { method: Method::DELETE, url, body: None, if_match: None, existing_id: None }).await?;
+            self.send(&Call {
+                method: Method::DELETE,
+                url,
+                body: None,
+                if_match: None,
+                existing_id: None,
+                page_size: None,
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// The events delta of the mailbox's calendar view
+    /// (<https://learn.microsoft.com/en-us/graph/delta-query-events>): a full sync is
+    /// `GET /users/{upn}/calendarView/delta?startDateTime&endDateTime` over
+    /// [`DELTA_WINDOW_DAYS`] from `since`; pages follow `@odata.nextLink`; the last page's
+    /// `@odata.deltaLink` is the cursor (the whole URL: its state token encodes the window, so
+    /// no parameter is repeated). Deleted events come as `{"id", "@removed"}`. A token the
+    /// service no longer honours (410 Gone, `syncStateNotFound`) is [`SyncResult::Expired`].
+    ///
+    /// Delta answers do not carry our extended properties (`$expand` is not among the delta
+    /// function's supported parameters), so an event with a `transactionId` — one some API
+    /// client created, possibly us — is read once more with the markers to learn whether it is
+    /// ours; events made in Outlook have none and cost nothing extra.
+    async fn sync_events(
+        &self,
+        calendar_id: &str,
+        cursor: Option<&str>,
+        since: Timestamp,
+    ) -> Result<SyncResult, ConnectorError> {
+        let mut next = match cursor {
+            Some(link) => self.same_origin(link)?,
+            None => {
+                let mut url = self.url(calendar_id, &["calendarView", "delta"])?;
+                let end = since + jiff::SignedDuration::from_hours(24 * DELTA_WINDOW_DAYS);
+                url.query_pairs_mut()
+                    .append_pair("startDateTime", &rfc3339_utc(since))
+                    .append_pair("endDateTime", &rfc3339_utc(end));
+                url
+            }
+        };
+        let mut entries: Vec<GraphEvent> = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let call = Call {
+                method: Method::GET,
+                url: next,
+                body: None,
+                if_match: None,
+                existing_id: None,
+                page_size: Some(self.page_size),
+            };
+            let page: EventsPage = match self.json(call).await {
+                Ok(page) => page,
+                Err(ConnectorError::NotFound(m)) if cursor.is_some() && m.starts_with(SYNC_STATE_GONE) => {
+                    return Ok(SyncResult::Expired);
+                }
+                Err(e) => return Err(e),
+            };
+            entries.extend(page.value);
+            match (page.next_link, page.delta_link) {
+                (Some(link), _) => {
+                    let link = self.same_origin(&link)?;
+                    if !seen.insert(link.to_string()) {
+                        return Err(ConnectorError::Permanent("delta returned a next link twice".to_owned()));
+                    }
+                    next = link;
+                }
+                (None, Some(delta)) => {
+                    self.same_origin(&delta)?;
+                    let changes = self.changes_of(calendar_id, entries).await?;
+                    return Ok(SyncResult::Changes { changes, cursor: delta });
+                }
+                (None, None) => return Err(unexpected("the last delta page has no @odata.deltaLink")),
+            }
+        }
+        Err(ConnectorError::Permanent("delta returned too many pages".to_owned()))
+    }
+
+    fn syncs_changes(&self) -> bool {
+        true
+    }
+
+    fn pushes_changes(&self) -> bool {
+        true
+    }
+
+    /// `POST /subscriptions`
+    /// (<https://learn.microsoft.com/en-us/graph/api/subscription-post-subscriptions?view=graph-rest-1.0>)
+    /// on `users/{upn}/events` for created, updated and deleted events, with the secret as
+    /// `clientState`. Graph validates `notificationUrl` before answering (our receiver echoes
+    /// the `validationToken`), and refuses an `expirationDateTime` more than 10,080 minutes
+    /// ahead for Outlook events (the subscription resource's maximum per resource type). The
+    /// subscription id is Graph's; renewal is a new subscription, then the old one deleted (the
+    /// renew-before-expiry design every provider shares), not `PATCH`.
+    async fn subscribe(
+        &self,
+        calendar_id: &str,
+        request: &SubscribeRequest<'_>,
+    ) -> Result<Subscription, ConnectorError> {
+        // The mailbox goes into `resource` as Graph's examples write it (`users/{upn}/events`).
+        if calendar_id.is_empty() || calendar_id.contains(['/', '?', '#']) || matches!(calendar_id, "." | "..") {
+            return Err(ConnectorError::Validation {
+                message: "invalid mailbox for a Microsoft Graph subscription".to_owned(),
+                fields: vec!["calendar_id".to_owned()],
+            });
+        }
+        let body = serde_json::json!({
+            "changeType": SUBSCRIPTION_CHANGES,
+            "notificationUrl": request.address,
+            "resource": format!("users/{calendar_id}/events"),
+            "expirationDateTime": rfc3339_utc(request.expires_at),
+            "clientState": request.secret,
+            "latestSupportedTlsVersion": "v1_2",
+        });
+        let url = self.subscriptions_url(None)?;
+        let created: SubscriptionResource = self
+            .json(Call {
+                method: Method::POST,
+                url,
+                body: Some(&body),
+                if_match: None,
+                existing_id: None,
+                page_size: None,
+            })
+            .await?;
+        let expires_at = created
+            .expiration_date_time
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or(request.expires_at);
+        Ok(Subscription { id: created.id, resource_id: None, expires_at })
+    }
+
+    /// `DELETE /subscriptions/{id}`; already gone is what we wanted.
+    async fn unsubscribe(&self, subscription: &Subscription) -> Result<(), ConnectorError> {
+        let url = self.subscriptions_url(Some(&subscription.id))?;
+        match self
+            .send(&Call { method: Method::DELETE, url, body: None, if_match: None, existing_id: None, page_size: None })
+            .await
+        {
+            Ok(_) | Err(ConnectorError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl GraphCalendarConnector {
+    /// `<base>/v1.0/subscriptions[/{id}]`.
+    fn subscriptions_url(&self, id: Option<&str>) -> Result<Url, ConnectorError> {
+        let path = match id {
+            Some(id) if !matches!(id, "" | "." | "..") => format!("v1.0/subscriptions/{}", encode_path_segment(id)),
+            Some(_) => {
+                return Err(ConnectorError::Validation {
+                    message: "empty subscription id".to_owned(),
+                    fields: vec!["id".to_owned()],
+                });
+            }
+            None => "v1.0/subscriptions".to_owned(),
+        };
+        self.base_url.join(&path).map_err(|_| ConnectorError::Permanent("invalid Microsoft Graph URL".to_owned()))
+    }
+
+    /// A delta round's entries as changes: the last entry per event wins (an event may appear
+    /// more than once in a round), `@removed` ones are removals, and an event some client
+    /// created with a `transactionId` is re-read with our markers to tell ours from theirs.
+    async fn changes_of(&self, user: &str, entries: Vec<GraphEvent>) -> Result<Vec<EventChange>, ConnectorError> {
+        let mut last: Vec<GraphEvent> = Vec::with_capacity(entries.len());
+        for entry in entries.into_iter().rev() {
+            let Some(id) = entry.id.as_deref() else { return Err(unexpected("delta entry without an id")) };
+            if !last.iter().any(|e| e.id.as_deref() == Some(id)) {
+                last.push(entry);
+            }
+        }
+        last.reverse();
+        let mut changes = Vec::with_capacity(last.len());
+        for entry in last {
+            let id = entry.id.clone().unwrap_or_default();
+            if entry.removed.is_some() {
+                changes.push(EventChange::Removed { id });
+                continue;
+            }
+            let entry = if entry.transaction_id.is_some() && entry.marker(CALL_ID_PROPERTY).is_none() {
+                let mut url = self.url(user, &["calendar", "events", &id])?;
+                Self::expand_markers(&mut url);
+                let call =
+                    Call { method: Method::GET, url, body: None, if_match: None, existing_id: None, page_size: None };
+                match self.json::<GraphEvent>(call).await {
+                    Ok(full) => full,
+                    // Deleted since the delta was read: the next round reports it.
+                    Err(ConnectorError::NotFound(_)) => {
+                        changes.push(EventChange::Removed { id });
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                entry
+            };
+            changes.push(EventChange::Upserted(entry.into_calendar_event()?));
+        }
+        Ok(changes)
     }
 }
 
@@ -723,9 +978,17 @@ fn classify(
     if status.is_server_error() {
         return ConnectorError::Transient(format!("{} {}: {message}", status.as_u16(), code.unwrap_or("")));
     }
+    // A delta token the service no longer honours: 410 Gone, or a sync-state error code
+    // (<https://learn.microsoft.com/en-us/graph/delta-query-overview>: "the application must
+    // restart with a full synchronization").
+    if status == StatusCode::GONE
+        || matches!(code, Some("syncStateNotFound" | "SyncStateNotFound" | "syncStateInvalid" | "resyncRequired"))
+    {
+        return ConnectorError::NotFound(format!("{SYNC_STATE_GONE}: {message}"));
+    }
     match status {
         StatusCode::UNAUTHORIZED => ConnectorError::AuthExpired,
-        StatusCode::NOT_FOUND | StatusCode::GONE => ConnectorError::NotFound(message),
+        StatusCode::NOT_FOUND => ConnectorError::NotFound(message),
         StatusCode::PRECONDITION_FAILED => ConnectorError::PreconditionFailed(message),
         StatusCode::CONFLICT if code == Some("ErrorIrresolvableConflict") => {
             ConnectorError::PreconditionFailed(message)
@@ -859,6 +1122,17 @@ struct EventsPage {
     value: Vec<GraphEvent>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
+    /// The last page of a delta round: the cursor of the next round.
+    #[serde(rename = "@odata.deltaLink")]
+    delta_link: Option<String>,
+}
+
+/// A subscription as `POST /subscriptions` answers it (the fields callside reads).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionResource {
+    id: String,
+    expiration_date_time: Option<String>,
 }
 
 /// The event resource fields callside reads (unknown fields are ignored).
@@ -879,6 +1153,11 @@ struct GraphEvent {
     attendees: Vec<serde_json::Value>,
     #[serde(default)]
     single_value_extended_properties: Vec<ExtendedProperty>,
+    /// Set by the client that created the event (callside sets its idempotency key).
+    transaction_id: Option<String>,
+    /// Present on a delta entry for a deleted event (or one that left the view).
+    #[serde(rename = "@removed")]
+    removed: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1094,11 +1373,25 @@ mod tests {
         let body = create_body(&ev).unwrap();
         let url = connector.url(CAL, &["calendar", "events"]).unwrap();
         let a: GraphEvent = connector
-            .json(Call { method: Method::POST, url: url.clone(), body: Some(&body), if_match: None, existing_id: None })
+            .json(Call {
+                method: Method::POST,
+                url: url.clone(),
+                body: Some(&body),
+                if_match: None,
+                existing_id: None,
+                page_size: None,
+            })
             .await
             .unwrap();
         let b: GraphEvent = connector
-            .json(Call { method: Method::POST, url, body: Some(&body), if_match: None, existing_id: None })
+            .json(Call {
+                method: Method::POST,
+                url,
+                body: Some(&body),
+                if_match: None,
+                existing_id: None,
+                page_size: None,
+            })
             .await
             .unwrap();
         assert_eq!(a.id, b.id);
@@ -1322,6 +1615,162 @@ mod tests {
             refresher.current_refresh_token().await.expose_secret(),
             sandbox.state.current_refresh_token("client-1").unwrap()
         );
+    }
+
+    fn change_ids(changes: &[EventChange]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                EventChange::Upserted(e) => e.id.clone(),
+                EventChange::Removed { id } => format!("-{id}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn delta_pages_a_full_sync_then_lists_only_changes_and_reports_an_expired_token() {
+        let (sandbox, connector) = setup().await;
+        let connector = connector.with_page_size(1);
+        let since = ts("2026-11-23T00:00:00Z");
+        let past =
+            sandbox.state.insert_foreign_event(CAL, ts("2026-11-20T10:00:00Z"), ts("2026-11-20T11:00:00Z"), "Old");
+        let a = sandbox.state.insert_foreign_event(CAL, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "A");
+        let b = sandbox.state.insert_foreign_event(CAL, ts("2026-11-25T10:00:00Z"), ts("2026-11-25T11:00:00Z"), "B");
+        // Full sync: the events of the window, one per page; the delta link comes on the last.
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(CAL, None, since).await.unwrap() else {
+            panic!("a full sync has changes")
+        };
+        assert_eq!(change_ids(&changes), vec![a.clone(), b.clone()], "not {past}");
+        assert!(matches!(&changes[0], EventChange::Upserted(e) if e.call_id.is_none() && e.busy));
+        assert_eq!(sandbox.state.request_count(GraphMethod::Delta), 2, "paged");
+        assert!(cursor.contains("calendarView/delta?%24deltatoken=") || cursor.contains("$deltatoken="), "{cursor}");
+        // Nothing changed: nothing listed, a cursor again.
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(CAL, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        assert!(changes.is_empty(), "{changes:?}");
+        // Our own booking comes back ours: its key as id and its call id (re-read with markers).
+        connector
+            .create_event(CAL, &new_event("hold-d1", "2026-11-26T15:00:00Z", "2026-11-26T15:45:00Z"))
+            .await
+            .unwrap();
+        let gets = sandbox.state.request_count(GraphMethod::Get);
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(CAL, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        assert_eq!(change_ids(&changes), vec!["hold-d1".to_owned()]);
+        assert!(matches!(&changes[0], EventChange::Upserted(e) if e.call_id.as_deref() == Some("call-1")));
+        assert_eq!(sandbox.state.request_count(GraphMethod::Get), gets + 1, "one re-read for the markers");
+        // A new event, a deletion and a cancellation: exactly those, in change order.
+        let c = sandbox.state.insert_foreign_event(CAL, ts("2026-11-27T10:00:00Z"), ts("2026-11-27T11:00:00Z"), "C");
+        assert!(sandbox.state.delete_directly(CAL, &a));
+        assert!(sandbox.state.cancel_directly(CAL, &b));
+        let gets = sandbox.state.request_count(GraphMethod::Get);
+        let SyncResult::Changes { changes, cursor } = connector.sync_events(CAL, Some(&cursor), since).await.unwrap()
+        else {
+            panic!("incremental")
+        };
+        assert_eq!(change_ids(&changes), vec![c.clone(), format!("-{a}"), b.clone()]);
+        assert!(matches!(&changes[2], EventChange::Upserted(e) if e.status == "cancelled" && !e.busy));
+        assert_eq!(sandbox.state.request_count(GraphMethod::Get), gets, "events made in Outlook cost no re-read");
+        // The service drops its sync state: 410, reported as Expired (not an error).
+        sandbox.state.expire_delta_tokens();
+        assert_eq!(connector.sync_events(CAL, Some(&cursor), since).await.unwrap(), SyncResult::Expired);
+        // A token never issued is the vendor's 400, an error; a link to another host is refused.
+        let forged = format!("{}v1.0/users/{CAL}/calendarView/delta?$deltatoken=garbage", sandbox.base_url());
+        assert!(matches!(
+            connector.sync_events(CAL, Some(&forged), since).await,
+            Err(ConnectorError::Validation { .. })
+        ));
+        let elsewhere = "https://evil.example/v1.0/users/x/calendarView/delta?$deltatoken=x";
+        assert!(matches!(connector.sync_events(CAL, Some(elsewhere), since).await, Err(ConnectorError::Permanent(_))));
+        // A full sync after the expiry starts a new round.
+        assert!(matches!(connector.sync_events(CAL, None, since).await, Ok(SyncResult::Changes { .. })));
+    }
+
+    /// A receiver standing in for ours: echoes validation tokens on `/hook` (and not on
+    /// `/mute`), and reports each notification body.
+    async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>, tokio::task::JoinHandle<()>)
+    {
+        use axum::extract::Query;
+        use std::collections::HashMap;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(move |Query(q): Query<HashMap<String, String>>, body: axum::body::Bytes| {
+                    let tx = tx.clone();
+                    async move {
+                        use axum::response::IntoResponse;
+                        if let Some(token) = q.get("validationToken") {
+                            return ([(header::CONTENT_TYPE, "text/plain")], token.clone()).into_response();
+                        }
+                        let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
+                        axum::http::StatusCode::ACCEPTED.into_response()
+                    }
+                }),
+            )
+            .route("/mute", axum::routing::post(|| async { axum::http::StatusCode::OK }));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (base, rx, server)
+    }
+
+    #[tokio::test]
+    async fn subscribe_is_validated_notifies_changes_with_the_client_state_and_unsubscribe_ends_it() {
+        let (sandbox, connector) = setup().await;
+        let (base, mut rx, server) = receiver().await;
+        let address = format!("{base}/hook");
+        // Whole seconds: Graph answers the instant back with 7 fractional digits.
+        let expires_at = Timestamp::from_second(Timestamp::now().as_second() + 86_400).unwrap();
+        let request = SubscribeRequest { id: "unused", address: &address, secret: "s3cret-state", expires_at };
+        let subscription = connector.subscribe(CAL, &request).await.unwrap();
+        let emulated = sandbox.state.subscriptions();
+        assert_eq!(emulated.len(), 1);
+        assert_eq!(subscription.id, emulated[0].id, "Graph's id");
+        assert_eq!(subscription.expires_at, expires_at);
+        assert_eq!(emulated[0].change_types, vec!["created", "updated", "deleted"]);
+        assert_eq!(emulated[0].resource, format!("users/{CAL}/events"));
+        let validation = &sandbox.state.validations()[0];
+        assert!(validation.passed && validation.token.contains(' '), "{validation:?}");
+
+        let id = sandbox.state.insert_foreign_event(CAL, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "A");
+        let note = rx.recv().await.unwrap();
+        let item = &note["value"][0];
+        assert_eq!(item["subscriptionId"], subscription.id.as_str());
+        assert_eq!(item["clientState"], "s3cret-state");
+        assert_eq!(item["changeType"], "created");
+        assert_eq!(item["resourceData"]["id"], id.as_str());
+        // Another mailbox's change is not this subscription's business; a deletion is.
+        sandbox.state.insert_foreign_event(OTHER, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "B");
+        sandbox.state.delete_directly(CAL, &id);
+        assert_eq!(rx.recv().await.unwrap()["value"][0]["changeType"], "deleted");
+
+        connector.unsubscribe(&subscription).await.unwrap();
+        assert!(sandbox.state.subscriptions()[0].deleted);
+        // Nothing is generated for a deleted subscription (a drop would have been consumed).
+        sandbox.state.drop_next_notifications(1);
+        sandbox.state.insert_foreign_event(CAL, ts("2026-11-24T12:00:00Z"), ts("2026-11-24T12:30:00Z"), "C");
+        assert_eq!(sandbox.state.notification_stats().dropped(), 0);
+        connector.unsubscribe(&subscription).await.unwrap();
+
+        // An endpoint that does not echo the token: no subscription.
+        let mute = format!("{base}/mute");
+        let request = SubscribeRequest { id: "unused", address: &mute, secret: "s", expires_at };
+        assert!(matches!(connector.subscribe(CAL, &request).await, Err(ConnectorError::Validation { .. })));
+        assert!(!sandbox.state.validations()[1].passed);
+        // Beyond Graph's 10,080 minutes for events: refused before any handshake.
+        let far = Timestamp::now() + jiff::SignedDuration::from_hours(24 * 8);
+        let request = SubscribeRequest { id: "unused", address: &address, secret: "s", expires_at: far };
+        assert!(matches!(connector.subscribe(CAL, &request).await, Err(ConnectorError::Validation { .. })));
+        assert_eq!(sandbox.state.validations().len(), 2);
+        assert_eq!(sandbox.state.subscriptions().len(), 1);
+        server.abort();
     }
 
     #[test]
