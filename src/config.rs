@@ -116,6 +116,9 @@ pub struct CalendarSyncSection {
     pub renew_before_secs: u64,
 }
 
+/// Microsoft Graph's longest subscription to Outlook events: 10,080 minutes.
+pub const GRAPH_MAX_SUBSCRIPTION_SECS: u64 = 10_080 * 60;
+
 impl Default for CalendarSyncSection {
     fn default() -> Self {
         Self { poll_interval_secs: 30, push: true, subscription_ttl_secs: 86_400, renew_before_secs: 3_600 }
@@ -873,6 +876,19 @@ impl Config {
                     server_path,
                     "inbound.calendar.renew_before_secs",
                     "must be less than subscription_ttl_secs".into(),
+                );
+            }
+            // Microsoft Graph refuses an event subscription living longer than 10,080 minutes
+            // (https://learn.microsoft.com/en-us/graph/api/resources/subscription, maximum length
+            // of subscription per resource type).
+            let graph_tenant = tenants.iter().any(|(_, t)| t.calendar.vendor == "microsoft");
+            if c.push && graph_tenant && c.subscription_ttl_secs > GRAPH_MAX_SUBSCRIPTION_SECS {
+                issue(
+                    server_path,
+                    "inbound.calendar.subscription_ttl_secs",
+                    format!(
+                        "must be at most {GRAPH_MAX_SUBSCRIPTION_SECS} (Microsoft Graph's 10,080 minutes for event subscriptions) while a tenant's calendar is on Microsoft 365"
+                    ),
                 );
             }
         }

@@ -110,6 +110,18 @@ pub fn hubspot_webhook(data: &[u8]) {
     let _ = parse_events(body);
 }
 
+/// Microsoft Graph's change notification collection: it parses or is refused as malformed,
+/// never panics, and what parses has at least one item with a known `changeType`.
+pub fn graph_notification(data: &[u8]) {
+    if let Ok(items) = crate::inbound::graph::parse_notifications(data) {
+        assert!(!items.is_empty(), "an empty collection parsed");
+        for item in items {
+            let kinds = item.change_type.expect("a parsed item has a changeType");
+            assert!(kinds.split(',').all(|k| matches!(k.trim(), "created" | "updated" | "deleted")), "{kinds}");
+        }
+    }
+}
+
 /// The notification/write-back webhook signature (`X-Callside-Signature: t=…,v1=…`) as a
 /// receiver checks it: the first line is the header, the rest the body.
 pub fn notify_webhook(data: &[u8]) {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, State};
+use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -12,6 +12,7 @@ use serde_json::json;
 use super::AppState;
 use crate::inbound::Rejection;
 use crate::inbound::google;
+use crate::inbound::graph;
 use crate::inbound::hubspot::{self, Delivery};
 
 /// Webhook bodies are small batches (HubSpot sends at most 100 events per request).
@@ -61,14 +62,36 @@ pub(super) async fn google(State(app): State<Arc<AppState>>, headers: HeaderMap)
     answer(google::receive(&app.core, push).await)
 }
 
+/// `POST /v1/inbound/microsoft`: Microsoft Graph's validation handshake (`?validationToken=…`,
+/// answered 200 `text/plain` with the decoded token) and its change notifications (202).
+pub(super) async fn graph(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let token = query.as_deref().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == graph::VALIDATION_PARAM)
+            .map(|(_, v)| v.into_owned())
+    });
+    if let Some(token) = token {
+        return match graph::validation_echo(&app.core, &token) {
+            Ok(echo) => (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], echo)
+                .into_response(),
+            Err(rejection) => refused(rejection),
+        };
+    }
+    match graph::receive(&app.core, &body).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, axum::Json(json!(accepted))).into_response(),
+        Err(rejection) => refused(rejection),
+    }
+}
+
 /// An accepted notification is 200 with what it did; a refused one its status and outcome.
 fn answer<T: serde::Serialize>(result: Result<T, Rejection>) -> Response {
     match result {
         Ok(accepted) => (StatusCode::OK, axum::Json(json!(accepted))).into_response(),
-        Err(rejection) => {
-            let status = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            (status, axum::Json(json!({"error": rejection.outcome(), "message": rejection.to_string()})))
-                .into_response()
-        }
+        Err(rejection) => refused(rejection),
     }
+}
+
+fn refused(rejection: Rejection) -> Response {
+    let status = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, axum::Json(json!({"error": rejection.outcome(), "message": rejection.to_string()}))).into_response()
 }

@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let inbound = Router::new()
         .route(crate::inbound::hubspot::PATH, post(inbound::hubspot))
         .route(crate::inbound::google::PATH, post(inbound::google))
+        .route(crate::inbound::graph::PATH, post(inbound::graph))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(inbound::INBOUND_BODY_LIMIT));
     Router::new()

@@ -5,7 +5,7 @@
 //! `nextSyncToken`, a WebDAV sync token). A sync lists what changed since the cursor through
 //! [`CalendarConnector::sync_events`]; an expired cursor means a full sync (and everything may
 //! have changed). Syncs run when a push notification arrives (Google channels,
-//! `super::google`) and, for every calendar, every `poll_interval_secs` on the injected clock:
+//! `super::google`; Graph subscriptions, `super::graph`) and, for every calendar, every `poll_interval_secs` on the injected clock:
 //! the polling of providers without push and the safety net that catches a missed push.
 //! Subscriptions are replaced `renew_before_secs` before they expire (the replacement first,
 //! then the old one is stopped), also on the injected clock.
@@ -373,7 +373,12 @@ async fn subscribe(core: &Arc<Core>, tenant: &Arc<Tenant>, calendar_id: &str, se
     sync.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), entry(pending));
     match tenant.calendar.subscribe(calendar_id, &request).await {
         Ok(subscription) => {
-            sync.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry(subscription.clone()));
+            // Notifications name the provider's id (ours for Google, Graph's own for Graph).
+            {
+                let mut channels = sync.channels.lock().unwrap_or_else(|p| p.into_inner());
+                channels.remove(&id);
+                channels.insert(subscription.id.clone(), entry(subscription.clone()));
+            }
             let old = sync
                 .lock_watched()
                 .entry((tenant.id().to_owned(), calendar_id.to_owned()))

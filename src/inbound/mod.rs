@@ -12,6 +12,7 @@
 
 pub mod calendar;
 pub mod google;
+pub mod graph;
 pub mod hubspot;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("config", callside::fuzzing::config),
     ("phone", callside::fuzzing::phone),
     ("hubspot_webhook", callside::fuzzing::hubspot_webhook),
+    ("graph_notification", callside::fuzzing::graph_notification),
     ("notify_webhook", callside::fuzzing::notify_webhook),
 ];
 
