@@ -24,7 +24,7 @@ async fn spawn_with_calendar_sync() -> TestApp {
 }
 
 /// Waits until the sync's progress satisfies `done`.
-async fn wait_progress(app: &TestApp, done: impl Fn(&SyncProgress) -> bool) -> SyncProgress {
+pub(crate) async fn wait_progress(app: &TestApp, done: impl Fn(&SyncProgress) -> bool) -> SyncProgress {
     let mut rx = app.core.calendar_sync.progress();
     let seen = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|p| done(p)))
         .await
@@ -33,12 +33,12 @@ async fn wait_progress(app: &TestApp, done: impl Fn(&SyncProgress) -> bool) -> S
     *seen
 }
 
-fn progress(app: &TestApp) -> SyncProgress {
+pub(crate) fn progress(app: &TestApp) -> SyncProgress {
     *app.core.calendar_sync.progress().borrow()
 }
 
 /// The first offered consultation: (start as sent, start, staff).
-async fn first_slot(c: &mut Client) -> (Value, Timestamp, String) {
+pub(crate) async fn first_slot(c: &mut Client) -> (Value, Timestamp, String) {
     let slots = c.tool("find_slots", json!({"service": "consult"})).await;
     assert_eq!(slots["isError"], false, "{slots}");
     let first = slots["structuredContent"]["slots"][0].clone();
@@ -47,7 +47,7 @@ async fn first_slot(c: &mut Client) -> (Value, Timestamp, String) {
 }
 
 /// Holds the first offered consultation: (hold id, start).
-async fn hold_first(c: &mut Client) -> (String, Timestamp) {
+pub(crate) async fn hold_first(c: &mut Client) -> (String, Timestamp) {
     let (start_sent, start, staff) = first_slot(c).await;
     let hold = c.tool("hold_slot", json!({"service": "consult", "start": start_sent, "staff_id": staff})).await;
     assert_eq!(hold["isError"], false, "{hold}");
@@ -55,7 +55,7 @@ async fn hold_first(c: &mut Client) -> (String, Timestamp) {
 }
 
 /// Whether `find_slots` offers this start with this staff member.
-async fn offered(c: &mut Client, start: Timestamp, staff: &str) -> bool {
+pub(crate) async fn offered(c: &mut Client, start: Timestamp, staff: &str) -> bool {
     let day = start.to_zoned_datetime(jiff::tz::TimeZone::get("America/New_York").unwrap()).date().to_string();
     let slots = c.tool("find_slots", json!({"service": "consult", "day": day, "count": 5})).await;
     assert_eq!(slots["isError"], false, "{slots}");
