@@ -26,6 +26,14 @@
 //!   outside), sorted by start, paged with `$top` (default 10) and `@odata.nextLink`
 //!   (<https://learn.microsoft.com/en-us/graph/paging>). Attendee-side cancelled meetings stay
 //!   visible with `isCancelled: true`.
+//! - `GET /v1.0/users/{upn}/calendarView/delta?startDateTime&endDateTime` — the events delta
+//!   (<https://learn.microsoft.com/en-us/graph/delta-query-events>): a round of pages
+//!   (`Prefer: odata.maxpagesize`, `@odata.nextLink` with `$skiptoken`) ending with an
+//!   `@odata.deltaLink` (`$deltatoken`); the next round lists changed events and deletions
+//!   (`@removed`). `expire_delta_tokens` makes every issued token answer 410 `SyncStateNotFound`.
+//! - `POST /v1.0/subscriptions`, `PATCH|DELETE /v1.0/subscriptions/{id}` — change notification
+//!   subscriptions on `users/{upn}/events`, validated by the `validationToken` handshake, expiring
+//!   on the emulator's clock (`set_clock`), and their notifications (`super::graph_notify`).
 //! - `POST /{tenant}/oauth2/v2.0/token` — the refresh-token grant. Every refresh issues a new
 //!   access token and a new refresh token; the old refresh token is spent and answers 400
 //!   `invalid_grant` if used again. (Microsoft itself "doesn't revoke old refresh tokens when
