@@ -55,6 +55,8 @@ pub struct Application {
     grace: Duration,
     /// Seconds between identity index pulls; 0 = off.
     identity_pull: u64,
+    /// Bumped after every round of identity pulls (`crate::matching::sync::spawn_with`).
+    identity_rounds: tokio::sync::watch::Sender<u64>,
     retention: crate::privacy::RetentionSection,
     /// Bumped after every retention sweep (`crate::privacy::spawn_sweeper`).
     retention_rounds: tokio::sync::watch::Sender<u64>,
@@ -249,6 +251,22 @@ impl Application {
                 s.hubspot.state.deliver_webhooks_to(target, &secret, portal, clock.clone());
             }
         }
+        // The demo and the tests: the Pipedrive emulator's company gets a webhook v2 for every
+        // person and deal change, created through its API as an operator would
+        // (`POST /v1/webhooks` with the Basic credentials of `[inbound.pipedrive]`), when a
+        // sandbox tenant names its company.
+        if let (Some(s), Some(p), true) = (&sandbox, &config.inbound.pipedrive, owns_sandbox) {
+            let company = config
+                .tenants
+                .iter()
+                .any(|t| t.crm.vendor == "pipedrive" && t.crm.base_url == "sandbox" && t.crm.company_id.is_some());
+            if let (true, Ok(password)) = (company, std::env::var(&p.http_auth_password_env)) {
+                let target = format!("{public_url}{}", crate::inbound::pipedrive::PATH);
+                crate::sandbox::register_pipedrive_webhooks(&client, s, &target, &p.http_auth_user, &password)
+                    .await
+                    .context("creating the Pipedrive emulator's webhooks")?;
+            }
+        }
         let state = Arc::new(AppState {
             core,
             call_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
@@ -265,6 +283,7 @@ impl Application {
                 .hubspot
                 .as_ref()
                 .map(|h| crate::inbound::hubspot::HubSpotReceiver::new(h, &public_url)),
+            inbound_pipedrive: config.inbound.pipedrive.as_ref().map(crate::inbound::pipedrive::PipedriveReceiver::new),
         });
         let core = &state.core;
         let alerter = crate::alerts::Alerter::new(
@@ -291,6 +310,7 @@ impl Application {
             sandbox,
             grace: config.shutdown_grace,
             identity_pull: config.identity.pull_interval_secs,
+            identity_rounds: tokio::sync::watch::Sender::new(0),
             retention: config.retention.clone(),
             retention_rounds: tokio::sync::watch::Sender::new(0),
         })
@@ -308,6 +328,12 @@ impl Application {
     /// The alert evaluator (its incidents and progress signal).
     pub fn alerter(&self) -> Arc<crate::alerts::Alerter> {
         self.alerter.clone()
+    }
+
+    /// Counts finished rounds of identity pulls, each with its changes applied to live calls
+    /// (the first runs when [`Application::run`] starts; none when the pull is off).
+    pub fn identity_rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.identity_rounds.subscribe()
     }
 
     /// Counts finished retention sweeps (the first runs when [`Application::run`] starts).
@@ -342,6 +368,7 @@ impl Application {
             sandbox_admin,
             grace,
             identity_pull,
+            identity_rounds,
             retention,
             retention_rounds,
         } = self;
@@ -354,18 +381,20 @@ impl Application {
             retention_rounds,
             retention_stop.clone(),
         );
-        // The identity index's incremental pull from each tenant's CRM (off when 0).
+        // The identity index's incremental pull from each tenant's CRM (off when 0); what it
+        // sees changed reaches live calls too (the inbound sync's polling safety net).
         let identity_stop = CancellationToken::new();
         let identity_task = (identity_pull > 0).then(|| {
             let core = &state.core;
-            crate::matching::sync::spawn(
+            crate::matching::sync::spawn_with(
                 core.store.clone(),
                 core.tenants.clone(),
                 core.clock.clone(),
                 jiff::SignedDuration::from_secs(identity_pull as i64),
                 identity_stop.clone(),
+                Some(crate::inbound::refresh_on_pull(Arc::downgrade(core))),
+                identity_rounds,
             )
-            .0
         });
         let stop = CancellationToken::new();
         let worker_stop = CancellationToken::new();

@@ -94,6 +94,8 @@ impl Default for IdentitySection {
 #[serde(deny_unknown_fields, default)]
 pub struct InboundSection {
     pub hubspot: Option<HubSpotWebhookSection>,
+    /// Pipedrive webhooks v2 at `POST /v1/inbound/pipedrive` (`crate::inbound::pipedrive`).
+    pub pipedrive: Option<PipedriveWebhookSection>,
     /// Calendar changes: push subscriptions where the provider has them, and polling for
     /// every calendar (`crate::inbound::calendar`). Absent: busy time is only re-read when its
     /// cache lapses (30 s) and at commit.
@@ -135,6 +137,17 @@ pub struct HubSpotWebhookSection {
     /// The app's id: events whose `changeSource` is `INTEGRATION` with this `sourceId` are this
     /// service's own writes and are not refetched.
     pub app_id: String,
+}
+
+/// The HTTP Basic credentials every tenant's Pipedrive webhook is created with
+/// (`http_auth_user` / `http_auth_password` of `POST /v1/webhooks`); the tenant is named by each
+/// notification's `meta.company_id` (the tenant file's `crm.company_id`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipedriveWebhookSection {
+    pub http_auth_user: String,
+    /// Environment variable holding the password (at least 16 characters).
+    pub http_auth_password_env: String,
 }
 
 /// OAuth apps for connecting tenants' CRMs (`/v1/connect/{vendor}/start`). Only the names of the
@@ -560,6 +573,10 @@ pub struct VendorSection {
     /// the app's webhooks (`portalId`, `crate::inbound::hubspot`).
     #[serde(default)]
     pub portal_id: Option<u64>,
+    /// The Pipedrive company id: the tenant of the company's webhooks (`meta.company_id`,
+    /// `crate::inbound::pipedrive`).
+    #[serde(default)]
+    pub company_id: Option<u64>,
     /// Salesforce only: which object a new caller becomes, `lead` (default) or `contact`.
     #[serde(default)]
     pub new_callers: Option<crate::connectors::crm::salesforce::NewCallerObject>,
@@ -867,6 +884,25 @@ impl Config {
                 issue(server_path, "inbound.hubspot.app_id", "must not be empty".into());
             }
         }
+        if let Some(p) = &server.inbound.pipedrive {
+            match std::env::var(&p.http_auth_password_env) {
+                Ok(v) if v.len() >= 16 => {}
+                Ok(_) => issue(
+                    server_path,
+                    "inbound.pipedrive.http_auth_password_env",
+                    format!("the password in {} must be at least 16 characters", p.http_auth_password_env),
+                ),
+                Err(_) => issue(
+                    server_path,
+                    "inbound.pipedrive.http_auth_password_env",
+                    format!("environment variable {} is not set", p.http_auth_password_env),
+                ),
+            }
+            // Basic auth's user-id may not contain a colon (RFC 7617, section 2).
+            if p.http_auth_user.trim().is_empty() || p.http_auth_user.contains(':') {
+                issue(server_path, "inbound.pipedrive.http_auth_user", "must be non-empty, without ':'".into());
+            }
+        }
         if let Some(c) = &server.inbound.calendar {
             if c.poll_interval_secs == 0 {
                 issue(server_path, "inbound.calendar.poll_interval_secs", "must be at least 1".into());
@@ -912,6 +948,7 @@ impl Config {
         let mut seen_ids = HashSet::new();
         let mut seen_numbers = HashSet::new();
         let mut seen_portals = HashSet::new();
+        let mut seen_companies = HashSet::new();
         // A credential identifies one tenant: `by_api_key` / `by_vapi_secret` would otherwise
         // pick one of the tenants sharing it.
         let mut key_owner: HashMap<[u8; 32], String> = HashMap::new();
@@ -932,6 +969,13 @@ impl Config {
                     issue("crm.portal_id", "only a HubSpot CRM has a portal id".into());
                 } else if !seen_portals.insert(portal) {
                     issue("crm.portal_id", format!("portal {portal} belongs to another tenant"));
+                }
+            }
+            if let Some(company) = t.crm.company_id {
+                if t.crm.vendor != "pipedrive" {
+                    issue("crm.company_id", "only a Pipedrive CRM has a company id".into());
+                } else if !seen_companies.insert(company) {
+                    issue("crm.company_id", format!("company {company} belongs to another tenant"));
                 }
             }
             let tz = match jiff::tz::TimeZone::get(&t.time_zone) {

@@ -122,6 +122,30 @@ pub fn graph_notification(data: &[u8]) {
     }
 }
 
+/// Pipedrive's webhooks v2: HTTP Basic credentials and the notification behind them. The first
+/// line is the presented `Authorization` header, the rest the body: only the exact credentials
+/// match, and the body parses or is refused.
+pub fn pipedrive_webhook(data: &[u8]) {
+    use crate::inbound::pipedrive::{basic_matches, parse};
+    let mut parts = data.splitn(2, |b| *b == b'\n');
+    let presented = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let body = parts.next().unwrap_or_default();
+    let (user, password) = ("callside", "fuzz-password-0123456789");
+    let good = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{password}"))
+    );
+    assert!(basic_matches(Some(&good), user, password));
+    if basic_matches(Some(&presented), user, password) {
+        let decoded = presented
+            .trim()
+            .split_once(' ')
+            .and_then(|(_, b)| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok());
+        assert_eq!(decoded.as_deref(), Some(format!("{user}:{password}").as_bytes()), "other credentials matched");
+    }
+    let _ = parse(body);
+}
+
 /// The notification/write-back webhook signature (`X-Callside-Signature: t=…,v1=…`) as a
 /// receiver checks it: the first line is the header, the rest the body.
 pub fn notify_webhook(data: &[u8]) {

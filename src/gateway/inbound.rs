@@ -14,6 +14,7 @@ use crate::inbound::Rejection;
 use crate::inbound::google;
 use crate::inbound::graph;
 use crate::inbound::hubspot::{self, Delivery};
+use crate::inbound::pipedrive;
 
 /// Webhook bodies are small batches (HubSpot sends at most 100 events per request).
 pub const INBOUND_BODY_LIMIT: usize = 256 * 1024;
@@ -46,6 +47,22 @@ pub(super) async fn hubspot(
         timestamp: header(hubspot::TIMESTAMP_HEADER),
     };
     answer(receiver.receive(&app.core, delivery).await)
+}
+
+/// `POST /v1/inbound/pipedrive`: the tenants' Pipedrive webhooks (v2, HTTP Basic).
+pub(super) async fn pipedrive(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(receiver) = app.inbound_pipedrive.as_ref() else {
+        app.core.metrics.count_inbound_request(pipedrive::VENDOR, "not_configured");
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"error": "not_configured", "message": "Pipedrive webhooks are not configured on this service"}),
+            ),
+        )
+            .into_response();
+    };
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    answer(receiver.receive(&app.core, authorization, &body).await)
 }
 
 /// `POST /v1/inbound/google`: Google Calendar push notifications (no body; the headers say

@@ -46,6 +46,8 @@ pub struct AppState {
     pub tool_rate: rate::ToolRate,
     /// The HubSpot app's webhook receiver, when `[inbound.hubspot]` is configured.
     pub inbound_hubspot: Option<crate::inbound::hubspot::HubSpotReceiver>,
+    /// The Pipedrive webhooks' receiver, when `[inbound.pipedrive]` is configured.
+    pub inbound_pipedrive: Option<crate::inbound::pipedrive::PipedriveReceiver>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -64,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(crate::inbound::hubspot::PATH, post(inbound::hubspot))
         .route(crate::inbound::google::PATH, post(inbound::google))
         .route(crate::inbound::graph::PATH, post(inbound::graph))
+        .route(crate::inbound::pipedrive::PATH, post(inbound::pipedrive))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(inbound::INBOUND_BODY_LIMIT));
     Router::new()

@@ -14,6 +14,7 @@ pub mod calendar;
 pub mod google;
 pub mod graph;
 pub mod hubspot;
+pub mod pipedrive;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub enum Rejection {
     Replayed,
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("no tenant has this portal")]
+    #[error("no tenant has this portal or company")]
     UnknownPortal,
     #[error("no open notification channel has this id")]
     UnknownChannel,
@@ -96,15 +97,51 @@ pub enum Affected {
     /// deletion): every live call of the tenant with a number re-reads, besides the contexts
     /// showing the contact.
     Matching(String),
+    /// A record an incremental pull saw changed (the polling safety net): contexts showing it,
+    /// and live calls from one of the numbers it now holds (E.164) — a pull knows the record's
+    /// phones, so it need not re-read every live call the way [`Affected::Matching`] does.
+    Pulled { id: String, numbers: Vec<String> },
 }
 
 impl Affected {
     fn concerns(&self, ctx: &CallerContext) -> bool {
         match self {
-            Affected::Contact(id) | Affected::Matching(id) => ctx.contact_id() == Some(id.as_str()),
+            Affected::Contact(id) | Affected::Matching(id) | Affected::Pulled { id, .. } => {
+                ctx.contact_id() == Some(id.as_str())
+            }
             Affected::Deal(id) => ctx.open_deal_ids().iter().any(|d| d == id),
         }
     }
+
+    /// Whether a live call from `e164` is concerned whatever its context shows.
+    fn concerns_number(&self, e164: &str) -> bool {
+        match self {
+            Affected::Matching(_) => true,
+            Affected::Pulled { numbers, .. } => numbers.iter().any(|n| n == e164),
+            Affected::Contact(_) | Affected::Deal(_) => false,
+        }
+    }
+}
+
+/// The hook the identity pull hands its changed records to (`crate::matching::sync::OnChanged`):
+/// each goes through [`refresh_callers`] as [`Affected::Pulled`], counted as the event outcome
+/// `polled` of the tenant's CRM vendor. This is how a change whose webhook was missed — or a
+/// vendor polled rather than pushed (Salesforce) — reaches live calls.
+pub fn refresh_on_pull(core: std::sync::Weak<Core>) -> crate::matching::sync::OnChanged {
+    Arc::new(move |tenant: Arc<Tenant>, changed: Vec<crate::matching::sync::ChangedRecord>| {
+        let core = core.clone();
+        let applied: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(async move {
+            // The application is shutting down when its core is gone.
+            let Some(core) = core.upgrade() else { return };
+            let vendor = tenant.crm.vendor();
+            for record in changed {
+                let affected = Affected::Pulled { id: record.id, numbers: record.numbers };
+                refresh_callers(&core, &tenant, &affected).await;
+                core.metrics.count_inbound_event(vendor, "polled");
+            }
+        });
+        applied
+    })
 }
 
 /// Applies one CRM change: drops the cached contexts it concerns and re-reads the context of the
@@ -119,7 +156,7 @@ pub async fn refresh_callers(core: &Arc<Core>, tenant: &Arc<Tenant>, affected: &
         }
         let Some(e164) = session.caller_e164().map(str::to_owned) else { continue };
         let concerned = match session.context_now() {
-            Some(ctx) => affected.concerns(&ctx) || matches!(affected, Affected::Matching(_)),
+            Some(ctx) => affected.concerns(&ctx) || affected.concerns_number(&e164),
             // The prefetch is still running: it may have read the record before the change.
             None => true,
         };

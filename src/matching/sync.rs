@@ -2,7 +2,16 @@
 //! page by page, into the index (phones as E.164, emails normalized), and the watermark moved to
 //! the newest change seen. Runs at start and then every `identity.pull_interval_secs`, on the
 //! injected clock.
+//!
+//! The pull is also the inbound sync's polling safety net (issue 12): the records a pull sees
+//! changed since the previous watermark are handed to an [`OnChanged`] hook (the application
+//! passes `crate::inbound::refresh_on_pull`, which drops cached contexts showing them and
+//! re-reads live calls they concern), so a missed webhook — or a vendor without webhooks,
+//! Salesforce here — reaches live calls by the next pull at the latest. This module knows nothing
+//! of sessions: the hook is the seam.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -17,9 +26,6 @@ use crate::tenant::{Tenant, Tenants};
 
 /// Pages per pull at most: a safety bound (100 contacts a page), the next pull goes on.
 const MAX_PAGES: usize = 500;
-/// Contacts after which a query is restarted from the newest time seen (vendors cap one query:
-/// HubSpot at 10,000 results).
-const RESTART_AFTER: usize = 9_900;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -34,7 +40,22 @@ pub struct PullReport {
     pub records: usize,
     pub pages: usize,
     pub watermark: Option<Timestamp>,
+    /// Records changed after the watermark the pull started from (empty on a first, full pull:
+    /// nothing is known to have *changed* then), each once, oldest change first.
+    pub changed: Vec<ChangedRecord>,
 }
+
+/// A record a pull saw changed: its id and its phones in E.164 (a live call from one of these
+/// numbers may now match it, or no longer match it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedRecord {
+    pub id: String,
+    pub numbers: Vec<String>,
+}
+
+/// What a pull hands its changed records to (see the module comment).
+pub type OnChanged =
+    Arc<dyn Fn(Arc<Tenant>, Vec<ChangedRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// One pull for one tenant.
 pub async fn pull_once(store: &Store, tenant: &Tenant, now: Timestamp) -> Result<PullReport, PullError> {
@@ -59,14 +80,28 @@ pub async fn pull_once(store: &Store, tenant: &Tenant, now: Timestamp) -> Result
                 .collect();
             let email = c.email.as_deref().and_then(normalize_email);
             store.index_record(tenant.id(), &c.id, &phones, email.as_deref(), now.as_millisecond()).await?;
+            // At or after the starting watermark. Vendors stamp in whole seconds (Pipedrive) or
+            // milliseconds, so a change in the watermark's own instant after the previous pull
+            // looks like the record that pull saw: it is reported again rather than missed. The
+            // cost is a re-read, each pull, of live calls showing the newest record.
+            let after_start = match (start, c.updated_at) {
+                (Some(start), Some(at)) => at >= start,
+                // A vendor that gives no modification time: every record it lists is news.
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if after_start {
+                report.changed.push(ChangedRecord { id: c.id.clone(), numbers: phones.clone() });
+            }
         }
         report.records += page.contacts.len();
         in_query += page.contacts.len();
         if let Some(newest) = page.newest {
             report.watermark = Some(report.watermark.map_or(newest, |w| w.max(newest)));
         }
+        let cap = tenant.crm.pull_query_cap();
         match page.next_cursor {
-            Some(next) if in_query < RESTART_AFTER => cursor = Some(next),
+            Some(next) if cap.is_none_or(|cap| in_query < cap) => cursor = Some(next),
             Some(_) => {
                 // Past the vendor's per-query cap: a new query from the newest change seen.
                 since = report.watermark;
@@ -76,6 +111,11 @@ pub async fn pull_once(store: &Store, tenant: &Tenant, now: Timestamp) -> Result
             None => break,
         }
     }
+    // A record changed twice during the pull is listed twice: keep its latest numbers, once.
+    let mut seen = std::collections::HashSet::new();
+    report.changed.reverse();
+    report.changed.retain(|r| seen.insert(r.id.clone()));
+    report.changed.reverse();
     store
         .set_identity_watermark(
             tenant.id(),
@@ -98,12 +138,31 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<u64>) {
     let (tx, rx) = watch::channel(0u64);
-    let task = tokio::spawn(async move {
+    (spawn_with(store, tenants, clock, interval, stop, None, tx), rx)
+}
+
+/// [`spawn`] with the hook that applies each pull's changed records, counting rounds on `rounds`.
+pub fn spawn_with(
+    store: Store,
+    tenants: Arc<Tenants>,
+    clock: SharedClock,
+    interval: SignedDuration,
+    stop: CancellationToken,
+    on_changed: Option<OnChanged>,
+    rounds: watch::Sender<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let tx = rounds;
+    tokio::spawn(async move {
         loop {
             for tenant in tenants.all() {
                 // Background work: metered in the write-back lane, never ahead of live calls.
                 match crate::connectors::rate::writeback_lane(pull_once(&store, &tenant, clock.now())).await {
-                    Ok(r) => tracing::debug!(tenant = %tenant.id(), records = r.records, "identity index pulled"),
+                    Ok(r) => {
+                        tracing::debug!(tenant = %tenant.id(), records = r.records, changed = r.changed.len(), "identity index pulled");
+                        if let (Some(hook), false) = (&on_changed, r.changed.is_empty()) {
+                            hook(tenant.clone(), r.changed).await;
+                        }
+                    }
                     Err(e) => tracing::warn!(tenant = %tenant.id(), error = %e, "identity index pull failed"),
                 }
             }
@@ -114,6 +173,5 @@ pub fn spawn(
                 _ = clock.sleep_until(next) => {}
             }
         }
-    });
-    (task, rx)
+    })
 }

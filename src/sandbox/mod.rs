@@ -12,6 +12,7 @@ pub mod graph_notify;
 pub mod hubspot;
 pub mod hubspot_webhooks;
 pub mod pipedrive;
+pub mod pipedrive_webhooks;
 pub mod radicale;
 pub mod salesforce;
 pub mod shopify;
@@ -121,6 +122,28 @@ pub struct Sandbox {
     pub pipedrive: PipedriveSandbox,
     pub square: Emulator<square::SquareState>,
     pub shopify: Emulator<shopify::ShopifyState>,
+}
+
+/// Creates the Pipedrive emulator's webhooks v2 — every person and every deal change — through
+/// its API, as an operator (or a setup script) would for a real company: `POST /v1/webhooks`
+/// with the subscription URL and the HTTP Basic credentials the receiver checks.
+pub async fn register_pipedrive_webhooks(
+    client: &reqwest::Client,
+    sandbox: &Sandbox,
+    subscription_url: &str,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let url = sandbox.pipedrive.base_url().join("v1/webhooks")?;
+    for object in ["person", "deal"] {
+        let body = serde_json::json!({
+            "subscription_url": subscription_url, "event_action": "*", "event_object": object,
+            "http_auth_user": user, "http_auth_password": password, "version": "2.0",
+        });
+        let answer = client.post(url.clone()).header("x-api-token", PIPEDRIVE_TOKEN).json(&body).send().await?;
+        anyhow::ensure!(answer.status().is_success(), "POST /v1/webhooks answered {}", answer.status());
+    }
+    Ok(())
 }
 
 impl Sandbox {

@@ -46,6 +46,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
+use super::pipedrive_webhooks::{self, Change as WebhookChange, Subscription, WebhookStats, Webhooks};
+
 use crate::clock::{SharedClock, SystemClock};
 
 pub const OAUTH_CLIENT_ID: &str = "sandbox-pipedrive-client-id";
@@ -88,6 +90,8 @@ pub const STAGES: [(u64, &str); 5] =
 const PIPELINE_ID: u64 = 1;
 /// The user the OAuth grant belongs to (the actor of API changes).
 pub const AUTHORIZING_USER_ID: u64 = 1;
+/// The emulated company's id (`meta.company_id` of its webhooks; a tenant's `crm.company_id`).
+pub const SANDBOX_COMPANY_ID: u64 = 7_201_001;
 
 /// Token cost of one request by route shape (Pipedrive publishes a per-operation `x-token-cost`;
 /// these follow its pattern: single GETs cheapest, lists more, search most, v1 dearer than v2).
@@ -204,6 +208,8 @@ struct Inner {
     /// A personal API token accepted in `x-api-token` (the demo's token mode).
     api_token: Option<String>,
     requests: Vec<(String, String, u16)>,
+    /// Webhooks v2 subscriptions and their delivery (`super::pipedrive_webhooks`).
+    webhooks: Webhooks,
 }
 
 pub struct PipedriveState {
@@ -244,6 +250,9 @@ impl PipedriveState {
                 burst_limit: None,
                 window_start: now,
                 window_used: 0,
+                webhooks: Webhooks::new(
+                    url::Url::parse(&api_domain).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(),
+                ),
                 api_domain,
                 api_token: None,
                 requests: Vec::new(),
@@ -371,15 +380,43 @@ impl PipedriveState {
         let old = person_field(person, field_key);
         set_person_field(person, field_key, json!(value));
         person.update_time = now;
+        let data = person_json(pid, person);
         inner.changes.push(Change {
             person_id: pid,
             field_key: field_key.into(),
-            old_value: old,
+            old_value: old.clone(),
             new_value: json!(value),
             actor_user_id: user,
             time: now,
             change_source: "app",
         });
+        let previous = pipedrive_webhooks::previous_of(&[(field_key.to_string(), old)], is_custom_key);
+        inner.webhooks.emit(WebhookChange {
+            action: "change",
+            entity: "person",
+            entity_id: pid,
+            data,
+            previous,
+            change_source: "app",
+            user_id: user,
+            at: now,
+        });
+    }
+
+    // ----- webhooks ---------------------------------------------------------------------------
+
+    /// The next `n` notifications are dropped (a missed webhook: the polling safety net's case).
+    pub fn drop_next_webhooks(&self, n: u32) {
+        self.lock().webhooks.drop_next(n);
+    }
+
+    /// What the webhook delivery has done so far; `changed()` wakes on every answer or drop.
+    pub fn webhook_stats(&self) -> tokio::sync::watch::Receiver<WebhookStats> {
+        self.lock().webhooks.stats()
+    }
+
+    pub fn webhook_subscriptions(&self) -> Vec<Subscription> {
+        self.lock().webhooks.subscriptions().to_vec()
     }
 
     // ----- inspection -----------------------------------------------------------------------
@@ -612,6 +649,11 @@ fn set_person_field(person: &mut Person, key: &str, value: Value) {
     }
 }
 
+/// Custom field keys are 40-character hashes; standard fields have names.
+fn is_custom_key(key: &str) -> bool {
+    key.len() == 40 && key.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// `2026-11-23T14:00:00Z`, the v2 time format.
 fn rfc3339(at: Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -718,7 +760,10 @@ impl PipedriveSandbox {
             .route("/v1/notes", get(list_notes).post(create_note))
             .route("/v1/notes/{id}", get(read_note).delete(delete_note))
             .route("/v1/personFields", get(list_person_fields))
+            .route("/v1/users/me", get(read_me))
             .route("/v1/users/{id}", get(read_user))
+            .route("/v1/webhooks", get(list_webhooks).post(create_webhook))
+            .route("/v1/webhooks/{id}", axum::routing::delete(delete_webhook))
             .route("/v1/persons/{id}/changelog", get(person_changelog))
             .route("/oauth/authorize", get(oauth_authorize))
             .route("/oauth/token", post(oauth_token))
@@ -942,28 +987,91 @@ async fn read_person(State(state): State<Arc<PipedriveState>>, Path(id): Path<St
     }
 }
 
-/// `GET /api/v2/persons?sort_by=id&sort_direction=desc&limit&cursor&ids`: straight from the
-/// database (no index lag). The cursor is opaque to clients; here it is an offset.
+/// `GET /api/v2/persons?sort_by&sort_direction&limit&cursor&ids&updated_since&updated_until`:
+/// straight from the database (no index lag). `sort_by` is `id` (default), `update_time` or
+/// `add_time`; `updated_since` / `updated_until` (RFC 3339) keep persons whose `update_time` is
+/// at or after / before them (the v2 reference, "Get all persons"). The cursor is opaque to
+/// clients: an offset when sorted by id, and for the time sorts the last row's (time, id), so a
+/// person edited while a client pages moves to the end instead of shifting the others.
 async fn list_persons(State(state): State<Arc<PipedriveState>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let inner = state.lock();
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100);
     if limit == 0 || limit > 500 {
         return error(StatusCode::BAD_REQUEST, "Validation failed: limit: Parameter 'limit' must be between 1 and 500");
     }
-    let offset = q.get("cursor").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let sort_by = q.get("sort_by").map(String::as_str).unwrap_or("id");
+    if !matches!(sort_by, "id" | "update_time" | "add_time") {
+        return error(StatusCode::BAD_REQUEST, "Validation failed: sort_by: must be one of id, update_time, add_time");
+    }
+    let desc = match q.get("sort_direction").map(String::as_str) {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "Validation failed: sort_direction: must be asc or desc"),
+    };
+    let mut bounds = [None, None];
+    for (i, key) in ["updated_since", "updated_until"].iter().enumerate() {
+        if let Some(raw) = q.get(*key) {
+            match raw.parse::<Timestamp>() {
+                Ok(t) => bounds[i] = Some(t),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Validation failed: {key}: must be an RFC 3339 date-time"),
+                    );
+                }
+            }
+        }
+    }
+    let [since, until] = bounds;
     let ids: Option<HashSet<u64>> = q.get("ids").map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
+    // Times are stored to the second in answers; compare what clients see.
+    let seconds = |t: Timestamp| t.as_second();
+    let key = |id: u64, p: &Person| -> (i64, u64) {
+        match sort_by {
+            "update_time" => (seconds(p.update_time), id),
+            "add_time" => (seconds(p.add_time), id),
+            _ => (0, id),
+        }
+    };
     let mut all: Vec<(u64, &Person)> = inner
         .persons
         .iter()
         .filter(|(id, _)| ids.as_ref().is_none_or(|set| set.contains(id)))
+        .filter(|(_, p)| since.is_none_or(|s| seconds(p.update_time) >= seconds(s)))
+        .filter(|(_, p)| until.is_none_or(|u| seconds(p.update_time) < seconds(u)))
         .map(|(k, v)| (*k, v))
         .collect();
-    if q.get("sort_direction").map(String::as_str) == Some("desc") {
+    all.sort_by_key(|(id, p)| key(*id, p));
+    if desc {
         all.reverse();
     }
-    let page: Vec<Value> = all.iter().skip(offset).take(limit).map(|(id, p)| person_json(*id, p)).collect();
-    let next = (offset + limit < all.len()).then(|| (offset + limit).to_string());
-    ok_list(page, next)
+    let cursor = q.get("cursor").map(String::as_str);
+    let (page, next): (Vec<(u64, &Person)>, Option<String>) = if sort_by == "id" {
+        let offset = cursor.and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+        let page: Vec<_> = all.iter().skip(offset).take(limit).cloned().collect();
+        (page, (offset + limit < all.len()).then(|| (offset + limit).to_string()))
+    } else {
+        let after: Option<(i64, u64)> = match cursor {
+            None => None,
+            Some(c) => match c.split_once(':').and_then(|(t, i)| Some((t.parse().ok()?, i.parse().ok()?))) {
+                Some(k) => Some(k),
+                None => return error(StatusCode::BAD_REQUEST, "Validation failed: cursor: invalid cursor"),
+            },
+        };
+        let rest: Vec<_> = all
+            .iter()
+            .filter(|(id, p)| after.is_none_or(|a| if desc { key(*id, p) < a } else { key(*id, p) > a }))
+            .cloned()
+            .collect();
+        let page: Vec<_> = rest.iter().take(limit).cloned().collect();
+        let next = (rest.len() > limit).then(|| {
+            let (id, p) = page.last().expect("a full page");
+            let (t, i) = key(*id, p);
+            format!("{t}:{i}")
+        });
+        (page, next)
+    };
+    ok_list(page.iter().map(|(id, p)| person_json(*id, p)).collect(), next)
 }
 
 /// Checks a person body's fields; returns the problems as Pipedrive words them.
@@ -1022,9 +1130,10 @@ fn validate_person_body(inner: &Inner, body: &Map<String, Value>) -> Option<Resp
     None
 }
 
-fn apply_person_body(inner: &mut Inner, id: u64, body: &Map<String, Value>, now: Timestamp) {
+/// Applies a person body through the API; returns the changed fields with their old values.
+fn apply_person_body(inner: &mut Inner, id: u64, body: &Map<String, Value>, now: Timestamp) -> Vec<(String, Value)> {
     let ignored = inner.ignored.clone();
-    let Some(person) = inner.persons.get_mut(&id) else { return };
+    let Some(person) = inner.persons.get_mut(&id) else { return Vec::new() };
     let mut changes = Vec::new();
     let mut apply = |person: &mut Person, key: &str, value: &Value| {
         if ignored.contains(key) {
@@ -1047,6 +1156,7 @@ fn apply_person_body(inner: &mut Inner, id: u64, body: &Map<String, Value>, now:
         }
     }
     person.update_time = now;
+    let changed: Vec<(String, Value)> = changes.iter().map(|(k, old, _)| (k.clone(), old.clone())).collect();
     for (field_key, old_value, new_value) in changes {
         inner.changes.push(Change {
             person_id: id,
@@ -1061,6 +1171,7 @@ fn apply_person_body(inner: &mut Inner, id: u64, body: &Map<String, Value>, now:
     if !inner.search_lag {
         inner.indexed.insert(id);
     }
+    changed
 }
 
 async fn create_person(State(state): State<Arc<PipedriveState>>, body: Bytes) -> Response {
@@ -1090,8 +1201,18 @@ async fn create_person(State(state): State<Arc<PipedriveState>>, body: Bytes) ->
         },
     );
     apply_person_body(&mut inner, id, &body, now);
-    let person = inner.persons.get(&id).expect("just inserted");
-    ok(person_json(id, person))
+    let data = person_json(id, inner.persons.get(&id).expect("just inserted"));
+    inner.webhooks.emit(WebhookChange {
+        action: "create",
+        entity: "person",
+        entity_id: id,
+        data: data.clone(),
+        previous: Value::Null,
+        change_source: "api",
+        user_id: AUTHORIZING_USER_ID,
+        at: now,
+    });
+    ok(data)
 }
 
 async fn update_person(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1106,8 +1227,22 @@ async fn update_person(State(state): State<Arc<PipedriveState>>, Path(id): Path<
     if let Some(problem) = validate_person_body(&inner, &body) {
         return problem;
     }
-    apply_person_body(&mut inner, id, &body, now);
-    ok(person_json(id, &inner.persons[&id]))
+    let changed = apply_person_body(&mut inner, id, &body, now);
+    let data = person_json(id, &inner.persons[&id]);
+    // One edit, one notification; a write that changed nothing sends none.
+    if !changed.is_empty() {
+        inner.webhooks.emit(WebhookChange {
+            action: "change",
+            entity: "person",
+            entity_id: id,
+            data: data.clone(),
+            previous: pipedrive_webhooks::previous_of(&changed, is_custom_key),
+            change_source: "api",
+            user_id: AUTHORIZING_USER_ID,
+            at: now,
+        });
+    }
+    ok(data)
 }
 
 fn digits(s: &str) -> String {
@@ -1538,10 +1673,98 @@ async fn delete_note(State(state): State<Arc<PipedriveState>>, Path(id): Path<St
 }
 
 async fn delete_person(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
-    match parse_id(&id).and_then(|id| state.lock().persons.remove(&id).map(|_| id)) {
-        Some(id) => deleted(id),
-        None => error(StatusCode::NOT_FOUND, "Person not found"),
+    let now = state.now();
+    let mut inner = state.lock();
+    let Some((id, person)) = parse_id(&id).and_then(|id| inner.persons.remove(&id).map(|p| (id, p))) else {
+        return error(StatusCode::NOT_FOUND, "Person not found");
+    };
+    inner.webhooks.emit(WebhookChange {
+        action: "delete",
+        entity: "person",
+        entity_id: id,
+        data: Value::Null,
+        previous: person_json(id, &person),
+        change_source: "api",
+        user_id: AUTHORIZING_USER_ID,
+        at: now,
+    });
+    deleted(id)
+}
+
+// ----- webhooks -----------------------------------------------------------------------------------
+
+/// `POST /v1/webhooks` (JSON body): `subscription_url`, `event_action`, `event_object` required;
+/// `http_auth_user` + `http_auth_password` together or not at all; `version` `2.0` (default) or
+/// `1.0`; `user_id` optional. Answers 201 with the webhook.
+async fn create_webhook(State(state): State<Arc<PipedriveState>>, body: Bytes) -> Response {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "Validation failed: request body must be a JSON object");
+    };
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
+    let Some(url) = text("subscription_url")
+        .and_then(|u| url::Url::parse(u).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+    else {
+        return error(StatusCode::BAD_REQUEST, "Validation failed: subscription_url: must be a valid URL");
+    };
+    let version = text("version").unwrap_or("2.0");
+    if !matches!(version, "1.0" | "2.0") {
+        return error(StatusCode::BAD_REQUEST, "Validation failed: version: must be one of 1.0, 2.0");
     }
+    let actions: &[&str] = if version == "2.0" {
+        &pipedrive_webhooks::ACTIONS_V2
+    } else {
+        &["added", "updated", "merged", "deleted", "*"]
+    };
+    let Some(action) = text("event_action").filter(|a| actions.contains(a)) else {
+        return error(StatusCode::BAD_REQUEST, &format!("Validation failed: event_action: must be one of {actions:?}"));
+    };
+    let Some(object) = text("event_object").filter(|o| pipedrive_webhooks::OBJECTS.contains(o)) else {
+        return error(StatusCode::BAD_REQUEST, "Validation failed: event_object: not a supported object");
+    };
+    let http_auth = match (text("http_auth_user"), text("http_auth_password")) {
+        (Some(u), Some(p)) => Some((u.to_string(), p.to_string())),
+        (None, None) => None,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Validation failed: http_auth_user and http_auth_password go together",
+            );
+        }
+    };
+    let now = state.now();
+    let mut inner = state.lock();
+    let created = inner.webhooks.register(Subscription {
+        id: 0,
+        subscription_url: url,
+        event_action: action.to_string(),
+        event_object: object.to_string(),
+        http_auth,
+        version: version.to_string(),
+        user_id: body.get("user_id").and_then(Value::as_u64).unwrap_or(AUTHORIZING_USER_ID),
+        add_time: now,
+    });
+    (StatusCode::CREATED, axum::Json(json!({"success": true, "data": created.to_json()}))).into_response()
+}
+
+async fn list_webhooks(State(state): State<Arc<PipedriveState>>) -> Response {
+    let data: Vec<Value> = state.lock().webhooks.subscriptions().iter().map(Subscription::to_json).collect();
+    ok(json!(data))
+}
+
+async fn delete_webhook(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
+    match parse_id(&id).filter(|id| state.lock().webhooks.remove(*id)) {
+        Some(id) => ok(json!({"id": id})),
+        None => error(StatusCode::NOT_FOUND, "Webhook not found"),
+    }
+}
+
+/// `GET /v1/users/me`: the user the token belongs to.
+async fn read_me(State(state): State<Arc<PipedriveState>>) -> Response {
+    let inner = state.lock();
+    let (name, email) = inner.users.get(&AUTHORIZING_USER_ID).cloned().unwrap_or_default();
+    ok(json!({"id": AUTHORIZING_USER_ID, "name": name, "email": email, "company_id": SANDBOX_COMPANY_ID,
+              "active_flag": true}))
 }
 
 async fn delete_deal(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {

@@ -494,16 +494,33 @@ struct Inner {
     integration_user: String,
     oauth: OAuthState,
     requests: u64,
+    /// Query locators: the rows of a query not yet returned, by locator.
+    locators: HashMap<String, VecDeque<Value>>,
+    next_locator: u64,
+    /// The org's clock: record stamps (`SystemModstamp`, `LastModifiedDate`), activity
+    /// open/closed, token issue times. The system clock unless a test drives a manual one.
+    clock: OrgClock,
+}
+
+/// The org's clock (`Debug` for the state's derive).
+struct OrgClock(crate::clock::SharedClock);
+
+impl OrgClock {
+    fn now(&self) -> Timestamp {
+        self.0.now()
+    }
+}
+
+impl std::fmt::Debug for OrgClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OrgClock")
+    }
 }
 
 /// The emulator's state, shared with the server and driven by tests.
 #[derive(Debug)]
 pub struct SalesforceState {
     inner: Mutex<Inner>,
-}
-
-fn now() -> Timestamp {
-    Timestamp::now()
 }
 
 impl SalesforceState {
@@ -528,6 +545,9 @@ impl SalesforceState {
                 integration_user: String::new(),
                 oauth: OAuthState::default(),
                 requests: 0,
+                locators: HashMap::new(),
+                next_locator: 1,
+                clock: OrgClock(Arc::new(crate::clock::SystemClock)),
             }),
         });
         let user = state.insert_user("Callside", "Integration", "integration@callside.example.com");
@@ -583,6 +603,11 @@ impl SalesforceState {
     }
 
     // ----- switches --------------------------------------------------------------------------
+
+    /// The clock the org stamps records with (tests drive a `ManualClock`).
+    pub fn set_clock(&self, clock: crate::clock::SharedClock) {
+        self.lock().clock = OrgClock(clock);
+    }
 
     /// The static token the emulator accepts (the pilot revokes it by changing it).
     pub fn set_token(&self, token: &str) {
@@ -691,7 +716,7 @@ impl Inner {
     /// Applies already-validated `values` to record `id` (creating it when absent), with system
     /// fields, computed fields, field history and indexing.
     fn apply(&mut self, sobject: &str, id: &str, values: &Map<String, Value>, user: &str, seed: bool) {
-        let at = sf_datetime(now());
+        let at = sf_datetime(self.clock.now());
         let created = !self.records.contains_key(id);
         let mut record = self
             .records
@@ -1062,7 +1087,36 @@ enum Tok {
     Ident(String),
     Str(String),
     Num(f64),
+    /// A dateTime literal, unquoted: `2026-11-23T14:30:00Z` or with a `±hh:mm` offset (the
+    /// documented forms, <https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_soql_select_dateformats.htm>).
+    DateTime(Timestamp),
     Punct(&'static str),
+}
+
+/// A dateTime literal at `chars[i..]`: `YYYY-MM-DDThh:mm:ss` then `Z` or `±hh:mm`. Returns it
+/// and its length.
+fn datetime_literal(chars: &[char]) -> Option<(Timestamp, usize)> {
+    let text: String = chars.iter().take(25).collect();
+    let shape = |t: &str| {
+        t.len() >= 19
+            && t.char_indices().take(19).all(|(i, c)| match i {
+                4 | 7 => c == '-',
+                10 => c == 'T',
+                13 | 16 => c == ':',
+                _ => c.is_ascii_digit(),
+            })
+    };
+    if !shape(&text) {
+        return None;
+    }
+    let len = match text[19..].chars().next() {
+        Some('Z') => 20,
+        Some('+' | '-') if text.len() >= 25 => 25,
+        _ => return None,
+    };
+    let literal = &text[..len];
+    let at = literal.parse::<Timestamp>().ok()?;
+    Some((at, len))
 }
 
 fn tokenize(q: &str) -> Result<Vec<Tok>, String> {
@@ -1079,6 +1133,9 @@ fn tokenize(q: &str) -> Result<Vec<Tok>, String> {
                 i += 1;
             }
             out.push(Tok::Ident(chars[start..i].iter().collect()));
+        } else if let Some((at, len)) = c.is_ascii_digit().then(|| datetime_literal(&chars[i..])).flatten() {
+            out.push(Tok::DateTime(at));
+            i += len;
         } else if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
             let start = i;
             i += 1;
@@ -1154,6 +1211,7 @@ enum Lit {
     Str(String),
     Num(f64),
     Bool(bool),
+    DateTime(Timestamp),
     Null,
 }
 
@@ -1347,6 +1405,7 @@ impl Parser {
         match self.next() {
             Some(Tok::Str(s)) => Ok(Lit::Str(s)),
             Some(Tok::Num(n)) => Ok(Lit::Num(n)),
+            Some(Tok::DateTime(t)) => Ok(Lit::DateTime(t)),
             Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("true") => Ok(Lit::Bool(true)),
             Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("false") => Ok(Lit::Bool(false)),
             Some(Tok::Ident(s)) if s.eq_ignore_ascii_case("null") => Ok(Lit::Null),
@@ -1430,7 +1489,7 @@ impl Inner {
             ("Contact" | "Lead", "openactivities" | "activityhistories") => {
                 let open = rel == "openactivities";
                 let sobject = if open { "OpenActivity" } else { "ActivityHistory" };
-                let now = now();
+                let now = self.clock.now();
                 let mut out = Vec::new();
                 for task in by("Task", "WhoId") {
                     let closed = task.text("IsClosed").as_deref() == Some("true");
@@ -1616,6 +1675,8 @@ fn compare(value: &Value, op: &str, lit: &Lit) -> bool {
         (Value::String(s), Lit::Str(l)) => Some(s.to_lowercase().cmp(&l.to_lowercase())),
         (Value::Number(n), Lit::Num(l)) => n.as_f64().and_then(|n| n.partial_cmp(l)),
         (Value::Bool(b), Lit::Bool(l)) => Some(b.cmp(l)),
+        // A dateTime field against a dateTime literal compares instants, not text.
+        (Value::String(s), Lit::DateTime(l)) => parse_sf_datetime(s).map(|v| v.cmp(l)),
         _ => None,
     };
     match op {
@@ -1787,6 +1848,7 @@ impl SalesforceSandbox {
     pub fn router(state: Arc<SalesforceState>) -> Router {
         Router::new()
             .route("/services/data/{version}/query", get(query))
+            .route("/services/data/{version}/query/{locator}", get(query_more))
             .route("/services/data/{version}/search", get(search))
             .route("/services/data/{version}/sobjects/{sobject}", post(create))
             .route("/services/data/{version}/sobjects/{sobject}/{id}", get(read).patch(update).delete(remove))
@@ -1943,9 +2005,40 @@ fn user_of(request_headers: &axum::http::HeaderMap, inner: &Inner) -> String {
     inner.integration_user.clone()
 }
 
+/// The batch size a query answers when the request does not set one, and the range a
+/// `Sforce-Query-Options: batchSize=n` header may ask for (Query Options Header:
+/// <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_queryoptions.htm>).
+const DEFAULT_BATCH: usize = 2000;
+const MIN_BATCH: usize = 200;
+
+/// The batch size asked for in `Sforce-Query-Options`, clamped to what Salesforce allows.
+fn batch_size(headers: &axum::http::HeaderMap) -> usize {
+    headers
+        .get("Sforce-Query-Options")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').find_map(|kv| kv.trim().strip_prefix("batchSize=")?.trim().parse::<usize>().ok()))
+        .map_or(DEFAULT_BATCH, |n| n.clamp(MIN_BATCH, DEFAULT_BATCH))
+}
+
+/// One batch of a query's rows: `done`, and a `nextRecordsUrl` with a query locator while rows
+/// remain (<https://developer.salesforce.com/docs/platform/api-rest/guide/resources-query.html>,
+/// "Query More Results").
+fn query_batch(inner: &mut Inner, version: &str, total: usize, mut rows: VecDeque<Value>, batch: usize) -> Response {
+    let page: Vec<Value> = rows.drain(..batch.min(rows.len())).collect();
+    let mut answer = json!({"totalSize": total, "done": rows.is_empty(), "records": page});
+    if !rows.is_empty() {
+        let locator = format!("01gSB{:013}-{}", inner.next_locator, total - rows.len());
+        inner.next_locator += 1;
+        answer["nextRecordsUrl"] = json!(format!("/services/data/{version}/query/{locator}"));
+        inner.locators.insert(locator, rows);
+    }
+    axum::Json(answer).into_response()
+}
+
 async fn query(
     State(state): State<Arc<SalesforceState>>,
     Path(version): Path<String>,
+    headers: axum::http::HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     if let Some(r) = check_version(&version) {
@@ -1958,7 +2051,7 @@ async fn query(
         Ok(p) => p,
         Err(e) => return one_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &e),
     };
-    let inner = state.lock();
+    let mut inner = state.lock();
     let from = match [
         "Contact",
         "Lead",
@@ -1986,10 +2079,29 @@ async fn query(
     let rows: Vec<Record> = inner.records.values().filter(|r| r.sobject == from).cloned().collect();
     match inner.run(&parsed, rows, &from) {
         Ok(records) => {
-            axum::Json(json!({"totalSize": records.len(), "done": true, "records": records})).into_response()
+            let total = records.len();
+            query_batch(&mut inner, &version, total, records.into(), batch_size(&headers))
         }
         Err(QueryError(code, message)) => one_error(StatusCode::BAD_REQUEST, code, &message),
     }
+}
+
+/// `GET /services/data/vXX.X/query/{locator}`: the next batch of a query. A locator is used
+/// once; an unknown (or used) one is `INVALID_QUERY_LOCATOR`.
+async fn query_more(
+    State(state): State<Arc<SalesforceState>>,
+    Path((version, locator)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(r) = check_version(&version) {
+        return r;
+    }
+    let mut inner = state.lock();
+    let Some(rows) = inner.locators.remove(&locator) else {
+        return one_error(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator");
+    };
+    let served: usize = locator.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
+    query_batch(&mut inner, &version, served + rows.len(), rows, batch_size(&headers))
 }
 
 async fn search(
@@ -2385,7 +2497,7 @@ async fn oauth_token(State(state): State<Arc<SalesforceState>>, body: Bytes) -> 
     };
     let access = format!("{ORG_ID}!sandbox-access-{}", uuid::Uuid::new_v4().simple());
     inner.oauth.access_tokens.insert(access.clone(), false);
-    let issued_at = now().as_millisecond().to_string();
+    let issued_at = inner.clock.now().as_millisecond().to_string();
     let mut body = json!({
         "access_token": access,
         "signature": base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(issued_at.as_bytes())),

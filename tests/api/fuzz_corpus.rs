@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("phone", callside::fuzzing::phone),
     ("hubspot_webhook", callside::fuzzing::hubspot_webhook),
     ("graph_notification", callside::fuzzing::graph_notification),
+    ("pipedrive_webhook", callside::fuzzing::pipedrive_webhook),
     ("notify_webhook", callside::fuzzing::notify_webhook),
 ];
 

@@ -55,6 +55,8 @@ pub struct TestApp {
     pub reloader: Arc<callside::reload::Reloader>,
     /// Counts finished retention sweeps.
     pub retention_rounds: tokio::sync::watch::Receiver<u64>,
+    /// Counts finished rounds of identity pulls (with their changes applied to live calls).
+    pub identity_rounds: tokio::sync::watch::Receiver<u64>,
     pub clock: ManualClock,
     pub hubspot: Arc<HubSpotState>,
     pub google: Arc<GoogleCalendarState>,
@@ -179,6 +181,7 @@ async fn start_on(
     let core = app.core();
     let alerter = app.alerter();
     let retention_rounds = app.retention_rounds();
+    let identity_rounds = app.identity_rounds();
     let reloader = app.reloader();
     let sandbox = app.sandbox().expect("sandbox runs");
     let hubspot = sandbox.hubspot.state.clone();
@@ -198,6 +201,7 @@ async fn start_on(
         core,
         alerter,
         retention_rounds,
+        identity_rounds,
         reloader,
         clock,
         hubspot,

@@ -21,6 +21,7 @@ mod helpers;
 mod hostile_input;
 mod identity;
 mod inbound_calendar;
+mod inbound_crms;
 mod inbound_graph;
 mod inbound_hubspot;
 mod isolation;

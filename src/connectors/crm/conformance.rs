@@ -515,6 +515,27 @@ pub fn http_date_in(secs: u64) -> String {
     at.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
+/// Every page of one incremental pull from `since` (the identity pull's loop without the
+/// index): the contacts in the order listed, the number of pages and the newest stamp seen.
+pub async fn pull_all(
+    crm: &dyn CrmConnector,
+    since: Option<Timestamp>,
+) -> (Vec<super::CrmContact>, usize, Option<Timestamp>) {
+    let (mut contacts, mut pages, mut newest) = (Vec::new(), 0, None::<Timestamp>);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = crm.contacts_changed_since(since, cursor.as_deref()).await.expect("a page of changes");
+        pages += 1;
+        assert!(pages < 50, "the pull must end");
+        contacts.extend(page.contacts);
+        newest = newest.max(page.newest);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return (contacts, pages, newest),
+        }
+    }
+}
+
 // ----- HubSpot -----------------------------------------------------------------------------------------
 
 #[cfg(test)]

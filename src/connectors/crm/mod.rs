@@ -456,6 +456,20 @@ pub trait CrmConnector: Send + Sync + 'static {
         let _ = (since, cursor);
         Err(ConnectorError::Permanent(format!("{}: incremental contact pull is not supported", self.vendor())))
     }
+
+    /// How many contacts one query of [`CrmConnector::contacts_changed_since`] may page through
+    /// before the pull restarts from the newest time seen (a vendor capping one query: HubSpot's
+    /// search stops at 10,000 results); `None`: the vendor's paging has no such cap.
+    fn pull_query_cap(&self) -> Option<usize> {
+        Some(9_900)
+    }
+
+    /// The vendor user this connection acts as, when the vendor's change notifications name the
+    /// user behind a change (Pipedrive's webhooks: `meta.user_id`) and the connector can tell:
+    /// an inbound receiver takes an API change by this user for the service's own write.
+    async fn acting_user_id(&self) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -41,10 +41,10 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ActivityKind, AppointmentRecord, CallLog, ContactFields, CrmActivity, CrmConnector, CrmContact, CrmContext,
-    CrmDeal, CrmObjectType, CrmOrganization, CrmOwner, CrmTask, DealRecord, NameZipQuery, NoteRecord, PhoneQuery,
-    PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus,
-    SecondaryPhoneOutcome, TaskRecord,
+    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmConnector, CrmContact,
+    CrmContext, CrmDeal, CrmObjectType, CrmOrganization, CrmOwner, CrmTask, DealRecord, NameZipQuery, NoteRecord,
+    PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult,
+    PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -64,6 +64,8 @@ const ACTIVITY_SUMMARY_CHARS: usize = 200;
 /// The service keeps to one extra phone: a second number joins `phones[]`, a third does not.
 const MAX_PHONES: usize = 2;
 const MAX_MESSAGE_CHARS: usize = 300;
+/// Persons per page of the identity pull (the v2 list's maximum).
+const PULL_PAGE: &str = "500";
 
 fn marker(key: &str) -> String {
     format!("[callside:{key}]")
@@ -104,6 +106,8 @@ pub struct PipedriveConnector {
     /// Every request is charged to the account's rate budget (`crate::connectors::rate`).
     meter: crate::connectors::rate::Meter,
     fields: Mutex<Option<Arc<FieldIndex>>>,
+    /// The user the token acts as (`GET /v1/users/me`), read once.
+    acting_user: tokio::sync::OnceCell<String>,
 }
 
 impl std::fmt::Debug for PipedriveConnector {
@@ -140,6 +144,7 @@ impl PipedriveConnector {
             clock: Arc::new(SystemClock),
             fields: Mutex::new(None),
             meter: crate::connectors::rate::Meter::unmetered(),
+            acting_user: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -1014,6 +1019,56 @@ impl CrmConnector for PipedriveConnector {
             return Ok(());
         }
         Err(classify(&raw, self.clock.now()))
+    }
+
+    /// `GET /api/v2/persons?updated_since=<RFC 3339>&sort_by=update_time&sort_direction=asc`,
+    /// 500 a page, followed with `cursor` (`additional_data.next_cursor`): persons whose
+    /// `update_time` is at or after `since` — the v2 list reads the database, not the lagging
+    /// search index (<https://developers.pipedrive.com/docs/api/v1/Persons#getPersons>, the v2
+    /// tab; <https://pipedrive.readme.io/docs/core-api-concepts-pagination>). `update_time` has
+    /// whole seconds, so `since` is floored: that second's persons come again. Deleted persons
+    /// are not listed (see ARCHITECTURE).
+    async fn contacts_changed_since(
+        &self,
+        since: Option<Timestamp>,
+        cursor: Option<&str>,
+    ) -> Result<ContactPage, ConnectorError> {
+        let index = self.field_index().await?;
+        let since = since.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        let mut query = vec![("sort_by", "update_time"), ("sort_direction", "asc"), ("limit", PULL_PAGE)];
+        if let Some(since) = since.as_deref() {
+            query.push(("updated_since", since));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor));
+        }
+        let url = self.url(&["api", "v2", "persons"], &query).await?;
+        let raw = self.send(Method::GET, url, None).await?;
+        if !raw.status.is_success() {
+            return Err(classify(&raw, self.clock.now()));
+        }
+        let page: ListEnvelope<Person> = serde_json::from_slice(&raw.body)
+            .map_err(|_| ConnectorError::Transient("unreadable Pipedrive persons list".into()))?;
+        let contacts: Vec<CrmContact> = page.data.iter().map(|p| self.to_contact(p, &index)).collect();
+        let newest = contacts.iter().filter_map(|c| c.updated_at).max();
+        Ok(ContactPage { contacts, newest, next_cursor: page.additional_data.and_then(|a| a.next_cursor) })
+    }
+
+    /// Cursor paging has no documented cap on how far one query goes.
+    fn pull_query_cap(&self) -> Option<usize> {
+        None
+    }
+
+    /// `GET /v1/users/me`: the user the token acts as (its API writes carry this `user_id` in
+    /// webhooks), read once per connector.
+    async fn acting_user_id(&self) -> Result<Option<String>, ConnectorError> {
+        self.acting_user
+            .get_or_try_init(|| async {
+                let me: IdOnly = self.get(&["v1", "users", "me"], &[]).await?;
+                Ok::<_, ConnectorError>(me.id.to_string())
+            })
+            .await
+            .map(|id| Some(id.clone()))
     }
 }
 

@@ -12,7 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::conformance::*;
 use super::pipedrive::PipedriveConnector;
 use super::{CallLog, ContactFields, CrmConnector, CrmObjectType, NoteRecord};
-use crate::clock::{ManualClock, SharedClock, SystemClock};
+use crate::clock::{Clock as _, ManualClock, SharedClock, SystemClock};
 use crate::connections::{ApiBaseUrl, Connections, OAuthApp, TokenCipher};
 use crate::connectors::{ConnectorError, http_client};
 use crate::sandbox::pipedrive::{
@@ -493,5 +493,57 @@ async fn creates_an_open_deal_on_the_person() {
         ConnectorError::Validation { .. }
     ));
     assert_eq!(c.sandbox.state.deals_total(), before, "nothing was created for the refused deals");
+    let _ = (&c.store, &c.dir);
+}
+
+/// The identity pull's query (issue 12): persons updated at or after the watermark, oldest
+/// first, 500 a page; a person edited while the pull pages moves to the end and nobody is
+/// skipped.
+#[tokio::test]
+async fn the_incremental_pull_lists_only_persons_changed_since_the_watermark_paged() {
+    let clock = ManualClock::new("2026-11-23T13:00:00Z".parse().unwrap());
+    let shared: SharedClock = Arc::new(clock.clone());
+    let c = connect(shared.clone()).await;
+    let crm = connector(&c, shared);
+    let state = &c.sandbox.state;
+    let old: Vec<String> = (0..520)
+        .map(|i| {
+            clock.advance(SignedDuration::from_secs(1));
+            let phone = format!("+1 718 555 {:04}", 1000 + i);
+            state.insert_person(&format!("Old Person{i}"), None, &[phone.as_str()], None, None)
+        })
+        .collect();
+
+    // A full pull: 500 then 20. Between the two pages a rep edits a person already listed: it
+    // moves to the end of the listing, and the second page still starts where the first ended.
+    let first = crm.contacts_changed_since(None, None).await.unwrap();
+    assert_eq!(first.contacts.len(), 500);
+    let ids: Vec<&str> = first.contacts.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, old[..500].iter().map(String::as_str).collect::<Vec<_>>(), "oldest change first");
+    clock.advance(SignedDuration::from_secs(1));
+    state.rep_edit(&old[0], "name", "Edited Person", "77");
+    let second = crm.contacts_changed_since(None, first.next_cursor.as_deref()).await.unwrap();
+    let ids: Vec<&str> = second.contacts.iter().map(|c| c.id.as_str()).collect();
+    let mut expected: Vec<&str> = old[500..].iter().map(String::as_str).collect();
+    expected.push(&old[0]);
+    assert_eq!(ids, expected);
+    assert_eq!(second.next_cursor, None);
+    assert_eq!(second.newest, Some(clock.now()));
+
+    // From a watermark: only what changed at or after it.
+    clock.advance(SignedDuration::from_mins(5));
+    let watermark = clock.now();
+    state.rep_edit(&old[9], "name", "Renamed Person", "77");
+    let late = state.insert_person("Late Comer", Some("late@example.com"), &[], None, None);
+    clock.advance(SignedDuration::from_secs(1));
+    let (changed, pages, newest) = pull_all(&crm, Some(watermark)).await;
+    let ids: Vec<&str> = changed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, [old[9].as_str(), late.as_str()]);
+    assert_eq!(pages, 1);
+    assert_eq!(newest, Some(watermark));
+    assert_eq!(changed[1].email.as_deref(), Some("late@example.com"));
+    let asked = c.sandbox.state.requests();
+    let lists = asked.iter().filter(|(m, p, _)| m == "GET" && p == "/api/v2/persons").count();
+    assert_eq!(lists, 3, "two pages, then one: {asked:?}");
     let _ = (&c.store, &c.dir);
 }

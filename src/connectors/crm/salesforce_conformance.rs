@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::conformance::*;
 use super::salesforce::{NOT_PROVIDED, NewCallerObject, SalesforceConnector};
 use super::{CallLog, CrmConnector};
-use crate::clock::SystemClock;
+use crate::clock::{Clock as _, SystemClock};
 use crate::connections::{Connections, OAuthApp, TokenCipher};
 use crate::connectors::{ConnectorError, http_client};
 use crate::identity::{MatchDecision, ParsedPhone, Phone, decide_by_phone};
@@ -609,4 +609,59 @@ async fn creates_an_open_opportunity_on_a_contact_and_refuses_a_lead() {
         ConnectorError::Validation { .. }
     ));
     assert_eq!(state.records("Opportunity").len(), 2, "nothing was created for the refused deals");
+}
+
+/// The identity pull's query (issue 12): Contacts, then unconverted Leads, changed at or after
+/// the watermark, oldest change first, through query locators in batches of at most 200.
+#[tokio::test]
+async fn the_incremental_pull_lists_only_changes_since_the_watermark_contacts_then_leads_paged() {
+    let (c, crm) = LEADS.connected().await;
+    let state = c.sandbox.state.clone();
+    let clock = crate::clock::ManualClock::new("2026-11-23T13:00:00Z".parse().unwrap());
+    state.set_clock(Arc::new(clock.clone()));
+    let old: Vec<String> = (0..230)
+        .map(|i| {
+            state.insert(
+                "Contact",
+                &[("LastName", json!(format!("Old{i}"))), ("Phone", json!(format!("+1 718 555 {:04}", 1000 + i)))],
+            )
+        })
+        .collect();
+    let old_lead = state.insert("Lead", &[("LastName", json!("Early")), ("Company", json!("Acme"))]);
+
+    // Everything (no watermark): 230 Contacts in two batches, then the Lead query.
+    let (all, pages, newest) = pull_all(crm.as_ref(), None).await;
+    assert_eq!(pages, 3, "200 + 30 contacts, then the leads");
+    let ids: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), 231);
+    assert_eq!(&ids[..230], old.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), "contacts first, in order");
+    assert_eq!(ids[230], old_lead);
+    assert_eq!(newest, Some(clock.now()));
+    assert_eq!(all[5].phones, vec!["+1 718 555 1005".to_string()]);
+
+    // Five minutes later a rep edits one contact, a lead comes in and another is converted.
+    clock.advance(jiff::SignedDuration::from_mins(5));
+    let watermark = clock.now();
+    let rep = state.insert_user("Rita", "Rep", "rita@example.com");
+    state.rep_edit(&old[7], "Phone", "+1 718 555 9999", &rep);
+    let new_lead = state.insert("Lead", &[("LastName", json!("Late")), ("Company", json!("Acme"))]);
+    state.insert("Lead", &[("LastName", json!("Converted")), ("Company", json!("Acme")), ("IsConverted", json!(true))]);
+    clock.advance(jiff::SignedDuration::from_secs(1));
+    let (changed, pages, newest) = pull_all(crm.as_ref(), Some(watermark)).await;
+    let ids: Vec<&str> = changed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, [old[7].as_str(), new_lead.as_str()], "only what changed since the watermark");
+    assert_eq!(pages, 2, "one page per object");
+    assert_eq!(changed[0].phones, vec!["+1 718 555 9999".to_string()]);
+    assert_eq!(newest, Some(watermark));
+
+    // A watermark inside a second still lists that second (SOQL literals have whole seconds).
+    let (again, _, _) = pull_all(crm.as_ref(), Some(watermark + jiff::SignedDuration::from_millis(400))).await;
+    assert_eq!(again.len(), 2);
+    // A cursor that is not ours is refused, not followed.
+    assert!(matches!(crm.contacts_changed_since(None, Some("Account|01g")).await, Err(ConnectorError::Permanent(_))));
+    assert!(matches!(
+        crm.contacts_changed_since(None, Some("Contact|../../sobjects")).await,
+        Err(ConnectorError::Permanent(_))
+    ));
+    let _ = (&c.store, &c.dir);
 }
