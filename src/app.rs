@@ -117,80 +117,13 @@ impl Application {
         );
         budgets.export_throttled(metrics.vendor_rate_limited.clone());
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
-        let build_tenant: crate::reload::TenantBuilder = {
-            let sandbox_urls = sandbox.as_deref().map(SandboxUrls::of);
-            let apps = connect.apps.clone();
-            let connections = connect.connections.clone();
-            let (client, clock, budgets) = (client.clone(), clock.clone(), budgets.clone());
-            Box::new(move |t: &crate::config::TenantConfig| {
-                let sandbox = sandbox_urls.as_ref();
-                let crm_meter = budgets.meter(&t.crm.vendor, &t.id, t.crm.requests_per_10s());
-                let calendar_meter = budgets.meter(&t.calendar.vendor, &t.id, t.calendar.requests_per_10s());
-                let crm: Arc<dyn CrmConnector> = match t.crm.vendor.as_str() {
-                    "salesforce" => salesforce_crm(
-                        t,
-                        apps.get("salesforce").cloned(),
-                        &connections,
-                        sandbox,
-                        &client,
-                        &clock,
-                        crm_meter,
-                    )?,
-                    "pipedrive" => pipedrive_crm(
-                        t,
-                        apps.get("pipedrive").cloned(),
-                        &connections,
-                        sandbox,
-                        &client,
-                        &clock,
-                        crm_meter,
-                    )?,
-                    _ if t.crm.auth == "oauth" => {
-                        let (url, tokens) = oauth_connection(
-                            t,
-                            apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?,
-                            "hubspot",
-                            sandbox.map(|s| s.hubspot.clone()),
-                            &connections,
-                        )?;
-                        Arc::new(
-                            HubSpotConnector::with_token_source(url, tokens, client.clone())
-                                .with_contact_properties(t.account_flags.properties())
-                                .with_clock(clock.clone())
-                                .with_meter(crm_meter),
-                        )
-                    }
-                    _ => {
-                        let (url, token) =
-                            endpoint(&t.crm, sandbox.map(|s| (s.hubspot.clone(), sandbox::HUBSPOT_TOKEN)))?;
-                        Arc::new(
-                            HubSpotConnector::new(url, token, client.clone())
-                                .with_contact_properties(t.account_flags.properties())
-                                .with_clock(clock.clone())
-                                .with_meter(crm_meter),
-                        )
-                    }
-                };
-                let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
-                    "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
-                    "microsoft" => {
-                        let (url, token) =
-                            endpoint(&t.calendar, sandbox.map(|s| (s.graph.clone(), sandbox::GRAPH_TOKEN)))?;
-                        Arc::new(GraphCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
-                    }
-                    _ => {
-                        let (url, token) =
-                            endpoint(&t.calendar, sandbox.map(|s| (s.google.clone(), sandbox::GOOGLE_TOKEN)))?;
-                        Arc::new(GoogleCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
-                    }
-                };
-                let pos = match &t.pos {
-                    None => None,
-                    Some(p) => Some(pos_connector(p, &t.id, sandbox, &client, &clock, &budgets)?),
-                };
-                Ok(Tenant { config: t.clone(), crm, calendar, pos })
-            })
-        };
+        let build_tenant = tenant_builder(
+            sandbox.as_deref().map(SandboxUrls::of),
+            &connect,
+            client.clone(),
+            clock.clone(),
+            budgets.clone(),
+        );
         let mut tenants = Vec::new();
         for t in &config.tenants {
             tenants.push(build_tenant(t)?);
@@ -471,6 +404,107 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The builder of a tenant's connectors (CRM, calendar, POS) from its config: used at start, by a
+/// config reload and by the offline operator commands ([`offline_tenant`]).
+fn tenant_builder(
+    sandbox_urls: Option<SandboxUrls>,
+    connect: &ConnectService,
+    client: reqwest::Client,
+    clock: SharedClock,
+    budgets: Arc<crate::connectors::rate::RateBudgets>,
+) -> crate::reload::TenantBuilder {
+    let apps = connect.apps.clone();
+    let connections = connect.connections.clone();
+    Box::new(move |t: &crate::config::TenantConfig| {
+        let sandbox = sandbox_urls.as_ref();
+        let crm_meter = budgets.meter(&t.crm.vendor, &t.id, t.crm.requests_per_10s());
+        let calendar_meter = budgets.meter(&t.calendar.vendor, &t.id, t.calendar.requests_per_10s());
+        let crm: Arc<dyn CrmConnector> = match t.crm.vendor.as_str() {
+            "salesforce" => {
+                salesforce_crm(t, apps.get("salesforce").cloned(), &connections, sandbox, &client, &clock, crm_meter)?
+            }
+            "pipedrive" => {
+                pipedrive_crm(t, apps.get("pipedrive").cloned(), &connections, sandbox, &client, &clock, crm_meter)?
+            }
+            _ if t.crm.auth == "oauth" => {
+                let (url, tokens) = oauth_connection(
+                    t,
+                    apps.get("hubspot").cloned().context("oauth tenant without a HubSpot OAuth app")?,
+                    "hubspot",
+                    sandbox.map(|s| s.hubspot.clone()),
+                    &connections,
+                )?;
+                Arc::new(
+                    HubSpotConnector::with_token_source(url, tokens, client.clone())
+                        .with_contact_properties(t.account_flags.properties())
+                        .with_clock(clock.clone())
+                        .with_meter(crm_meter),
+                )
+            }
+            _ => {
+                let (url, token) = endpoint(&t.crm, sandbox.map(|s| (s.hubspot.clone(), sandbox::HUBSPOT_TOKEN)))?;
+                Arc::new(
+                    HubSpotConnector::new(url, token, client.clone())
+                        .with_contact_properties(t.account_flags.properties())
+                        .with_clock(clock.clone())
+                        .with_meter(crm_meter),
+                )
+            }
+        };
+        let calendar: Arc<dyn CalendarConnector> = match t.calendar.vendor.as_str() {
+            "caldav" => Arc::new(caldav_connector(&t.calendar, &t.name, client.clone())?),
+            "microsoft" => {
+                let (url, token) = endpoint(&t.calendar, sandbox.map(|s| (s.graph.clone(), sandbox::GRAPH_TOKEN)))?;
+                Arc::new(GraphCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
+            }
+            _ => {
+                let (url, token) = endpoint(&t.calendar, sandbox.map(|s| (s.google.clone(), sandbox::GOOGLE_TOKEN)))?;
+                Arc::new(GoogleCalendarConnector::new(url, token, client.clone()).with_meter(calendar_meter))
+            }
+        };
+        let pos = match &t.pos {
+            None => None,
+            Some(p) => Some(pos_connector(p, &t.id, sandbox, &client, &clock, &budgets)?),
+        };
+        Ok(Tenant { config: t.clone(), crm, calendar, pos })
+    })
+}
+
+/// One tenant with its connectors, built from the config without serving anything: for the
+/// operator commands that read the tenant's vendors (`callside audit`). Requests are charged to
+/// the returned budgets (on `clock`), which count them. There is no sandbox here: a tenant on
+/// `base_url = "sandbox"` is refused, since those emulators and their records live inside the
+/// `callside serve` process.
+pub fn offline_tenant(
+    config: &Config,
+    tenant_id: &str,
+    store: &Store,
+    clock: SharedClock,
+) -> anyhow::Result<(Tenant, Arc<crate::connectors::rate::RateBudgets>)> {
+    let t = config.tenants.iter().find(|t| t.id == tenant_id).with_context(|| format!("no tenant {tenant_id:?}"))?;
+    let on_sandbox = t.crm.base_url == "sandbox"
+        || t.calendar.base_url == "sandbox"
+        || t.pos.as_ref().is_some_and(|p| p.base_url.as_deref() == Some("sandbox"));
+    anyhow::ensure!(
+        !on_sandbox,
+        "tenant {tenant_id:?} uses the in-process sandbox (base_url = \"sandbox\"), whose records live only inside \
+         the running service; point its base_url at the vendor (or at `callside sandbox`'s URLs) to audit it"
+    );
+    let client = http_client();
+    let public_url = match config.connect.public_url.as_str() {
+        "" => format!("http://{}", config.listen),
+        url => url.trim_end_matches('/').to_owned(),
+    };
+    let connect = connect_service(config, None, store, &client, &clock, &public_url)?;
+    let budgets = crate::connectors::rate::RateBudgets::new(
+        clock.clone(),
+        config.writeback.live_reserve_percent,
+        config.writeback.app_requests_per_10s,
+    );
+    let build = tenant_builder(None, &connect, client, clock, budgets.clone());
+    Ok((build(t)?, budgets))
 }
 
 /// The OAuth apps and the connection store. A configured `[connect.hubspot]` app is used as is;

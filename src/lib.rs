@@ -13,6 +13,7 @@
 //! - [`store`] keeps durable state (SQLite by default); [`config`] is the typed configuration.
 //! - [`console`] is the operator console and its JSON API (sync status, re-sync, replay).
 //! - [`alerts`] raises one alert per incident (error rate, backlog age, parked connection).
+//! - [`audit`] is `callside audit`: seed 000's monthly checklist as a Markdown report.
 //! - [`privacy`] is the retention sweep and `callside erase` (personal data callside keeps).
 //! - [`reload`] swaps in a validated config without a restart (SIGHUP, `/v1/admin/reload`).
 //! - [`clock`] is the injected source of domain time; [`observe`] holds metrics.
@@ -21,6 +22,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod audit;
 pub mod booking;
 pub mod clock;
 pub mod config;

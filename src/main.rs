@@ -141,6 +141,34 @@ enum Command {
         #[arg(long, env = "CALLSIDE_API_KEY", hide_env_values = true)]
         api_key: String,
     },
+    /// Seed 000's monthly audit of one tenant as a Markdown report: the write-back and webhook
+    /// delivery log, duplicate contacts in the CRM for the callers callside touched, overlapping
+    /// events on the staff calendars, and the POS's data freshness. Reads the store and the
+    /// tenant's vendors (the service need not run). Exits 0 when no section is a problem, 1 when
+    /// one is, 2 if the audit could not run (configuration, store, a tenant on the in-process
+    /// sandbox).
+    Audit {
+        /// The tenant's id (its file in `tenants_dir`).
+        #[arg(long)]
+        tenant: String,
+        /// Write the Markdown report here instead of standard output.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The window: from midnight this many days ago (the tenant's zone) to now.
+        #[arg(long, default_value_t = callside::audit::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=callside::audit::MAX_DAYS as i64))]
+        days: u32,
+        /// The window's end, RFC 3339 (e.g. 2026-11-01T00:00:00Z to audit October); default now.
+        #[arg(long)]
+        until: Option<jiff::Timestamp>,
+        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+        store: Option<String>,
+    },
     /// Serve the vendor emulators in their own process (so their state outlives a service that
     /// is killed and restarted), plus a loopback control port to inspect them and inject faults.
     /// Prints one JSON line with every base URL and token, then serves until SIGTERM/Ctrl-C.
@@ -321,6 +349,16 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Audit { tenant, report, days, until, config, data_dir, store } => {
+            match audit(&tenant, report.as_deref(), days, until, &config, data_dir, store).await {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("audit could not run: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::DeadLetters { config, data_dir, store, limit } => {
             let store = open_store(&config, data_dir, store).await?;
             let dead = store.dead_letters(limit).await?;
@@ -468,6 +506,40 @@ async fn pilot(
     std::fs::write(&json, result.json()).with_context(|| format!("writing {}", json.display()))?;
     println!("reports: {} and {}", report.display(), json.display());
     Ok(result.all_deep())
+}
+
+/// `callside audit`: the tenant's connectors built offline, the report gathered and written.
+/// `Ok(no problem)`.
+async fn audit(
+    tenant_id: &str,
+    report: Option<&std::path::Path>,
+    days: u32,
+    until: Option<jiff::Timestamp>,
+    config: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+) -> anyhow::Result<bool> {
+    let (config, store) = open_config_and_store(config, data_dir, store_url).await?;
+    let clock: callside::clock::SharedClock = Arc::new(SystemClock);
+    let (tenant, budgets) = callside::app::offline_tenant(&config, tenant_id, &store, clock.clone())?;
+    let result =
+        callside::audit::run(&store, &tenant, Some(&budgets), until.unwrap_or_else(|| clock.now()), days).await;
+    store.close().await;
+    let result = result?;
+    let markdown = result.markdown();
+    match report {
+        Some(path) => {
+            std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+            let verdicts: Vec<String> = callside::audit::SECTIONS
+                .iter()
+                .zip(result.assessments())
+                .map(|(name, a)| format!("{name}: {}", a.verdict.as_str()))
+                .collect();
+            println!("{}\nreport: {}", verdicts.join("\n"), path.display());
+        }
+        None => print!("{markdown}"),
+    }
+    Ok(!result.has_problem())
 }
 
 /// The store named by a config file (for the operator commands; the service need not run).

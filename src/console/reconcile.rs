@@ -3,12 +3,12 @@
 //! hybrid-field conflicts, dead letters and steps parked on a revoked connection. Tenant-scoped
 //! like every console query; no personal data beyond the redacted caller number.
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::view::{self, SyncStatus, crm_record_url, rfc3339};
 use crate::session::Core;
-use crate::store::{DeadLetter, StoreError};
+use crate::store::{DeadLetter, Store, StoreError};
 use crate::tenant::Tenant;
 
 /// How far back calls and ambiguous matches are listed (dead letters, parked steps and open
@@ -133,10 +133,19 @@ fn record(tenant: &Tenant, object_type: &str, id: &str) -> Record {
 
 /// The tenant's reconciliation lists at the injected clock's now.
 pub async fn reconcile(core: &Core, tenant: &Tenant) -> Result<Reconciliation, StoreError> {
-    let store = &core.store;
-    let tz = &tenant.config.time_zone;
     let now = core.clock.now();
-    let since = now - SignedDuration::from_hours(24 * WINDOW_DAYS);
+    reconcile_between(&core.store, tenant, now - SignedDuration::from_hours(24 * WINDOW_DAYS), now).await
+}
+
+/// The reconciliation lists with calls and ambiguous matches from `[since, now)` (`callside
+/// audit` uses its own window).
+pub async fn reconcile_between(
+    store: &Store,
+    tenant: &Tenant,
+    since: Timestamp,
+    now: Timestamp,
+) -> Result<Reconciliation, StoreError> {
+    let tz = &tenant.config.time_zone;
 
     let mut no_crm_record = Vec::new();
     for c in view::between(store, &tenant.config, since, now).await? {

@@ -273,9 +273,26 @@ pub fn redact_phone(e164: &str) -> String {
     format!("+{}***{tail}", digits[0])
 }
 
+/// An email as `a***@example.com`: the first character of the local part and the domain.
+pub fn redact_email(email: &str) -> String {
+    match email.trim().split_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+            format!("{}***@{domain}", local.chars().next().unwrap_or('*'))
+        }
+        _ => "***".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_redaction_keeps_the_first_character_and_the_domain() {
+        assert_eq!(redact_email("ana.lopez@example.com"), "a***@example.com");
+        assert_eq!(redact_email("not an address"), "***");
+        assert_eq!(redact_email("@example.com"), "***");
+    }
 
     #[test]
     fn redaction_keeps_no_more_than_three_digits() {

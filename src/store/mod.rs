@@ -14,6 +14,7 @@
 mod contract;
 
 mod alerts;
+mod audit_scan;
 mod connections;
 mod console;
 mod group_commit;
@@ -28,6 +29,7 @@ pub mod testing;
 mod writeback_rules;
 
 pub use alerts::TenantHealth;
+pub use audit_scan::{InboundCount, StepOutcome};
 pub use connections::{ConnectionRow, OAuthStateRow};
 pub use console::AuditRow;
 pub use group_commit::GroupCommitStats;

@@ -4,6 +4,7 @@
 mod account_flags;
 mod alerts;
 mod appointments;
+mod audit;
 mod bad_input;
 mod caldav_booking;
 mod caldav_config;
