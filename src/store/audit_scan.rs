@@ -92,3 +92,64 @@ impl Store {
         Ok(counts.into_iter().map(|((vendor, kind), count)| InboundCount { vendor, kind, count }).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{AttemptResult, NewStep};
+
+    fn step(seq: i64, kind: &str) -> NewStep {
+        NewStep { seq, kind: kind.into(), payload: json!({}), depends_on: None, idempotency_key: format!("k{seq}") }
+    }
+
+    async fn the_window_s_steps_and_inbound_deliveries_are_read_for_one_tenant_only(s: &Store) {
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        let later = t0 + SignedDuration::from_secs(3);
+        s.record_call_start("c1", "demo", Some("+14155550134"), "+12125550100", t0).await.unwrap();
+        s.close_call_with_plan("c1", "demo", "end_call", &json!({}), &[step(0, "contact"), step(1, "webhook")], t0)
+            .await
+            .unwrap();
+        s.record_call_start("c9", "other", None, "+12125550199", t0).await.unwrap();
+        s.close_call_with_plan("c9", "other", "end_call", &json!({}), &[step(0, "contact")], t0).await.unwrap();
+        let first = s.due_steps(t0, 10).await.unwrap().into_iter().find(|x| x.call_id == "c1").unwrap();
+        s.record_attempt(
+            &first,
+            &AttemptResult::Done { external_id: Some("7".into()) },
+            "crm.contact",
+            &json!({}),
+            later,
+        )
+        .await
+        .unwrap();
+
+        let window = (t0, t0 + SignedDuration::from_secs(60));
+        let got = s.step_outcomes_between("demo", window.0, window.1).await.unwrap();
+        let outcome = |kind: &str, status: &str, attempts: i64, updated_at: Timestamp| StepOutcome {
+            call_id: "c1".into(),
+            kind: kind.into(),
+            status: status.into(),
+            attempts,
+            updated_at: ms(updated_at),
+            call_ended_at: Some(ms(t0)),
+        };
+        assert_eq!(got, [outcome("contact", "done", 1, later), outcome("webhook", "pending", 0, t0)]);
+        // A window that ends before the call started has none of it.
+        assert!(s.step_outcomes_between("demo", t0 - SignedDuration::from_secs(60), t0).await.unwrap().is_empty());
+
+        s.record_inbound_delivery("hubspot", "event:1:7", Some("demo"), t0).await.unwrap();
+        s.record_inbound_delivery("hubspot", "event:1:8", Some("demo"), t0).await.unwrap();
+        s.record_inbound_delivery("google", "channel:ch:3", Some("demo"), t0).await.unwrap();
+        s.record_inbound_delivery("hubspot", "sig:abc", None, t0).await.unwrap();
+        s.record_inbound_delivery("hubspot", "event:2:1", Some("other"), t0).await.unwrap();
+        s.record_inbound_delivery("hubspot", "event:1:9", Some("demo"), window.1).await.unwrap();
+        let counts = s.inbound_counts_between("demo", window.0, window.1).await.unwrap();
+        let counts: Vec<(&str, &str, i64)> =
+            counts.iter().map(|c| (c.vendor.as_str(), c.kind.as_str(), c.count)).collect();
+        assert_eq!(counts, [("google", "channel", 1), ("hubspot", "event", 2)]);
+    }
+
+    both_backends!(the_window_s_steps_and_inbound_deliveries_are_read_for_one_tenant_only);
+}
