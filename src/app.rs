@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use std::collections::HashMap;
 
@@ -97,6 +97,12 @@ impl Application {
         let store = Store::open(&config.store_url)
             .await
             .with_context(|| format!("opening the store at {}", crate::store::redact_url(&config.store_url)))?;
+        // This instance is alive from now on (recovery below spares the calls of live instances).
+        store.heartbeat(clock.now()).await.context("recording this instance's heartbeat")?;
+        let released = store.release_leftover_leases().await.context("releasing a previous run's step leases")?;
+        if released > 0 {
+            tracing::info!(steps = released, "write-back steps claimed by a previous run resume");
+        }
         // Bound before the connectors are built: an OAuth redirect URI needs the real address
         // when the listen port is 0.
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -116,6 +122,10 @@ impl Application {
             config.writeback.app_requests_per_10s,
         );
         budgets.export_throttled(metrics.vendor_rate_limited.clone());
+        // Several instances on PostgreSQL draw one budget per account between them.
+        if store.backend() == crate::store::Backend::Postgres {
+            budgets.share_through(store.clone());
+        }
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant = tenant_builder(
             sandbox.as_deref().map(SandboxUrls::of),
@@ -287,7 +297,9 @@ impl Application {
         self.sandbox.clone()
     }
 
-    /// Serves until `shutdown` completes, then shuts down in order.
+    /// Serves until `shutdown` completes, then shuts down in order. Dropping the future instead
+    /// (aborting its task) stops every background task it started at once — the worker mid-step,
+    /// the heartbeat — as a killed process would: the multi-instance tests kill an instance so.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Application {
             listener,
@@ -307,44 +319,59 @@ impl Application {
         } = self;
         // Personal data past its retention, swept on the injected clock.
         let retention_stop = CancellationToken::new();
-        let retention_task = crate::privacy::spawn_sweeper(
+        let retention_task = AbortOnDropHandle::new(crate::privacy::spawn_sweeper(
             state.core.store.clone(),
             retention,
             state.core.clock.clone(),
             retention_rounds,
             retention_stop.clone(),
-        );
+        ));
         // The identity index's incremental pull from each tenant's CRM (off when 0); what it
         // sees changed reaches live calls too (the inbound sync's polling safety net).
         let identity_stop = CancellationToken::new();
-        let identity_task = (identity_pull > 0).then(|| {
-            let core = &state.core;
-            crate::matching::sync::spawn_with(
-                core.store.clone(),
-                core.tenants.clone(),
-                core.clock.clone(),
-                jiff::SignedDuration::from_secs(identity_pull as i64),
-                identity_stop.clone(),
-                Some(crate::inbound::refresh_on_pull(Arc::downgrade(core))),
-                identity_rounds,
-            )
-        });
+        let identity_task = (identity_pull > 0)
+            .then(|| {
+                let core = &state.core;
+                crate::matching::sync::spawn_with(
+                    core.store.clone(),
+                    core.tenants.clone(),
+                    core.clock.clone(),
+                    jiff::SignedDuration::from_secs(identity_pull as i64),
+                    identity_stop.clone(),
+                    Some(crate::inbound::refresh_on_pull(Arc::downgrade(core))),
+                    identity_rounds,
+                )
+            })
+            .map(AbortOnDropHandle::new);
         let stop = CancellationToken::new();
         let worker_stop = CancellationToken::new();
-        let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
+        let worker_task = AbortOnDropHandle::new(tokio::spawn(worker.run(worker_stop.clone())));
+        // The heartbeat renews this instance's step leases while it lives (`crate::instance`).
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat_task = AbortOnDropHandle::new(crate::instance::spawn_heartbeat(
+            state.core.store.clone(),
+            state.core.clock.clone(),
+            heartbeat_stop.clone(),
+        ));
         // Alerts follow the worker's progress (and a clock tick for the backlog's age).
         let alerts_stop = CancellationToken::new();
-        let alerts_task = tokio::spawn(alerter.run(state.core.worker.progress(), alerts_stop.clone()));
+        let alerts_task =
+            AbortOnDropHandle::new(tokio::spawn(alerter.run(state.core.worker.progress(), alerts_stop.clone())));
         // Calls reached over HTTP have no socket to drop: the sweeper finishes idle ones.
         let sweeper_stop = CancellationToken::new();
         let idle = jiff::SignedDuration::from_secs(state.limits.http_session_idle_secs as i64);
-        let sweeper_task = tokio::spawn(state.core.clone().run_idle_sweeper(idle, sweeper_stop.clone()));
+        let sweeper_task =
+            AbortOnDropHandle::new(tokio::spawn(state.core.clone().run_idle_sweeper(idle, sweeper_stop.clone())));
         let pending_stop = CancellationToken::new();
-        let pending_task = tokio::spawn(state.core.clone().run_pending_bookings(pending_stop.clone()));
+        let pending_task =
+            AbortOnDropHandle::new(tokio::spawn(state.core.clone().run_pending_bookings(pending_stop.clone())));
         // Calendar changes: subscriptions, their renewal and the polling safety net (when
         // `[inbound.calendar]` is configured; otherwise the task returns at once).
         let calendar_stop = CancellationToken::new();
-        let calendar_task = tokio::spawn(crate::inbound::calendar::run(state.core.clone(), calendar_stop.clone()));
+        let calendar_task = AbortOnDropHandle::new(tokio::spawn(crate::inbound::calendar::run(
+            state.core.clone(),
+            calendar_stop.clone(),
+        )));
         {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -399,6 +426,8 @@ impl Application {
         let _ = alerts_task.await;
         retention_stop.cancel();
         let _ = retention_task.await;
+        heartbeat_stop.cancel();
+        let _ = heartbeat_task.await;
         state.core.store.close().await;
         drop(sandbox);
         tracing::info!("shutdown complete");
@@ -743,10 +772,13 @@ fn caldav_connector(v: &VendorSection, business: &str, client: reqwest::Client) 
     })
 }
 
-/// Calls left open by a crash: closed as disconnected, so their write-back is planned and nothing
-/// the caller said is lost.
+/// Calls left open by a crash — of a previous run on SQLite, of an instance that stopped beating
+/// on PostgreSQL: closed as disconnected, so their write-back is planned and nothing the caller
+/// said is lost. Another instance recovering the same call at once is harmless: a call gets
+/// exactly one plan (`Store::close_call_with_plan` answers `false` to the second).
 async fn recover_open_calls(core: &Arc<Core>) -> anyhow::Result<()> {
-    for call in core.store.open_calls().await? {
+    // Other live instances' calls are theirs (PostgreSQL: by heartbeat; SQLite: one instance).
+    for call in core.store.open_calls(core.clock.now(), crate::store::INSTANCE_DEAD_AFTER).await? {
         let outcome = serde_json::json!({"call_id": call.call_id, "end_reason": EndReason::Disconnected.as_str(), "recovered": true});
         let steps = match call.caller {
             Some(phone) => crate::writeback::build_plan(&crate::writeback::CallOutcome {

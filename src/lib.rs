@@ -35,6 +35,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod inbound;
+pub mod instance;
 pub mod matching;
 pub mod notify;
 pub mod observe;

@@ -116,6 +116,9 @@ pub struct RateBudgets {
     throttled: Mutex<HashMap<String, u64>>,
     /// 429 answers per vendor, as exported on `/metrics` (set once by the application).
     throttled_metric: std::sync::OnceLock<ThrottledCounter>,
+    /// On PostgreSQL, the buckets every instance shares (`store/rate.rs`); the in-memory ones
+    /// then mirror the shared levels as of this instance's last take (for [`RateBudgets::view`]).
+    shared: std::sync::OnceLock<crate::store::Store>,
 }
 
 /// The `/metrics` family 429 answers are counted in.
@@ -143,7 +146,14 @@ impl RateBudgets {
             waits: watch::channel(0).0,
             throttled: Mutex::new(HashMap::new()),
             throttled_metric: std::sync::OnceLock::new(),
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Draws every budget from the store's shared buckets (PostgreSQL: several instances stay
+    /// under the vendor's limit together, not each). The first call wins.
+    pub fn share_through(&self, store: crate::store::Store) {
+        let _ = self.shared.set(store);
     }
 
     /// Counts 429 answers in this `/metrics` family too (the first call wins).
@@ -196,6 +206,45 @@ impl RateBudgets {
         (f64::from(limit) * f64::from(100 - self.reserve_percent) / 100.0).max(1.0)
     }
 
+    /// [`RateBudgets::try_take`] against the shared buckets when there are some. A store error
+    /// falls back to this instance's own buckets (logged): a database hiccup must not stop vendor
+    /// requests, and the local bucket still holds this instance to the limit.
+    async fn take(&self, buckets: &[(String, u32)], lane: Lane, now: Timestamp) -> Option<SignedDuration> {
+        let Some(store) = self.shared.get() else {
+            return self.try_take(buckets, lane, now);
+        };
+        let shared: Vec<crate::store::RateBucket> = buckets
+            .iter()
+            .map(|(k, limit)| crate::store::RateBucket {
+                key: k.clone(),
+                capacity: f64::from(*limit),
+                lane_share: self.lane_share(*limit),
+            })
+            .collect();
+        let writeback = lane == Lane::Writeback;
+        let take = match store.take_rate_token(&shared, writeback, WINDOW_SECS * 1000.0, now).await {
+            Ok(take) => take,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared rate budget unavailable; this instance's own bucket is used");
+                return self.try_take(buckets, lane, now);
+            }
+        };
+        let (levels, taken) = match &take {
+            crate::store::RateTake::Taken(l) => (l, true),
+            crate::store::RateTake::Short(l) => (l, false),
+        };
+        let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wait = 0.0f64;
+        for (b, l) in shared.iter().zip(levels) {
+            all.insert(b.key.clone(), Bucket { level: l.level, lane: l.lane, at: now });
+            wait = wait.max(short(l.level, b.capacity)).max(short(l.lane, b.lane_share));
+        }
+        if taken {
+            return None;
+        }
+        Some(SignedDuration::from_secs_f64(wait.max(0.001)))
+    }
+
     /// Takes one token for `lane`, or says how long until one is there (write-back only).
     fn try_take(&self, buckets: &[(String, u32)], lane: Lane, now: Timestamp) -> Option<SignedDuration> {
         let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,7 +257,6 @@ impl RateBudgets {
             b.lane = (b.lane + elapsed * share / WINDOW_SECS).min(share);
             b.at = now;
             if lane == Lane::Writeback {
-                let short = |have: f64, rate: f64| if have >= 1.0 { 0.0 } else { (1.0 - have) * WINDOW_SECS / rate };
                 wait = wait.max(short(b.level, cap)).max(short(b.lane, share));
             }
         }
@@ -226,6 +274,11 @@ impl RateBudgets {
         }
         None
     }
+}
+
+/// Seconds until a bucket refilling at `rate` per window holds one token, from `have`.
+fn short(have: f64, rate: f64) -> f64 {
+    if have >= 1.0 { 0.0 } else { (1.0 - have) * WINDOW_SECS / rate }
 }
 
 fn key(vendor: &str, account: &str) -> String {
@@ -264,7 +317,18 @@ impl Meter {
         buckets
     }
 
-    /// Takes a token for a request in `lane` only if one is there now (never waits).
+    /// [`Meter::try_acquire`] through the shared buckets when the budgets have some.
+    pub async fn try_acquire_now(&self, lane: Lane) -> bool {
+        let Some(budgets) = &self.budgets else { return true };
+        let taken = budgets.take(&self.buckets(budgets), lane, budgets.clock.now()).await.is_none();
+        if taken {
+            self.count(budgets, lane);
+        }
+        taken
+    }
+
+    /// Takes a token for a request in `lane` only if one is there now (never waits). This
+    /// instance's own buckets only: see [`Meter::try_acquire_now`].
     pub fn try_acquire(&self, lane: Lane) -> bool {
         let Some(budgets) = &self.budgets else { return true };
         let taken = budgets.try_take(&self.buckets(budgets), lane, budgets.clock.now()).is_none();
@@ -309,7 +373,7 @@ impl Meter {
         if !buckets.is_empty() {
             loop {
                 let now = budgets.clock.now();
-                match budgets.try_take(&buckets, lane, now) {
+                match budgets.take(&buckets, lane, now).await {
                     None => break,
                     Some(wait) => {
                         budgets.waits.send_modify(|n| *n += 1);
@@ -380,6 +444,95 @@ mod tests {
         clock.advance(SignedDuration::from_secs(1));
         pending.await.unwrap();
         assert_eq!(budgets.sent("hubspot", "a"), Sent { live: 90, writeback: 11 });
+    }
+
+    /// Issue 13: two instances on one PostgreSQL store draw one budget between them. Racing
+    /// write-back takes from both admit exactly the lane's share once; one instance's live reads
+    /// overdraw the bucket the other's lane then waits on; the app-wide bucket is taken with the
+    /// account's (both or neither).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgresql_instances_share_one_budget_and_together_stay_under_the_limit() {
+        let schema = crate::store::testing::TestSchema::create().await.unwrap();
+        let store = crate::store::Store::open(&schema.url).await.unwrap();
+        let other = crate::store::Store::open(&schema.url).await.unwrap();
+        let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
+        let (a, b) = (RateBudgets::new(clock.clone(), 30, 0), RateBudgets::new(clock.clone(), 30, 0));
+        a.share_through(store.clone());
+        b.share_through(other.clone());
+        let (ma, mb) = (a.meter("hubspot", "acct", 100), b.meter("hubspot", "acct", 100));
+        let racers: Vec<_> = (0..20)
+            .map(|i| {
+                let m = if i % 2 == 0 { ma.clone() } else { mb.clone() };
+                tokio::spawn(async move {
+                    let mut n = 0u32;
+                    for _ in 0..10 {
+                        n += u32::from(m.try_acquire_now(Lane::Writeback).await);
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut taken = 0;
+        for r in racers {
+            taken += r.await.unwrap();
+        }
+        assert_eq!(taken, 70, "both instances' lanes together: 70 % of 100, once");
+        assert_eq!(a.sent("hubspot", "acct").writeback + b.sent("hubspot", "acct").writeback, 70);
+
+        clock.advance(SignedDuration::from_secs(10));
+        for _ in 0..90 {
+            assert!(mb.try_acquire_now(Lane::Live).await, "live reads never wait");
+        }
+        let mut lane_a = 0;
+        while ma.try_acquire_now(Lane::Writeback).await {
+            lane_a += 1;
+            assert!(lane_a < 1000);
+        }
+        assert_eq!(lane_a, 10, "A's lane gets what B's calls left");
+        // A's view mirrors the shared bucket as of its last take.
+        let view = a.view("hubspot", "acct", 100);
+        assert!(view.remaining < 1.0, "{view:?}");
+        // A waiting write-back request on A goes once the clock refills a token.
+        let mut waits = a.waits();
+        let pending = tokio::spawn(writeback_lane({
+            let ma = ma.clone();
+            async move { ma.acquire().await }
+        }));
+        waits.changed().await.unwrap();
+        assert!(!pending.is_finished());
+        clock.advance(SignedDuration::from_secs(1));
+        pending.await.unwrap();
+
+        // An app-wide bucket: an account with tokens left is still refused once the app's are
+        // gone, and the account's token is not spent by the refusal.
+        let (c, d) = (RateBudgets::new(clock.clone(), 0, 5), RateBudgets::new(clock.clone(), 0, 5));
+        c.share_through(store.clone());
+        d.share_through(other.clone());
+        let (mc, md) = (c.meter("google", "x", 100), d.meter("google", "y", 100));
+        let mut app_wide = 0;
+        for i in 0..20 {
+            let m = if i % 2 == 0 { &mc } else { &md };
+            app_wide += u32::from(m.try_acquire_now(Lane::Writeback).await);
+        }
+        assert_eq!(app_wide, 5, "the app's 5 per 10 s across both accounts and instances");
+        let levels = match store
+            .take_rate_token(
+                &[crate::store::RateBucket { key: key("google", "x"), capacity: 100.0, lane_share: 100.0 }],
+                false,
+                WINDOW_SECS * 1000.0,
+                Clock::now(&*clock),
+            )
+            .await
+            .unwrap()
+        {
+            crate::store::RateTake::Taken(l) => l,
+            short => panic!("a live take is never short: {short:?}"),
+        };
+        assert_eq!(levels[0].level, 100.0 - 3.0 - 1.0, "x spent 3 with the app's tokens, none on refusals");
+
+        store.close().await;
+        other.close().await;
+        schema.drop_now().await.unwrap();
     }
 
     #[tokio::test]

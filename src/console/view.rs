@@ -478,6 +478,7 @@ mod tests {
             external_id: None,
             last_error: None,
             parent_external_id: None,
+            lease_owner: None,
         }
     }
 

@@ -31,17 +31,57 @@ struct State {
     requests: BTreeMap<String, u64>,
 }
 
-pub struct FaultSwitches {
-    state: Mutex<State>,
+/// A vendor that hangs: while on, every request waits unanswered until it is lifted. Shared by
+/// the fault switches below and the HubSpot emulator (an instance killed mid-request, issue 13).
+#[derive(Debug)]
+pub struct Stall {
     stalled: watch::Sender<bool>,
     /// How many requests are being held by the stall right now.
     held: watch::Sender<usize>,
 }
 
-impl Default for FaultSwitches {
+impl Default for Stall {
     fn default() -> Self {
-        Self { state: Mutex::default(), stalled: watch::channel(false).0, held: watch::channel(0).0 }
+        Self { stalled: watch::channel(false).0, held: watch::channel(0).0 }
     }
+}
+
+impl Stall {
+    pub fn set(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+
+    /// Changes whenever a request starts or stops being held (tests wait on it).
+    pub fn held(&self) -> watch::Receiver<usize> {
+        self.held.subscribe()
+    }
+
+    /// Returns at once unless stalled; else once the stall is lifted.
+    pub async fn pass(&self) {
+        let mut stalled = self.stalled.subscribe();
+        if *stalled.borrow_and_update() {
+            self.held.send_modify(|n| *n += 1);
+            // Counted down even if the request is dropped while held (its client went away).
+            struct Release<'a>(&'a watch::Sender<usize>);
+            impl Drop for Release<'_> {
+                fn drop(&mut self) {
+                    self.0.send_modify(|n| *n -= 1);
+                }
+            }
+            let _release = Release(&self.held);
+            while *stalled.borrow_and_update() {
+                if stalled.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct FaultSwitches {
+    state: Mutex<State>,
+    stall: Stall,
 }
 
 impl FaultSwitches {
@@ -66,12 +106,12 @@ impl FaultSwitches {
 
     /// While true every request waits, unanswered, until the stall is lifted.
     pub fn set_stalled(&self, stalled: bool) {
-        self.stalled.send_replace(stalled);
+        self.stall.set(stalled);
     }
 
     /// Changes whenever a request starts or stops being held by the stall (tests wait on it).
     pub fn held(&self) -> watch::Receiver<usize> {
-        self.held.subscribe()
+        self.stall.held()
     }
 
     /// Requests received in total.
@@ -87,16 +127,7 @@ impl FaultSwitches {
     /// Counts the request, applies the stall and the latency, then decides.
     pub async fn admit(&self, path: &str) -> Admission {
         *self.lock().requests.entry(path.to_owned()).or_default() += 1;
-        let mut stalled = self.stalled.subscribe();
-        if *stalled.borrow_and_update() {
-            self.held.send_modify(|n| *n += 1);
-            while *stalled.borrow_and_update() {
-                if stalled.changed().await.is_err() {
-                    break;
-                }
-            }
-            self.held.send_modify(|n| *n -= 1);
-        }
+        self.stall.pass().await;
         let latency = self.lock().latency;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;

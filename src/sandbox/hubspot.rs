@@ -658,6 +658,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct HubSpotState {
     inner: Mutex<Inner>,
+    /// While on, every request waits unanswered (a hung portal; `stall`).
+    stall: super::faults::Stall,
 }
 
 impl HubSpotState {
@@ -689,6 +691,7 @@ impl HubSpotState {
                 log: Vec::new(),
                 webhook: None,
             }),
+            stall: super::faults::Stall::default(),
         })
     }
 
@@ -948,6 +951,16 @@ impl HubSpotState {
     /// Indexes every object as it is now.
     pub fn flush_search_index(&self) {
         self.lock().flush();
+    }
+
+    /// While on, every request waits unanswered until it is turned off (a hung portal).
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stall.set(stalled);
+    }
+
+    /// How many requests the stall holds right now; changes as they arrive and leave.
+    pub fn stalled_requests(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.stall.held()
     }
 
     /// Real delay added before answering each request.
@@ -1408,6 +1421,7 @@ async fn gatekeeper(State(state): State<Arc<HubSpotState>>, request: Request, ne
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let kind = RouteKind::classify(&method, &path);
+    state.stall.pass().await;
     let latency = state.lock().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -89,11 +89,10 @@ impl Store {
         for chunk in call_ids.chunks(200) {
             let marks = super::placeholders(2, chunk.len());
             let sql = format!(
-                "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
-                        s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error,
-                        p.external_id AS parent_external_id
+                "SELECT {}
                  FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
-                 WHERE s.tenant = $1 AND s.call_id IN ({marks}) ORDER BY s.call_id, s.seq"
+                 WHERE s.tenant = $1 AND s.call_id IN ({marks}) ORDER BY s.call_id, s.seq",
+                super::STEP_COLUMNS
             );
             let mut q = sqlx::query(&sql).bind(tenant);
             for id in chunk {

@@ -21,10 +21,12 @@ mod group_commit;
 mod holds;
 mod identity_index;
 mod inbound;
+mod lease;
 mod loadtest;
 mod outbox;
 mod pending_bookings;
 mod privacy;
+mod rate;
 pub mod testing;
 mod writeback_rules;
 
@@ -35,9 +37,11 @@ pub use console::AuditRow;
 pub use group_commit::GroupCommitStats;
 pub use holds::{HoldCounts, HoldRow};
 pub use identity_index::IdentityKind;
+pub use lease::{HEARTBEAT_EVERY, INSTANCE_DEAD_AFTER, LEASE, StepLease};
 pub use outbox::{DeadLetter, Requeue, StepSchedule};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use privacy::{EraseReport, RetentionReport};
+pub use rate::{RateBucket, RateLevels, RateTake};
 pub use writeback_rules::{ConflictRow, CreatedObjectRow, Decided, FieldWriteRow, HeldPlan};
 
 use std::path::Path;
@@ -74,6 +78,11 @@ pub struct Store {
     /// writer of its bookings table today; several instances on one database (issue 13) need a
     /// shared invalidation (LISTEN/NOTIFY) instead of this counter.
     bookings_generation: Arc<AtomicU64>,
+    /// This instance's id (a UUID chosen at open): the owner of the steps it claims, the calls it
+    /// opens and its heartbeat row (`lease.rs`).
+    instance: Arc<str>,
+    /// Bumped after every heartbeat this instance records: the signal tests wait on.
+    beats: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 type UpcomingKey = (String, Option<String>, Option<String>);
@@ -116,6 +125,9 @@ pub struct StepRow {
     pub last_error: Option<String>,
     /// The external id produced by the step this one depends on.
     pub parent_external_id: Option<String>,
+    /// The instance holding the step's lease when it was read (a claim: this instance). A
+    /// result is recorded only while the lease is still as read ([`Store::record_attempt`]).
+    pub lease_owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,7 +202,15 @@ impl Store {
             .max_capacity(100_000)
             .time_to_live(std::time::Duration::from_secs(300))
             .build();
-        Ok(Store { pool, backend, plans, upcoming, bookings_generation: Arc::new(AtomicU64::new(0)) })
+        Ok(Store {
+            pool,
+            backend,
+            plans,
+            upcoming,
+            bookings_generation: Arc::new(AtomicU64::new(0)),
+            instance: uuid::Uuid::new_v4().to_string().into(),
+            beats: Arc::new(tokio::sync::watch::Sender::new(0)),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -201,8 +221,10 @@ impl Store {
         self.bookings_generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Whether the database answers `SELECT 1` within [`PING_TIMEOUT`]: `/readyz` must answer
+    /// 503 quickly when PostgreSQL hangs, not hang with it.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        ping_within(&self.pool, PING_TIMEOUT).await
     }
 
     pub async fn record_call_start(
@@ -214,7 +236,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "INSERT INTO calls (call_id, tenant, caller, dialed, started_at) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO calls (call_id, tenant, caller, dialed, started_at, instance_id) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (call_id) DO NOTHING",
         )
         .bind(call_id)
@@ -222,6 +244,7 @@ impl Store {
         .bind(caller)
         .bind(dialed)
         .bind(ms(at))
+        .bind(&*self.instance)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -256,16 +279,17 @@ impl Store {
         &self.plans.stats
     }
 
-    /// Pending steps whose time has come and whose dependency is done, oldest first.
+    /// Pending steps whose time has come, whose dependency is done and which no instance holds
+    /// a live lease on, oldest first. A read: the worker takes steps with [`Store::claim_steps`].
     pub async fn due_steps(&self, now: Timestamp, limit: i64) -> Result<Vec<StepRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
-                    s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, p.external_id AS parent_external_id
+        let rows = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS}
              FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
              WHERE s.status = 'pending' AND s.next_attempt_at <= $1
+               AND (s.lease_until IS NULL OR s.lease_until <= $1)
                AND (s.depends_on IS NULL OR p.status = 'done')
-             ORDER BY s.next_attempt_at, s.id LIMIT $2",
-        )
+             ORDER BY s.next_attempt_at, s.id LIMIT $2"
+        ))
         .bind(ms(now))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -273,12 +297,17 @@ impl Store {
         rows.into_iter().map(step_from_row).collect()
     }
 
-    /// The earliest time any pending step becomes due, if any.
+    /// The earliest time any pending step becomes due for this instance, if any: a step another
+    /// instance holds a lease on is due when that lease runs out (a dead instance's steps are
+    /// taken over then); this instance's own leases are its work in hand, not a wake-up.
     pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
         let v: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(s.next_attempt_at) FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
+            "SELECT MIN(CASE WHEN s.lease_owner IS NOT NULL AND s.lease_owner <> $1 AND s.lease_until > s.next_attempt_at
+                             THEN s.lease_until ELSE s.next_attempt_at END)
+             FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
              WHERE s.status = 'pending' AND (s.depends_on IS NULL OR p.status = 'done')",
         )
+        .bind(&*self.instance)
         .fetch_one(&self.pool)
         .await?;
         Ok(v.and_then(|m| Timestamp::from_millisecond(m).ok()))
@@ -288,19 +317,26 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE status = 'pending'").fetch_one(&self.pool).await?)
     }
 
-    /// Records an external id the moment it is known, before anything else can fail.
-    pub async fn record_external_id(&self, step_id: i64, external_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE steps SET external_id = $1 WHERE id = $2")
+    /// Records an external id the moment it is known, before anything else can fail — while the
+    /// step's lease is still as `step` was read (a worker whose lease was taken over records
+    /// nothing: the new owner finds the same object under the step's idempotency key).
+    pub async fn record_external_id(&self, step: &StepRow, external_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(&format!("UPDATE steps SET external_id = $1 WHERE id = $2 AND {LEASE_HELD}"))
             .bind(external_id)
-            .bind(step_id)
+            .bind(step.id)
+            .bind(step.lease_owner.as_deref().unwrap_or(""))
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     /// Records one attempt's result, the call's resulting sync status and the audit entry in a
     /// single transaction: one fsync per attempt instead of one per statement, which is what lets
-    /// a backlog drain at the vendor's pace rather than the disk's.
+    /// a backlog drain at the vendor's pace rather than the disk's. The step's lease is released.
+    ///
+    /// Only while the lease is still as `step` was read: a worker whose lease ran out and was
+    /// taken over by another instance (which may have finished the step since) records nothing
+    /// and gets `false` — the new owner's result stands.
     pub async fn record_attempt(
         &self,
         step: &StepRow,
@@ -308,44 +344,55 @@ impl Store {
         audit_action: &str,
         audit_detail: &Value,
         at: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = ms(at);
+        let holder = step.lease_owner.as_deref().unwrap_or("");
         let mut tx = self.pool.begin().await?;
-        match result {
+        let updated = match result {
             AttemptResult::Done { external_id } => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE steps SET status = 'done', attempts = attempts + 1, last_error = NULL,
-                                      external_id = COALESCE($1, external_id), updated_at = $2 WHERE id = $3",
-                )
+                                      external_id = COALESCE($1, external_id), updated_at = $2, {LEASE_RELEASED}
+                     WHERE id = $3 AND {LEASE_HELD_4}"
+                ))
                 .bind(external_id)
                 .bind(now)
                 .bind(step.id)
+                .bind(holder)
                 .execute(&mut *tx)
-                .await?;
+                .await?
             }
             AttemptResult::Retry { next_at, error } => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE steps SET attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $1),
-                                      next_attempt_at = $2, last_error = $3, updated_at = $4 WHERE id = $5",
-                )
+                                      next_attempt_at = $2, last_error = $3, updated_at = $4, {LEASE_RELEASED}
+                     WHERE id = $5 AND {LEASE_HELD_6}"
+                ))
                 .bind(now)
                 .bind(ms(*next_at))
                 .bind(error)
                 .bind(now)
                 .bind(step.id)
+                .bind(holder)
                 .execute(&mut *tx)
-                .await?;
+                .await?
             }
             AttemptResult::Dead { error } => {
-                sqlx::query(
-                    "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3",
-                )
+                sqlx::query(&format!(
+                    "UPDATE steps SET status = 'dead', attempts = attempts + 1, last_error = $1, updated_at = $2, {LEASE_RELEASED}
+                     WHERE id = $3 AND {LEASE_HELD_4}"
+                ))
                 .bind(error)
                 .bind(now)
                 .bind(step.id)
+                .bind(holder)
                 .execute(&mut *tx)
-                .await?;
+                .await?
             }
+        };
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
         }
         sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&step.tenant)
@@ -365,7 +412,7 @@ impl Store {
             sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn call(&self, tenant: &str, call_id: &str) -> Result<Option<CallRow>, StoreError> {
@@ -394,12 +441,11 @@ impl Store {
     }
 
     pub async fn steps_for_call(&self, tenant: &str, call_id: &str) -> Result<Vec<StepRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
-                    s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, p.external_id AS parent_external_id
+        let rows = sqlx::query(&format!(
+            "SELECT {STEP_COLUMNS}
              FROM steps s LEFT JOIN steps p ON p.id = s.depends_on
-             WHERE s.call_id = $1 AND s.tenant = $2 ORDER BY s.seq",
-        )
+             WHERE s.call_id = $1 AND s.tenant = $2 ORDER BY s.seq"
+        ))
         .bind(call_id)
         .bind(tenant)
         .fetch_all(&self.pool)
@@ -491,11 +537,32 @@ impl Store {
         Ok(())
     }
 
-    /// Calls that were opened but never closed (the process died mid-call). Closed at start-up
-    /// as disconnected so their write-back still happens.
-    pub async fn open_calls(&self) -> Result<Vec<CallRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT call_id, tenant FROM calls WHERE ended_at IS NULL").fetch_all(&self.pool).await?;
+    /// Calls opened but never closed by an instance that is gone (it died mid-call): closed at
+    /// start-up as disconnected so their write-back still happens. Never this instance's own. On
+    /// SQLite one instance runs at a time, so every other run's open call is one; on PostgreSQL
+    /// only the calls of instances whose heartbeat is older than `dead_after` at `now` (or of no
+    /// recorded instance: opened before migration 0015) — a live instance's calls are its own.
+    pub async fn open_calls(
+        &self,
+        now: Timestamp,
+        dead_after: jiff::SignedDuration,
+    ) -> Result<Vec<CallRow>, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT call_id, tenant FROM calls
+                 WHERE ended_at IS NULL AND (instance_id IS NULL OR instance_id <> $1)"
+            }
+            Backend::Postgres => {
+                "SELECT call_id, tenant FROM calls
+                 WHERE ended_at IS NULL AND (instance_id IS NULL OR (instance_id <> $1 AND NOT EXISTS (
+                     SELECT 1 FROM instances i WHERE i.id = calls.instance_id AND i.heartbeat_at > $2)))"
+            }
+        };
+        let mut query = sqlx::query(sql).bind(&*self.instance);
+        if self.backend == Backend::Postgres {
+            query = query.bind(ms(now) - dead_after.as_millis() as i64);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let mut out = Vec::new();
         for r in rows {
             let call_id: String = r.try_get("call_id")?;
@@ -772,6 +839,26 @@ async fn open_postgres(url: &str) -> Result<AnyPool, StoreError> {
     Ok(pool)
 }
 
+/// A step's columns as [`step_from_row`] reads them (`s`: the step, `p`: its parent).
+const STEP_COLUMNS: &str = "s.id, s.call_id, s.tenant, s.seq, s.kind, s.payload, s.depends_on, s.idempotency_key,
+     s.status, s.attempts, s.first_attempt_at, s.external_id, s.last_error, s.lease_owner,
+     p.external_id AS parent_external_id";
+
+/// The step's lease is still as the worker read it (`$3` the holder it read, `''` for none).
+const LEASE_HELD: &str = "COALESCE(lease_owner, '') = $3";
+const LEASE_HELD_4: &str = "COALESCE(lease_owner, '') = $4";
+const LEASE_HELD_6: &str = "COALESCE(lease_owner, '') = $6";
+/// A finished attempt frees the step for whoever's turn is next.
+const LEASE_RELEASED: &str = "lease_owner = NULL, lease_until = NULL";
+
+/// How long `/readyz` waits for the database (a hung PostgreSQL answers 503, not a hang).
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `SELECT 1` on `pool` within `limit`: false on an error or a timeout.
+async fn ping_within(pool: &AnyPool, limit: std::time::Duration) -> bool {
+    matches!(tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(pool)).await, Ok(Ok(_)))
+}
+
 const BOOKING_COLUMNS: &str = "idempotency_key, tenant, call_id, staff_id, calendar_id, event_id, service_id, start_at, end_at, status, caller_phone, caller_email";
 
 fn booking_from_row(r: sqlx::any::AnyRow) -> Result<BookingRow, StoreError> {
@@ -808,6 +895,7 @@ fn step_from_row(r: sqlx::any::AnyRow) -> Result<StepRow, StoreError> {
         external_id: r.try_get("external_id")?,
         last_error: r.try_get("last_error")?,
         parent_external_id: r.try_get("parent_external_id")?,
+        lease_owner: r.try_get("lease_owner")?,
     })
 }
 
@@ -887,7 +975,7 @@ mod tests {
         assert!(!s.close_call_with_plan("c1", "demo", "disconnected", &json!({}), &steps, t0).await.unwrap());
         let due = s.due_steps(t0, 10).await.unwrap();
         assert_eq!(due.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![0]);
-        s.record_external_id(due[0].id, "contact-9").await.unwrap();
+        s.record_external_id(&due[0], "contact-9").await.unwrap();
         s.record_attempt(&due[0], &AttemptResult::Done { external_id: None }, "test", &json!({}), t0).await.unwrap();
         let due = s.due_steps(t0, 10).await.unwrap();
         assert_eq!(due.len(), 1);
@@ -928,6 +1016,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.call("demo", "c2").await.unwrap().unwrap().sync_status, "failed");
+    }
+
+    /// A database that accepts the connection and never answers (a hung PostgreSQL): the ping
+    /// gives up after [`PING_TIMEOUT`] and says no, so `/readyz` answers 503 instead of hanging.
+    /// The pool itself would wait an hour for a connection; the guard only keeps a regression
+    /// from hanging the test run.
+    #[tokio::test]
+    async fn a_database_that_never_answers_fails_the_ping_instead_of_hanging_it() {
+        sqlx::any::install_default_drivers();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                open.push(conn);
+            }
+        });
+        let pool = AnyPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(3600))
+            .connect_lazy(&format!("postgres://postgres@{addr}/test"))
+            .unwrap();
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(60), ping_within(&pool, PING_TIMEOUT)).await;
+        assert_eq!(answered, Ok(false), "the ping answers (no) on its own");
+        holder.abort();
     }
 
     both_backends!(

@@ -52,19 +52,26 @@ impl Store {
         error: &str,
         audit_detail: &Value,
         at: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = ms(at);
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // Only while the lease is as the worker read it (see `Store::record_attempt`).
+        let parked = sqlx::query(
             "UPDATE steps SET status = 'parked', attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $1),
-                              last_error = $2, updated_at = $3 WHERE id = $4",
+                              last_error = $2, updated_at = $3, lease_owner = NULL, lease_until = NULL
+             WHERE id = $4 AND COALESCE(lease_owner, '') = $5",
         )
         .bind(now)
         .bind(error)
         .bind(now)
         .bind(step.id)
+        .bind(step.lease_owner.as_deref().unwrap_or(""))
         .execute(&mut *tx)
         .await?;
+        if parked.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         sqlx::query(CALL_STATUS_SQL).bind(&step.call_id).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO audit (tenant, call_id, step_id, at, action, detail) VALUES ($1, $2, $3, $4, 'writeback.parked', $5)")
             .bind(&step.tenant)
@@ -75,7 +82,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Puts back in the due queue every parked step whose tenant has an active connection that

@@ -69,7 +69,13 @@ pub enum StepOutcome {
     Dead,
     /// The connection was revoked: kept aside until it is re-authorized.
     Parked,
+    /// Another instance took the step over (this one's lease ran out): nothing recorded here.
+    LeaseLost,
 }
+
+/// Steps claimed per pass. Small, so a worker never sits on a large batch that another instance
+/// could be applying; each claimed step's lease is renewed by the heartbeat while it waits.
+const CLAIM_BATCH: i64 = 16;
 
 impl Worker {
     pub fn new(
@@ -130,7 +136,8 @@ impl Worker {
             self.bump();
         }
         loop {
-            let due = self.store.due_steps(self.clock.now(), 64).await?;
+            // Claimed with a lease: another instance's worker never gets these (`store::lease`).
+            let due = self.store.claim_steps(self.clock.now(), CLAIM_BATCH).await?;
             if due.is_empty() {
                 break;
             }
@@ -152,9 +159,13 @@ impl Worker {
         let now = self.clock.now();
         let Some(tenant) = self.tenants.by_id(&step.tenant) else {
             let dead = AttemptResult::Dead { error: "tenant no longer configured".into() };
-            self.store
+            if !self
+                .store
                 .record_attempt(step, &dead, &format!("crm.{}", step.kind), &json!({"result": "dead"}), now)
-                .await?;
+                .await?
+            {
+                return Ok(self.lease_lost(step));
+            }
             self.bump();
             return Ok(StepOutcome::Dead);
         };
@@ -180,13 +191,10 @@ impl Worker {
             StepOutcome::Done => "done",
             StepOutcome::Retry { .. } => "retry",
             StepOutcome::Dead => "dead",
-            StepOutcome::Parked => "parked",
+            StepOutcome::Parked | StepOutcome::LeaseLost => "parked",
         };
-        self.metrics
-            .writeback_steps
-            .get_or_create(&StepLabels { kind: step.kind.clone(), outcome: label.into() })
-            .inc();
-        self.store
+        let kept = self
+            .store
             .record_attempt(
                 step,
                 &recorded,
@@ -195,6 +203,13 @@ impl Worker {
                 self.clock.now(),
             )
             .await?;
+        if !kept {
+            return Ok(self.lease_lost(step));
+        }
+        self.metrics
+            .writeback_steps
+            .get_or_create(&StepLabels { kind: step.kind.clone(), outcome: label.into() })
+            .inc();
         tracing::info!(call_id = %step.call_id, tenant = %step.tenant, step = %step.kind, result = label, "write-back step");
         self.bump();
         failpoint::hit(failpoint::WORKER_MID_PLAN);
@@ -205,7 +220,9 @@ impl Worker {
     /// an alert is raised; it resumes when the connection is re-authorized (see `run_once`).
     async fn park(&self, tenant: &Tenant, step: &StepRow, detail: &str) -> Result<StepOutcome, StoreError> {
         let detail_json = json!({"vendor": tenant.crm.vendor(), "attempt": step.attempts + 1, "result": "parked"});
-        self.store.park_step(step, detail, &detail_json, self.clock.now()).await?;
+        if !self.store.park_step(step, detail, &detail_json, self.clock.now()).await? {
+            return Ok(self.lease_lost(step));
+        }
         self.metrics
             .writeback_steps
             .get_or_create(&StepLabels { kind: step.kind.clone(), outcome: "parked".into() })
@@ -221,6 +238,16 @@ impl Worker {
         self.bump();
         failpoint::hit(failpoint::WORKER_MID_PLAN);
         Ok(StepOutcome::Parked)
+    }
+
+    /// This instance's lease on the step ran out and another instance took the step over while
+    /// the attempt ran: its result is the new owner's to record (the vendor saw both attempts
+    /// under one idempotency key, so nothing was applied twice).
+    fn lease_lost(&self, step: &StepRow) -> StepOutcome {
+        tracing::warn!(call_id = %step.call_id, tenant = %step.tenant, step = %step.kind,
+            "write-back step taken over by another instance while this one applied it; its result is not recorded");
+        self.bump();
+        StepOutcome::LeaseLost
     }
 
     fn bump(&self) {
@@ -374,7 +401,7 @@ impl Worker {
                         .await;
                 }
                 // Recorded before anything else can fail, so a retry never creates a second one.
-                let _ = self.store.record_external_id(step.id, &id).await;
+                let _ = self.store.record_external_id(step, &id).await;
                 // For undo: this contact is the call's own creation (a matched one never is).
                 let _ = self
                     .store

@@ -296,6 +296,18 @@ impl TestApp {
         self.server.take().expect("server running")
     }
 
+    /// Kills the instance as a crash would: its server task is aborted, which stops its worker
+    /// mid-step and its heartbeat at once — no drain, no outbox flush. Its emulators keep running
+    /// for the instances started beside it.
+    pub async fn kill(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            assert!(server.await.unwrap_err().is_cancelled(), "the instance was killed, not shut down");
+        }
+        // Only now: dropping the sender earlier would have started a graceful shutdown.
+        self.shutdown.take();
+    }
+
     /// Shuts down gracefully and hands back the data dir, for a restart on the same store.
     pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {

@@ -152,3 +152,166 @@ async fn the_shared_ledger_keeps_the_in_memory_ledgers_semantics() {
     a.shutdown().await;
     schema.drop_now().await.unwrap();
 }
+
+/// Waits (on the instance's worker progress, never a sleep) until `done` holds.
+macro_rules! wait_on_progress {
+    ($app:expr, $what:expr, $done:expr) => {{
+        let mut progress = $app.core.worker.progress();
+        let wait = async {
+            loop {
+                if $done {
+                    break;
+                }
+                progress.changed().await.expect("worker alive");
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), wait).await.expect($what);
+    }};
+}
+
+/// Issue 13's "one instance killed mid-drain → the other finishes its steps with no duplicates".
+/// Instance A's worker claims write-back steps and is killed while HubSpot holds its request; B
+/// leaves A's claimed steps alone while A's lease runs, then — the clock past the lease — takes
+/// them over. Every step ends done, recorded once, and HubSpot holds one contact and one call log
+/// per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_steps_are_taken_over_after_its_lease_without_duplicates() {
+    use callside::store::LEASE;
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let mut a = spawn_instance(&schema.url, None).await;
+    let calls: Vec<(String, String)> =
+        (0..6).map(|i| (format!("kill-{i}"), format!("+1415555{:04}", 4200 + i))).collect();
+    let mut clients = Vec::new();
+    for (id, phone) in &calls {
+        // The ring-time read first, so the next requests HubSpot sees are the write-back's.
+        let mut c = a.connect(id, phone).await;
+        c.initialize().await;
+        c.tool("get_caller_context", json!({})).await;
+        clients.push(c);
+    }
+    a.hubspot.set_stalled(true);
+    let mut held = a.hubspot.stalled_requests();
+    for c in &mut clients {
+        let r = c.tool("end_call", json!({"summary": "Asked about prices.", "caller_name": "Rita Ames"})).await;
+        assert_eq!(r["structuredContent"]["saved"], true, "{r}");
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(20), held.wait_for(|n| *n >= 1))
+        .await
+        .expect("A's worker reaches HubSpot")
+        .unwrap();
+    let a_id = a.core.store.instance_id().to_owned();
+    let store = a.core.store.clone();
+    let mut leased_by_a = Vec::new();
+    for (id, _) in &calls {
+        for step in store.steps_for_call("demo", id).await.unwrap() {
+            if store.step_lease(step.id).await.unwrap().unwrap().owner.as_deref() == Some(a_id.as_str()) {
+                leased_by_a.push(step.id);
+            }
+        }
+    }
+    assert!(!leased_by_a.is_empty(), "A holds the step it is applying");
+
+    a.kill().await;
+    a.hubspot.set_stalled(false);
+    let b = spawn_instance(&schema.url, Some(&a)).await;
+    assert_ne!(b.core.store.instance_id(), a_id);
+    // B applies what A had not claimed; A's claimed steps (and what depends on them) wait.
+    let settled = || async {
+        for (id, _) in &calls {
+            let steps = store.steps_for_call("demo", id).await.unwrap();
+            let blocked = leased_by_a.contains(&steps[0].id);
+            if !blocked && steps.iter().any(|s| s.status != "done") {
+                return false;
+            }
+        }
+        true
+    };
+    wait_on_progress!(b, "B drained the steps A had not claimed", settled().await);
+    for id in &leased_by_a {
+        let lease = store.step_lease(*id).await.unwrap().unwrap();
+        assert_eq!(lease.owner.as_deref(), Some(a_id.as_str()), "not taken over while A's lease runs");
+        let sched = store.step_schedule(*id).await.unwrap().unwrap();
+        assert_eq!((sched.status.as_str(), sched.attempts), ("pending", 0), "A recorded nothing");
+    }
+
+    // Past A's lease, B's worker (asleep until the lease's end) takes A's steps over.
+    a.clock.advance(LEASE);
+    for (id, phone) in &calls {
+        assert_eq!(b.wait_for_sync(id).await, "synced", "{id}");
+        let steps = store.steps_for_call("demo", id).await.unwrap();
+        assert!(steps.iter().all(|s| s.status == "done" && s.attempts == 1), "{id}: {steps:?}");
+        let contacts: Vec<_> = b.hubspot.contacts().into_iter().filter(|c| c.prop("phone") == Some(phone)).collect();
+        assert_eq!(contacts.len(), 1, "{id}: one contact, no duplicate");
+        assert_eq!(b.hubspot.calls_for_contact(&contacts[0].id).len(), 1, "{id}: one call log, no duplicate");
+    }
+    assert!(store.next_due_at().await.unwrap().is_none(), "nothing left in the outbox");
+    b.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Waits until the call is synced, woken by either instance's worker (either may claim its steps).
+async fn synced_on_either(a: &crate::helpers::TestApp, b: &crate::helpers::TestApp, call_id: &str) {
+    let (mut pa, mut pb) = (a.core.worker.progress(), b.core.worker.progress());
+    let synced = async {
+        loop {
+            let call = a.core.store.call("demo", call_id).await.unwrap().unwrap();
+            if call.sync_status == "synced" {
+                return;
+            }
+            tokio::select! {
+                r = pa.changed() => r.expect("A's worker alive"),
+                r = pb.changed() => r.expect("B's worker alive"),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), synced).await.expect("the call is written back");
+}
+
+/// Start-up recovery on a shared store closes only the calls of instances that stopped beating:
+/// a crashed instance's open call is closed as disconnected and written back by the instance that
+/// starts, while a live instance's call stays open and ends normally through its own instance.
+#[tokio::test]
+async fn a_starting_instance_recovers_only_the_calls_of_instances_that_stopped_beating() {
+    use callside::clock::Clock;
+    use callside::store::INSTANCE_DEAD_AFTER;
+    use jiff::SignedDuration;
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = spawn_instance(&schema.url, None).await;
+    let mut live = a.connect("live-call", "+14155550134").await;
+    live.initialize().await;
+    live.tool("get_caller_context", json!({})).await;
+    // A crashed instance's leftovers: its last heartbeat now, a call it never closed.
+    let crashed = a.core.store.as_instance("crashed-instance");
+    let t0 = a.clock.now();
+    crashed.heartbeat(t0).await.unwrap();
+    assert!(crashed.record_call_start("orphan-call", "demo", Some("+14155550177"), "+12125550100", t0).await.unwrap());
+    // Past the dead-instance timeout; A, alive, beats on the clock meanwhile.
+    let mut beats = a.core.store.heartbeats();
+    beats.borrow_and_update();
+    a.clock.advance(INSTANCE_DEAD_AFTER + SignedDuration::from_secs(1));
+    tokio::time::timeout(std::time::Duration::from_secs(20), beats.changed())
+        .await
+        .expect("A beats after the clock moved")
+        .unwrap();
+
+    let b = spawn_instance(&schema.url, Some(&a)).await;
+    synced_on_either(&a, &b, "orphan-call").await;
+    let orphan = b.core.store.call("demo", "orphan-call").await.unwrap().unwrap();
+    assert_eq!(orphan.end_reason.as_deref(), Some("disconnected"));
+    assert_eq!(orphan.outcome.as_ref().unwrap()["recovered"], true);
+    let still = b.core.store.call("demo", "live-call").await.unwrap().unwrap();
+    assert_eq!(still.ended_at, None, "A's live call is A's, not recovered");
+
+    let end = live.tool("end_call", json!({"summary": "Booked nothing.", "caller_name": "Ana López"})).await;
+    assert_eq!(end["structuredContent"]["saved"], true, "{end}");
+    synced_on_either(&a, &b, "live-call").await;
+    let ended = a.core.store.call("demo", "live-call").await.unwrap().unwrap();
+    assert_eq!(ended.end_reason.as_deref(), Some("end_call"));
+    assert!(ended.outcome.as_ref().unwrap().get("recovered").is_none());
+
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
