@@ -83,7 +83,7 @@ async fn hold_latency(url: &str, ops: i64) {
     // A thousand live holds on the staff members first, as on a busy afternoon.
     let now = Timestamp::now();
     for n in 0..1_000 {
-        ledger.try_hold(request(&format!("s{}", n % 8), "standing", 10_000 + n, now), now).await.unwrap();
+        ledger.try_hold(request(&format!("s{}", n % 8), "standing", 1_000_000 + n, now), now).await.unwrap();
     }
     let (insert, release) = holds(ledger.clone(), "s0".into(), ops).await;
     report("hold insert (PostgreSQL, 1 caller)", &insert);
@@ -287,7 +287,7 @@ async fn redis_take_latency(ops: usize) {
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs a smoke round.
     let full = std::env::args().any(|a| a == "--bench");
-    let (hold_ops, steps) = if full { (20_000, 20_000) } else { (80, 200) };
+    let (hold_ops, steps) = if full { (4_000, 4_000) } else { (80, 200) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         println!("load average: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
