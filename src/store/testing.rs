@@ -38,6 +38,11 @@ impl TestSchema {
                 super::redact_url(&admin_url)
             ))
         })?;
+        // The holds' exclusion constraint needs btree_gist (`.ci/run` creates it). Made here in
+        // `public` when missing: created by a migration under this schema's search_path, it would
+        // live in this schema and `DROP SCHEMA … CASCADE` would take it from every other test.
+        // Two tests racing to create it: one fails with a unique violation, and the other made it.
+        let _ = conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist WITH SCHEMA public").await;
         conn.execute(format!("CREATE SCHEMA {schema}").as_str()).await?;
         conn.close().await?;
         let sep = if admin_url.contains('?') { '&' } else { '?' };
