@@ -60,6 +60,8 @@ pub struct Application {
     retention: crate::privacy::RetentionSection,
     /// Bumped after every retention sweep (`crate::privacy::spawn_sweeper`).
     retention_rounds: tokio::sync::watch::Sender<u64>,
+    /// The invalidation listener (PostgreSQL) and the store URL to reopen it.
+    bus: Option<(crate::store::bus::BusListener, String)>,
 }
 
 impl Application {
@@ -103,6 +105,16 @@ impl Application {
         if released > 0 {
             tracing::info!(steps = released, "write-back steps claimed by a previous run resume");
         }
+        // Several instances on one PostgreSQL store: listen for the others' invalidations before
+        // anything is cached or served, so nothing published from now on is missed.
+        let bus_listener = match store.backend() {
+            crate::store::Backend::Postgres => Some(
+                crate::store::bus::BusListener::connect(&config.store_url)
+                    .await
+                    .context("listening for the other instances' cache invalidations")?,
+            ),
+            crate::store::Backend::Sqlite => None,
+        };
         // Bound before the connectors are built: an OAuth redirect URI needs the real address
         // when the listen port is 0.
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -172,6 +184,7 @@ impl Application {
             ),
             budgets: budgets.clone(),
             calendar_sync: crate::inbound::calendar::CalendarSync::new(config.inbound.calendar.clone(), &public_url),
+            bus: crate::invalidation::Bus::default(),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
@@ -256,6 +269,7 @@ impl Application {
             identity_rounds: tokio::sync::watch::Sender::new(0),
             retention: config.retention.clone(),
             retention_rounds: tokio::sync::watch::Sender::new(0),
+            bus: bus_listener.map(|l| (l, config.store_url.clone())),
         })
     }
 
@@ -316,7 +330,18 @@ impl Application {
             identity_rounds,
             retention,
             retention_rounds,
+            bus,
         } = self;
+        // The other instances' invalidations (PostgreSQL only).
+        let bus_stop = CancellationToken::new();
+        let bus_task = bus.map(|(listener, url)| {
+            AbortOnDropHandle::new(tokio::spawn(crate::invalidation::run(
+                state.core.clone(),
+                listener,
+                url,
+                bus_stop.clone(),
+            )))
+        });
         // Personal data past its retention, swept on the injected clock.
         let retention_stop = CancellationToken::new();
         let retention_task = AbortOnDropHandle::new(crate::privacy::spawn_sweeper(
@@ -428,6 +453,10 @@ impl Application {
         let _ = retention_task.await;
         heartbeat_stop.cancel();
         let _ = heartbeat_task.await;
+        bus_stop.cancel();
+        if let Some(t) = bus_task {
+            let _ = t.await;
+        }
         state.core.store.close().await;
         drop(sandbox);
         tracing::info!("shutdown complete");

@@ -400,6 +400,12 @@ impl ContextService {
         self.cache.invalidate(&(tenant.to_owned(), e164.to_owned())).await;
     }
 
+    /// Drops every cached context, of every tenant (the invalidation listener was away and may
+    /// have missed changes).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Drops every cached context of the tenant that `concerns` picks (the CRM said a record
     /// changed; the cache is keyed by phone, so the entries are found by scanning). Returns how
     /// many were dropped.

@@ -36,6 +36,7 @@ pub mod gateway;
 pub mod identity;
 pub mod inbound;
 pub mod instance;
+pub mod invalidation;
 pub mod matching;
 pub mod notify;
 pub mod observe;

@@ -102,9 +102,22 @@ impl BookingService {
     }
 
     /// Forgets the cached busy time of one staff member (after our own calendar writes, or when
-    /// the calendar tells us it changed).
+    /// the calendar tells us it changed), here and — over the store's invalidation bus — on the
+    /// other instances sharing a PostgreSQL store.
     pub async fn invalidate_busy(&self, tenant: &str, staff_id: &str) {
+        self.drop_busy_here(tenant, staff_id).await;
+        self.store.publish(tenant, crate::store::bus::What::StaffBusy { staff_id: staff_id.to_owned() }).await;
+    }
+
+    /// Forgets one staff member's cached busy time on this instance only (another instance said
+    /// it changed: `crate::invalidation`).
+    pub async fn drop_busy_here(&self, tenant: &str, staff_id: &str) {
         self.busy_cache.invalidate(&(tenant.to_owned(), staff_id.to_owned())).await;
+    }
+
+    /// Forgets every cached busy time on this instance (the invalidation listener was away).
+    pub fn forget_busy(&self) {
+        self.busy_cache.invalidate_all();
     }
 
     /// Every bookable slot of `service` in `window`, given the calendars' busy time and the

@@ -144,10 +144,18 @@ pub fn refresh_on_pull(core: std::sync::Weak<Core>) -> crate::matching::sync::On
     })
 }
 
-/// Applies one CRM change: drops the cached contexts it concerns and re-reads the context of the
-/// tenant's live calls it concerns, pushing the fresh one where it differs. Returns how many live
-/// calls were notified.
+/// Applies one CRM change: tells the other instances on a shared PostgreSQL store (which apply
+/// it with [`refresh_callers_here`], `crate::invalidation`), then applies it here. Returns how
+/// many of this instance's live calls were notified.
 pub async fn refresh_callers(core: &Arc<Core>, tenant: &Arc<Tenant>, affected: &Affected) -> usize {
+    core.store.publish(tenant.id(), crate::invalidation::what_of(affected)).await;
+    refresh_callers_here(core, tenant, affected).await
+}
+
+/// Applies one CRM change on this instance: drops the cached contexts it concerns and re-reads
+/// the context of the tenant's live calls it concerns, pushing the fresh one where it differs.
+/// Returns how many live calls were notified.
+pub async fn refresh_callers_here(core: &Arc<Core>, tenant: &Arc<Tenant>, affected: &Affected) -> usize {
     core.context.invalidate_where(tenant.id(), |ctx| affected.concerns(ctx)).await;
     let mut notified = 0;
     for session in core.sessions.live_for_tenant(tenant.id()) {

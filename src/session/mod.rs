@@ -44,6 +44,8 @@ pub struct Core {
     pub budgets: Arc<crate::connectors::rate::RateBudgets>,
     /// Inbound calendar sync: cursors, subscriptions and progress (`crate::inbound::calendar`).
     pub calendar_sync: crate::inbound::calendar::CalendarSync,
+    /// The cross-instance invalidation listener's progress (`crate::invalidation`).
+    pub bus: crate::invalidation::Bus,
 }
 
 /// Live calls on this instance, by call id, under the concurrent-call caps (in total and per
@@ -416,8 +418,12 @@ impl Core {
         written?;
         crate::failpoint::hit(crate::failpoint::END_CALL_AFTER_COMMIT);
         if let ParsedPhone::Number(p) = &session.caller {
-            // The write-back will change the record: the next call must not see a stale one.
+            // The write-back will change the record: the next call must not see a stale one,
+            // whichever instance of a shared store takes it.
             self.context.invalidate(session.tenant.id(), &p.e164).await;
+            // Beside the answer, not before it: end_call's latency stays one commit.
+            let (store, tenant, e164) = (self.store.clone(), session.tenant.id().to_owned(), p.e164.clone());
+            tokio::spawn(async move { store.publish(&tenant, crate::store::bus::What::Caller { e164 }).await });
         }
         self.worker.wake();
         Ok(Some(steps.len()))

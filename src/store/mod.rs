@@ -15,6 +15,7 @@ mod contract;
 
 mod alerts;
 mod audit_scan;
+pub mod bus;
 mod connections;
 mod console;
 mod group_commit;
@@ -74,15 +75,17 @@ pub struct Store {
     /// this each one was a SQLite round trip through sqlx's worker thread (the load test's profile:
     /// about a quarter of the service's time in those cross-thread wake-ups).
     upcoming: moka::future::Cache<UpcomingKey, Arc<UpcomingEntry>>,
-    /// Bumped after every write to `bookings` (insert, move, status). This process is the only
-    /// writer of its bookings table today; several instances on one database (issue 13) need a
-    /// shared invalidation (LISTEN/NOTIFY) instead of this counter.
+    /// Bumped after every write to `bookings` (insert, move, status) through this store, and
+    /// when another instance on the same PostgreSQL database says it wrote one (`bus.rs`: each
+    /// write here is published as `What::Bookings`).
     bookings_generation: Arc<AtomicU64>,
     /// This instance's id (a UUID chosen at open): the owner of the steps it claims, the calls it
-    /// opens and its heartbeat row (`lease.rs`).
+    /// opens and its heartbeat row (`lease.rs`), and its name on the invalidation bus (`bus.rs`).
     instance: Arc<str>,
     /// Bumped after every heartbeat this instance records: the signal tests wait on.
     beats: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The PostgreSQL schema the store works in (empty on SQLite): the bus's scope.
+    scope: Arc<str>,
 }
 
 type UpcomingKey = (String, Option<String>, Option<String>);
@@ -202,6 +205,10 @@ impl Store {
             .max_capacity(100_000)
             .time_to_live(std::time::Duration::from_secs(300))
             .build();
+        let scope: String = match backend {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&pool).await?,
+        };
         Ok(Store {
             pool,
             backend,
@@ -210,6 +217,7 @@ impl Store {
             bookings_generation: Arc::new(AtomicU64::new(0)),
             instance: uuid::Uuid::new_v4().to_string().into(),
             beats: Arc::new(tokio::sync::watch::Sender::new(0)),
+            scope: scope.into(),
         })
     }
 
@@ -217,8 +225,15 @@ impl Store {
         self.backend
     }
 
-    fn bookings_changed(&self) {
+    fn bump_bookings_generation(&self) {
         self.bookings_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// After a write to `bookings` of `tenant`: this instance's cached upcoming bookings are
+    /// stale, and so are the other instances' (told over the bus on PostgreSQL).
+    async fn bookings_changed(&self, tenant: &str) {
+        self.bump_bookings_generation();
+        self.publish(tenant, bus::What::Bookings).await;
     }
 
     /// Whether the database answers `SELECT 1` within [`PING_TIMEOUT`]: `/readyz` must answer
@@ -595,7 +610,7 @@ impl Store {
         .bind(&b.caller_email)
         .execute(&self.pool)
         .await?;
-        self.bookings_changed();
+        self.bookings_changed(&b.tenant).await;
         Ok(())
     }
 
@@ -678,7 +693,7 @@ impl Store {
         .bind(key)
         .execute(&self.pool)
         .await?;
-        self.bookings_changed();
+        self.bookings_changed(tenant).await;
         Ok(())
     }
 
@@ -696,7 +711,7 @@ impl Store {
             .bind(key)
             .execute(&self.pool)
             .await?;
-        self.bookings_changed();
+        self.bookings_changed(tenant).await;
         Ok(())
     }
 

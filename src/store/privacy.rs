@@ -173,7 +173,8 @@ impl Store {
         }
         tx.commit().await?;
         if r.bookings_redacted > 0 {
-            self.bookings_changed();
+            // Every tenant's past bookings: the bump is global anyway (`bus::What::Bookings`).
+            self.bookings_changed(super::bus::ALL_TENANTS).await;
         }
         Ok(r)
     }
@@ -321,7 +322,7 @@ impl Store {
         }
         tx.commit().await?;
         if r.bookings > 0 {
-            self.bookings_changed();
+            self.bookings_changed(tenant).await;
         }
         Ok(r)
     }

@@ -134,16 +134,26 @@ async fn spawn_app_configured_in(
 /// tenant, its own port and data dir; `beside` another instance, it shares that one's emulators
 /// (one CRM and calendar behind both) and its domain clock.
 pub async fn spawn_instance(store_url: &str, beside: Option<&TestApp>) -> TestApp {
+    spawn_instance_with(store_url, beside, server_file(""), demo_tenant()).await
+}
+
+/// [`spawn_instance`] with a server file and tenant of the test's own.
+pub async fn spawn_instance_with(
+    store_url: &str,
+    beside: Option<&TestApp>,
+    server: ServerFile,
+    tenant: TenantFile,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.path().to_owned()),
         store_url: Some(store_url.to_owned()),
     };
-    let tenants = vec![demo_tenant()];
+    let tenants = vec![tenant];
     let config = Config::from_parts(
         Path::new("test.toml"),
-        server_file(""),
+        server,
         tenants.into_iter().map(|t| (PathBuf::from(format!("{}.toml", t.id)), t)).collect(),
         &overrides,
         dir.path().to_owned(),

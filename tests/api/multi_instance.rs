@@ -7,7 +7,7 @@ use callside::store::Backend;
 use callside::store::testing::TestSchema;
 use serde_json::json;
 
-use crate::helpers::spawn_instance;
+use crate::helpers::{TestApp, demo_tenant, server_file, spawn_instance, spawn_instance_with};
 
 #[tokio::test]
 async fn a_service_on_postgresql_takes_a_call_and_writes_it_back() {
@@ -311,6 +311,167 @@ async fn a_starting_instance_recovers_only_the_calls_of_instances_that_stopped_b
     assert_eq!(ended.end_reason.as_deref(), Some("end_call"));
     assert!(ended.outcome.as_ref().unwrap().get("recovered").is_none());
 
+
+const PORTAL: u64 = 62_515_001;
+const SECRET_ENV: &str = "CALLSIDE_TEST_HUBSPOT_APP_SECRET";
+const ANA: &str = "+14155550134";
+
+/// An instance whose demo tenant names the HubSpot portal and which accepts the HubSpot app's
+/// webhooks. The first one started (no `beside`) owns the emulators, so the emulator's app
+/// delivers its webhooks to that one only.
+async fn instance_with_webhooks(url: &str, beside: Option<&TestApp>) -> TestApp {
+    let server = server_file(&format!(
+        "[inbound.hubspot]\nclient_secret_env = \"{SECRET_ENV}\"\napp_id = \"{}\"\n",
+        callside::sandbox::hubspot::SANDBOX_APP_ID
+    ));
+    let mut tenant = demo_tenant();
+    tenant.crm.portal_id = Some(PORTAL);
+    spawn_instance_with(url, beside, server, tenant).await
+}
+
+/// Waits until the instance's invalidation listener has done what `done` asks — on its
+/// progress signal, never by sleeping.
+async fn bus_reaches(app: &TestApp, what: &str, done: impl Fn(&callside::invalidation::BusProgress) -> bool) {
+    let mut progress = app.core.bus.progress();
+    let wait = async {
+        loop {
+            if done(&progress.borrow_and_update()) {
+                return;
+            }
+            progress.changed().await.expect("the listener's progress is kept");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), wait).await.unwrap_or_else(|_| {
+        panic!("the invalidation listener never reached: {what}; {:?}", *app.core.bus.progress().borrow())
+    });
+}
+
+/// Issue 13, item 5: a rep's edit in HubSpot reaches instance A as a signed webhook; instance
+/// B, which holds the caller's live call and cached context, learns it over LISTEN/NOTIFY —
+/// its cache is dropped, the call re-reads and gets the fresh context pushed, and the AI's next
+/// read there shows the edit. A skips its own message.
+#[tokio::test]
+async fn a_webhook_landing_on_one_instance_refreshes_the_live_call_and_cache_on_another() {
+    use callside::sandbox::hubspot::ObjectType;
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = instance_with_webhooks(&schema.url, None).await;
+    let b = instance_with_webhooks(&schema.url, Some(&a)).await;
+    let ana = a.hubspot.contacts().into_iter().find(|c| c.prop("firstname") == Some("Ana")).expect("demo seed");
+    let ana = ana.prop("hs_object_id").expect("id").to_owned();
+
+    let mut call = b.connect("b-live", ANA).await;
+    call.initialize().await;
+    let before = call.tool("get_caller_context", json!({})).await;
+    assert_eq!(before["structuredContent"]["contact"]["first_name"], "Ana", "{before}");
+    assert!(b.core.context.is_cached("demo", ANA));
+    assert!(!a.core.context.is_cached("demo", ANA), "A holds nothing of Ana: only the bus can tell B");
+
+    // The emulator's app signs and POSTs the webhook to A (the instance that owns it).
+    a.hubspot.rep_edit(ObjectType::Contacts, &ana, "firstname", "Anita", "77");
+    let note = call.next_notification("notifications/callside/context_changed").await;
+    assert_eq!(note["params"]["call_id"], "b-live");
+    assert_eq!(note["params"]["context"]["contact"]["first_name"], "Anita", "{note}");
+    bus_reaches(&b, "the CRM change applied", |p| p.crm >= 1).await;
+    let after = call.tool("get_caller_context", json!({})).await;
+    assert_eq!(after["structuredContent"]["contact"]["first_name"], "Anita", "{after}");
+
+    // The webhook landed on A alone; A skipped its own message and applied none.
+    assert_eq!(a.core.metrics.inbound_request_count("hubspot", "accepted"), 1);
+    assert_eq!(b.core.metrics.inbound_request_count("hubspot", "accepted"), 0);
+    bus_reaches(&a, "its own message skipped", |p| p.own >= 1).await;
+    let on_a = a.core.bus.progress().borrow().clone();
+    assert_eq!((on_a.crm, on_a.callers, on_a.bookings), (0, 0, 0), "{on_a:?}");
+
+    drop(call);
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Issue 13, item 5: B answers a caller's upcoming bookings from memory; a booking made through
+/// A (the shared bookings table) reaches B's next read because A's write is published.
+#[tokio::test]
+async fn a_booking_written_by_one_instance_invalidates_the_others_cached_upcoming_bookings() {
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = spawn_instance(&schema.url, None).await;
+    let b = spawn_instance(&schema.url, Some(&a)).await;
+
+    let mut on_b = b.connect("b-appointments", ANA).await;
+    on_b.initialize().await;
+    let none = on_b.tool("find_appointments", json!({})).await;
+    assert_eq!(none["structuredContent"]["appointments"], json!([]), "{none}");
+
+    // The same caller books on another call, through A.
+    let mut on_a = a.connect("a-books", ANA).await;
+    on_a.initialize().await;
+    let slots = on_a.tool("find_slots", json!({"service": "color"})).await;
+    let first = slots["structuredContent"]["slots"][0].clone();
+    let hold = on_a.tool("hold_slot", json!({"service": "color", "start": first["start"]})).await;
+    assert_eq!(hold["isError"], false, "{hold}");
+    let booked = on_a.tool("book_slot", json!({"hold_id": hold["structuredContent"]["hold_id"]})).await;
+    assert_eq!(booked["structuredContent"]["booked"], true, "{booked}");
+    let event_id = booked["structuredContent"]["event_id"].clone();
+
+    bus_reaches(&b, "A's bookings write applied", |p| p.bookings >= 1).await;
+    let found = on_b.tool("find_appointments", json!({})).await;
+    let list = found["structuredContent"]["appointments"].as_array().expect("a list").clone();
+    assert_eq!(list.len(), 1, "{found}");
+    assert_eq!(list[0]["appointment_id"], event_id);
+    // B also dropped the staff member's busy time A's booking changed.
+    assert!(b.core.bus.progress().borrow().staff_busy >= 1);
+
+    drop((on_a, on_b));
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// A listener whose connection is cut (the server ends its backend) opens a new one and drops
+/// every cache, since what was published meanwhile is lost; it then receives again.
+#[tokio::test]
+async fn a_listener_that_loses_its_connection_reconnects_and_drops_every_cache() {
+    use callside::clock::Clock;
+    use sqlx::Connection;
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = spawn_instance(&schema.url, None).await;
+    let b = spawn_instance(&schema.url, Some(&a)).await;
+    let mut call = b.connect("b-cached", ANA).await;
+    call.initialize().await;
+    call.tool("get_caller_context", json!({})).await;
+    assert!(b.core.context.is_cached("demo", ANA));
+
+    bus_reaches(&b, "listening", |p| p.listener_pid != 0).await;
+    let pid = b.core.bus.progress().borrow().listener_pid;
+    let mut admin = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    let ended: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut admin).await.unwrap();
+    assert!(ended, "the listener's backend was ended");
+    bus_reaches(&b, "reconnected", |p| p.reconnects == 1).await;
+    assert_ne!(b.core.bus.progress().borrow().listener_pid, pid, "a new connection");
+    assert!(!b.core.context.is_cached("demo", ANA), "every cached context was dropped");
+
+    // The new connection listens: A's next bookings write reaches B.
+    let booking = callside::store::BookingRow {
+        idempotency_key: "k-after-gap".into(),
+        tenant: "demo".into(),
+        call_id: "a-direct".into(),
+        staff_id: "alex".into(),
+        calendar_id: "alex@demo-salon.example".into(),
+        event_id: "e-after-gap".into(),
+        service_id: "color".into(),
+        start_at: 0,
+        end_at: 0,
+        status: "confirmed".into(),
+        caller_phone: None,
+        caller_email: None,
+    };
+    a.core.store.insert_booking(&booking, a.clock.now()).await.unwrap();
+    bus_reaches(&b, "A's write after the gap", |p| p.bookings >= 1).await;
+
+    admin.close().await.unwrap();
+    drop(call);
     b.shutdown().await;
     a.shutdown().await;
     schema.drop_now().await.unwrap();
