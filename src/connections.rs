@@ -16,8 +16,9 @@
 //! The store always holds the live tokens: a refresh's answer (including a rotated refresh
 //! token) is written back before the new access token is handed out, and the refresh runs under a
 //! per-connection lock after re-reading the stored row, so two requests that both saw a 401 cause
-//! one refresh, and a restart never presents a retired refresh token. Across instances the lock
-//! becomes a PostgreSQL advisory lock (multi-instance issue).
+//! one refresh, and a restart never presents a retired refresh token. Across instances on one
+//! PostgreSQL store the refresh also holds the store's advisory lock on the connection
+//! (`Store::lock_connection`), so two instances meeting one expired token refresh it once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -663,6 +664,11 @@ impl Connections {
     /// Refreshes unless someone already did: under the per-connection lock the stored row is
     /// read again, and if its access token is no longer the rejected one (and not about to
     /// expire) that token is returned without calling the vendor.
+    ///
+    /// Across instances on one PostgreSQL store the same happens under the store's advisory lock
+    /// on the connection ([`Store::lock_connection`]), taken after the in-process lock (so one
+    /// instance holds at most one pool connection per refreshing connection) and held until the
+    /// refreshed tokens are stored: the instance that waited re-reads the row the other one wrote.
     async fn refresh(
         &self,
         app: &OAuthApp,
@@ -671,6 +677,22 @@ impl Connections {
     ) -> Result<SecretString, ConnectorError> {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
+        let shared = self
+            .store
+            .lock_connection(id)
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("locking the connection for a refresh: {e}")))?;
+        let result = self.refresh_locked(app, id, rejected).await;
+        shared.release().await;
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        app: &OAuthApp,
+        id: &str,
+        rejected: Option<&SecretString>,
+    ) -> Result<SecretString, ConnectorError> {
         let (row, current) = self.load(id).await?;
         let fresh = Timestamp::from_millisecond(row.expires_at).is_ok_and(|at| at - EXPIRY_MARGIN > self.clock.now());
         let superseded = rejected.is_some_and(|r| r.expose_secret() != current.expose_secret());

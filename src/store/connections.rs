@@ -3,7 +3,27 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
+
+/// Held while one instance refreshes a connection's tokens (PostgreSQL: a transaction holding
+/// `pg_advisory_xact_lock` on the connection; SQLite: nothing, one process owns the file and
+/// `crate::connections` serializes it). Released by [`ConnectionLock::release`], or by the
+/// transaction's rollback when dropped.
+pub struct ConnectionLock {
+    tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+}
+
+impl ConnectionLock {
+    /// Ends the transaction, which releases the lock.
+    pub async fn release(mut self) {
+        if let Some(tx) = self.tx.take()
+            && let Err(e) = tx.commit().await
+        {
+            // The lock goes with the session's transaction either way.
+            tracing::warn!(error = %e, "releasing a connection's refresh lock");
+        }
+    }
+}
 
 /// A stored connection; the token columns are ciphertexts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +251,22 @@ impl Store {
             .collect())
     }
 
+    /// Waits for the cross-instance lock on connection `id` (PostgreSQL; immediate on SQLite).
+    /// Whoever holds it may refresh the connection's tokens: re-read the row, call the vendor,
+    /// store the answer, then release — so instances on one database refresh a rotating refresh
+    /// token once, never with a retired one.
+    pub async fn lock_connection(&self, id: &str) -> Result<ConnectionLock, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(ConnectionLock { tx: None });
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("connection:{id}"))
+            .execute(&mut *tx)
+            .await?;
+        Ok(ConnectionLock { tx: Some(tx) })
+    }
+
     pub async fn set_connection_status(&self, id: &str, status: &str, at: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE connections SET status = $1, updated_at = $2 WHERE id = $3")
             .bind(status)
@@ -274,6 +310,43 @@ mod tests {
         let stored = s.connection(&row.id).await.unwrap().unwrap();
         assert_eq!(stored.api_base_url.as_deref(), Some("https://acme2.my.salesforce.com/"));
         s.close().await;
+    }
+
+    /// The refresh lock is the database's: while one store holds a connection's lock another
+    /// session cannot take it, and release frees it. Other connections' locks are separate.
+    #[tokio::test]
+    async fn a_connection_lock_is_held_across_sessions_until_released() {
+        use sqlx::Connection;
+        let schema = crate::store::testing::TestSchema::create().await.unwrap();
+        let store = Store::open(&schema.url).await.unwrap();
+        let mut probe = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+        let free = |id: &'static str| {
+            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("connection:{id}"))
+        };
+        let lock = store.lock_connection("demo:hubspot").await.unwrap();
+        assert!(!free("demo:hubspot").fetch_one(&mut probe).await.unwrap(), "held");
+        assert!(free("demo:salesforce").fetch_one(&mut probe).await.unwrap(), "another connection is not held");
+        lock.release().await;
+        assert!(free("demo:hubspot").fetch_one(&mut probe).await.unwrap(), "released");
+        probe.close().await.unwrap();
+        store.close().await;
+        schema.drop_now().await.unwrap();
+    }
+
+    /// On SQLite one process owns the file: the lock is immediate (two at once do not wait).
+    #[tokio::test]
+    async fn on_sqlite_the_refresh_lock_is_immediate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let a = store.lock_connection("demo:hubspot").await.unwrap();
+        let b = tokio::time::timeout(std::time::Duration::from_secs(20), store.lock_connection("demo:hubspot"))
+            .await
+            .expect("not held across the process")
+            .unwrap();
+        a.release().await;
+        b.release().await;
+        store.close().await;
     }
 
     both_backends!(an_upsert_without_an_api_base_url_keeps_the_stored_one);

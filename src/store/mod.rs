@@ -33,7 +33,7 @@ mod writeback_rules;
 
 pub use alerts::TenantHealth;
 pub use audit_scan::{InboundCount, StepOutcome};
-pub use connections::{ConnectionRow, OAuthStateRow};
+pub use connections::{ConnectionLock, ConnectionRow, OAuthStateRow};
 pub use console::AuditRow;
 pub use group_commit::GroupCommitStats;
 pub use holds::{HoldCounts, HoldRow};

@@ -743,9 +743,14 @@ mod hubspot_run {
     /// Runs the authorization-code flow against the sandbox: start → the authorize page (which
     /// approves at once and redirects) → callback with the code and state.
     pub(crate) async fn connect() -> Connected {
-        let sandbox = HubSpotSandbox::start("unused-static-token").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.path().join("c.db").display())).await.unwrap();
+        connect_on(store, dir).await
+    }
+
+    /// [`connect`] on a given store.
+    async fn connect_on(store: Store, dir: tempfile::TempDir) -> Connected {
+        let sandbox = HubSpotSandbox::start("unused-static-token").unwrap();
         let base = sandbox.base_url();
         let redirect = "https://callside.example.com/v1/connect/hubspot/callback";
         let app = Arc::new(
@@ -807,6 +812,44 @@ mod hubspot_run {
         refreshes_an_expired_token_once,
         a_revoked_grant_surfaces_as_revoked,
     );
+
+    /// Issue 13, item 4: two instances on one PostgreSQL store (two stores over the same schema,
+    /// each with its own `Connections` and connector) meet one expired token with 100 concurrent
+    /// requests between them. The refresh runs under the store's advisory lock, so the vendor
+    /// sees exactly one refresh — with rotating refresh tokens (the emulator's default) a second
+    /// one would present the retired token, be refused, and revoke the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_instances_on_one_postgresql_store_refresh_an_expired_token_once() {
+        let schema = crate::store::testing::TestSchema::create().await.expect("the machine's PostgreSQL answers");
+        let first = Store::open(&schema.url).await.unwrap();
+        let c = connect_on(first, tempfile::tempdir().unwrap()).await;
+        let second = Store::open(&schema.url).await.unwrap();
+        let other =
+            Arc::new(Connections::new(second.clone(), Arc::new(test_cipher()), http_client(), Arc::new(SystemClock)));
+        let instances = [c.connections.clone(), other];
+        let crms: Vec<_> = instances
+            .iter()
+            .map(|connections| {
+                let tokens = connections.token_source(c.app.clone(), &c.connection_id);
+                HubSpotConnector::with_token_source(c.sandbox.base_url(), tokens, http_client())
+            })
+            .collect();
+        let contact = c.sandbox.state.insert_contact([("firstname", "Ada"), ("lastname", "L")]);
+        for crm in &crms {
+            crm.read_context(&contact).await.unwrap();
+        }
+        let before = c.sandbox.state.refresh_count();
+        c.sandbox.state.expire_token();
+        let results = futures::future::join_all((0..100).map(|i| crms[i % 2].read_context(&contact))).await;
+        for r in results {
+            r.unwrap();
+        }
+        assert_eq!(c.sandbox.state.refresh_count(), before + 1, "one refresh for two instances");
+        assert_eq!(c.connections.info(&c.connection_id).await.unwrap().unwrap().status, "active");
+        c.store.close().await;
+        second.close().await;
+        schema.drop_now().await.unwrap();
+    }
 
     /// The connect flow end to end: the tokens reach the store only as ciphertexts — neither the
     /// connection row nor the database file contains them — and the connection works.
