@@ -169,6 +169,7 @@ async fn receive(core: &Arc<Core>, payload: &str) {
         (What::Contact { id }, Some(t)) => crm_change(core, t, Affected::Contact(id)),
         (What::Deal { id }, Some(t)) => crm_change(core, t, Affected::Deal(id)),
         (What::Matching { id }, Some(t)) => crm_change(core, t, Affected::Matching(id)),
+        (What::Pulled { id, numbers }, Some(t)) => crm_change(core, t, Affected::Pulled { id, numbers }),
     }
 }
 
@@ -188,6 +189,7 @@ pub(crate) fn what_of(affected: &Affected) -> What {
         Affected::Contact(id) => What::Contact { id: id.clone() },
         Affected::Deal(id) => What::Deal { id: id.clone() },
         Affected::Matching(id) => What::Matching { id: id.clone() },
+        Affected::Pulled { id, numbers } => What::Pulled { id: id.clone(), numbers: numbers.clone() },
     }
 }
 
@@ -209,7 +211,12 @@ mod tests {
         assert_eq!(Invalidation::parse(&payload).unwrap(), m);
         let bookings = Invalidation { what: What::Bookings, ..m.clone() };
         assert_eq!(Invalidation::parse(&bookings.payload().unwrap()).unwrap(), bookings);
-        for affected in [Affected::Contact("1".into()), Affected::Deal("2".into()), Affected::Matching("3".into())] {
+        for affected in [
+            Affected::Contact("1".into()),
+            Affected::Deal("2".into()),
+            Affected::Matching("3".into()),
+            Affected::Pulled { id: "4".into(), numbers: vec!["+14155550134".into()] },
+        ] {
             let m = Invalidation { what: what_of(&affected), ..m.clone() };
             assert_eq!(Invalidation::parse(&m.payload().unwrap()).unwrap(), m);
         }

@@ -50,6 +50,10 @@ pub enum What {
     Deal { id: String },
     /// A change that can alter who a number matches (creation, phone edit, merge, deletion).
     Matching { id: String },
+    /// A record the identity pull saw changed (its numbers in E.164): contexts showing it and
+    /// live calls from one of its numbers re-read. The pull's watermark is shared, so only the
+    /// instance that pulled sees the change.
+    Pulled { id: String, numbers: Vec<String> },
     /// A caller's cached context (E.164): their record is about to be written back.
     Caller { e164: String },
     /// A staff member's cached busy time.
@@ -65,6 +69,7 @@ impl What {
             What::Contact { .. } => "contact",
             What::Deal { .. } => "deal",
             What::Matching { .. } => "matching",
+            What::Pulled { .. } => "pulled",
             What::Caller { .. } => "caller",
             What::StaffBusy { .. } => "staff_busy",
             What::Bookings => "bookings",

@@ -311,6 +311,10 @@ async fn a_starting_instance_recovers_only_the_calls_of_instances_that_stopped_b
     assert_eq!(ended.end_reason.as_deref(), Some("end_call"));
     assert!(ended.outcome.as_ref().unwrap().get("recovered").is_none());
 
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
 
 const PORTAL: u64 = 62_515_001;
 const SECRET_ENV: &str = "CALLSIDE_TEST_HUBSPOT_APP_SECRET";
