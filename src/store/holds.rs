@@ -71,10 +71,20 @@ impl Store {
     pub async fn insert_hold(&self, hold: &HoldRow, now_ms: i64) -> Result<bool, StoreError> {
         self.require_shared_holds()?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("holds:{}:{}", hold.tenant, hold.staff_id))
-            .execute(&mut *tx)
-            .await?;
+        // A hold is soft state (the in-memory ledger's, shared): this transaction commits without
+        // waiting for its WAL flush. Its rows are visible to every other transaction at commit, so
+        // the exclusion constraint holds across instances all the same; only a crash of the
+        // database server itself could lose a just-taken hold, as a restart loses the in-memory
+        // ledger's — a booking is never a hold alone (the bookings table is written with the usual
+        // durable commit), and the booking commit re-reads the calendar before it writes. This saves
+        // the fsync that dominated a hold's latency (BENCHMARKS.md).
+        // https://www.postgresql.org/docs/current/wal-async-commit.html
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtextextended($1, 0))",
+        )
+        .bind(format!("holds:{}:{}", hold.tenant, hold.staff_id))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM holds WHERE tenant = $1 AND staff_id = $2 AND NOT confirmed AND expires_at <= $3")
             .bind(&hold.tenant)
             .bind(&hold.staff_id)
