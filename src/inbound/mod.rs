@@ -144,6 +144,26 @@ pub fn refresh_on_pull(core: std::sync::Weak<Core>) -> crate::matching::sync::On
     })
 }
 
+/// An accepted CRM event, applied once: its delivery `key` is recorded for `vendor` first
+/// (`None` when it was seen before — a redelivery), then the callers it concerns are refreshed;
+/// `Some(live calls notified)`. A store error records nothing and applies the event anyway:
+/// applying twice only re-reads a context, better than dropping the change.
+pub(crate) async fn apply_once(
+    core: &Arc<Core>,
+    vendor: &str,
+    key: &str,
+    tenant: &Arc<Tenant>,
+    affected: &Affected,
+    now: jiff::Timestamp,
+) -> Option<usize> {
+    match core.store.record_inbound_delivery(vendor, key, Some(tenant.id()), now).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => tracing::warn!(error = %e, "could not record an inbound event; applying it anyway"),
+    }
+    Some(refresh_callers(core, tenant, affected).await)
+}
+
 /// Applies one CRM change: tells the other instances on a shared PostgreSQL store (which apply
 /// it with [`refresh_callers_here`], `crate::invalidation`), then applies it here. Returns how
 /// many of this instance's live calls were notified.

@@ -37,7 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Affected, Rejection, refresh_callers};
+use super::{Affected, Rejection, apply_once};
 use crate::config::PipedriveWebhookSection;
 use crate::session::Core;
 use crate::tenant::Tenant;
@@ -199,18 +199,11 @@ impl PipedriveReceiver {
             return "own";
         }
         let key = format!("event:{}:{}", n.meta.company_id.text(), n.meta.id.text());
-        match core.store.record_inbound_delivery(VENDOR, &key, Some(tenant.id()), now).await {
-            Ok(true) => {}
-            Ok(false) => {
-                accepted.duplicate += 1;
-                return "duplicate";
-            }
-            Err(e) => {
-                // Applying twice only re-reads a context: better than dropping the change.
-                tracing::warn!(error = %e, "could not record an inbound event; applying it anyway");
-            }
-        }
-        accepted.notified += refresh_callers(core, tenant, &affected).await;
+        let Some(notified) = apply_once(core, VENDOR, &key, tenant, &affected, now).await else {
+            accepted.duplicate += 1;
+            return "duplicate";
+        };
+        accepted.notified += notified;
         accepted.applied += 1;
         "applied"
     }
