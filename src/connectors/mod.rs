@@ -8,6 +8,7 @@ pub mod calendar;
 pub mod crm;
 pub mod pos;
 pub mod rate;
+pub mod rate_redis;
 
 use std::time::Duration;
 

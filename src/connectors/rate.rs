@@ -116,9 +116,31 @@ pub struct RateBudgets {
     throttled: Mutex<HashMap<String, u64>>,
     /// 429 answers per vendor, as exported on `/metrics` (set once by the application).
     throttled_metric: std::sync::OnceLock<ThrottledCounter>,
-    /// On PostgreSQL, the buckets every instance shares (`store/rate.rs`); the in-memory ones
-    /// then mirror the shared levels as of this instance's last take (for [`RateBudgets::view`]).
-    shared: std::sync::OnceLock<crate::store::Store>,
+    /// The buckets every instance shares, on Redis (`connectors/rate_redis.rs`) or PostgreSQL
+    /// (`store/rate.rs`); the in-memory ones then mirror the shared levels as of this instance's
+    /// last take (for [`RateBudgets::view`]).
+    shared: std::sync::OnceLock<Shared>,
+    /// Takes the shared buckets could not serve (error or timeout), served by this instance's own
+    /// buckets instead; and whether the last shared take failed (logged once per outage).
+    fallbacks: std::sync::atomic::AtomicU64,
+    degraded: std::sync::atomic::AtomicBool,
+    fallbacks_metric: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
+}
+
+/// Where the shared buckets live.
+#[derive(Debug)]
+enum Shared {
+    Postgres(crate::store::Store),
+    Redis(super::rate_redis::RedisBuckets),
+}
+
+impl Shared {
+    fn backend(&self) -> &'static str {
+        match self {
+            Shared::Postgres(_) => "postgresql",
+            Shared::Redis(_) => "redis",
+        }
+    }
 }
 
 /// The `/metrics` family 429 answers are counted in.
@@ -147,13 +169,38 @@ impl RateBudgets {
             throttled: Mutex::new(HashMap::new()),
             throttled_metric: std::sync::OnceLock::new(),
             shared: std::sync::OnceLock::new(),
+            fallbacks: std::sync::atomic::AtomicU64::new(0),
+            degraded: std::sync::atomic::AtomicBool::new(false),
+            fallbacks_metric: std::sync::OnceLock::new(),
         })
     }
 
     /// Draws every budget from the store's shared buckets (PostgreSQL: several instances stay
-    /// under the vendor's limit together, not each). The first call wins.
+    /// under the vendor's limit together, not each). The first `share_through*` call wins.
     pub fn share_through(&self, store: crate::store::Store) {
-        let _ = self.shared.set(store);
+        let _ = self.shared.set(Shared::Postgres(store));
+    }
+
+    /// Draws every budget from shared buckets on Redis (`[rate_budgets] url`), the recommended
+    /// backend for several instances (BENCHMARKS.md). The first `share_through*` call wins.
+    pub fn share_through_redis(&self, redis: super::rate_redis::RedisBuckets) {
+        let _ = self.shared.set(Shared::Redis(redis));
+    }
+
+    /// Which shared backend the budgets are drawn from: `"redis"`, `"postgresql"`, or `None` (this
+    /// instance's own buckets).
+    pub fn shared_backend(&self) -> Option<&'static str> {
+        self.shared.get().map(Shared::backend)
+    }
+
+    /// Takes served by this instance's own buckets because the shared backend failed.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts those fallbacks in this `/metrics` counter too (the first call wins).
+    pub fn export_fallbacks(&self, counter: prometheus_client::metrics::counter::Counter) {
+        let _ = self.fallbacks_metric.set(counter);
     }
 
     /// Counts 429 answers in this `/metrics` family too (the first call wins).
@@ -206,14 +253,20 @@ impl RateBudgets {
         (f64::from(limit) * f64::from(100 - self.reserve_percent) / 100.0).max(1.0)
     }
 
-    /// [`RateBudgets::try_take`] against the shared buckets when there are some. A store error
-    /// falls back to this instance's own buckets (logged): a database hiccup must not stop vendor
-    /// requests, and the local bucket still holds this instance to the limit.
+    /// [`RateBudgets::try_take`] against the shared buckets when there are some.
+    ///
+    /// Fails open: when the shared backend errs or does not answer in time (Redis: the
+    /// `[rate_budgets] timeout_ms` bound, connecting included), the take falls back to this
+    /// instance's own buckets — counted in [`RateBudgets::fallbacks`] and `/metrics`, logged once
+    /// per outage. Failing closed would turn a Redis or database outage into a product outage
+    /// (no caller context, no booking: every vendor request refused); failing open keeps each
+    /// instance under the limit on its own, so N instances send at most N times the budget until
+    /// the backend is back, and the vendor's 429s, if any, are absorbed by the write-back retries.
     async fn take(&self, buckets: &[(String, u32)], lane: Lane, now: Timestamp) -> Option<SignedDuration> {
-        let Some(store) = self.shared.get() else {
+        let Some(shared) = self.shared.get() else {
             return self.try_take(buckets, lane, now);
         };
-        let shared: Vec<crate::store::RateBucket> = buckets
+        let requested: Vec<crate::store::RateBucket> = buckets
             .iter()
             .map(|(k, limit)| crate::store::RateBucket {
                 key: k.clone(),
@@ -222,10 +275,32 @@ impl RateBudgets {
             })
             .collect();
         let writeback = lane == Lane::Writeback;
-        let take = match store.take_rate_token(&shared, writeback, WINDOW_SECS * 1000.0, now).await {
-            Ok(take) => take,
+        let window_ms = WINDOW_SECS * 1000.0;
+        let took = match shared {
+            Shared::Postgres(store) => {
+                store.take_rate_token(&requested, writeback, window_ms, now).await.map_err(|e| e.to_string())
+            }
+            Shared::Redis(redis) => redis.take(&requested, writeback, window_ms, now).await.map_err(|e| e.to_string()),
+        };
+        let take = match took {
+            Ok(take) => {
+                if self.degraded.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(backend = shared.backend(), "shared rate budget answers again");
+                }
+                take
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "shared rate budget unavailable; this instance's own bucket is used");
+                self.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(counter) = self.fallbacks_metric.get() {
+                    counter.inc();
+                }
+                if !self.degraded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        backend = shared.backend(),
+                        error = %e,
+                        "shared rate budget unavailable; this instance's own buckets are used until it answers"
+                    );
+                }
                 return self.try_take(buckets, lane, now);
             }
         };
@@ -235,7 +310,7 @@ impl RateBudgets {
         };
         let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let mut wait = 0.0f64;
-        for (b, l) in shared.iter().zip(levels) {
+        for (b, l) in requested.iter().zip(levels) {
             all.insert(b.key.clone(), Bucket { level: l.level, lane: l.lane, at: now });
             wait = wait.max(short(l.level, b.capacity)).max(short(l.lane, b.lane_share));
         }
@@ -390,6 +465,8 @@ impl Meter {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
+    use crate::connectors::rate_redis::RedisBuckets;
+    use crate::store::{RateBucket, RateLevels, RateTake};
 
     fn setup(reserve: u32) -> (Arc<ManualClock>, Arc<RateBudgets>) {
         let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
@@ -446,19 +523,73 @@ mod tests {
         assert_eq!(budgets.sent("hubspot", "a"), Sent { live: 90, writeback: 11 });
     }
 
-    /// Issue 13: two instances on one PostgreSQL store draw one budget between them. Racing
+    /// Two instances' handles on one shared backend (each its own connection pool / connection).
+    enum Pair {
+        Postgres(crate::store::Store, crate::store::Store),
+        Redis(RedisBuckets, RedisBuckets),
+    }
+
+    impl Pair {
+        async fn postgres(schema: &crate::store::testing::TestSchema) -> Pair {
+            let open = || crate::store::Store::open(&schema.url);
+            Pair::Postgres(open().await.unwrap(), open().await.unwrap())
+        }
+
+        /// Two handles on the test Redis (`CALLSIDE_TEST_REDIS_URL`), under a key prefix of this
+        /// test's own so tests run in parallel. A Redis that does not answer fails the test.
+        async fn redis() -> Pair {
+            let url = test_redis_url();
+            let mut probe =
+                redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap_or_else(
+                    |e| panic!("Redis for the tests is not answering at {url} ({e}); `.ci/run` starts it"),
+                );
+            let pong: String = redis::cmd("PING").query_async(&mut probe).await.unwrap();
+            assert_eq!(pong, "PONG");
+            let prefix = format!("callside-test:{}:", uuid::Uuid::new_v4());
+            let open = || RedisBuckets::open(&url, &prefix, std::time::Duration::from_secs(5)).unwrap();
+            Pair::Redis(open(), open())
+        }
+
+        /// Instance `i` (0 or 1) of the pair, on the test's clock.
+        fn instance(&self, i: usize, clock: &Arc<ManualClock>, reserve: u32, app: u32) -> Arc<RateBudgets> {
+            let budgets = RateBudgets::new(clock.clone(), reserve, app);
+            match self {
+                Pair::Postgres(a, b) => budgets.share_through(if i == 0 { a } else { b }.clone()),
+                Pair::Redis(a, b) => budgets.share_through_redis(if i == 0 { a } else { b }.clone()),
+            }
+            budgets
+        }
+
+        /// One take straight from the backend, through instance `i`'s handle.
+        async fn take(&self, i: usize, buckets: &[RateBucket], writeback: bool, now: Timestamp) -> RateTake {
+            let window = WINDOW_SECS * 1000.0;
+            match self {
+                Pair::Postgres(a, b) => {
+                    if i == 0 { a } else { b }.take_rate_token(buckets, writeback, window, now).await.unwrap()
+                }
+                Pair::Redis(a, b) => if i == 0 { a } else { b }.take(buckets, writeback, window, now).await.unwrap(),
+            }
+        }
+
+        async fn close(self) {
+            if let Pair::Postgres(a, b) = self {
+                a.close().await;
+                b.close().await;
+            }
+        }
+    }
+
+    fn test_redis_url() -> String {
+        std::env::var("CALLSIDE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    /// Issue 13: two instances on one shared backend draw one budget between them. Racing
     /// write-back takes from both admit exactly the lane's share once; one instance's live reads
     /// overdraw the bucket the other's lane then waits on; the app-wide bucket is taken with the
     /// account's (both or neither).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_postgresql_instances_share_one_budget_and_together_stay_under_the_limit() {
-        let schema = crate::store::testing::TestSchema::create().await.unwrap();
-        let store = crate::store::Store::open(&schema.url).await.unwrap();
-        let other = crate::store::Store::open(&schema.url).await.unwrap();
+    async fn instances_share_one_budget_and_together_stay_under_the_limit(pair: &Pair) {
         let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
-        let (a, b) = (RateBudgets::new(clock.clone(), 30, 0), RateBudgets::new(clock.clone(), 30, 0));
-        a.share_through(store.clone());
-        b.share_through(other.clone());
+        let (a, b) = (pair.instance(0, &clock, 30, 0), pair.instance(1, &clock, 30, 0));
         let (ma, mb) = (a.meter("hubspot", "acct", 100), b.meter("hubspot", "acct", 100));
         let racers: Vec<_> = (0..20)
             .map(|i| {
@@ -505,9 +636,7 @@ mod tests {
 
         // An app-wide bucket: an account with tokens left is still refused once the app's are
         // gone, and the account's token is not spent by the refusal.
-        let (c, d) = (RateBudgets::new(clock.clone(), 0, 5), RateBudgets::new(clock.clone(), 0, 5));
-        c.share_through(store.clone());
-        d.share_through(other.clone());
+        let (c, d) = (pair.instance(0, &clock, 0, 5), pair.instance(1, &clock, 0, 5));
         let (mc, md) = (c.meter("google", "x", 100), d.meter("google", "y", 100));
         let mut app_wide = 0;
         for i in 0..20 {
@@ -515,24 +644,100 @@ mod tests {
             app_wide += u32::from(m.try_acquire_now(Lane::Writeback).await);
         }
         assert_eq!(app_wide, 5, "the app's 5 per 10 s across both accounts and instances");
-        let levels = match store
-            .take_rate_token(
-                &[crate::store::RateBucket { key: key("google", "x"), capacity: 100.0, lane_share: 100.0 }],
-                false,
-                WINDOW_SECS * 1000.0,
-                Clock::now(&*clock),
-            )
-            .await
-            .unwrap()
-        {
-            crate::store::RateTake::Taken(l) => l,
+        let x = RateBucket { key: key("google", "x"), capacity: 100.0, lane_share: 100.0 };
+        let levels = match pair.take(0, &[x], false, Clock::now(&*clock)).await {
+            RateTake::Taken(l) => l,
             short => panic!("a live take is never short: {short:?}"),
         };
         assert_eq!(levels[0].level, 100.0 - 3.0 - 1.0, "x spent 3 with the app's tokens, none on refusals");
+        assert_eq!(a.fallbacks() + b.fallbacks() + c.fallbacks() + d.fallbacks(), 0, "every take was shared");
+    }
 
-        store.close().await;
-        other.close().await;
+    /// A bucket's refill never runs backwards: a take stamped earlier than the bucket's last one
+    /// (an instance whose clock lags) refills nothing and leaves the stamp where it was, so the
+    /// next take refills from the latest time seen, not twice.
+    async fn a_lagging_clock_never_refills_a_bucket_twice(pair: &Pair) {
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        let bucket = [RateBucket { key: key("hubspot", "lag"), capacity: 100.0, lane_share: 70.0 }];
+        let mut taken = 0;
+        while let RateTake::Taken(_) = pair.take(taken % 2, &bucket, true, t0).await {
+            taken += 1;
+            assert!(taken < 1000);
+        }
+        assert_eq!(taken, 70);
+        // Instance 1 is 5 s behind: nothing has refilled for it.
+        let behind = pair.take(1, &bucket, true, t0 - SignedDuration::from_secs(5)).await;
+        assert_eq!(behind, RateTake::Short(vec![RateLevels { level: 30.0, lane: 0.0 }]));
+        // A live take from the lagging instance is stamped at the latest time seen (t0).
+        assert!(matches!(pair.take(1, &bucket, false, t0 - SignedDuration::from_secs(5)).await, RateTake::Taken(_)));
+        // One second after t0: one second's refill (7 lane tokens), not six seconds' worth.
+        let mut after = 0;
+        while let RateTake::Taken(_) = pair.take(0, &bucket, true, t0 + SignedDuration::from_secs(1)).await {
+            after += 1;
+            assert!(after < 1000);
+        }
+        assert_eq!(after, 7, "a tenth of the window: a tenth of the lane's 70");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgresql_instances_share_one_budget_and_together_stay_under_the_limit() {
+        let schema = crate::store::testing::TestSchema::create().await.unwrap();
+        let pair = Pair::postgres(&schema).await;
+        instances_share_one_budget_and_together_stay_under_the_limit(&pair).await;
+        a_lagging_clock_never_refills_a_bucket_twice(&pair).await;
+        pair.close().await;
         schema.drop_now().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_redis_instances_share_one_budget_and_together_stay_under_the_limit() {
+        let pair = Pair::redis().await;
+        instances_share_one_budget_and_together_stay_under_the_limit(&pair).await;
+        a_lagging_clock_never_refills_a_bucket_twice(&pair).await;
+    }
+
+    /// A restarted (or failed-over) Redis has an empty script cache: `EVALSHA` answers
+    /// `NOSCRIPT`, and the take loads the script and runs it again.
+    #[tokio::test]
+    async fn on_redis_a_flushed_script_cache_is_reloaded() {
+        let pair = Pair::redis().await;
+        let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
+        let budgets = pair.instance(0, &clock, 30, 0);
+        let meter = budgets.meter("hubspot", "flush", 100);
+        assert!(meter.try_acquire_now(Lane::Writeback).await);
+        let mut conn =
+            redis::Client::open(test_redis_url().as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+        assert!(meter.try_acquire_now(Lane::Writeback).await);
+        assert_eq!(budgets.fallbacks(), 0, "served by Redis both times");
+        assert_eq!(budgets.view("hubspot", "flush", 100).lane_remaining, 68.0);
+    }
+
+    /// Redis unreachable (a closed port): takes fail open to this instance's own buckets at once
+    /// — a live request is never held up, the write-back lane is still held to its share locally —
+    /// and every such take is counted.
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_open_to_this_instances_own_buckets() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let redis =
+            RedisBuckets::open(&format!("redis://127.0.0.1:{port}"), "down:", std::time::Duration::from_secs(5))
+                .unwrap();
+        let (_clock, budgets) = setup(30);
+        budgets.share_through_redis(redis);
+        assert_eq!(budgets.shared_backend(), Some("redis"));
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        budgets.export_fallbacks(counter.clone());
+        let meter = budgets.meter("hubspot", "a", 100);
+        assert!(meter.try_acquire_now(Lane::Live).await, "a live request goes");
+        let mut lane = 0;
+        while meter.try_acquire_now(Lane::Writeback).await {
+            lane += 1;
+            assert!(lane < 1000, "the local bucket never ran out");
+        }
+        assert_eq!(lane, 70, "the lane's share, from this instance's own bucket");
+        assert_eq!(budgets.fallbacks(), 1 + 70 + 1);
+        assert_eq!(counter.get(), 72);
+        assert_eq!(budgets.sent("hubspot", "a"), Sent { live: 1, writeback: 70 });
     }
 
     #[tokio::test]

@@ -97,6 +97,9 @@ pub struct Metrics {
     pub context_cache: Family<OutcomeLabel, Counter>,
     /// HTTP 429 answers per vendor (`connectors::rate::Meter::observe`).
     pub vendor_rate_limited: Family<VendorLabel, Counter>,
+    /// Rate budget takes served by the instance's own buckets because the shared backend (Redis,
+    /// PostgreSQL) failed or did not answer in time (`connectors::rate::RateBudgets::take`).
+    pub rate_budget_fallbacks: Counter,
     /// OAuth token refreshes by vendor and outcome.
     pub token_refreshes: Family<InboundLabels, Counter>,
     /// Rate budget tokens left per account and lane (`shared`, `writeback`), set at each scrape.
@@ -151,6 +154,12 @@ impl Metrics {
         );
         let vendor_rate_limited = Family::<VendorLabel, Counter>::default();
         registry.register("vendor_rate_limited", "HTTP 429 answers per vendor", vendor_rate_limited.clone());
+        let rate_budget_fallbacks = Counter::default();
+        registry.register(
+            "rate_budget_fallbacks",
+            "Rate budget takes served by this instance's own buckets because the shared backend failed",
+            rate_budget_fallbacks.clone(),
+        );
         let token_refreshes = Family::<InboundLabels, Counter>::default();
         registry.register("token_refreshes", "OAuth token refreshes by vendor and outcome", token_refreshes.clone());
         let rate_budget_remaining = Family::<AccountLabels, FloatGauge>::default();
@@ -175,6 +184,7 @@ impl Metrics {
             registry,
             context_cache,
             vendor_rate_limited,
+            rate_budget_fallbacks,
             token_refreshes,
             rate_budget_remaining,
             writeback_drain_eta,
