@@ -134,10 +134,23 @@ impl Application {
             config.writeback.app_requests_per_10s,
         );
         budgets.export_throttled(metrics.vendor_rate_limited.clone());
-        // Several instances on PostgreSQL draw one budget per account between them.
-        if store.backend() == crate::store::Backend::Postgres {
+        budgets.export_fallbacks(metrics.rate_budget_fallbacks.clone());
+        // Several instances draw one budget per account between them: on Redis when
+        // `[rate_budgets] url` is set (the faster backend, BENCHMARKS.md), else on PostgreSQL
+        // when that is the store. Redis is connected lazily: one that is down at start falls
+        // back like one that goes down later (`RateBudgets::take`).
+        if !config.rate_budgets.url.is_empty() {
+            let redis = crate::connectors::rate_redis::RedisBuckets::open(
+                &config.rate_budgets.url,
+                &config.rate_budgets.key_prefix,
+                Duration::from_millis(config.rate_budgets.timeout_ms),
+            )
+            .map_err(|e| anyhow::anyhow!("[rate_budgets] url: {e}"))?;
+            budgets.share_through_redis(redis);
+        } else if store.backend() == crate::store::Backend::Postgres {
             budgets.share_through(store.clone());
         }
+        tracing::info!(shared = budgets.shared_backend().unwrap_or("none (this instance only)"), "rate budgets");
         // The tenants' connectors; the same builder serves a config reload (`crate::reload`).
         let build_tenant = tenant_builder(
             sandbox.as_deref().map(SandboxUrls::of),

@@ -84,6 +84,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("sandbox_options", format!("{:?}", c.sandbox_options)),
         ("inbound", format!("{:?}", c.inbound)),
         ("retention", format!("{:?}", c.retention)),
+        ("rate_budgets", format!("{:?}", c.rate_budgets)),
     ]
 }
 

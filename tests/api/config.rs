@@ -84,3 +84,30 @@ fn a_secret_must_come_from_the_environment() {
     assert_eq!(err.issues[0].key, "crm.access_token_env");
     assert!(err.issues[0].reason.contains("CALLSIDE_TEST_UNSET_VARIABLE_7731"));
 }
+
+/// `[rate_budgets]`: a URL that is not Redis's, and a timeout out of range, are each reported
+/// (the URL's password masked); a Redis URL is taken as given.
+#[test]
+fn a_rate_budget_url_must_be_redis_and_its_password_is_never_shown() {
+    let load = |section: &str| {
+        Config::from_parts(
+            Path::new("callside.toml"),
+            server_file(section),
+            vec![(PathBuf::from("demo.toml"), demo_tenant())],
+            &Overrides::default(),
+            PathBuf::from("data"),
+        )
+    };
+    let err = load("[rate_budgets]\nurl = \"https://user:hunter2@cache.internal:6379\"\ntimeout_ms = 0\n").unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["rate_budgets.url", "rate_budgets.timeout_ms"], "{err}");
+    assert!(err.issues[0].reason.contains("not a Redis URL"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "the password leaked: {err}");
+
+    let config = load("[rate_budgets]\nurl = \"redis://:hunter2@127.0.0.1:6379/2\"\n").unwrap();
+    assert_eq!(config.rate_budgets.url, "redis://:hunter2@127.0.0.1:6379/2");
+    assert_eq!((config.rate_budgets.key_prefix.as_str(), config.rate_budgets.timeout_ms), ("callside:", 50));
+    assert!(!format!("{:?}", config.rate_budgets).contains("hunter2"));
+    // No section: no Redis.
+    assert!(load("").unwrap().rate_budgets.url.is_empty());
+}
