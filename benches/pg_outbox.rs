@@ -14,9 +14,9 @@
 //!    out — a zero-latency vendor — so the figure is what the store lets the outbox do; each
 //!    claimant is a `Store` of its own (its own pool, its own instance id), as instances are.
 //!
-//! 3. Rate budgets: one live request's charge to its account's bucket, in memory (SQLite) and
-//!    through the shared `rate_buckets` row (PostgreSQL) — the latency sharing adds per request —
-//!    and, for comparison, the same take as a Lua script on the machine's Redis.
+//! 3. Rate budgets: one live request's charge to its account's bucket, in memory (SQLite),
+//!    through the shared `rate_buckets` row (PostgreSQL) and through the shared bucket on the
+//!    machine's Redis (`RedisBuckets`, `[rate_budgets] url`) — the latency sharing adds per request.
 //!
 //! Real time on purpose (the system clock); percentiles over many operations, not criterion means.
 
@@ -161,19 +161,33 @@ async fn assert_drained(store: &Store) {
 }
 
 /// One live request's charge to its account's budget: in this process's memory (SQLite, one
-/// instance) and through the shared `rate_buckets` row (PostgreSQL, every instance), one caller
-/// and eight at once on one account (they contend for its row).
+/// instance), through the shared `rate_buckets` row (PostgreSQL, every instance), and through the
+/// shared bucket on Redis (`connectors::rate_redis`: one `EVALSHA` of the take script on a
+/// multiplexed connection) — one caller, and eight at once on one account (they contend for its
+/// row / key). Redis at `CALLSIDE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); when it
+/// does not answer, its rows are skipped with a line saying so (a take would fall back to memory).
 async fn rate_take_latency(url: &str, ops: usize) {
     use callside::connectors::rate::{Lane, RateBudgets};
+    use callside::connectors::rate_redis::RedisBuckets;
     let clock: callside::clock::SharedClock = Arc::new(callside::clock::SystemClock);
     let store = Store::open(url).await.unwrap();
-    for (what, shared) in [("in memory", false), ("PostgreSQL row", true)] {
+    let redis_url = std::env::var("CALLSIDE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("callside-bench-{}:", std::process::id());
+    let redis = RedisBuckets::open(&redis_url, &prefix, std::time::Duration::from_secs(1)).unwrap();
+    for what in ["in memory", "PostgreSQL row", "Redis script"] {
         let budgets = RateBudgets::new(clock.clone(), 30, 0);
-        if shared {
-            budgets.share_through(store.clone());
+        match what {
+            "PostgreSQL row" => budgets.share_through(store.clone()),
+            "Redis script" => budgets.share_through_redis(redis.clone()),
+            _ => {}
         }
         // A limit no run reaches: every take succeeds, so the figure is the charge alone.
         let meter = budgets.meter("hubspot", "bench", 1_000_000_000);
+        assert!(meter.try_acquire_now(Lane::Live).await);
+        if budgets.fallbacks() > 0 {
+            println!("{what}: not answering at {}; skipped", callside::store::redact_url(&redis_url));
+            continue;
+        }
         let mut h = histogram();
         for _ in 0..ops {
             let t = Instant::now();
@@ -200,88 +214,9 @@ async fn rate_take_latency(url: &str, ops: usize) {
             all.add(t.await.unwrap()).unwrap();
         }
         report(&format!("rate token, {what} (8 callers, one account)"), &all);
+        assert_eq!(budgets.fallbacks(), 0, "{what}: every take was served by the shared backend");
     }
     store.close().await;
-}
-
-/// The same take as a Redis Lua script (one `EVALSHA` round trip on a connection of its own per
-/// caller), for the comparison ARCHITECTURE.md asks for: the refill + take of `store/rate.rs`
-/// for a live request. Spoken in raw RESP over TCP so the bench needs no Redis client crate.
-/// Skipped (with a line saying so) when nothing answers at `CALLSIDE_BENCH_REDIS` (default
-/// `127.0.0.1:6379`).
-async fn redis_take_latency(ops: usize) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpStream;
-
-    const SCRIPT: &str = "local cap = tonumber(ARGV[1]) local now = tonumber(ARGV[2]) local window = tonumber(ARGV[3]) \
-        local b = redis.call('HMGET', KEYS[1], 'level', 'at') \
-        local level = tonumber(b[1]) or cap local at = tonumber(b[2]) or now \
-        level = math.min(cap, level + math.max(0, now - at) * cap / window) \
-        level = math.max(level - 1, -cap) \
-        redis.call('HSET', KEYS[1], 'level', level, 'at', math.max(at, now)) \
-        return tostring(level)";
-
-    struct Conn(BufReader<TcpStream>);
-    impl Conn {
-        async fn call(&mut self, args: &[&str]) -> String {
-            let mut out = format!("*{}\r\n", args.len());
-            for a in args {
-                out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-            }
-            self.0.get_mut().write_all(out.as_bytes()).await.unwrap();
-            let mut line = String::new();
-            self.0.read_line(&mut line).await.unwrap();
-            match line.as_bytes().first() {
-                Some(b'$') => {
-                    let len: usize = line[1..].trim().parse().unwrap();
-                    let mut buf = vec![0; len + 2];
-                    self.0.read_exact(&mut buf).await.unwrap();
-                    String::from_utf8_lossy(&buf[..len]).into_owned()
-                }
-                Some(b'+') | Some(b':') => line[1..].trim().to_owned(),
-                _ => panic!("redis answered {line:?}"),
-            }
-        }
-    }
-    let addr = std::env::var("CALLSIDE_BENCH_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
-    let Ok(stream) = TcpStream::connect(&addr).await else {
-        println!("redis: nothing answers at {addr}; comparison skipped");
-        return;
-    };
-    let mut first = Conn(BufReader::new(stream));
-    let sha = first.call(&["SCRIPT", "LOAD", SCRIPT]).await;
-    let key = format!("callside-bench-{}", std::process::id());
-    let mut h = histogram();
-    for _ in 0..ops {
-        let now = Timestamp::now().as_millisecond().to_string();
-        let t = Instant::now();
-        let level = first.call(&["EVALSHA", &sha, "1", &key, "1000000000", &now, "10000"]).await;
-        h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-        assert!(level.parse::<f64>().is_ok(), "{level}");
-    }
-    report("rate token, Redis EVALSHA (1 caller)", &h);
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let mut c = Conn(BufReader::new(TcpStream::connect(&addr).await.unwrap()));
-        let (sha, key) = (sha.clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            for _ in 0..ops / 8 {
-                let now = Timestamp::now().as_millisecond().to_string();
-                let t = Instant::now();
-                let level = c.call(&["EVALSHA", &sha, "1", &key, "1000000000", &now, "10000"]).await;
-                h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                assert!(level.parse::<f64>().is_ok(), "{level}");
-            }
-            h
-        }));
-    }
-    let mut all = histogram();
-    for t in tasks {
-        all.add(t.await.unwrap()).unwrap();
-    }
-    report("rate token, Redis EVALSHA (8 callers, one account)", &all);
-    first.call(&["DEL", &key]).await;
 }
 
 fn main() {
@@ -295,7 +230,6 @@ fn main() {
         let schema = TestSchema::create().await.expect("PostgreSQL answers at CALLSIDE_TEST_PG_URL");
         hold_latency(&schema.url, hold_ops).await;
         rate_take_latency(&schema.url, hold_ops as usize).await;
-        redis_take_latency(hold_ops as usize).await;
         for claimants in [1, 2] {
             outbox_throughput(&schema.url, steps, claimants).await;
         }
