@@ -38,6 +38,9 @@ use crate::clock::SharedClock;
 /// The vendor window every limit here is expressed in.
 pub const WINDOW_SECS: f64 = 10.0;
 
+/// How long takes skip a shared backend after it failed, on the injected clock.
+pub const SHARED_RETRY: SignedDuration = SignedDuration::from_secs(1);
+
 /// The vendor's documented default limit per account, requests per 10 s (0: none known).
 pub fn vendor_default(vendor: &str) -> u32 {
     match vendor {
@@ -120,10 +123,16 @@ pub struct RateBudgets {
     /// (`store/rate.rs`); the in-memory ones then mirror the shared levels as of this instance's
     /// last take (for [`RateBudgets::view`]).
     shared: std::sync::OnceLock<Shared>,
-    /// Takes the shared buckets could not serve (error or timeout), served by this instance's own
-    /// buckets instead; and whether the last shared take failed (logged once per outage).
+    /// Takes the shared buckets did not serve (an error, no answer in time, or skipped while the
+    /// backend is given [`SHARED_RETRY`] to recover), served by this instance's own buckets.
     fallbacks: std::sync::atomic::AtomicU64,
+    /// Shared takes that failed; and whether the last one did (logged once per outage).
+    shared_failures: std::sync::atomic::AtomicU64,
     degraded: std::sync::atomic::AtomicBool,
+    /// After a failed shared take, takes before this time (the injected clock) skip the shared
+    /// backend: a Redis that blackholes packets costs one timeout per [`SHARED_RETRY`], not one
+    /// per vendor request.
+    retry_shared_at: Mutex<Option<Timestamp>>,
     fallbacks_metric: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
@@ -170,7 +179,9 @@ impl RateBudgets {
             throttled_metric: std::sync::OnceLock::new(),
             shared: std::sync::OnceLock::new(),
             fallbacks: std::sync::atomic::AtomicU64::new(0),
+            shared_failures: std::sync::atomic::AtomicU64::new(0),
             degraded: std::sync::atomic::AtomicBool::new(false),
+            retry_shared_at: Mutex::new(None),
             fallbacks_metric: std::sync::OnceLock::new(),
         })
     }
@@ -196,6 +207,11 @@ impl RateBudgets {
     /// Takes served by this instance's own buckets because the shared backend failed.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shared takes that failed (each then waits [`SHARED_RETRY`] before the backend is tried again).
+    pub fn shared_failures(&self) -> u64 {
+        self.shared_failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts those fallbacks in this `/metrics` counter too (the first call wins).
@@ -258,14 +274,19 @@ impl RateBudgets {
     /// Fails open: when the shared backend errs or does not answer in time (Redis: the
     /// `[rate_budgets] timeout_ms` bound, connecting included), the take falls back to this
     /// instance's own buckets — counted in [`RateBudgets::fallbacks`] and `/metrics`, logged once
-    /// per outage. Failing closed would turn a Redis or database outage into a product outage
-    /// (no caller context, no booking: every vendor request refused); failing open keeps each
+    /// per outage — and so do the takes of the next [`SHARED_RETRY`], without trying the
+    /// backend. Failing closed would turn a Redis or database outage into a product outage (no
+    /// caller context, no booking: every vendor request refused); failing open keeps each
     /// instance under the limit on its own, so N instances send at most N times the budget until
     /// the backend is back, and the vendor's 429s, if any, are absorbed by the write-back retries.
     async fn take(&self, buckets: &[(String, u32)], lane: Lane, now: Timestamp) -> Option<SignedDuration> {
         let Some(shared) = self.shared.get() else {
             return self.try_take(buckets, lane, now);
         };
+        let backing_off = self.retry_shared_at.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| now < at);
+        if backing_off {
+            return self.fall_back(buckets, lane, now);
+        }
         let requested: Vec<crate::store::RateBucket> = buckets
             .iter()
             .map(|(k, limit)| crate::store::RateBucket {
@@ -290,10 +311,8 @@ impl RateBudgets {
                 take
             }
             Err(e) => {
-                self.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(counter) = self.fallbacks_metric.get() {
-                    counter.inc();
-                }
+                self.shared_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *self.retry_shared_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + SHARED_RETRY);
                 if !self.degraded.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
                         backend = shared.backend(),
@@ -301,7 +320,7 @@ impl RateBudgets {
                         "shared rate budget unavailable; this instance's own buckets are used until it answers"
                     );
                 }
-                return self.try_take(buckets, lane, now);
+                return self.fall_back(buckets, lane, now);
             }
         };
         let (levels, taken) = match &take {
@@ -318,6 +337,15 @@ impl RateBudgets {
             return None;
         }
         Some(SignedDuration::from_secs_f64(wait.max(0.001)))
+    }
+
+    /// A take the shared backend did not serve: this instance's own buckets, counted.
+    fn fall_back(&self, buckets: &[(String, u32)], lane: Lane, now: Timestamp) -> Option<SignedDuration> {
+        self.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(counter) = self.fallbacks_metric.get() {
+            counter.inc();
+        }
+        self.try_take(buckets, lane, now)
     }
 
     /// Takes one token for `lane`, or says how long until one is there (write-back only).
@@ -737,7 +765,42 @@ mod tests {
         assert_eq!(lane, 70, "the lane's share, from this instance's own bucket");
         assert_eq!(budgets.fallbacks(), 1 + 70 + 1);
         assert_eq!(counter.get(), 72);
+        assert_eq!(budgets.shared_failures(), 1, "the clock did not move: Redis was tried once");
         assert_eq!(budgets.sent("hubspot", "a"), Sent { live: 1, writeback: 70 });
+    }
+
+    /// Redis accepts the connection and never answers (a blackholed host, a stalled server): the
+    /// take gives up after the configured timeout and falls back; the takes of the next second
+    /// (on the injected clock) skip Redis instead of each waiting out the timeout again, and the
+    /// one after it tries again.
+    #[tokio::test]
+    async fn a_redis_that_never_answers_costs_one_timeout_per_retry_interval() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        // Accepts every connection and holds it open without reading or answering.
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let redis =
+            RedisBuckets::open(&format!("redis://127.0.0.1:{port}"), "silent:", std::time::Duration::from_millis(50))
+                .unwrap();
+        let (clock, budgets) = setup(30);
+        budgets.share_through_redis(redis);
+        let meter = budgets.meter("hubspot", "a", 100);
+        assert!(meter.try_acquire_now(Lane::Live).await, "a live request goes after the timeout");
+        assert_eq!((budgets.shared_failures(), budgets.fallbacks()), (1, 1));
+        for _ in 0..10 {
+            assert!(meter.try_acquire_now(Lane::Live).await);
+        }
+        assert_eq!((budgets.shared_failures(), budgets.fallbacks()), (1, 11), "skipped, not waited for");
+        clock.advance(SHARED_RETRY);
+        assert!(meter.try_acquire_now(Lane::Live).await);
+        assert_eq!((budgets.shared_failures(), budgets.fallbacks()), (2, 12), "tried again after a second");
+        assert_eq!(budgets.sent("hubspot", "a").live, 12);
+        holder.abort();
     }
 
     #[tokio::test]
