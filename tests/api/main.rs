@@ -36,6 +36,7 @@ mod pilot;
 mod pipedrive;
 mod pos;
 mod privacy;
+mod rate_budgets;
 mod reload;
 mod salesforce;
 mod sandbox_admin;
