@@ -741,6 +741,23 @@ mod tests {
         assert_eq!(budgets.view("hubspot", "flush", 100).lane_remaining, 68.0);
     }
 
+    /// Every bucket the script writes carries a TTL of six windows, so an idle account's keys
+    /// leave Redis on their own (a missing bucket starts full, as an idle one would be).
+    #[tokio::test]
+    async fn on_redis_written_buckets_expire_when_idle() {
+        let pair = Pair::redis().await;
+        let Pair::Redis(handle, _) = &pair else { unreachable!() };
+        let clock = Arc::new(ManualClock::new("2026-11-23T14:00:00Z".parse().unwrap()));
+        let budgets = pair.instance(0, &clock, 30, 20);
+        assert!(budgets.meter("google", "idle", 100).try_acquire_now(Lane::Live).await);
+        let mut conn =
+            redis::Client::open(test_redis_url().as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        for bucket in ["google|idle", "google|*"] {
+            let ttl: i64 = redis::cmd("PTTL").arg(handle.redis_key(bucket)).query_async(&mut conn).await.unwrap();
+            assert!(ttl > 0 && ttl <= 60_000, "{bucket}: PTTL {ttl}");
+        }
+    }
+
     /// Redis unreachable (a closed port): takes fail open to this instance's own buckets at once
     /// — a live request is never held up, the write-back lane is still held to its share locally —
     /// and every such take is counted.

@@ -149,7 +149,7 @@ impl RedisBuckets {
     }
 
     /// The Redis key of a bucket key (`vendor|account` or `vendor|*`): the vendor as hash tag.
-    fn redis_key(&self, bucket: &str) -> String {
+    pub(crate) fn redis_key(&self, bucket: &str) -> String {
         match bucket.split_once('|') {
             Some((vendor, rest)) => format!("{}rate:{{{vendor}}}|{rest}", self.prefix),
             None => format!("{}rate:{{{bucket}}}", self.prefix),
