@@ -25,6 +25,7 @@ mod inbound;
 mod lease;
 mod loadtest;
 mod outbox;
+mod outcomes;
 mod pending_bookings;
 mod privacy;
 mod rate;
@@ -40,6 +41,7 @@ pub use holds::{HoldCounts, HoldRow};
 pub use identity_index::IdentityKind;
 pub use lease::{HEARTBEAT_EVERY, INSTANCE_DEAD_AFTER, LEASE, StepLease};
 pub use outbox::{DeadLetter, Requeue, StepSchedule};
+pub use outcomes::{AppointmentOutcome, AwaitingOutcome, OutcomeHistory, OutcomeSource, RecordedOutcome};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};
 pub use privacy::{EraseReport, RetentionReport};
 pub use rate::{RateBucket, RateLevels, RateTake};
@@ -75,6 +77,9 @@ pub struct Store {
     /// this each one was a SQLite round trip through sqlx's worker thread (the load test's profile:
     /// about a quarter of the service's time in those cross-thread wake-ups).
     upcoming: moka::future::Cache<UpcomingKey, Arc<UpcomingEntry>>,
+    /// Answers of [`Store::outcome_history_for_caller`], valid while `bookings_generation` is
+    /// unchanged (an outcome is a write to `bookings`).
+    histories: moka::future::Cache<UpcomingKey, Arc<outcomes::HistoryEntry>>,
     /// Bumped after every write to `bookings` (insert, move, status) through this store, and
     /// when another instance on the same PostgreSQL database says it wrote one (`bus.rs`: each
     /// write here is published as `What::Bookings`).
@@ -214,6 +219,10 @@ impl Store {
             backend,
             plans,
             upcoming,
+            histories: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
             bookings_generation: Arc::new(AtomicU64::new(0)),
             instance: uuid::Uuid::new_v4().to_string().into(),
             beats: Arc::new(tokio::sync::watch::Sender::new(0)),

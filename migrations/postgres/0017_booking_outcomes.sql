@@ -1,0 +1,10 @@
+-- PostgreSQL twin of migrations/sqlite/0017_booking_outcomes.sql (ms times are BIGINT).
+-- Issue 12, item 4: what became of each appointment the service booked, read back from the CRM,
+-- the calendar or the point of sale after it ended (src/outcomes.rs), or known at once when the
+-- service cancelled it itself. Written once: a booking's outcome never changes after it is set.
+ALTER TABLE bookings ADD COLUMN outcome TEXT;          -- attended | no_show | cancelled_late | cancelled | unknown
+ALTER TABLE bookings ADD COLUMN outcome_source TEXT;   -- crm | calendar | pos | callside
+ALTER TABLE bookings ADD COLUMN outcome_at BIGINT;     -- ms (domain clock) when it was recorded
+ALTER TABLE bookings ADD COLUMN cancelled_at BIGINT;   -- ms (domain clock) when the service cancelled it
+CREATE INDEX bookings_outcome_due ON bookings (tenant, end_at) WHERE outcome IS NULL;
+CREATE INDEX bookings_caller_email ON bookings (tenant, caller_email);
