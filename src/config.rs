@@ -357,6 +357,102 @@ pub struct TenantFile {
     /// Which CRM contact properties carry the account flags (`[account_flags]`).
     #[serde(default)]
     pub account_flags: AccountFlagsSection,
+    /// Appointment outcomes read back after each booking ends (`[outcomes]`, `crate::outcomes`);
+    /// not read without this section.
+    #[serde(default)]
+    pub outcomes: Option<OutcomesSection>,
+}
+
+/// `[outcomes]`: when and how the outcome of each appointment the service booked is read back
+/// (attended, no-show, cancelled late) from the CRM, the calendar and the point of sale.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesSection {
+    /// A cancellation less than this many hours before the start is late.
+    #[serde(default = "default_late_cancel_hours")]
+    pub late_cancel_hours: u32,
+    /// How long after an appointment's end its outcome is first asked for (staff record it then).
+    #[serde(default = "default_read_after_minutes")]
+    pub read_after_minutes: u32,
+    /// Days after the end past which the vendors are no longer asked and the outcome is `unknown`.
+    #[serde(default = "default_give_up_after_days")]
+    pub give_up_after_days: u32,
+    /// The custom field of the CRM's appointment object that holds its outcome, for CRMs without
+    /// a standard one: a Salesforce Event field (e.g. `Outcome__c`) or a Pipedrive activity
+    /// field's key. Values read: `attended` / `completed` / `showed`, `no_show` / `no show`,
+    /// `cancelled` / `canceled` (any case); anything else is not an outcome yet. Not for HubSpot,
+    /// whose meetings have `hs_meeting_outcome`.
+    #[serde(default)]
+    pub crm_outcome_field: Option<String>,
+}
+
+fn default_late_cancel_hours() -> u32 {
+    24
+}
+
+fn default_read_after_minutes() -> u32 {
+    60
+}
+
+fn default_give_up_after_days() -> u32 {
+    7
+}
+
+impl Default for OutcomesSection {
+    fn default() -> Self {
+        OutcomesSection {
+            late_cancel_hours: default_late_cancel_hours(),
+            read_after_minutes: default_read_after_minutes(),
+            give_up_after_days: default_give_up_after_days(),
+            crm_outcome_field: None,
+        }
+    }
+}
+
+impl OutcomesSection {
+    pub fn late_cancel_window(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_hours(i64::from(self.late_cancel_hours))
+    }
+
+    pub fn read_after(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_mins(i64::from(self.read_after_minutes))
+    }
+
+    pub fn give_up_after(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_hours(24 * i64::from(self.give_up_after_days))
+    }
+
+    fn validate(&self, crm_vendor: &str, issue: &mut impl FnMut(&str, String)) {
+        if self.late_cancel_hours > 24 * 30 {
+            issue("outcomes.late_cancel_hours", format!("{} is more than 720 (30 days)", self.late_cancel_hours));
+        }
+        let read_after_ok = self.read_after_minutes <= 7 * 24 * 60;
+        if !read_after_ok {
+            issue("outcomes.read_after_minutes", format!("{} is more than 10080 (7 days)", self.read_after_minutes));
+        }
+        if self.give_up_after_days == 0 || self.give_up_after_days > 90 {
+            issue("outcomes.give_up_after_days", format!("{} is not between 1 and 90", self.give_up_after_days));
+        } else if read_after_ok && i64::from(self.read_after_minutes) >= 24 * 60 * i64::from(self.give_up_after_days) {
+            issue(
+                "outcomes.give_up_after_days",
+                "must be later than read_after_minutes: the outcome would never be asked for".into(),
+            );
+        }
+        if let Some(field) = &self.crm_outcome_field {
+            let ok = !field.is_empty()
+                && field.len() <= 100
+                && field.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                issue("outcomes.crm_outcome_field", format!("{field:?} is not a field's API name or key"));
+            } else if crm_vendor == "hubspot" {
+                issue(
+                    "outcomes.crm_outcome_field",
+                    "HubSpot meetings carry their outcome in hs_meeting_outcome; no custom field is read".into(),
+                );
+            }
+        }
+    }
 }
 
 /// `[account_flags]`: the CRM contact properties (internal names) that say the caller is a VIP,
@@ -750,6 +846,8 @@ pub struct TenantConfig {
     pub pos: Option<PosSection>,
     /// The CRM properties the account flags are read from.
     pub account_flags: AccountFlagsSection,
+    /// Appointment outcomes are read back when the tenant has an `[outcomes]` section.
+    pub outcomes: Option<OutcomesSection>,
 }
 
 /// Overrides given on the command line; they win over the file.
@@ -1192,6 +1290,9 @@ impl Config {
                 validate_pos(p, server.server.sandbox, &mut issue);
             }
             t.account_flags.validate(&t.crm.vendor, &mut issue);
+            if let Some(o) = &t.outcomes {
+                o.validate(&t.crm.vendor, &mut issue);
+            }
             if t.calendar.vendor == "caldav" && t.schedule.notify_on_cancel && t.notifications.is_none() {
                 issue(
                     "notifications",
@@ -1333,6 +1434,7 @@ impl Config {
                     alerts,
                     pos: t.pos.clone(),
                     account_flags: t.account_flags.clone(),
+                    outcomes: t.outcomes.clone(),
                 });
             }
         }
