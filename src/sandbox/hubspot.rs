@@ -642,6 +642,8 @@ struct Inner {
     search_times: VecDeque<std::time::Instant>,
     down: bool,
     failures: VecDeque<InjectedFailure>,
+    /// The next N answers are a 200 whose body is not the route's (`garble_next_responses`).
+    garbled: u32,
     drop_after_apply: u32,
     latency: Duration,
     token: String,
@@ -681,6 +683,7 @@ impl HubSpotState {
                 search_times: VecDeque::new(),
                 down: false,
                 failures: VecDeque::new(),
+                garbled: 0,
                 drop_after_apply: 0,
                 latency: Duration::ZERO,
                 token: token.to_string(),
@@ -935,6 +938,13 @@ impl HubSpotState {
 
     /// The next `n` writes (creates and updates) are applied, then the connection is closed
     /// before any byte of the response is written.
+    /// The next `n` answers are `200 OK` with a JSON body that is not what the route returns (a
+    /// proxy or a half-deployed change answering for the portal): a reader must not take it for
+    /// an answer.
+    pub fn garble_next_responses(&self, n: u32) {
+        self.lock().garbled = n;
+    }
+
     pub fn drop_next_responses_after_apply(&self, n: u32) {
         self.lock().drop_after_apply = n;
     }
@@ -1437,8 +1447,13 @@ async fn gatekeeper(State(state): State<Arc<HubSpotState>>, request: Request, ne
             None
         } else if let Some(response) = check_auth(&inner, &request) {
             Some(response)
+        } else if let Some(failure) = inner.failures.pop_front() {
+            Some(injected_failure(failure))
+        } else if inner.garbled > 0 {
+            inner.garbled -= 1;
+            Some((StatusCode::OK, axum::Json(json!({"status": "ok", "results": "unavailable"}))).into_response())
         } else {
-            inner.failures.pop_front().map(injected_failure)
+            None
         }
     };
     if let Some(response) = early {

@@ -362,6 +362,31 @@ impl PipedriveState {
         id.to_string()
     }
 
+    /// A person changes an activity in Pipedrive's UI: `field` at the top level (`done`, ...),
+    /// any JSON value (a test may store one Pipedrive would not send). False when absent.
+    pub fn set_activity_field(&self, id: &str, field: &str, value: Value) -> bool {
+        let mut inner = self.lock();
+        let Some(activity) = id.parse::<u64>().ok().and_then(|id| inner.activities.get_mut(&id)) else {
+            return false;
+        };
+        activity.fields.insert(field.into(), value);
+        true
+    }
+
+    /// Sets one of the company's activity custom fields on an activity (API v2 answers them
+    /// under `custom_fields`). False when absent.
+    pub fn set_activity_custom_field(&self, id: &str, key: &str, value: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(activity) = id.parse::<u64>().ok().and_then(|id| inner.activities.get_mut(&id)) else {
+            return false;
+        };
+        let custom = activity.fields.entry("custom_fields").or_insert_with(|| json!({}));
+        if let Some(map) = custom.as_object_mut() {
+            map.insert(key.into(), json!(value));
+        }
+        true
+    }
+
     pub fn insert_note(&self, person_id: &str, content: &str, at: Timestamp) -> String {
         let mut inner = self.lock();
         let id = self.allocate(&mut inner);

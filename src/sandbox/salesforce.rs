@@ -90,6 +90,11 @@ pub const CUSTOM_DATE_FIELD: &str = "Callside_Next_Visit__c";
 pub const CUSTOM_DATETIME_FIELD: &str = "Callside_Last_Call_At__c";
 pub const CUSTOM_PICKLIST_FIELD: &str = "Callside_Preferred_Channel__c";
 pub const CUSTOM_PICKLIST_VALUES: [&str; 3] = ["Phone", "Email", "SMS"];
+/// A custom Event picklist the org keeps each appointment's outcome in. Salesforce's Event has no
+/// standard outcome field, so a business that tracks no-shows adds one like this; the tenant
+/// names it in `[outcomes] crm_outcome_field`.
+pub const EVENT_OUTCOME_FIELD: &str = "Outcome__c";
+pub const EVENT_OUTCOME_VALUES: [&str; 3] = ["Attended", "No Show", "Cancelled"];
 /// Custom Contact and Lead fields the write-back rules map captured data into (as the HubSpot
 /// emulator's `callside_*` properties): what the caller wanted, their urgency, sentiment and
 /// language (picklists), a qualification answer as text and one as a number, and the "last
@@ -336,6 +341,7 @@ fn schema(sobject: &str) -> Option<Vec<FieldDef>> {
             f("WhoId", Reference),
             f("WhatId", Reference),
             f("OwnerId", Reference),
+            picklist(EVENT_OUTCOME_FIELD, &EVENT_OUTCOME_VALUES, true),
             FieldDef { external_id: true, ..f(EXTERNAL_ID_FIELD, Text) },
         ],
         "ContactHistory" | "LeadHistory" => vec![

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    AppointmentRecord, CallLog, ContactFields, CrmConnector, NameZipQuery, NoteRecord, PhoneQuery, PropertyValue,
-    PropertyWrite, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    AppointmentRecord, CallLog, ContactFields, CrmAppointmentStatus, CrmConnector, NameZipQuery, NoteRecord,
+    PhoneQuery, PropertyValue, PropertyWrite, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::connectors::ConnectorError;
 
@@ -102,6 +102,17 @@ pub trait CrmEmulator: Send + Sync {
     fn expire_access_token(&self);
     fn revoke_grant(&self);
     fn refresh_count(&self) -> u64;
+    /// The custom field a tenant maps for an appointment's outcome (`[outcomes]
+    /// crm_outcome_field`); `None` when the vendor has a standard one (HubSpot).
+    fn outcome_field(&self) -> Option<String>;
+    /// A person records what became of the appointment (`object_id`: what
+    /// [`CrmConnector::record_appointment`] returned) in the CRM's UI: `attended` or `no_show`.
+    fn record_outcome(&self, object_id: &str, outcome: &str);
+    /// Whether an attended appointment is still read without the mapped field (Pipedrive's
+    /// `done`) — Salesforce reads nothing then.
+    fn reads_attendance_natively(&self) -> bool {
+        true
+    }
     /// Whether the vendor's rate-limit answer says when to retry (HubSpot's `Retry-After`).
     /// Salesforce's 403 `REQUEST_LIMIT_EXCEEDED` carries no such hint.
     fn rate_limit_says_when(&self) -> bool {
@@ -281,6 +292,29 @@ pub async fn writes_contacts_calls_notes_tasks_meetings_idempotently(target: &dy
         assert_eq!(h.emulator.count(&contact, kind), 1, "{kind:?}");
     }
     assert_eq!(h.emulator.tasks(&contact), vec![(Some(owner), Some(t.due))]);
+}
+
+/// What became of a booked appointment is read from the CRM object the write-back created: not
+/// yet known right after booking, then what a person recorded — the tenant's mapped field where
+/// the vendor has no standard one.
+pub async fn reads_what_became_of_an_appointment(target: &dyn ConformanceTarget) {
+    let h = target.start().await;
+    let contact = h.emulator.seed_contact(&seed("Ada", "Outcome"));
+    let id = h.crm.record_appointment(&contact, &appointment(), "appt-outcome").await.unwrap();
+    let field = h.emulator.outcome_field();
+    let read = || h.crm.appointment_status(&id, field.as_deref());
+    assert_eq!(read().await.unwrap(), CrmAppointmentStatus::NotYetKnown, "just booked");
+    h.emulator.record_outcome(&id, "no_show");
+    assert_eq!(read().await.unwrap(), CrmAppointmentStatus::NoShow);
+    h.emulator.record_outcome(&id, "attended");
+    assert_eq!(read().await.unwrap(), CrmAppointmentStatus::Attended);
+    // Without the mapping: what the vendor itself records, or nothing.
+    let unmapped = h.crm.appointment_status(&id, None).await.unwrap();
+    if h.emulator.reads_attendance_natively() {
+        assert_eq!(unmapped, CrmAppointmentStatus::Attended);
+    } else {
+        assert_eq!(unmapped, CrmAppointmentStatus::NotTracked);
+    }
 }
 
 pub async fn moves_a_deal_to_a_stage_by_label(target: &dyn ConformanceTarget) {
@@ -562,6 +596,19 @@ mod hubspot_run {
     }
 
     impl CrmEmulator for HubSpotEmulator {
+        fn outcome_field(&self) -> Option<String> {
+            None
+        }
+
+        fn record_outcome(&self, object_id: &str, outcome: &str) {
+            let value = match outcome {
+                "attended" => "COMPLETED",
+                "no_show" => "NO_SHOW",
+                other => panic!("no HubSpot outcome for {other}"),
+            };
+            self.sandbox.state.rep_edit(ObjectType::Meetings, object_id, "hs_meeting_outcome", value, "7");
+        }
+
         fn seed_contact(&self, seed: &SeedContact) -> String {
             let mut props: Vec<(&str, String)> = Vec::new();
             let mut put = |k: &'static str, v: &Option<String>| {
@@ -811,6 +858,7 @@ mod hubspot_run {
         classifies_every_error,
         refreshes_an_expired_token_once,
         a_revoked_grant_surfaces_as_revoked,
+        reads_what_became_of_an_appointment,
     );
 
     /// Issue 13, item 4: two instances on one PostgreSQL store (two stores over the same schema,

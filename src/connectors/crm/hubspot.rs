@@ -46,10 +46,10 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmConnector, CrmContact,
-    CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord, NameZipQuery, NoteRecord, PhoneQuery,
-    PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus,
-    SecondaryPhoneOutcome, TaskRecord,
+    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmAppointmentStatus,
+    CrmConnector, CrmContact, CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord,
+    NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite,
+    PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -1052,6 +1052,43 @@ impl CrmConnector for HubSpotConnector {
 
     /// `DELETE /crm/v3/objects/{type}/{id}` archives the object and answers 204 (objects guide,
     /// "Delete records"); an object already gone answers 404, which is success here.
+    /// `GET /crm/v3/objects/meetings/{id}` with `hs_meeting_outcome` and its history. The
+    /// outcome is an enumeration (meetings guide, "hs_meeting_outcome": `SCHEDULED`,
+    /// `COMPLETED`, `RESCHEDULED`, `NO_SHOW`, `CANCELED` —
+    /// https://developers.hubspot.com/docs/api-reference/latest/crm/activities/meetings/guide.md);
+    /// a portal can add its own outcomes, which say nothing here. When it was set to `CANCELED`
+    /// comes from the property's history (the newest version with that value). A `custom`
+    /// field is never read: config validation refuses one for HubSpot.
+    async fn appointment_status(
+        &self,
+        object_id: &str,
+        _outcome_field: Option<&str>,
+    ) -> Result<CrmAppointmentStatus, ConnectorError> {
+        let url = self.url(
+            &["crm", "v3", "objects", "meetings", object_id],
+            &[("properties", MEETING_OUTCOME), ("propertiesWithHistory", MEETING_OUTCOME)],
+        )?;
+        let meeting: MeetingOutcomeObject = self.call(Method::GET, url, None).await?;
+        let value = meeting.properties.get(MEETING_OUTCOME).cloned().flatten().unwrap_or_default();
+        Ok(match value.as_str() {
+            "COMPLETED" => CrmAppointmentStatus::Attended,
+            "NO_SHOW" => CrmAppointmentStatus::NoShow,
+            "RESCHEDULED" => CrmAppointmentStatus::Rescheduled,
+            "CANCELED" => {
+                let at = meeting
+                    .properties_with_history
+                    .get(MEETING_OUTCOME)
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v.value.as_deref() == Some("CANCELED"))
+                    .filter_map(|v| parse_hubspot_time(v.timestamp.as_deref()?))
+                    .max();
+                CrmAppointmentStatus::Cancelled { at }
+            }
+            _ => CrmAppointmentStatus::NotYetKnown,
+        })
+    }
+
     async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError> {
         let url = self.url(&["crm", "v3", "objects", object_path(object), id], &[])?;
         let raw = self.send(Method::DELETE, url, None).await?;
@@ -1571,6 +1608,20 @@ struct ModificationMetadata {
     read_only_value: bool,
 }
 
+const MEETING_OUTCOME: &str = "hs_meeting_outcome";
+
+/// A meeting read for its outcome: `id` and `properties` are required, so an answer without them
+/// is unreadable (an error), never "no outcome yet".
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MeetingOutcomeObject {
+    #[allow(dead_code)]
+    id: String,
+    properties: HashMap<String, Option<String>>,
+    #[serde(default)]
+    properties_with_history: HashMap<String, Vec<HistoryVersion>>,
+}
+
 /// A record read with `propertiesWithHistory`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -2080,6 +2131,40 @@ mod tests {
         assert_eq!(meeting.prop("hs_timestamp"), Some("2026-11-24T17:00:00Z"));
         assert!(meeting.prop("hs_internal_meeting_notes").unwrap().contains("evt123"));
         assert_eq!(sandbox.state.object(ObjectType::Meetings, &first).unwrap().id, first);
+    }
+
+    #[tokio::test]
+    async fn a_meetings_outcome_is_read_from_hs_meeting_outcome_and_an_unreadable_answer_is_an_error() {
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        let contact = sandbox.state.insert_contact([("firstname", "Ada")]);
+        let appointment = AppointmentRecord {
+            title: "Estimate visit".into(),
+            start: "2026-11-24T17:00:00Z".parse().unwrap(),
+            end: "2026-11-24T18:00:00Z".parse().unwrap(),
+            calendar_event_id: "evt123".into(),
+            notes: None,
+        };
+        let hubspot = connector(&sandbox);
+        let meeting = hubspot.record_appointment(&contact, &appointment, "appt-key").await.unwrap();
+        assert_eq!(hubspot.appointment_status(&meeting, None).await.unwrap(), CrmAppointmentStatus::NotYetKnown);
+        for (value, status) in [
+            ("COMPLETED", CrmAppointmentStatus::Attended),
+            ("NO_SHOW", CrmAppointmentStatus::NoShow),
+            ("RESCHEDULED", CrmAppointmentStatus::Rescheduled),
+            ("SCHEDULED", CrmAppointmentStatus::NotYetKnown),
+        ] {
+            sandbox.state.rep_edit(ObjectType::Meetings, &meeting, "hs_meeting_outcome", value, "7");
+            assert_eq!(hubspot.appointment_status(&meeting, None).await.unwrap(), status, "{value}");
+        }
+        sandbox.state.rep_edit(ObjectType::Meetings, &meeting, "hs_meeting_outcome", "CANCELED", "7");
+        let CrmAppointmentStatus::Cancelled { at: Some(_) } = hubspot.appointment_status(&meeting, None).await.unwrap()
+        else {
+            panic!("a cancellation carries its time from the property's history");
+        };
+        // A 200 whose body is not the meeting is an error, not "nothing recorded yet".
+        sandbox.state.garble_next_responses(1);
+        assert!(matches!(hubspot.appointment_status(&meeting, None).await, Err(ConnectorError::Transient(_))));
+        assert!(matches!(hubspot.appointment_status("999999", None).await, Err(ConnectorError::NotFound(_))));
     }
 
     #[tokio::test]

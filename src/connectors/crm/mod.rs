@@ -325,6 +325,40 @@ impl CrmObjectType {
     }
 }
 
+/// What the CRM's own appointment object says became of the appointment
+/// ([`CrmConnector::appointment_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrmAppointmentStatus {
+    /// Nothing recorded yet (HubSpot `SCHEDULED`, a Pipedrive activity not done, an empty mapped
+    /// field, a value the service does not know).
+    NotYetKnown,
+    Attended,
+    NoShow,
+    /// Cancelled in the CRM, with when the CRM says it was (HubSpot: the outcome's history).
+    Cancelled {
+        at: Option<Timestamp>,
+    },
+    /// Moved to another time (HubSpot `RESCHEDULED`): this booking's outcome is not the CRM's
+    /// to tell.
+    Rescheduled,
+    /// The vendor keeps no outcome on this object (Salesforce without a mapped field).
+    NotTracked,
+}
+
+impl CrmAppointmentStatus {
+    /// A mapped custom field's value (`[outcomes] crm_outcome_field`), in the vocabulary the
+    /// setting documents; anything else is not an outcome yet.
+    pub fn of_custom_value(value: &str) -> CrmAppointmentStatus {
+        let v = value.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+        match v.as_str() {
+            "attended" | "completed" | "showed" | "showed_up" => CrmAppointmentStatus::Attended,
+            "no_show" | "noshow" | "missed" => CrmAppointmentStatus::NoShow,
+            "cancelled" | "canceled" => CrmAppointmentStatus::Cancelled { at: None },
+            _ => CrmAppointmentStatus::NotYetKnown,
+        }
+    }
+}
+
 /// One page of an incremental pull of contacts ([`CrmConnector::contacts_changed_since`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContactPage {
@@ -464,6 +498,19 @@ pub trait CrmConnector: Send + Sync + 'static {
         Some(9_900)
     }
 
+    /// What the CRM's appointment object (the one [`CrmConnector::record_appointment`] returned)
+    /// says became of the appointment; `outcome_field` is the tenant's custom field for vendors
+    /// without a standard one (`[outcomes] crm_outcome_field`). A vendor that keeps no outcome
+    /// keeps the default. An answer the connector cannot read is an error, never a guess.
+    async fn appointment_status(
+        &self,
+        object_id: &str,
+        outcome_field: Option<&str>,
+    ) -> Result<CrmAppointmentStatus, ConnectorError> {
+        let _ = (object_id, outcome_field);
+        Ok(CrmAppointmentStatus::NotTracked)
+    }
+
     /// The vendor user this connection acts as, when the vendor's change notifications name the
     /// user behind a change (Pipedrive's webhooks: `meta.user_id`) and the connector can tell:
     /// an inbound receiver takes an API change by this user for the service's own write.
@@ -482,6 +529,23 @@ mod tests {
 
     /// Pipedrive stores a call's time to the minute: six calls logged in one minute keep the five
     /// created last, newest first — the oldest is the one cut off, never the newest.
+    #[test]
+    fn a_mapped_outcome_fields_values_are_read_in_the_documented_vocabulary() {
+        for (value, status) in [
+            ("Attended", CrmAppointmentStatus::Attended),
+            (" completed ", CrmAppointmentStatus::Attended),
+            ("No Show", CrmAppointmentStatus::NoShow),
+            ("no-show", CrmAppointmentStatus::NoShow),
+            ("NO_SHOW", CrmAppointmentStatus::NoShow),
+            ("Canceled", CrmAppointmentStatus::Cancelled { at: None }),
+            ("cancelled", CrmAppointmentStatus::Cancelled { at: None }),
+            ("", CrmAppointmentStatus::NotYetKnown),
+            ("maybe", CrmAppointmentStatus::NotYetKnown),
+        ] {
+            assert_eq!(CrmAppointmentStatus::of_custom_value(value), status, "{value:?}");
+        }
+    }
+
     #[test]
     fn activities_at_the_same_time_keep_the_later_created() {
         let same = "2026-11-23T14:00:00Z";

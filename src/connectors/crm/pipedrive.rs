@@ -41,10 +41,10 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmConnector, CrmContact,
-    CrmContext, CrmDeal, CrmObjectType, CrmOrganization, CrmOwner, CrmTask, DealRecord, NameZipQuery, NoteRecord,
-    PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult,
-    PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmAppointmentStatus,
+    CrmConnector, CrmContact, CrmContext, CrmDeal, CrmObjectType, CrmOrganization, CrmOwner, CrmTask, DealRecord,
+    NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite,
+    PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -1001,6 +1001,38 @@ impl CrmConnector for PipedriveConnector {
                 PropertyHistory { name: name.clone(), versions: versions.into_iter().map(|(_, v)| v).collect() }
             })
             .collect())
+    }
+
+    /// `GET /api/v2/activities/{id}`: `done` true → attended. Pipedrive has no no-show or
+    /// cancellation on an activity — only done or not — so a missed appointment is known here
+    /// only through the tenant's own activity custom field (`outcome_field`, read from the
+    /// activity's `custom_fields`, or at the top level as v1 answered; activity fields:
+    /// https://developers.pipedrive.com/docs/api/v1/ActivityFields), which wins over `done` when
+    /// it holds an outcome. An activity without a boolean `done` is an unreadable answer.
+    async fn appointment_status(
+        &self,
+        object_id: &str,
+        outcome_field: Option<&str>,
+    ) -> Result<CrmAppointmentStatus, ConnectorError> {
+        parse_numeric_id(object_id).map_err(|_| ConnectorError::NotFound(format!("activity {object_id}")))?;
+        let activity: Value = self.get(&["api", "v2", "activities", object_id], &[]).await?;
+        let done = activity
+            .get("done")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| ConnectorError::Transient("unreadable Pipedrive activity: no boolean done".into()))?;
+        if let Some(field) = outcome_field {
+            let value = activity
+                .get("custom_fields")
+                .and_then(|c| c.get(field))
+                .or_else(|| activity.get(field))
+                .and_then(value_text)
+                .unwrap_or_default();
+            let status = CrmAppointmentStatus::of_custom_value(&value);
+            if status != CrmAppointmentStatus::NotYetKnown {
+                return Ok(status);
+            }
+        }
+        Ok(if done { CrmAppointmentStatus::Attended } else { CrmAppointmentStatus::NotYetKnown })
     }
 
     /// `DELETE` on the object (persons and deals are marked deleted by Pipedrive and purged

@@ -25,7 +25,24 @@ struct PipedriveEmulator {
     sandbox: PipedriveSandbox,
 }
 
+/// The activity custom field the tenant maps for outcomes (Pipedrive has no no-show).
+const OUTCOME_FIELD_KEY: &str = "9f1c0a77e2outcome";
+
 impl CrmEmulator for PipedriveEmulator {
+    fn outcome_field(&self) -> Option<String> {
+        Some(OUTCOME_FIELD_KEY.into())
+    }
+
+    fn record_outcome(&self, object_id: &str, outcome: &str) {
+        let (done, label) = match outcome {
+            "attended" => (true, "Attended"),
+            "no_show" => (false, "No show"),
+            other => panic!("no Pipedrive outcome for {other}"),
+        };
+        assert!(self.sandbox.state.set_activity_field(object_id, "done", serde_json::json!(done)));
+        assert!(self.sandbox.state.set_activity_custom_field(object_id, OUTCOME_FIELD_KEY, label));
+    }
+
     fn seed_contact(&self, seed: &SeedContact) -> String {
         let name =
             [seed.first_name.clone(), seed.last_name.clone()].into_iter().flatten().collect::<Vec<_>>().join(" ");
@@ -257,6 +274,7 @@ conformance!(
     classifies_every_error,
     refreshes_an_expired_token_once,
     a_revoked_grant_surfaces_as_revoked,
+    reads_what_became_of_an_appointment,
 );
 
 fn call(id: &str) -> CallLog {

@@ -45,10 +45,10 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmConnector, CrmContact,
-    CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord, NameZipQuery, NoteRecord, PhoneQuery,
-    PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite, PropertyWriteResult, PropertyWriteStatus,
-    SecondaryPhoneOutcome, TaskRecord,
+    ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmAppointmentStatus,
+    CrmConnector, CrmContact, CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord,
+    NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite,
+    PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -1250,6 +1250,33 @@ impl CrmConnector for SalesforceConnector {
     }
 
     /// `DELETE /sobjects/{T}/{id}` (to the recycle bin); one already gone is not an error.
+    /// Salesforce's Event has no standard outcome field (its fields: subject, times, `WhoId`,
+    /// `WhatId`, description, … — nothing about attendance:
+    /// https://developer.salesforce.com/docs/platform/object-reference/references/standard-objects/object-event.html),
+    /// so without the tenant's custom field (`outcome_field`, e.g. `Outcome__c`) nothing is read.
+    /// With it: `GET /sobjects/Event/{id}?fields=<field>`; an org without the field answers 400
+    /// `INVALID_FIELD` (an error: the setting is wrong), an empty field is no outcome yet.
+    async fn appointment_status(
+        &self,
+        object_id: &str,
+        outcome_field: Option<&str>,
+    ) -> Result<CrmAppointmentStatus, ConnectorError> {
+        let Some(field) = outcome_field else {
+            return Ok(CrmAppointmentStatus::NotTracked);
+        };
+        let record = self.read_fields("Event", object_id, &[field]).await?;
+        let value = record
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(field))
+            .map(|(_, v)| v)
+            .ok_or_else(|| ConnectorError::Transient(format!("unreadable Salesforce Event: no {field}")))?;
+        match value {
+            Value::Null => Ok(CrmAppointmentStatus::NotYetKnown),
+            Value::String(s) => Ok(CrmAppointmentStatus::of_custom_value(s)),
+            _ => Err(ConnectorError::Transient(format!("unreadable Salesforce Event: {field} is not text"))),
+        }
+    }
+
     async fn delete_object(&self, object: CrmObjectType, id: &str) -> Result<(), ConnectorError> {
         let sobject = match object {
             CrmObjectType::Contact => match Person::of(id) {

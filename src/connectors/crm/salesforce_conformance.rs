@@ -16,8 +16,8 @@ use crate::connections::{Connections, OAuthApp, TokenCipher};
 use crate::connectors::{ConnectorError, http_client};
 use crate::identity::{MatchDecision, ParsedPhone, Phone, decide_by_phone};
 use crate::sandbox::salesforce::{
-    CUSTOM_DATE_FIELD, CUSTOM_DATETIME_FIELD, CUSTOM_NUMBER_FIELD, CUSTOM_PICKLIST_FIELD, Fault, OAUTH_CLIENT_ID,
-    OAUTH_CLIENT_SECRET, Record, SalesforceSandbox,
+    CUSTOM_DATE_FIELD, CUSTOM_DATETIME_FIELD, CUSTOM_NUMBER_FIELD, CUSTOM_PICKLIST_FIELD, EVENT_OUTCOME_FIELD, Fault,
+    OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, Record, SalesforceSandbox,
 };
 use crate::store::Store;
 
@@ -42,6 +42,24 @@ fn put(fields: &mut Vec<(&'static str, Value)>, key: &'static str, value: &Optio
 }
 
 impl CrmEmulator for SalesforceEmulator {
+    fn outcome_field(&self) -> Option<String> {
+        Some(EVENT_OUTCOME_FIELD.into())
+    }
+
+    fn record_outcome(&self, object_id: &str, outcome: &str) {
+        let value = match outcome {
+            "attended" => "Attended",
+            "no_show" => "No Show",
+            other => panic!("no Salesforce outcome for {other}"),
+        };
+        let user = self.sandbox.state.insert_user("Rita", "Rep", "rita@example.com");
+        self.sandbox.state.rep_edit(object_id, EVENT_OUTCOME_FIELD, value, &user);
+    }
+
+    fn reads_attendance_natively(&self) -> bool {
+        false
+    }
+
     fn seed_contact(&self, seed: &SeedContact) -> String {
         let mut fields = Vec::new();
         put(&mut fields, "FirstName", &seed.first_name);
@@ -328,6 +346,7 @@ conformance!(
     classifies_every_error,
     refreshes_an_expired_token_once,
     a_revoked_grant_surfaces_as_revoked,
+    reads_what_became_of_an_appointment,
 );
 
 /// The suite again with new callers created as Contacts (the other tenant setting).
