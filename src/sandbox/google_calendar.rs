@@ -397,13 +397,19 @@ impl GoogleCalendarState {
     /// Cancels a stored event directly (as the business deleting it in the Calendar UI).
     /// Returns false when there is no such event.
     pub fn cancel_directly(&self, calendar_id: &str, event_id: &str) -> bool {
+        self.cancel_directly_at(calendar_id, event_id, Timestamp::now())
+    }
+
+    /// [`Self::cancel_directly`] at a given time: the event's `updated` says when it was
+    /// cancelled (the outcome reader tells a late cancellation by it).
+    pub fn cancel_directly_at(&self, calendar_id: &str, event_id: &str, at: Timestamp) -> bool {
         let mut inner = self.lock();
         let etag = inner.next_etag();
         match inner.event_mut(calendar_id, event_id) {
             Some(event) => {
                 event.status = "cancelled".to_owned();
                 event.etag = etag;
-                event.updated = Timestamp::now();
+                event.updated = at;
                 inner.changed(calendar_id, &self.push_stats);
                 true
             }

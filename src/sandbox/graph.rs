@@ -410,13 +410,18 @@ impl GraphState {
     /// Marks a stored event as a meeting its organizer cancelled (`isCancelled: true`): it stays
     /// on the calendar and in calendarView, and no longer blocks time. False when absent.
     pub fn cancel_directly(&self, user: &str, id: &str) -> bool {
+        self.cancel_directly_at(user, id, Timestamp::now())
+    }
+
+    /// [`Self::cancel_directly`] at a given time (`lastModifiedDateTime`).
+    pub fn cancel_directly_at(&self, user: &str, id: &str, at: Timestamp) -> bool {
         let mut inner = self.lock();
         let change_key = inner.next_change_key();
         let Some(event) = inner.event_mut(user, id) else { return false };
         event.is_cancelled = true;
         event.is_organizer = false;
         event.change_key = change_key;
-        event.last_modified = Timestamp::now();
+        event.last_modified = at;
         inner.touched(user, id, "updated");
         true
     }

@@ -401,6 +401,7 @@ impl CalendarConnector for CalDavConnector {
             etag,
             call_id: Some(event.call_id.clone()),
             busy: true,
+            updated: None,
         })
     }
 
@@ -1118,6 +1119,7 @@ fn vevent_to_event(vevent: &Component, id: &str, etag: Option<String>) -> Result
         etag,
         call_id: vevent.property(CALL_ID_PROPERTY).map(|p| unescape_text(&p.value)),
         busy: status != "cancelled" && !transparent,
+        updated: vevent.property("LAST-MODIFIED").and_then(|p| parse_time(p).ok()).and_then(|t| t.timestamp().ok()),
     })
 }
 

@@ -651,6 +651,7 @@ struct EventResource {
     end: Option<EventDateTime>,
     transparency: Option<String>,
     extended_properties: Option<ExtendedProperties>,
+    updated: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -711,6 +712,7 @@ impl EventResource {
             etag: self.etag,
             call_id: self.extended_properties.and_then(|mut p| p.private.remove(CALL_ID_PROPERTY)),
             busy: self.transparency.as_deref() != Some("transparent"),
+            updated: self.updated.as_deref().and_then(|u| u.parse::<Timestamp>().ok()),
         })
     }
 }

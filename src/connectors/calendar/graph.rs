@@ -1148,6 +1148,7 @@ struct GraphEvent {
     show_as: Option<String>,
     is_cancelled: Option<bool>,
     is_organizer: Option<bool>,
+    last_modified_date_time: Option<String>,
     response_status: Option<ResponseStatus>,
     #[serde(default)]
     attendees: Vec<serde_json::Value>,
@@ -1205,6 +1206,7 @@ impl GraphEvent {
             etag: self.etag.clone(),
             call_id: self.marker(CALL_ID_PROPERTY),
             busy: self.is_cancelled != Some(true) && status_blocks_time(self.show_as.as_deref()),
+            updated: self.last_modified_date_time.as_deref().and_then(|u| u.parse::<Timestamp>().ok()),
         })
     }
 }

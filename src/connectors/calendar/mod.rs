@@ -80,6 +80,11 @@ pub struct CalendarEvent {
     pub call_id: Option<String>,
     /// Whether the event blocks time (Google `transparency` != `transparent`).
     pub busy: bool,
+    /// When the event last changed, as the provider says (Google `updated`, Graph
+    /// `lastModifiedDateTime`, iCalendar `LAST-MODIFIED`): for a cancelled event, when it was
+    /// cancelled (the outcome reader's late-cancellation check).
+    #[serde(default)]
+    pub updated: Option<Timestamp>,
 }
 
 /// One entry of an incremental sync of a calendar's events.
