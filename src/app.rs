@@ -198,6 +198,7 @@ impl Application {
             budgets: budgets.clone(),
             calendar_sync: crate::inbound::calendar::CalendarSync::new(config.inbound.calendar.clone(), &public_url),
             bus: crate::invalidation::Bus::default(),
+            outcomes: crate::outcomes::OutcomeReader::default(),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
@@ -410,6 +411,10 @@ impl Application {
             state.core.clone(),
             calendar_stop.clone(),
         )));
+        // Appointment outcomes read back after each booking ends, on the injected clock.
+        let outcomes_stop = CancellationToken::new();
+        let outcomes_task =
+            AbortOnDropHandle::new(tokio::spawn(crate::outcomes::run(state.core.clone(), outcomes_stop.clone())));
         {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -453,6 +458,8 @@ impl Application {
         let _ = pending_task.await;
         calendar_stop.cancel();
         let _ = calendar_task.await;
+        outcomes_stop.cancel();
+        let _ = outcomes_task.await;
         identity_stop.cancel();
         if let Some(t) = identity_task {
             let _ = t.await;

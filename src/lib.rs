@@ -14,6 +14,7 @@
 //! - [`console`] is the operator console and its JSON API (sync status, re-sync, replay).
 //! - [`alerts`] raises one alert per incident (error rate, backlog age, parked connection).
 //! - [`audit`] is `callside audit`: seed 000's monthly checklist as a Markdown report.
+//! - [`outcomes`] reads back what became of each booked appointment (attended, no-show, late).
 //! - [`privacy`] is the retention sweep and `callside erase` (personal data callside keeps).
 //! - [`reload`] swaps in a validated config without a restart (SIGHUP, `/v1/admin/reload`).
 //! - [`clock`] is the injected source of domain time; [`observe`] holds metrics.
@@ -40,6 +41,7 @@ pub mod invalidation;
 pub mod matching;
 pub mod notify;
 pub mod observe;
+pub mod outcomes;
 pub mod pilot;
 pub mod privacy;
 pub mod protocol;

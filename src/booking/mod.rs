@@ -735,7 +735,11 @@ impl BookingService {
                 .await;
         }
         let now = self.clock.now();
-        self.store.set_booking_status(tenant.id(), &booking.idempotency_key, "cancelled", now).await?;
+        // The service's own cancellation is known at once: late or not by the tenant's window
+        // (`[outcomes]`, or its default), recorded with the time (`crate::outcomes`).
+        let window = tenant.config.outcomes.clone().unwrap_or_default().late_cancel_window();
+        let outcome = crate::outcomes::cancellation_outcome(ts(booking.start_at), Some(now), window);
+        self.store.record_booking_cancellation(tenant.id(), &booking.idempotency_key, outcome, now).await?;
         self.store
             .audit(
                 tenant.id(),

@@ -63,6 +63,19 @@ pub struct AccountLabels {
     pub lane: String,
 }
 
+/// An appointment's outcome and where it was read (`crate::outcomes`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppointmentOutcomeLabels {
+    pub outcome: String,
+    pub source: String,
+}
+
+/// A source of appointment outcomes (`crm`, `calendar`, `pos`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeSourceLabel {
+    pub source: String,
+}
+
 /// A gauge holding a float.
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -108,6 +121,10 @@ pub struct Metrics {
     pub writeback_drain_eta: Family<AccountLabels, FloatGauge>,
     /// Age of the oldest pending write-back step, seconds (0: none), set at each scrape.
     pub writeback_backlog_age: FloatGauge,
+    /// Appointment outcomes recorded, by outcome and source.
+    pub appointment_outcomes: Family<AppointmentOutcomeLabels, Counter>,
+    /// Outcome reads that failed (the booking stays pending), by source.
+    pub appointment_outcome_errors: Family<OutcomeSourceLabel, Counter>,
 }
 
 impl Metrics {
@@ -180,8 +197,22 @@ impl Metrics {
             "Age of the oldest pending write-back step",
             writeback_backlog_age.clone(),
         );
+        let appointment_outcomes = Family::<AppointmentOutcomeLabels, Counter>::default();
+        registry.register(
+            "appointment_outcomes",
+            "Appointment outcomes recorded, by outcome and source",
+            appointment_outcomes.clone(),
+        );
+        let appointment_outcome_errors = Family::<OutcomeSourceLabel, Counter>::default();
+        registry.register(
+            "appointment_outcome_errors",
+            "Appointment outcome reads that failed (the booking stays pending), by source",
+            appointment_outcome_errors.clone(),
+        );
         Metrics {
             registry,
+            appointment_outcomes,
+            appointment_outcome_errors,
             context_cache,
             vendor_rate_limited,
             rate_budget_fallbacks,

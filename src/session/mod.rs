@@ -46,6 +46,8 @@ pub struct Core {
     pub calendar_sync: crate::inbound::calendar::CalendarSync,
     /// The cross-instance invalidation listener's progress (`crate::invalidation`).
     pub bus: crate::invalidation::Bus,
+    /// The appointment outcome reader's progress (`crate::outcomes`).
+    pub outcomes: crate::outcomes::OutcomeReader,
 }
 
 /// Live calls on this instance, by call id, under the concurrent-call caps (in total and per

@@ -124,13 +124,36 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
         "pos_hint": pos.hint(),
         "account_flags": Value::Null,
         "past_no_shows": Value::Null,
+        "late_cancellations": Value::Null,
+        "last_no_show": Value::Null,
         "account_notes": [],
     });
     match ctx.as_ref() {
         CallerContext::Matched { contact, open_deals, open_tickets, last_touchpoint, new_number, flags } => {
             structured["account_flags"] =
                 json!({"vip": flags.vip, "overdue_balance": flags.overdue_balance, "do_not_call": flags.do_not_call});
+            // The appointments booked here and what became of them (`crate::outcomes`), by the
+            // number they call from or the record's email; only for a certain match.
+            let email = contact.email.as_deref().and_then(crate::identity::normalize_email);
+            let history = core.store.outcome_history_for_caller(s.tenant.id(), s.caller_e164(), email.as_deref()).await;
+            let history = history.unwrap_or_default();
+            let mut flags = flags.clone();
+            // The larger of the CRM's count and ours, never their sum: the two count overlapping
+            // sets of the same missed appointments (the CRM's may include visits booked before
+            // or outside callside, ours those read back that nobody has entered in the CRM yet),
+            // so the maximum is the most either source knows and never counts one twice. No
+            // mapped property and no missed booking here stays unknown (null), not zero.
+            if flags.past_no_shows.is_some() || history.no_shows > 0 {
+                flags.past_no_shows = Some(flags.past_no_shows.unwrap_or(0).max(history.no_shows));
+            }
             structured["past_no_shows"] = json!(flags.past_no_shows);
+            structured["late_cancellations"] = json!(history.late_cancellations);
+            structured["last_no_show"] = json!(
+                history
+                    .last_no_show
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                    .map(|t| t.to_zoned_datetime(s.tenant.config.time_zone.clone()).date().to_string())
+            );
             structured["account_notes"] = json!(flags.notes());
             structured["contact"] = json!(contact);
             structured["open_deals"] = json!(open_deals);
@@ -139,7 +162,6 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
             structured["new_number"] = json!(new_number);
             // Appointments booked here, by the number they call from or the record's email; only
             // for a certain match (a shared line's bookings may be someone else's).
-            let email = contact.email.as_deref().and_then(crate::identity::normalize_email);
             if let Ok(list) = core.booking.upcoming(&s.tenant, s.caller_e164(), email.as_deref()).await {
                 structured["upcoming_appointments"] =
                     json!(list.iter().map(|b| appointment_json(&s.tenant, b)).collect::<Vec<_>>());

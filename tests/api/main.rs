@@ -31,6 +31,7 @@ mod match_eval;
 mod mcp_http;
 mod multi_instance;
 mod operations;
+mod outcomes;
 mod pending_bookings;
 mod pilot;
 mod pipedrive;
