@@ -14,7 +14,7 @@
 //! [`cancellation_outcome`].
 //!
 //! The reader runs on the injected clock ([`run`]): a pass at start and then every
-//! [`PASS_EVERY`]; each finished pass is published on [`OutcomeReader::progress`] with the
+//! [`PASS_EVERY`], a booking still unknown asked again [`ASK_AGAIN_AFTER`] later; each finished pass is published on [`OutcomeReader::progress`] with the
 //! domain time it read at (the signal tests wait on).
 
 use std::sync::Arc;
@@ -34,6 +34,11 @@ use crate::tenant::Tenant;
 
 /// How often the reader looks for bookings whose outcome is due (domain time).
 pub const PASS_EVERY: SignedDuration = SignedDuration::from_secs(300);
+
+/// How long a booking nobody has recorded yet (or whose answer could not be read) waits before
+/// it is asked about again: a week of pending bookings costs each vendor a few requests an hour
+/// each, not one every pass.
+pub const ASK_AGAIN_AFTER: SignedDuration = SignedDuration::from_secs(3600);
 
 /// The most bookings one pass reads per tenant (the rest wait for the next pass).
 const PASS_BATCH: i64 = 200;
@@ -124,7 +129,11 @@ pub async fn pass(core: &Core, now: Timestamp) -> PassReport {
     let mut report = PassReport::default();
     for tenant in core.tenants.all() {
         let Some(settings) = tenant.config.outcomes.clone() else { continue };
-        let due = match core.store.bookings_awaiting_outcome(tenant.id(), now - settings.read_after(), PASS_BATCH).await
+        let ended_by = now - settings.read_after();
+        let due = match core
+            .store
+            .bookings_awaiting_outcome(tenant.id(), ended_by, now - ASK_AGAIN_AFTER, PASS_BATCH)
+            .await
         {
             Ok(due) => due,
             Err(e) => {
@@ -179,6 +188,9 @@ async fn read_booking(
         None if given_up => (AppointmentOutcome::Unknown, OutcomeSource::Callside),
         None => {
             report.pending += 1;
+            if let Err(e) = core.store.record_outcome_check(tenant.id(), &b.idempotency_key, now).await {
+                tracing::warn!(tenant = tenant.id(), error = %e, "outcome reader: recording a check failed");
+            }
             return;
         }
     };

@@ -5,5 +5,6 @@ ALTER TABLE bookings ADD COLUMN outcome TEXT;          -- attended | no_show | c
 ALTER TABLE bookings ADD COLUMN outcome_source TEXT;   -- crm | calendar | pos | callside
 ALTER TABLE bookings ADD COLUMN outcome_at INTEGER;    -- ms (domain clock) when it was recorded
 ALTER TABLE bookings ADD COLUMN cancelled_at INTEGER;  -- ms (domain clock) when the service cancelled it
+ALTER TABLE bookings ADD COLUMN outcome_checked_at INTEGER; -- ms (domain clock) the reader last asked and learnt nothing
 CREATE INDEX bookings_outcome_due ON bookings (tenant, end_at) WHERE outcome IS NULL;
 CREATE INDEX bookings_caller_email ON bookings (tenant, caller_email);

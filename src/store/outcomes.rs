@@ -112,12 +112,15 @@ pub(super) struct HistoryEntry {
 }
 
 impl Store {
-    /// Confirmed bookings of `tenant` that ended at or before `ended_by` and have no outcome yet,
-    /// earliest end first.
+    /// Confirmed bookings of `tenant` that ended at or before `ended_by`, have no outcome yet and
+    /// were not asked about after `checked_by` ([`Store::record_outcome_check`]), earliest end
+    /// first: a booking nobody has recorded yet is asked again only after a while, and the ones
+    /// behind it in a long backlog get their turn.
     pub async fn bookings_awaiting_outcome(
         &self,
         tenant: &str,
         ended_by: Timestamp,
+        checked_by: Timestamp,
         limit: i64,
     ) -> Result<Vec<AwaitingOutcome>, StoreError> {
         let columns: Vec<String> = BOOKING_COLUMNS.split(", ").map(|c| format!("b.{c}")).collect();
@@ -127,12 +130,14 @@ impl Store {
              LEFT JOIN steps s ON s.call_id = b.call_id AND s.kind = 'appointment' AND s.status = 'done'
                AND s.idempotency_key = b.call_id || ':appointment:' || b.event_id
              WHERE b.tenant = $1 AND b.status = 'confirmed' AND b.outcome IS NULL AND b.end_at <= $2
+               AND (b.outcome_checked_at IS NULL OR b.outcome_checked_at <= $3)
              ORDER BY b.end_at, b.idempotency_key
-             LIMIT $3",
+             LIMIT $4",
             columns.join(", ")
         ))
         .bind(tenant)
         .bind(ms(ended_by))
+        .bind(ms(checked_by))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -142,6 +147,21 @@ impl Store {
                 Ok(AwaitingOutcome { booking: booking_from_row(r)?, crm_object_id })
             })
             .collect()
+    }
+
+    /// The reader asked about a booking at `at` and learnt nothing (or could not read the
+    /// answer): it waits before being asked again. Changes no answer the service gives, so the
+    /// bookings generation stays.
+    pub async fn record_outcome_check(&self, tenant: &str, key: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE bookings SET outcome_checked_at = $1 WHERE tenant = $2 AND idempotency_key = $3 AND outcome IS NULL",
+        )
+        .bind(ms(at))
+        .bind(tenant)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Records a booking's outcome unless it already has one. True when this call wrote it.
@@ -341,15 +361,26 @@ mod tests {
         .unwrap();
 
         // Before its end nothing is due; the withdrawn booking never is; another tenant sees none.
-        assert!(s.bookings_awaiting_outcome("demo", t0(), 10).await.unwrap().is_empty());
-        let due = s.bookings_awaiting_outcome("demo", t0() + hour, 10).await.unwrap();
+        assert!(s.bookings_awaiting_outcome("demo", t0(), t0(), 10).await.unwrap().is_empty());
+        let due = s.bookings_awaiting_outcome("demo", t0() + hour, t0(), 10).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].booking.idempotency_key, "a");
         assert_eq!(due[0].crm_object_id.as_deref(), Some("meeting-7"));
-        assert!(s.bookings_awaiting_outcome("other", t0() + hour * 9, 10).await.unwrap().is_empty());
-        let both = s.bookings_awaiting_outcome("demo", t0() + hour * 9, 10).await.unwrap();
+        assert!(s.bookings_awaiting_outcome("other", t0() + hour * 9, t0(), 10).await.unwrap().is_empty());
+        let both = s.bookings_awaiting_outcome("demo", t0() + hour * 9, t0(), 10).await.unwrap();
         assert_eq!(both.iter().map(|d| d.booking.idempotency_key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(both[1].crm_object_id, None, "no done appointment step for b");
+        // Asked at 5 h and nothing learnt: not asked again until the check is old enough.
+        s.record_outcome_check("demo", "b", t0() + hour * 5).await.unwrap();
+        let keys = |rows: Vec<AwaitingOutcome>| rows.into_iter().map(|d| d.booking.idempotency_key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.bookings_awaiting_outcome("demo", t0() + hour * 9, t0() + hour * 4, 10).await.unwrap()),
+            ["a"]
+        );
+        assert_eq!(
+            keys(s.bookings_awaiting_outcome("demo", t0() + hour * 9, t0() + hour * 5, 10).await.unwrap()),
+            ["a", "b"]
+        );
 
         // Written once: a second outcome for the same booking is refused and changes nothing.
         let at = t0() + hour * 2;
@@ -375,7 +406,7 @@ mod tests {
             })
         );
         assert_eq!(s.booking_outcome("demo", "b").await.unwrap(), None);
-        let left = s.bookings_awaiting_outcome("demo", t0() + hour * 9, 10).await.unwrap();
+        let left = s.bookings_awaiting_outcome("demo", t0() + hour * 9, t0() + hour * 9, 10).await.unwrap();
         assert_eq!(left.iter().map(|d| d.booking.idempotency_key.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 

@@ -222,6 +222,26 @@ async fn calendar_cancellations_a_purchase_at_the_till_and_silence_each_become_t
     app.shutdown().await;
 }
 
+/// Microsoft 365: an organizer's cancellation keeps the event with `isCancelled`, and its
+/// `lastModifiedDateTime` says when.
+#[tokio::test]
+async fn a_meeting_cancelled_in_microsoft_365_two_hours_ahead_is_a_late_cancellation() {
+    let mut tenant = with_outcomes(demo_tenant(), "");
+    tenant.calendar.vendor = "microsoft".into();
+    let app = spawn_app_with(server_file(""), vec![tenant]).await;
+    let late = book(&app, "oc-ms-late", "+14155550187", Some("2026-11-27"), 0).await;
+    let early = book(&app, "oc-ms-early", "+14155550188", Some("2026-11-27"), 0).await;
+    let graph_id = |b: &Booked| app.graph.events(&b.calendar_id).into_iter().find(|e| e.start == b.start).unwrap().id;
+    app.clock.set(early.start - SignedDuration::from_hours(50));
+    assert!(app.graph.cancel_directly_at(&early.calendar_id, &graph_id(&early), app.clock.now()));
+    app.clock.set(late.start - SignedDuration::from_hours(2));
+    assert!(app.graph.cancel_directly_at(&late.calendar_id, &graph_id(&late), app.clock.now()));
+    pass_at(&app, late.end.max(early.end) + MINUTE * 61).await;
+    assert_eq!(of(outcome(&app, &late).await), Some((AppointmentOutcome::CancelledLate, OutcomeSource::Calendar)));
+    assert_eq!(of(outcome(&app, &early).await), Some((AppointmentOutcome::Cancelled, OutcomeSource::Calendar)));
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_malformed_vendor_answer_marks_nothing_and_is_counted_then_the_next_pass_reads_it() {
     let app = spawn_app_with(server_file(""), vec![with_outcomes(demo_tenant(), "")]).await;
@@ -240,7 +260,10 @@ async fn a_malformed_vendor_answer_marks_nothing_and_is_counted_then_the_next_pa
     assert_eq!(outcome(&app, &b).await, None, "an unreadable answer is not an outcome");
     assert_eq!(progress.errors, before + 1);
     assert_eq!(metric(&app, "callside_appointment_outcome_errors_total{source=\"crm\"}"), 1);
+    // Asked again an hour later (not at every pass), and read.
     pass_at(&app, b.end + MINUTE * 70).await;
+    assert_eq!(outcome(&app, &b).await, None, "not asked again within the hour");
+    pass_at(&app, b.end + MINUTE * 122).await;
     assert_eq!(of(outcome(&app, &b).await), Some((AppointmentOutcome::Attended, OutcomeSource::Crm)));
     app.shutdown().await;
 }
