@@ -1717,6 +1717,21 @@ CLASS:PRIVATE\nCATEGORIES:BUSINESS,HUMAN RESOURCES\nEND:VEVENT\nEND:VCALENDAR\n"
         assert!(parse_calendar("BEGIN:VCALENDAR\nBEGIN:VEVENT\nEND:VCALENDAR\n").is_err());
     }
 
+    /// A cancelled event says when it last changed (`LAST-MODIFIED`, RFC 5545 §3.8.7.3): the
+    /// outcome reader's cancellation time. Absent: unknown, never "now".
+    #[test]
+    fn a_cancelled_events_last_modified_time_is_read() {
+        let text = "BEGIN:VCALENDAR\nVERSION:2.0\nBEGIN:VEVENT\nUID:c1\nDTSTAMP:20261125T100000Z\n\
+DTSTART:20261127T150000Z\nDTEND:20261127T153000Z\nSTATUS:CANCELLED\nLAST-MODIFIED:20261127T130000Z\n\
+END:VEVENT\nEND:VCALENDAR\n";
+        let calendar = parse_calendar(text).unwrap();
+        let event = vevent_to_event(master_event(&calendar).unwrap(), "c1", None).unwrap();
+        assert_eq!(event.status, "cancelled");
+        assert_eq!(event.updated, Some(ts("2026-11-27T13:00:00Z")));
+        let plain = parse_calendar(&text.replace("LAST-MODIFIED:20261127T130000Z\n", "")).unwrap();
+        assert_eq!(vevent_to_event(master_event(&plain).unwrap(), "c1", None).unwrap().updated, None);
+    }
+
     /// Golden: the free-busy-query response of RFC 4791 §7.10.2 (example in the RFC, abridged).
     #[test]
     fn golden_free_busy_query_response() {

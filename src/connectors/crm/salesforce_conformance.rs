@@ -349,6 +349,24 @@ conformance!(
     reads_what_became_of_an_appointment,
 );
 
+/// A mapped outcome field the org does not have is the setting's error (`INVALID_FIELD`, a
+/// validation error), never "no outcome yet".
+#[tokio::test]
+async fn an_outcome_field_the_org_lacks_is_an_error_not_an_outcome() {
+    let h = LEADS.start().await;
+    let contact = h.emulator.seed_contact(&SeedContact { last_name: Some("Outcome".into()), ..Default::default() });
+    let appointment = super::AppointmentRecord {
+        title: "Consultation".into(),
+        start: "2026-11-24T17:00:00Z".parse().unwrap(),
+        end: "2026-11-24T17:30:00Z".parse().unwrap(),
+        calendar_event_id: "evt9".into(),
+        notes: None,
+    };
+    let event = h.crm.record_appointment(&contact, &appointment, "appt-missing-field").await.unwrap();
+    let err = h.crm.appointment_status(&event, Some("No_Such_Outcome__c")).await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Validation { .. }), "{err:?}");
+}
+
 /// The suite again with new callers created as Contacts (the other tenant setting).
 #[tokio::test]
 async fn writes_idempotently_when_new_callers_become_contacts() {
