@@ -41,8 +41,12 @@ pub struct PullReport {
     pub pages: usize,
     pub watermark: Option<Timestamp>,
     /// Records changed after the watermark the pull started from (empty on a first, full pull:
-    /// nothing is known to have *changed* then), each once, oldest change first.
+    /// nothing is known to have *changed* then), each once, oldest change first; records
+    /// removed (deleted, merged away) come first.
     pub changed: Vec<ChangedRecord>,
+    /// Records deleted or merged away in the CRM since the last pull, dropped from the index
+    /// or repointed to their survivor.
+    pub removed: usize,
 }
 
 /// A record a pull saw changed: its id and its phones in E.164 (a live call from one of these
@@ -57,13 +61,25 @@ pub struct ChangedRecord {
 pub type OnChanged =
     Arc<dyn Fn(Arc<Tenant>, Vec<ChangedRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// One pull for one tenant.
+/// The `identity_sync` key of a vendor's removals window (the start of the next "deleted since"
+/// question), beside the vendor's own change watermark.
+fn removals_key(vendor: &str) -> String {
+    format!("{vendor}:removed")
+}
+
+/// One pull for one tenant: removals first (a record deleted, then restored within the window,
+/// is re-added by the change pull that follows), then changes.
 pub async fn pull_once(store: &Store, tenant: &Tenant, now: Timestamp) -> Result<PullReport, PullError> {
     let vendor = tenant.crm.vendor();
     let start =
         store.identity_watermark(tenant.id(), vendor).await?.and_then(|ms| Timestamp::from_millisecond(ms).ok());
     let mut report = PullReport { watermark: start, ..Default::default() };
-    let mut since = start;
+    let removals = pull_removals(store, tenant, start, now, &mut report).await?;
+    // The vendor's delete log no longer covers the window: list everything, then drop what the
+    // listing did not refresh.
+    let resync = removals == Removals::Incomplete;
+    let mut since = if resync { None } else { start };
+    let mut finished = false;
     let mut cursor: Option<String> = None;
     let mut in_query = 0usize;
     while report.pages < MAX_PAGES {
@@ -108,7 +124,16 @@ pub async fn pull_once(store: &Store, tenant: &Tenant, now: Timestamp) -> Result
                 cursor = None;
                 in_query = 0;
             }
-            None => break,
+            None => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    if resync && finished {
+        for (id, numbers) in store.prune_unrefreshed(tenant.id(), now.as_millisecond()).await? {
+            report.removed += 1;
+            report.changed.push(ChangedRecord { id, numbers });
         }
     }
     // A record changed twice during the pull is listed twice: keep its latest numbers, once.
@@ -125,7 +150,60 @@ pub async fn pull_once(store: &Store, tenant: &Tenant, now: Timestamp) -> Result
             now.as_millisecond(),
         )
         .await?;
+    // After a resync, removals are asked from its time on (the full listing showed the state as
+    // of then); one cut short by the page bound resyncs again next time.
+    let next_window = match removals {
+        Removals::Asked(next) => next,
+        Removals::Incomplete if finished => Some(now),
+        Removals::Incomplete | Removals::NotAsked => None,
+    };
+    if next_window.is_some() {
+        let next_ms = next_window.map(|t| t.as_millisecond());
+        store.set_identity_watermark(tenant.id(), &removals_key(vendor), next_ms, 0, now.as_millisecond()).await?;
+    }
     Ok(report)
+}
+
+/// What [`pull_removals`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removals {
+    /// The vendor cannot list removals (or this is the first pull, which lists everything).
+    NotAsked,
+    /// Applied; the next window starts here (`None`: where this one started).
+    Asked(Option<Timestamp>),
+    /// The vendor's log does not reach back to the window's start.
+    Incomplete,
+}
+
+/// Applies the records deleted or merged away since the last pull to the index: a deleted one
+/// leaves it, a merged one points at the survivor; each is reported changed, with the phones
+/// it held, so cached contexts and live calls showing it are refreshed.
+async fn pull_removals(
+    store: &Store,
+    tenant: &Tenant,
+    start: Option<Timestamp>,
+    now: Timestamp,
+    report: &mut PullReport,
+) -> Result<Removals, PullError> {
+    let vendor = tenant.crm.vendor();
+    let key = removals_key(vendor);
+    let window = store.identity_watermark(tenant.id(), &key).await?.and_then(|ms| Timestamp::from_millisecond(ms).ok());
+    // A first pull reads everything there is: removals are asked from its time on. A store
+    // written before removals were pulled asks from the change watermark.
+    let Some(since) = window.or(start) else { return Ok(Removals::Asked(Some(now))) };
+    let Some(page) = tenant.crm.contacts_removed_since(since, now).await? else { return Ok(Removals::NotAsked) };
+    if !page.complete {
+        return Ok(Removals::Incomplete);
+    }
+    for removed in page.removed {
+        let numbers = match &removed.merged_into {
+            Some(survivor) => store.repoint_record(tenant.id(), &removed.id, survivor, now.as_millisecond()).await?,
+            None => store.unindex_record(tenant.id(), &removed.id).await?,
+        };
+        report.removed += 1;
+        report.changed.push(ChangedRecord { id: removed.id, numbers });
+    }
+    Ok(Removals::Asked(page.covered_until.or(Some(since))))
 }
 
 /// Pulls every tenant now and then every `interval`, until `stop`. Each finished round bumps

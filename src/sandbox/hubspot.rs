@@ -362,6 +362,7 @@ impl ObjectType {
             || name == "lastmodifieddate"
             || name == "hs_createdate"
             || name == "hs_lastmodifieddate"
+            || name == "hs_merged_object_ids"
             || name.starts_with("hs_searchable_calculated_")
             || name.starts_with("hs_analytics_")
     }
@@ -654,6 +655,8 @@ struct Inner {
     log: Vec<LoggedRequest>,
     /// The app's webhook subscriptions, once a target is set (`deliver_webhooks_to`).
     webhook: Option<super::hubspot_webhooks::WebhookSink>,
+    /// Archived (deleted) objects with when, listed by `GET /crm/v3/objects/{type}?archived=true`.
+    archived: BTreeMap<ObjectType, BTreeMap<u64, (StoredObject, Timestamp)>>,
 }
 
 /// The emulator's state, shared by the server and the test that drives it.
@@ -693,6 +696,7 @@ impl HubSpotState {
                 counts: HashMap::new(),
                 log: Vec::new(),
                 webhook: None,
+                archived: BTreeMap::new(),
             }),
             stall: super::faults::Stall::default(),
         })
@@ -813,6 +817,51 @@ impl HubSpotState {
         let props = BTreeMap::from([(property.to_string(), value.to_string())]);
         inner.apply_update(object_type, id, props, &ChangeSource::crm_ui(user_id));
         inner.index_after_write(object_type, id);
+    }
+
+    /// A person deletes (archives) a record in HubSpot. False when there is no such record.
+    pub fn archive_directly(&self, object_type: ObjectType, id: &str) -> bool {
+        id.parse::<u64>().is_ok_and(|id| self.lock().archive(object_type, id))
+    }
+
+    /// A person merges contact `secondary` into `primary`: the secondary leaves reads, search and
+    /// the archived list, its associations move to the primary, the primary keeps its values
+    /// and takes the secondary's where it has none, and its `hs_merged_object_ids` lists the
+    /// secondary (`;`-separated). False when either is absent.
+    pub fn merge_contacts(&self, primary: &str, secondary: &str) -> bool {
+        let (Ok(primary), Ok(secondary)) = (primary.parse::<u64>(), secondary.parse::<u64>()) else { return false };
+        let mut inner = self.lock();
+        let contacts = ObjectType::Contacts;
+        if primary == secondary || !inner.objects.get(&contacts).is_some_and(|m| m.contains_key(&primary)) {
+            return false;
+        }
+        let Some(gone) = inner.objects.get_mut(&contacts).and_then(|m| m.remove(&secondary)) else { return false };
+        inner.search_index.remove(&(contacts, secondary));
+        for edge in &mut inner.edges {
+            for end in [&mut edge.a, &mut edge.b] {
+                if *end == (contacts, secondary) {
+                    *end = (contacts, primary);
+                }
+            }
+        }
+        let current = inner.objects[&contacts][&primary].properties.clone();
+        let mut props: BTreeMap<String, String> = gone
+            .properties
+            .iter()
+            .filter(|(k, _)| {
+                ObjectType::Contacts.writable().contains(&k.as_str())
+                    && k.as_str() != IDEMPOTENCY_PROPERTY
+                    && !current.contains_key(*k)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut merged: Vec<String> =
+            current.get("hs_merged_object_ids").map(|v| v.split(';').map(str::to_owned).collect()).unwrap_or_default();
+        merged.push(secondary.to_string());
+        props.insert("hs_merged_object_ids".into(), merged.join(";"));
+        inner.apply_update(contacts, primary, props, &ChangeSource::crm_ui("merge"));
+        inner.index_after_write(contacts, primary);
+        true
     }
 
     /// Adds a deal pipeline. `stages` are `(id, label, is_closed)`.
@@ -1136,6 +1185,18 @@ impl Inner {
         Some(object)
     }
 
+    /// Archives an object: it leaves reads, search and associations, and is listed with
+    /// `archived=true` from now on. False when there is no such object.
+    fn archive(&mut self, object_type: ObjectType, id: u64) -> bool {
+        let Some(object) = self.objects.get_mut(&object_type).and_then(|m| m.remove(&id)) else {
+            return false;
+        };
+        self.search_index.remove(&(object_type, id));
+        self.edges.retain(|e| e.a != (object_type, id) && e.b != (object_type, id));
+        self.archived.entry(object_type).or_default().insert(id, (object, Timestamp::now()));
+        true
+    }
+
     /// Puts the object's current state into the search index.
     fn index(&mut self, object_type: ObjectType, id: u64) {
         let Some(object) = self.objects.get(&object_type).and_then(|m| m.get(&id)) else {
@@ -1307,7 +1368,7 @@ impl HubSpotSandbox {
     /// that fails right after the headers instead of closing the connection before them.
     pub fn router(state: Arc<HubSpotState>) -> Router {
         Router::new()
-            .route("/crm/v3/objects/{object}", post(create_object))
+            .route("/crm/v3/objects/{object}", get(list_objects).post(create_object))
             .route("/crm/v3/objects/{object}/search", post(search_objects))
             .route("/crm/v3/objects/{object}/batch/read", post(batch_read))
             .route("/crm/v3/objects/{object}/{id}", get(read_object).patch(update_object).delete(archive_object))
@@ -2077,12 +2138,71 @@ async fn archive_object(
     let Some(id) = id.parse::<u64>().ok() else {
         return not_found("resource not found");
     };
-    if inner.objects.get_mut(&object_type).and_then(|m| m.remove(&id)).is_none() {
+    if !inner.archive(object_type, id) {
         return not_found("resource not found");
     }
-    inner.search_index.remove(&(object_type, id));
-    inner.edges.retain(|e| e.a != (object_type, id) && e.b != (object_type, id));
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /crm/v3/objects/{type}?limit=&after=&archived=&properties=`: the records of a type by id,
+/// `limit` at most 100 (default 10), paged with `paging.next.after`; `archived=true` lists the
+/// archived ones instead, each with `archived: true` and `archivedAt` (objects guide, "Retrieve
+/// records",
+/// <https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/guide>).
+async fn list_objects(
+    State(state): State<Arc<HubSpotState>>,
+    Path(object): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let object_type = match object_type(&object) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 10,
+        Some(Ok(l)) if (1..=100).contains(&l) => l,
+        Some(_) => return bad_request("limit must be a number from 1 to 100"),
+    };
+    let after = match query.get("after").map(|a| a.parse::<u64>()) {
+        None => 0,
+        Some(Ok(a)) => a,
+        Some(Err(_)) => return bad_request("after must be a paging cursor from a previous answer"),
+    };
+    let archived = match query.get("archived").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return bad_request("archived must be true or false"),
+    };
+    let wanted = csv(&query, "properties");
+    let inner = state.lock();
+    let mut rows: Vec<Value> = Vec::new();
+    let mut next = None;
+    if archived {
+        for (id, (object, at)) in inner.archived.get(&object_type).into_iter().flatten().filter(|(id, _)| **id >= after)
+        {
+            if rows.len() == limit {
+                next = Some(*id);
+                break;
+            }
+            let mut rendered = render(object_type, object, &object.properties, Some(&wanted));
+            rendered["archived"] = json!(true);
+            rendered["archivedAt"] = json!(iso(*at));
+            rows.push(rendered);
+        }
+    } else {
+        for (id, object) in inner.objects.get(&object_type).into_iter().flatten().filter(|(id, _)| **id >= after) {
+            if rows.len() == limit {
+                next = Some(*id);
+                break;
+            }
+            rows.push(render(object_type, object, &object.properties, Some(&wanted)));
+        }
+    }
+    let mut answer = json!({ "results": rows });
+    if let Some(next) = next {
+        answer["paging"] = json!({"next": {"after": next.to_string(), "link": format!("?after={next}")}});
+    }
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }
 
 async fn update_object(

@@ -56,6 +56,10 @@
 //!   `GET /services/oauth2/userinfo` names the user behind the token (`user_id`).
 //! - Field history (`ContactHistory`, `LeadHistory`: `Field`, `OldValue`, `NewValue`,
 //!   `CreatedById`, `CreatedDate`) records every change to a tracked field.
+//! - Deletes go to a delete log read by "Get Deleted Records"
+//!   (`GET /sobjects/{T}/deleted/?start=&end=`, see `get_deleted` for its documented rules);
+//!   `convert_lead` converts a Lead into a Contact as a person would (`IsConverted`,
+//!   `ConvertedContactId`).
 //!
 //! Fault injection mirrors the HubSpot emulator: down, latency, the next N answers failing (500s,
 //! `REQUEST_LIMIT_EXCEEDED`), a write applied whose answer is lost, a field rejected by a
@@ -269,6 +273,7 @@ fn schema(sobject: &str) -> Option<Vec<FieldDef>> {
                 picklist("LeadSource", &LEAD_SOURCES, false),
                 f("OwnerId", Reference),
                 read_only("IsConverted", Boolean),
+                read_only("ConvertedContactId", Reference),
             ];
             v.extend(callside_fields());
             v
@@ -506,6 +511,10 @@ struct Inner {
     /// The org's clock: record stamps (`SystemModstamp`, `LastModifiedDate`), activity
     /// open/closed, token issue times. The system clock unless a test drives a manual one.
     clock: OrgClock,
+    /// The delete log "Get Deleted Records" reads: (sObject, id, deletedDate), oldest first.
+    delete_log: Vec<(String, String, Timestamp)>,
+    /// When the delete log was last purged (its `earliestDateAvailable`), if ever.
+    delete_log_purged_at: Option<Timestamp>,
 }
 
 /// The org's clock (`Debug` for the state's derive).
@@ -554,6 +563,8 @@ impl SalesforceState {
                 locators: HashMap::new(),
                 next_locator: 1,
                 clock: OrgClock(Arc::new(crate::clock::SystemClock)),
+                delete_log: Vec::new(),
+                delete_log_purged_at: None,
             }),
         });
         let user = state.insert_user("Callside", "Integration", "integration@callside.example.com");
@@ -590,6 +601,36 @@ impl SalesforceState {
         let mut map = Map::new();
         map.insert(name, json!(value));
         inner.apply(&sobject, id, &map, user_id, false);
+    }
+
+    /// A person deletes a record in the Salesforce UI: it leaves every query and is written to
+    /// the delete log. False when there is no such record.
+    pub fn delete_record(&self, id: &str) -> bool {
+        self.lock().delete(id)
+    }
+
+    /// A person converts a Lead into an existing Contact: the Lead stays, with `IsConverted`,
+    /// `ConvertedContactId` and the "Closed - Converted" status, and its `SystemModstamp` moves.
+    pub fn convert_lead(&self, lead_id: &str, contact_id: &str) {
+        let mut inner = self.lock();
+        if inner.records.get(lead_id).is_none_or(|r| r.sobject != "Lead") {
+            return;
+        }
+        let user = inner.integration_user.clone();
+        let mut map = Map::new();
+        map.insert("IsConverted".into(), json!(true));
+        map.insert("ConvertedContactId".into(), json!(contact_id));
+        map.insert("Status".into(), json!("Closed - Converted"));
+        inner.apply("Lead", lead_id, &map, &user, true);
+    }
+
+    /// An administrator empties the recycle bin: the delete log is purged, and "Get Deleted
+    /// Records" refuses any window starting before now (`INVALID_REPLICATION_DATE`).
+    pub fn purge_delete_log(&self) {
+        let mut inner = self.lock();
+        let now = inner.clock.now();
+        inner.delete_log.clear();
+        inner.delete_log_purged_at = Some(now);
     }
 
     pub fn record(&self, id: &str) -> Option<Record> {
@@ -807,6 +848,15 @@ impl Inner {
         if !self.search_lag {
             self.reindex(id);
         }
+    }
+
+    /// Deletes a record (to the recycle bin, which queries do not show) and logs it.
+    fn delete(&mut self, id: &str) -> bool {
+        let Some(record) = self.records.remove(id) else { return false };
+        self.index.remove(id);
+        let at = self.clock.now();
+        self.delete_log.push((record.sobject, id.to_owned(), at));
+        true
     }
 
     fn reindex(&mut self, id: &str) {
@@ -1857,6 +1907,7 @@ impl SalesforceSandbox {
             .route("/services/data/{version}/query/{locator}", get(query_more))
             .route("/services/data/{version}/search", get(search))
             .route("/services/data/{version}/sobjects/{sobject}", post(create))
+            .route("/services/data/{version}/sobjects/{sobject}/deleted/", get(get_deleted))
             .route("/services/data/{version}/sobjects/{sobject}/{id}", get(read).patch(update).delete(remove))
             .route("/services/data/{version}/sobjects/{sobject}/{field}/{value}", get(read_by_external).patch(upsert))
             .route("/services/oauth2/authorize", get(oauth_authorize))
@@ -2309,9 +2360,67 @@ async fn remove(
     if inner.records.get(&id).is_none_or(|r| r.sobject != sobject) {
         return one_error(StatusCode::NOT_FOUND, "ENTITY_IS_DELETED", "entity is deleted");
     }
-    inner.records.remove(&id);
-    inner.index.remove(&id);
+    inner.delete(&id);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /sobjects/{T}/deleted/?start=&end=`, "Get Deleted Records"
+/// (<https://developer.salesforce.com/docs/platform/api-rest/guide/resources-getdeleted.html>):
+/// `{deletedRecords: [{id, deletedDate}], earliestDateAvailable, latestDateCovered}`. As the
+/// getDeleted() rules say
+/// (<https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted.htm>):
+/// seconds are ignored; `start` must precede `end` by more than one minute; a window starting
+/// more than 15 days back, or before the last purge of the delete log, is refused — all
+/// `INVALID_REPLICATION_DATE`. `latestDateCovered` is `end` to the minute (the emulator has no
+/// deletion still in progress).
+async fn get_deleted(
+    State(state): State<Arc<SalesforceState>>,
+    Path((version, sobject)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = check_version(&version) {
+        return r;
+    }
+    let sobject = match known_sobject(&sobject) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let invalid = |message: &str| one_error(StatusCode::BAD_REQUEST, "INVALID_REPLICATION_DATE", message);
+    let minute = |t: Timestamp| Timestamp::from_second(t.as_second().div_euclid(60) * 60).unwrap_or(t);
+    let parse = |name: &str| params.get(name).and_then(|v| v.parse::<Timestamp>().ok()).map(minute);
+    let (Some(start), Some(end)) = (parse("start"), parse("end")) else {
+        return one_error(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_QUERY",
+            "start and end are required, as dateTime values such as 2013-05-05T00:00:00+00:00",
+        );
+    };
+    let inner = state.lock();
+    let now = inner.clock.now();
+    if end.duration_since(start) <= jiff::SignedDuration::from_mins(1) {
+        return invalid("startDate must chronologically precede endDate by more than one minute");
+    }
+    if now.duration_since(start) > jiff::SignedDuration::from_hours(15 * 24)
+        || inner.delete_log_purged_at.is_some_and(|p| p > start)
+    {
+        return invalid("startDate is before the earliest date available in the delete log");
+    }
+    let deleted: Vec<Value> = inner
+        .delete_log
+        .iter()
+        .filter(|(t, _, at)| *t == sobject && *at >= start && *at < end)
+        .map(|(_, id, at)| json!({ "id": id, "deletedDate": sf_datetime(*at) }))
+        .collect();
+    let earliest = inner
+        .delete_log_purged_at
+        .or_else(|| inner.delete_log.iter().filter(|(t, _, _)| *t == sobject).map(|(_, _, at)| *at).min())
+        .unwrap_or(start);
+    axum::Json(json!({
+        "deletedRecords": deleted,
+        "earliestDateAvailable": sf_datetime(minute(earliest).min(start)),
+        "latestDateCovered": sf_datetime(end),
+    }))
+    .into_response()
 }
 
 fn external_matches(inner: &Inner, sobject: &str, field: &str, value: &str) -> Vec<String> {

@@ -214,7 +214,9 @@ async fn the_incremental_pull_reads_only_changes_and_runs_on_the_clock() {
     let ids =
         app.core.store.lookup_identity("demo", callside::store::IdentityKind::Phone, "+12125550187").await.unwrap();
     assert_eq!(ids, vec![zoe.clone()]);
-    assert_eq!(app.hubspot.request_count(RouteKind::Search), 1, "one page of changes");
+    // One page of changes, and one search for merges (the removals: archived contacts are a list
+    // request, not a search).
+    assert_eq!(app.hubspot.request_count(RouteKind::Search), 2, "one page of changes, one of merges");
     let second_watermark = app.core.store.identity_watermark("demo", "hubspot").await.unwrap().unwrap();
     assert!(second_watermark >= first_watermark);
     // The connector asks only for changes: a page from the watermark holds Zoë, not all of the CRM.
@@ -246,6 +248,40 @@ async fn the_pull_pages_through_more_contacts_than_one_page() {
     let ids =
         app.core.store.lookup_identity("demo", callside::store::IdentityKind::Phone, "+17185551229").await.unwrap();
     assert_eq!(ids.len(), 1);
+    app.shutdown().await;
+}
+
+/// A removals window the vendor's log no longer covers (HubSpot keeps archived contacts 90
+/// days): the pull re-lists every contact and drops the CRM rows the listing did not refresh —
+/// a contact deleted meanwhile leaves the index, the others stay.
+#[tokio::test]
+async fn a_removals_window_the_vendor_no_longer_covers_relists_and_prunes_what_is_gone() {
+    let app = spawn_app().await;
+    let tenant = demo(&app);
+    let zoe = app.hubspot.insert_contact([("firstname", "Zoë"), ("lastname", "Kim"), ("phone", "212 555 0187")]);
+    sync::pull_once(&app.core.store, &tenant, app.clock.now()).await.unwrap();
+    let phone = |n: &'static str| {
+        let store = app.core.store.clone();
+        async move { store.lookup_identity("demo", callside::store::IdentityKind::Phone, n).await.unwrap() }
+    };
+    assert_eq!(phone("+12125550187").await, vec![zoe.clone()]);
+
+    assert!(app.hubspot.archive_directly(ObjectType::Contacts, &zoe));
+    let long_ago = app.clock.now() - jiff::SignedDuration::from_hours(100 * 24);
+    let now_ms = app.clock.now().as_millisecond();
+    app.core
+        .store
+        .set_identity_watermark("demo", "hubspot:removed", Some(long_ago.as_millisecond()), 0, now_ms)
+        .await
+        .unwrap();
+    app.clock.advance(jiff::SignedDuration::from_mins(1));
+    let report = sync::pull_once(&app.core.store, &tenant, app.clock.now()).await.unwrap();
+    assert_eq!(report.removed, 1, "{report:?}");
+    assert!(report.changed.iter().any(|c| c.id == zoe && c.numbers == ["+12125550187"]), "{report:?}");
+    assert!(phone("+12125550187").await.is_empty(), "Zoë left the index");
+    assert_eq!(phone("+14155550134").await.len(), 1, "Ana, listed again, stays");
+    let window = app.core.store.identity_watermark("demo", "hubspot:removed").await.unwrap();
+    assert_eq!(window, Some(app.clock.now().as_millisecond()), "removals are asked from the resync on");
     app.shutdown().await;
 }
 

@@ -398,3 +398,62 @@ fn inbound_pipedrive_configuration_errors_are_reported_with_their_keys() {
     }
     assert_eq!(err.issues.len(), 4, "{err}");
 }
+
+/// A Lead deleted in Salesforce (issue 12): the next pull reads it from "Get Deleted Records",
+/// drops it from the identity index and the cached context, and tells the live call from its
+/// number; the next call from that number is a new caller, not a match to a record the CRM no
+/// longer has.
+#[tokio::test]
+async fn a_lead_deleted_in_salesforce_is_no_longer_matched_after_the_next_pull() {
+    let app = spawn_app_with(server_file("[identity]\npull_interval_secs = 120\n"), vec![salesforce_tenant()]).await;
+    // The org's delete log is stamped on the service's clock, as the pull's window is.
+    app.salesforce.set_clock(std::sync::Arc::new(app.clock.clone()));
+    let mut rounds = app.identity_rounds.clone();
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let lead = app.salesforce.records("Lead")[0].id();
+    let mut first = app.connect("sf-del-1", ANA).await;
+    first.initialize().await;
+    let before = first.tool("get_caller_context", json!({})).await;
+    assert_eq!(before["structuredContent"]["contact"]["first_name"], "Ana", "{before}");
+
+    assert!(app.salesforce.delete_record(&lead), "a person deletes the Lead in Salesforce");
+    app.clock.advance(jiff::SignedDuration::from_secs(120));
+    let note = first.next_notification("notifications/callside/context_changed").await;
+    assert_eq!(note["params"]["status"], "new", "{note}");
+    rounds.wait_for(|n| *n >= 2).await.unwrap();
+    assert!(events(&app, "salesforce", "polled") >= 1);
+
+    let mut second = app.connect("sf-del-2", ANA).await;
+    second.initialize().await;
+    let after = second.tool("get_caller_context", json!({})).await;
+    assert_eq!(after["structuredContent"]["status"], "new", "{after}");
+    app.shutdown().await;
+}
+
+/// A HubSpot contact deleted (archived) in HubSpot, its webhook never sent: the next pull reads
+/// it from the archived list, drops it from the identity index and the cached context, and the
+/// next call from its number is a new caller.
+#[tokio::test]
+async fn a_contact_archived_in_hubspot_is_no_longer_matched_after_the_next_pull() {
+    use callside::sandbox::hubspot::ObjectType;
+    let app = spawn_app_with(server_file("[identity]\npull_interval_secs = 60\n"), vec![demo_tenant()]).await;
+    let mut rounds = app.identity_rounds.clone();
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let ana = app.hubspot.contacts().into_iter().find(|c| c.prop("firstname") == Some("Ana")).expect("the demo seed");
+    let mut first = app.connect("hs-del-1", ANA).await;
+    first.initialize().await;
+    let before = first.tool("get_caller_context", json!({})).await;
+    assert_eq!(before["structuredContent"]["contact"]["first_name"], "Ana", "{before}");
+
+    assert!(app.hubspot.archive_directly(ObjectType::Contacts, &ana.id), "a person deletes Ana in HubSpot");
+    app.clock.advance(jiff::SignedDuration::from_secs(60));
+    let note = first.next_notification("notifications/callside/context_changed").await;
+    assert_eq!(note["params"]["status"], "new", "{note}");
+    rounds.wait_for(|n| *n >= 2).await.unwrap();
+
+    let mut second = app.connect("hs-del-2", ANA).await;
+    second.initialize().await;
+    let after = second.tool("get_caller_context", json!({})).await;
+    assert_eq!(after["structuredContent"]["status"], "new", "{after}");
+    app.shutdown().await;
+}

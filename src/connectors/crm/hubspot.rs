@@ -49,7 +49,7 @@ use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmAppointmentStatus,
     CrmConnector, CrmContact, CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord,
     NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite,
-    PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    PropertyWriteResult, PropertyWriteStatus, RemovedContact, RemovedPage, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -92,6 +92,11 @@ const SEARCH_LIMIT: u32 = 100;
 const PULL_PAGE: u32 = 100;
 /// Search returns at most 10,000 results per query.
 const SEARCH_RESULT_CAP: u64 = 10_000;
+/// How long HubSpot lists an archived contact (it can be restored for 90 days).
+const ARCHIVE_RETENTION_DAYS: i64 = 90;
+/// Pages of archived contacts read per pull at most (100 each); past it the pull re-lists every
+/// contact instead.
+const MAX_REMOVAL_PAGES: usize = 100;
 const MAX_MESSAGE_CHARS: usize = 300;
 
 /// Stage id → closed, from the deal (or ticket) pipelines.
@@ -990,6 +995,83 @@ impl CrmConnector for HubSpotConnector {
         Ok(ContactPage { contacts: page.results.iter().map(to_contact).collect(), newest, next_cursor })
     }
 
+    /// Contacts archived (deleted) or merged away at or after `since`:
+    ///
+    /// - archived: `GET /crm/v3/objects/contacts?archived=true`, 100 a page with `after`, kept
+    ///   where `archivedAt` is at or after `since` (the list has no time filter; archived
+    ///   contacts can be restored for 90 days, then they are gone from it —
+    ///   <https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/delete-contacts>
+    ///   — so a window older than that answers `complete: false`);
+    /// - merged: a search for contacts changed since `since` that carry `hs_merged_object_ids`
+    ///   (the ids merged into them, `;`-separated): each of those ids is merged into the result.
+    ///   A merge changes the primary record, so it is in the window. (Merges through
+    ///   `POST /crm/v3/objects/contacts/merge`,
+    ///   <https://developers.hubspot.com/docs/api-reference/crm-contacts-v3/basic/post-crm-v3-objects-contacts-merge>.)
+    async fn contacts_removed_since(
+        &self,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<RemovedPage>, ConnectorError> {
+        if now.duration_since(since) > jiff::SignedDuration::from_hours(ARCHIVE_RETENTION_DAYS * 24) {
+            return Ok(Some(RemovedPage { removed: Vec::new(), covered_until: Some(now), complete: false }));
+        }
+        let mut removed = Vec::new();
+        let mut after: Option<String> = None;
+        let mut listed_all = false;
+        for _ in 0..MAX_REMOVAL_PAGES {
+            let limit = PULL_PAGE.to_string();
+            let mut query = vec![("archived", "true"), ("limit", limit.as_str())];
+            if let Some(after) = after.as_deref() {
+                query.push(("after", after));
+            }
+            let url = self.url(&["crm", "v3", "objects", "contacts"], &query)?;
+            let page: ArchivedList = self.call(Method::GET, url, None).await?;
+            for object in page.results {
+                let at = object.archived_at.as_deref().and_then(parse_hubspot_time);
+                if at.is_none_or(|at| at >= since) {
+                    removed.push(RemovedContact { id: object.id, merged_into: None });
+                }
+            }
+            after = page.paging.and_then(|p| p.next).map(|n| n.after);
+            if after.is_none() {
+                listed_all = true;
+                break;
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let mut body = json!({
+                "filterGroups": [{"filters": [
+                    {"propertyName": "lastmodifieddate", "operator": "GTE", "value": since.as_millisecond().to_string()},
+                    {"propertyName": "hs_merged_object_ids", "operator": "HAS_PROPERTY"},
+                ]}],
+                "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+                "properties": ["hs_merged_object_ids", "lastmodifieddate"],
+                "limit": PULL_PAGE,
+            });
+            if let Some(after) = after.as_deref() {
+                body["after"] = json!(after);
+            }
+            let page = self.search_contacts_page(body).await?;
+            for primary in &page.results {
+                let merged = primary.prop("hs_merged_object_ids").unwrap_or_default();
+                for id in merged.split(';').map(str::trim).filter(|id| !id.is_empty() && *id != primary.id) {
+                    removed.push(RemovedContact { id: id.to_owned(), merged_into: Some(primary.id.clone()) });
+                }
+            }
+            after = page
+                .paging
+                .and_then(|p| p.next)
+                .map(|n| n.after)
+                .filter(|a| a.parse::<u64>().map_or(true, |n| n + u64::from(PULL_PAGE) <= SEARCH_RESULT_CAP));
+            if after.is_none() {
+                break;
+            }
+        }
+        // More archived contacts than the page bound: the pull re-lists everything instead.
+        Ok(Some(RemovedPage { removed, covered_until: Some(now), complete: listed_all }))
+    }
+
     async fn property_history(
         &self,
         contact_id: &str,
@@ -1523,6 +1605,23 @@ struct SearchNext {
     after: String,
 }
 
+/// `GET /crm/v3/objects/contacts?archived=true`: the archived records, with when.
+#[derive(Debug, Deserialize)]
+struct ArchivedList {
+    #[serde(default)]
+    results: Vec<ArchivedObject>,
+    #[serde(default)]
+    paging: Option<SearchPaging>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ArchivedObject {
+    #[serde(deserialize_with = "id_string")]
+    id: String,
+    #[serde(default, rename = "archivedAt")]
+    archived_at: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct BatchResponse {
     #[serde(default)]
@@ -1858,6 +1957,80 @@ mod tests {
             recording_url: Some("https://recordings.example.com/call-1.wav".into()),
             transcript_url: Some("https://app.example.com/calls/call-1/transcript".into()),
             source: "AI receptionist".into(),
+        }
+    }
+
+    /// Removals (issue 12): archived contacts from the archived list (every page, `archivedAt`
+    /// at or after the window's start), merged ones from the primary's `hs_merged_object_ids`;
+    /// a window older than the 90 days HubSpot keeps archived contacts is incomplete.
+    #[tokio::test]
+    async fn archived_and_merged_contacts_are_listed_as_removed() {
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        let state = &sandbox.state;
+        let crm = connector(&sandbox);
+        let since = Timestamp::now() - jiff::SignedDuration::from_mins(1);
+        let archived: Vec<String> =
+            (0..105).map(|i| state.insert_contact([("phone", format!("+1415555{:04}", 1000 + i))])).collect();
+        for id in &archived {
+            assert!(state.archive_directly(ObjectType::Contacts, id));
+        }
+        let primary = state.insert_contact([("firstname", "Ana"), ("phone", "+14155550134")]);
+        let secondary = state.insert_contact([("firstname", "Ana"), ("mobilephone", "+14155550135")]);
+        let untouched = state.insert_contact([("firstname", "Bo"), ("phone", "+14155550136")]);
+        assert!(state.merge_contacts(&primary, &secondary));
+        assert!(!state.merge_contacts(&primary, &secondary), "the secondary is gone");
+        assert_eq!(state.contact(&primary).unwrap().prop("mobilephone"), Some("+14155550135"), "a gap is filled");
+
+        let page = crm.contacts_removed_since(since, Timestamp::now()).await.unwrap().expect("HubSpot lists removals");
+        assert!(page.complete);
+        let deleted: Vec<&str> =
+            page.removed.iter().filter(|r| r.merged_into.is_none()).map(|r| r.id.as_str()).collect();
+        assert_eq!(deleted, archived.iter().map(String::as_str).collect::<Vec<_>>(), "both pages of the archive");
+        let merged: Vec<(&str, &str)> =
+            page.removed.iter().filter_map(|r| r.merged_into.as_deref().map(|to| (r.id.as_str(), to))).collect();
+        assert_eq!(merged, [(secondary.as_str(), primary.as_str())]);
+        assert!(page.removed.iter().all(|r| r.id != untouched && r.id != primary));
+        // A window that starts after all of it finds nothing.
+        let later = Timestamp::now() + jiff::SignedDuration::from_mins(1);
+        let none =
+            crm.contacts_removed_since(later, later + jiff::SignedDuration::from_mins(1)).await.unwrap().unwrap();
+        assert!(none.removed.is_empty() && none.complete, "{none:?}");
+        // Older than the archive keeps: incomplete, without a request.
+        let requests = state.total_requests();
+        let stale = crm
+            .contacts_removed_since(since - jiff::SignedDuration::from_hours(91 * 24), Timestamp::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!stale.complete);
+        assert_eq!(state.total_requests(), requests);
+    }
+
+    /// The emulator's list endpoint answers as documented: live or archived records, `limit` in
+    /// 1..=100, `after` paging; bad parameters are a 400.
+    #[tokio::test]
+    async fn the_emulators_list_endpoint_pages_live_and_archived_contacts() {
+        let sandbox = HubSpotSandbox::start(TOKEN).unwrap();
+        let state = &sandbox.state;
+        let kept = state.insert_contact([("firstname", "Kept")]);
+        let gone = state.insert_contact([("firstname", "Gone")]);
+        assert!(state.archive_directly(ObjectType::Contacts, &gone));
+        let client = http_client();
+        let get = |query: &str| {
+            client.get(format!("{}crm/v3/objects/contacts?{query}", sandbox.base_url())).bearer_auth(TOKEN).send()
+        };
+        let live: Value = get("limit=1").await.unwrap().json().await.unwrap();
+        assert_eq!(live["results"][0]["id"], kept.as_str());
+        assert_eq!(live["results"][0]["archived"], false);
+        assert!(live.get("paging").is_none(), "{live}");
+        let archived: Value = get("archived=true&properties=firstname").await.unwrap().json().await.unwrap();
+        assert_eq!(archived["results"].as_array().unwrap().len(), 1);
+        assert_eq!(archived["results"][0]["id"], gone.as_str());
+        assert_eq!(archived["results"][0]["archived"], true);
+        assert_eq!(archived["results"][0]["properties"]["firstname"], "Gone");
+        assert!(archived["results"][0]["archivedAt"].as_str().is_some_and(|t| t.parse::<Timestamp>().is_ok()));
+        for bad in ["limit=0", "limit=101", "after=x", "archived=maybe"] {
+            assert_eq!(get(bad).await.unwrap().status().as_u16(), 400, "{bad}");
         }
     }
 

@@ -370,6 +370,27 @@ pub struct ContactPage {
     pub next_cursor: Option<String>,
 }
 
+/// A person record that left the CRM since a time: deleted (HubSpot: archived), or merged into
+/// another record (a Salesforce Lead converted to a Contact counts as merged into it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedContact {
+    pub id: String,
+    /// The surviving record, when the vendor names one.
+    pub merged_into: Option<String>,
+}
+
+/// What [`CrmConnector::contacts_removed_since`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemovedPage {
+    pub removed: Vec<RemovedContact>,
+    /// Where the next window starts (Salesforce's `latestDateCovered`); `None`: the window was
+    /// not asked (too short) and the next one starts where this one did.
+    pub covered_until: Option<Timestamp>,
+    /// False when the vendor can no longer list every removal since the asked time (its delete
+    /// log is shorter, or was purged): the pull must re-read every record and drop the rest.
+    pub complete: bool,
+}
+
 /// One CRM vendor. Every create takes an idempotency key: the connector must make a retried
 /// create with the same key return the existing object's id (vendor search indexes lag, so
 /// "search then create" alone duplicates after a lost response — see design invariant 2).
@@ -489,6 +510,19 @@ pub trait CrmConnector: Send + Sync + 'static {
     ) -> Result<ContactPage, ConnectorError> {
         let _ = (since, cursor);
         Err(ConnectorError::Permanent(format!("{}: incremental contact pull is not supported", self.vendor())))
+    }
+
+    /// Person records deleted or merged away at or after `since` (up to `now`): what the
+    /// identity index must forget, or repoint to the survivor. `Ok(None)`: this vendor has no
+    /// way to list them (index hits the CRM no longer has are still dropped when read, see
+    /// `matching::resolve`).
+    async fn contacts_removed_since(
+        &self,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<RemovedPage>, ConnectorError> {
+        let _ = (since, now);
+        Ok(None)
     }
 
     /// How many contacts one query of [`CrmConnector::contacts_changed_since`] may page through

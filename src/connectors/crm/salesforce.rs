@@ -48,7 +48,7 @@ use super::{
     ActivityKind, AppointmentRecord, CallLog, ContactFields, ContactPage, CrmActivity, CrmAppointmentStatus,
     CrmConnector, CrmContact, CrmContext, CrmDeal, CrmObjectType, CrmOwner, CrmTask, CrmTicket, DealRecord,
     NameZipQuery, NoteRecord, PhoneQuery, PropertyHistory, PropertyValue, PropertyVersion, PropertyWrite,
-    PropertyWriteResult, PropertyWriteStatus, SecondaryPhoneOutcome, TaskRecord,
+    PropertyWriteResult, PropertyWriteStatus, RemovedContact, RemovedPage, SecondaryPhoneOutcome, TaskRecord,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::connections::{StaticToken, TokenSource};
@@ -73,6 +73,10 @@ const PHONE_SLOTS: [&str; 2] = ["Phone", "MobilePhone"];
 /// The batch a pull's SOQL query asks for (`Sforce-Query-Options`, 200 to 2,000 rows; Salesforce
 /// may answer fewer): <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_queryoptions.htm>.
 const PULL_QUERY_OPTIONS: (&str, &str) = ("Sforce-Query-Options", "batchSize=200");
+/// How far back the delete log answers ("Results are returned for no more than 15 days previous
+/// to the day the call is executed"):
+/// <https://developer.salesforce.com/docs/platform/api-rest/guide/resources-getdeleted.html>.
+const DELETE_LOG_DAYS: i64 = 15;
 
 /// Which object a new caller becomes (a tenant setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -1305,8 +1309,8 @@ impl CrmConnector for SalesforceConnector {
     /// (<https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/system_fields.htm>).
     /// A SOQL dateTime literal has whole seconds, so `since` is floored: the records of that
     /// second come again, which the index absorbs. The cursor is `Contact|<locator>`,
-    /// `Lead|` (start the Lead query) or `Lead|<locator>`. Deleted records are not listed (that
-    /// needs `queryAll` and `IsDeleted`; see ARCHITECTURE).
+    /// `Lead|` (start the Lead query) or `Lead|<locator>`. Deleted and converted records are
+    /// listed by [`CrmConnector::contacts_removed_since`].
     async fn contacts_changed_since(
         &self,
         since: Option<Timestamp>,
@@ -1363,6 +1367,97 @@ impl CrmConnector for SalesforceConnector {
             (None, Person::Lead) => None,
         };
         Ok(ContactPage { contacts: rows.iter().map(|r| to_contact(r, person)).collect(), newest, next_cursor })
+    }
+
+    /// Deleted Contacts and Leads, from the "Get Deleted Records" resource
+    /// (`GET /sobjects/{Contact|Lead}/deleted/?start=&end=`,
+    /// <https://developer.salesforce.com/docs/platform/api-rest/guide/resources-getdeleted.html>),
+    /// and Leads converted since `since` (`IsConverted = true AND SystemModstamp >= since`),
+    /// reported as merged into their `ConvertedContactId`: a converted Lead stays readable by id,
+    /// so without this the index would keep matching callers to it.
+    ///
+    /// The resource's rules (the SOAP guide's "getDeleted()" rules and guidelines,
+    /// <https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted.htm>):
+    /// seconds are ignored, `start` must precede `end` by more than a minute (else
+    /// `INVALID_REPLICATION_DATE`: a shorter window is not asked, and the next pull asks from the
+    /// same start), and the delete log covers at most 15 days (less when it was purged:
+    /// `earliestDateAvailable` later than `start`, or `INVALID_REPLICATION_DATE`). A window the
+    /// log no longer covers answers `complete: false`, and the pull re-reads everything. The next
+    /// window starts at the answer's `latestDateCovered`, as the guide asks. A Contact merge
+    /// deletes the losing records (listed here) and changes the master, which the change pull
+    /// re-reads.
+    async fn contacts_removed_since(
+        &self,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<RemovedPage>, ConnectorError> {
+        let minute = |t: Timestamp| Timestamp::from_second(t.as_second().div_euclid(60) * 60).unwrap_or(t);
+        let (start, end) = (minute(since), minute(now));
+        if end.duration_since(start) <= jiff::SignedDuration::from_mins(1) {
+            return Ok(Some(RemovedPage { removed: Vec::new(), covered_until: None, complete: true }));
+        }
+        if now.duration_since(start) > jiff::SignedDuration::from_hours(DELETE_LOG_DAYS * 24) {
+            return Ok(Some(RemovedPage { removed: Vec::new(), covered_until: Some(now), complete: false }));
+        }
+        let fmt = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string();
+        let (start_text, end_text) = (fmt(start), fmt(end));
+        let mut removed = Vec::new();
+        let mut covered_until: Option<Timestamp> = None;
+        for person in [Person::Contact, Person::Lead] {
+            let raw = self
+                .send_with_headers(
+                    Method::GET,
+                    &["sobjects", person.sobject(), "deleted", ""],
+                    &[("start", &start_text), ("end", &end_text)],
+                    None,
+                    &[],
+                )
+                .await?;
+            if !raw.status.is_success() {
+                let purged = parse_errors(&raw.body).iter().any(|e| e.error_code == "INVALID_REPLICATION_DATE");
+                if purged {
+                    return Ok(Some(RemovedPage { removed: Vec::new(), covered_until: Some(now), complete: false }));
+                }
+                return Err(classify(&raw));
+            }
+            let answer: Value = serde_json::from_slice(&raw.body)
+                .map_err(|_| ConnectorError::Transient("unreadable Salesforce deleted-records answer".into()))?;
+            let earliest = answer.get("earliestDateAvailable").and_then(Value::as_str).and_then(parse_sf_time);
+            if earliest.is_some_and(|e| e > start) {
+                return Ok(Some(RemovedPage { removed: Vec::new(), covered_until: Some(now), complete: false }));
+            }
+            let latest = answer.get("latestDateCovered").and_then(Value::as_str).and_then(parse_sf_time).unwrap_or(end);
+            covered_until = Some(covered_until.map_or(latest, |c| c.min(latest)));
+            for row in answer.get("deletedRecords").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(id) = row.get("id").and_then(Value::as_str) {
+                    removed.push(RemovedContact { id: id.to_owned(), merged_into: None });
+                }
+            }
+        }
+        let q = format!(
+            "SELECT Id, ConvertedContactId, SystemModstamp FROM Lead WHERE IsConverted = true AND SystemModstamp >= {} \
+             ORDER BY SystemModstamp ASC, Id ASC",
+            since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let mut answer =
+            self.call_with_headers(Method::GET, &["query"], &[("q", &q)], None, &[PULL_QUERY_OPTIONS]).await?;
+        loop {
+            for row in records(&answer) {
+                if let Some(id) = text(&row, "Id") {
+                    removed.push(RemovedContact { id, merged_into: text(&row, "ConvertedContactId") });
+                }
+            }
+            let next = answer
+                .get("nextRecordsUrl")
+                .and_then(Value::as_str)
+                .and_then(|u| u.rsplit_once("/query/"))
+                .map(|(_, locator)| locator.to_string())
+                .filter(|l| l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-'));
+            let Some(locator) = next else { break };
+            answer =
+                self.call_with_headers(Method::GET, &["query", &locator], &[], None, &[PULL_QUERY_OPTIONS]).await?;
+        }
+        Ok(Some(RemovedPage { removed, covered_until, complete: true }))
     }
 
     /// A query locator pages to the end: no cap, so a long pull never restarts mid-way (which,

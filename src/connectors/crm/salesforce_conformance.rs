@@ -702,3 +702,111 @@ async fn the_incremental_pull_lists_only_changes_since_the_watermark_contacts_th
     ));
     let _ = (&c.store, &c.dir);
 }
+
+/// Removals (issue 12): Contacts and Leads deleted within the window come from "Get Deleted
+/// Records" (whole minutes; a window of a minute or less is not asked), a converted Lead is
+/// merged into its Contact, and a window the delete log no longer covers (older than 15 days,
+/// or purged) is reported incomplete instead of empty.
+#[tokio::test]
+async fn deleted_and_converted_people_are_listed_and_a_purged_log_asks_for_a_resync() {
+    let (c, crm) = LEADS.connected().await;
+    let state = c.sandbox.state.clone();
+    let clock = crate::clock::ManualClock::new("2026-11-23T12:58:20Z".parse().unwrap());
+    state.set_clock(Arc::new(clock.clone()));
+    let gone = state.insert("Contact", &[("LastName", json!("Gone")), ("Phone", json!("+1 718 555 0101"))]);
+    let kept = state.insert("Contact", &[("LastName", json!("Kept")), ("Phone", json!("+1 718 555 0102"))]);
+    let lead = state.insert("Lead", &[("LastName", json!("Lee")), ("Company", json!("Acme"))]);
+    let converted = state.insert("Lead", &[("LastName", json!("Conv")), ("Company", json!("Acme"))]);
+    let old_delete = state.insert("Contact", &[("LastName", json!("Before"))]);
+    assert!(state.delete_record(&old_delete));
+    clock.advance(jiff::SignedDuration::from_mins(2));
+    let since = clock.now();
+
+    clock.advance(jiff::SignedDuration::from_secs(30));
+    assert!(state.delete_record(&gone));
+    // Within the same minute: not asked, the window stays where it was.
+    let page = crm.contacts_removed_since(since, clock.now()).await.unwrap().expect("Salesforce lists removals");
+    assert_eq!(page, super::RemovedPage { removed: vec![], covered_until: None, complete: true });
+
+    clock.advance(jiff::SignedDuration::from_mins(1));
+    assert!(state.delete_record(&lead));
+    state.convert_lead(&converted, &kept);
+    clock.advance(jiff::SignedDuration::from_mins(2));
+    let page = crm.contacts_removed_since(since, clock.now()).await.unwrap().unwrap();
+    assert!(page.complete);
+    let removed: Vec<(&str, Option<&str>)> =
+        page.removed.iter().map(|r| (r.id.as_str(), r.merged_into.as_deref())).collect();
+    assert_eq!(
+        removed,
+        [(gone.as_str(), None), (lead.as_str(), None), (converted.as_str(), Some(kept.as_str()))],
+        "contacts, then leads, then conversions; the record deleted before the window is not listed"
+    );
+    let covered = page.covered_until.expect("latestDateCovered");
+    assert_eq!(covered, "2026-11-23T13:03:00Z".parse().unwrap(), "the end, to the minute");
+    // The next window finds nothing new (the conversion is at or after `since` only once).
+    clock.advance(jiff::SignedDuration::from_mins(2));
+    let next = crm.contacts_removed_since(covered, clock.now()).await.unwrap().unwrap();
+    assert!(next.removed.is_empty() && next.complete, "{next:?}");
+
+    // More than 15 days back: incomplete, without asking.
+    let requests = state.request_count();
+    let stale = crm.contacts_removed_since(since - jiff::SignedDuration::from_hours(16 * 24), clock.now());
+    assert!(!stale.await.unwrap().unwrap().complete);
+    assert_eq!(state.request_count(), requests);
+    // The recycle bin emptied after the window's start: Salesforce refuses, we resync.
+    state.purge_delete_log();
+    clock.advance(jiff::SignedDuration::from_mins(2));
+    let purged = crm.contacts_removed_since(covered, clock.now()).await.unwrap().unwrap();
+    assert!(!purged.complete && purged.removed.is_empty(), "{purged:?}");
+    let _ = (&c.store, &c.dir);
+}
+
+/// The emulator's "Get Deleted Records" answers as documented: the shape, and
+/// `INVALID_REPLICATION_DATE` / `MALFORMED_QUERY` for the windows Salesforce refuses.
+#[tokio::test]
+async fn the_emulators_get_deleted_resource_answers_and_refuses_as_documented() {
+    let c = connect().await;
+    let state = c.sandbox.state.clone();
+    let clock = crate::clock::ManualClock::new("2026-11-23T13:00:00Z".parse().unwrap());
+    state.set_clock(Arc::new(clock.clone()));
+    let token = c.connections.token_source(c.app.clone(), &c.connection_id).access_token().await.unwrap();
+    let id = state.insert("Contact", &[("LastName", json!("Gone"))]);
+    clock.advance(jiff::SignedDuration::from_secs(90));
+    // Deleted through the API this time.
+    let base = c.sandbox.base_url();
+    let client = http_client();
+    let delete = client
+        .delete(format!("{base}services/data/v62.0/sobjects/Contact/{id}"))
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status().as_u16(), 204);
+    clock.advance(jiff::SignedDuration::from_mins(5));
+    let get = |start: &str, end: &str| {
+        client
+            .get(format!("{base}services/data/v62.0/sobjects/Contact/deleted/"))
+            .query(&[("start", start), ("end", end)])
+            .bearer_auth(token.expose_secret())
+            .send()
+    };
+    let answer = get("2026-11-23T13:00:00+00:00", "2026-11-23T13:05:00+00:00").await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["deletedRecords"], json!([{ "id": id, "deletedDate": "2026-11-23T13:01:30.000+0000" }]));
+    assert_eq!(body["latestDateCovered"], "2026-11-23T13:05:00.000+0000");
+    assert!(body["earliestDateAvailable"].is_string());
+    // Seconds are ignored: 13:00:59 → 13:01:59 is one minute, refused.
+    for (start, end, code) in [
+        ("2026-11-23T13:00:59+00:00", "2026-11-23T13:01:59+00:00", "INVALID_REPLICATION_DATE"),
+        ("2026-11-23T13:05:00+00:00", "2026-11-23T13:00:00+00:00", "INVALID_REPLICATION_DATE"),
+        ("2026-11-01T13:00:00+00:00", "2026-11-23T13:05:00+00:00", "INVALID_REPLICATION_DATE"),
+        ("yesterday", "2026-11-23T13:05:00+00:00", "MALFORMED_QUERY"),
+    ] {
+        let answer = get(start, end).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "{start} → {end}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], code, "{start} → {end}: {body}");
+    }
+    let _ = (&c.store, &c.dir);
+}
