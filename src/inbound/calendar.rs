@@ -54,8 +54,10 @@ pub struct SyncProgress {
     pub flagged: u64,
     /// Staff tasks created for conflicts with bookings callside made.
     pub conflict_tasks: u64,
-    /// Subscriptions replaced before they expired.
+    /// Subscriptions replaced before they expired (or when a lifecycle notification asked).
     pub renewals: u64,
+    /// Graph lifecycle notifications acted on (`super::graph`), each after its renewal and sync.
+    pub lifecycle: u64,
 }
 
 /// A watched calendar.
@@ -399,6 +401,26 @@ async fn subscribe(core: &Arc<Core>, tenant: &Arc<Tenant>, calendar_id: &str, se
             false
         }
     }
+}
+
+/// Replaces a calendar's subscription now, as a provider's lifecycle notification asks
+/// (`super::graph`); counted as a renewal. False when push is off or the provider refused (the
+/// renewal loop and polling carry on).
+pub(crate) async fn resubscribe(core: &Arc<Core>, tenant: &Arc<Tenant>, calendar_id: &str) -> bool {
+    let Some(settings) = core.calendar_sync.settings.clone() else { return false };
+    if !settings.push || !tenant.calendar.pushes_changes() {
+        return false;
+    }
+    let renewed = subscribe(core, tenant, calendar_id, &settings).await;
+    if renewed {
+        core.calendar_sync.bump(|p| p.renewals += 1);
+    }
+    renewed
+}
+
+/// Counts one lifecycle notification acted on (the tests' signal).
+pub(crate) fn lifecycle_applied(core: &Core) {
+    core.calendar_sync.bump(|p| p.lifecycle += 1);
 }
 
 /// Every (tenant, calendar) to watch.

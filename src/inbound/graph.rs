@@ -24,15 +24,27 @@
 //! incremental sync that finds nothing new, so no replay guard is kept (unlike Google's message
 //! numbers, Graph's items carry no sequence to key one on).
 //!
-//! Not handled: lifecycle notifications (`lifecycleNotificationUrl` is not set on our
-//! subscriptions; a removed subscription is replaced at the next renewal and polling covers the
-//! gap), rich notifications with encrypted resource data (not requested).
+//! **Lifecycle notifications** ("Reduce missing subscriptions and change notifications",
+//! <https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events>): our
+//! subscriptions set `lifecycleNotificationUrl` to this same route (the docs allow one endpoint
+//! for both; Graph validates each URL with its own handshake, answered by [`validation_echo`]).
+//! A lifecycle item carries `lifecycleEvent` instead of `changeType` (the two are mutually
+//! exclusive, <https://learn.microsoft.com/en-us/graph/api/resources/changenotification>; an
+//! item with both or neither is malformed) and is checked exactly as a change: known
+//! subscription, its `clientState`, not expired. Then, in the background:
+//! `reauthorizationRequired` → the calendar's subscription is renewed now (our renewal: a new
+//! subscription, then the old one deleted); `subscriptionRemoved` → a new subscription and a
+//! delta sync (changes during the gap are in the delta); `missed` → a delta sync. A lifecycle
+//! event about a subscription that is no longer the calendar's current one (already replaced)
+//! renews nothing.
+//!
+//! Not handled: rich notifications with encrypted resource data (not requested).
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::calendar::{secret_matches, sync_calendar, tenant_of};
+use super::calendar::{lifecycle_applied, resubscribe, secret_matches, sync_calendar, tenant_of};
 use super::{Rejection, counted};
 use crate::session::Core;
 use crate::tenant::Tenant;
@@ -59,6 +71,38 @@ pub struct Notified {
     pub subscription_id: String,
     pub client_state: Option<String>,
     pub change_type: Option<String>,
+    /// Set on lifecycle notifications only (then `change_type` is absent).
+    pub lifecycle_event: Option<String>,
+}
+
+/// A lifecycle notification's event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// Renew (or reauthorize) the subscription before Graph stops delivering.
+    ReauthorizationRequired,
+    /// Graph removed the subscription: create another and catch up.
+    SubscriptionRemoved,
+    /// Some change notifications were not delivered: catch up.
+    Missed,
+}
+
+impl LifecycleEvent {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "reauthorizationRequired" => Some(Self::ReauthorizationRequired),
+            "subscriptionRemoved" => Some(Self::SubscriptionRemoved),
+            "missed" => Some(Self::Missed),
+            _ => None,
+        }
+    }
+}
+
+impl Notified {
+    /// The lifecycle event, when this is a lifecycle notification (validated by
+    /// [`parse_notifications`]).
+    pub fn lifecycle(&self) -> Option<LifecycleEvent> {
+        self.lifecycle_event.as_deref().and_then(LifecycleEvent::parse)
+    }
 }
 
 /// Parses a `changeNotificationCollection` without touching any state: its items, each with a
@@ -70,12 +114,21 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<Notified>, Rejection> {
         return Err(Rejection::Malformed("no notifications in the collection".to_owned()));
     }
     for item in &batch.value {
-        let kinds_ok = item
-            .change_type
-            .as_deref()
-            .is_some_and(|c| c.split(',').all(|k| matches!(k.trim(), "created" | "updated" | "deleted")));
-        if !kinds_ok {
-            return Err(Rejection::Malformed("changeType missing or unknown".to_owned()));
+        match (&item.change_type, &item.lifecycle_event) {
+            (Some(change), None) => {
+                if !change.split(',').all(|k| matches!(k.trim(), "created" | "updated" | "deleted")) {
+                    return Err(Rejection::Malformed("changeType unknown".to_owned()));
+                }
+            }
+            (None, Some(event)) => {
+                if LifecycleEvent::parse(event).is_none() {
+                    return Err(Rejection::Malformed("lifecycleEvent unknown".to_owned()));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(Rejection::Malformed("changeType and lifecycleEvent are exclusive".to_owned()));
+            }
+            (None, None) => return Err(Rejection::Malformed("changeType or lifecycleEvent missing".to_owned())),
         }
     }
     Ok(batch.value)
@@ -88,6 +141,8 @@ pub struct Accepted {
     pub notifications: usize,
     /// Calendars whose sync was started.
     pub calendars: usize,
+    /// Lifecycle notifications in the batch (acted on in the background).
+    pub lifecycle: usize,
 }
 
 /// The validation handshake: the token to echo (already URL-decoded). Counted.
@@ -112,6 +167,7 @@ fn receive_uncounted(core: &Arc<Core>, body: &[u8]) -> Result<Accepted, Rejectio
     let items = parse_notifications(body)?;
     let now = core.clock.now();
     let mut targets: Vec<(Arc<Tenant>, String)> = Vec::new();
+    let mut lifecycle: Vec<(Arc<Tenant>, String, String, LifecycleEvent)> = Vec::new();
     for item in &items {
         let channel = core.calendar_sync.channel(&item.subscription_id).ok_or(Rejection::UnknownChannel)?;
         if !item.client_state.as_deref().is_some_and(|c| secret_matches(&channel.secret, c)) {
@@ -121,6 +177,10 @@ fn receive_uncounted(core: &Arc<Core>, body: &[u8]) -> Result<Accepted, Rejectio
             return Err(Rejection::Stale);
         }
         let tenant = tenant_of(core, &channel).ok_or(Rejection::UnknownChannel)?;
+        if let Some(event) = item.lifecycle() {
+            lifecycle.push((tenant, channel.calendar_id.clone(), item.subscription_id.clone(), event));
+            continue;
+        }
         if !targets.iter().any(|(t, c)| t.id() == tenant.id() && *c == channel.calendar_id) {
             targets.push((tenant, channel.calendar_id.clone()));
         }
@@ -136,5 +196,34 @@ fn receive_uncounted(core: &Arc<Core>, body: &[u8]) -> Result<Accepted, Rejectio
             }
         });
     }
-    Ok(Accepted { notifications: items.len(), calendars })
+    let lifecycle_count = lifecycle.len();
+    for (tenant, calendar_id, subscription_id, event) in lifecycle {
+        let core = core.clone();
+        tokio::spawn(async move {
+            apply_lifecycle(&core, &tenant, &calendar_id, &subscription_id, event).await;
+            lifecycle_applied(&core);
+        });
+    }
+    Ok(Accepted { notifications: items.len(), calendars, lifecycle: lifecycle_count })
+}
+
+/// Acts on one lifecycle notification (see the module comment).
+async fn apply_lifecycle(
+    core: &Arc<Core>,
+    tenant: &Arc<Tenant>,
+    calendar_id: &str,
+    subscription_id: &str,
+    event: LifecycleEvent,
+) {
+    let current = core.calendar_sync.subscription(tenant.id(), calendar_id).is_some_and(|s| s.id == subscription_id);
+    let renew =
+        current && matches!(event, LifecycleEvent::ReauthorizationRequired | LifecycleEvent::SubscriptionRemoved);
+    if renew && !resubscribe(core, tenant, calendar_id).await {
+        tracing::warn!(tenant = %tenant.id(), ?event, "renewing a Graph subscription after a lifecycle notification failed; the renewal loop and polling carry on");
+    }
+    if matches!(event, LifecycleEvent::SubscriptionRemoved | LifecycleEvent::Missed)
+        && let Err(e) = sync_calendar(core, tenant, calendar_id).await
+    {
+        tracing::warn!(tenant = %tenant.id(), error = %e, "calendar sync after a Graph lifecycle notification failed; the next poll retries");
+    }
 }

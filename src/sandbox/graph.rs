@@ -457,6 +457,30 @@ impl GraphState {
         self.lock().notification_stats.clone()
     }
 
+    /// Sends a lifecycle notification (`reauthorizationRequired`, `subscriptionRemoved` or
+    /// `missed`) for a subscription to its `lifecycleNotificationUrl`, as Graph does
+    /// (<https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events>). A
+    /// removed subscription is deleted first (it notifies nothing more). False when the
+    /// subscription is unknown, deleted, or has no lifecycle URL.
+    pub fn send_lifecycle_event(&self, subscription_id: &str, event: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(s) = inner.subscriptions.iter_mut().find(|s| s.id == subscription_id && !s.deleted) else {
+            return false;
+        };
+        let Some(url) = s.lifecycle_notification_url.clone() else { return false };
+        if event == "subscriptionRemoved" {
+            s.deleted = true;
+        }
+        let body = super::graph_notify::lifecycle_body(s, event);
+        if inner.notify_tx.is_none() {
+            inner.notify_tx = Some(start_delivery(inner.notification_stats.clone()));
+        }
+        if let Some(tx) = &inner.notify_tx {
+            let _ = tx.send(Notification { url, body });
+        }
+        true
+    }
+
     /// The next `n` notifications are not sent ("the webhook was missed").
     pub fn drop_next_notifications(&self, n: usize) {
         self.lock().drop_notifications = n;
@@ -1597,6 +1621,7 @@ fn removed_json(id: &str) -> Value {
 struct SubscriptionBody {
     change_type: Option<String>,
     notification_url: Option<String>,
+    lifecycle_notification_url: Option<String>,
     resource: Option<String>,
     expiration_date_time: Option<String>,
     client_state: Option<String>,
@@ -1647,7 +1672,7 @@ fn subscription_json(s: &GraphSubscription) -> Value {
         "changeType": s.change_types.join(","),
         "clientState": s.client_state,
         "notificationUrl": s.notification_url,
-        "lifecycleNotificationUrl": null,
+        "lifecycleNotificationUrl": s.lifecycle_notification_url,
         "expirationDateTime": format_instant(s.expiration),
         "creatorId": "8ee44408-0679-472c-bc2a-692812af3437",
         "latestSupportedTlsVersion": "v1_2",
@@ -1677,6 +1702,13 @@ async fn create_subscription_inner(state: &GraphState, headers: &HeaderMap, body
     if url::Url::parse(&notification_url).map(|u| !matches!(u.scheme(), "https" | "http")).unwrap_or(true) {
         return reject(invalid_subscription("notificationUrl must be an absolute https URL."));
     }
+    let lifecycle_url = req.lifecycle_notification_url.filter(|u| !u.is_empty());
+    if lifecycle_url
+        .as_deref()
+        .is_some_and(|l| url::Url::parse(l).map(|u| !matches!(u.scheme(), "https" | "http")).unwrap_or(true))
+    {
+        return reject(invalid_subscription("lifecycleNotificationUrl must be an absolute https URL."));
+    }
     if req.client_state.as_ref().is_some_and(|c| c.chars().count() > 128) {
         return reject(invalid_subscription("clientState must be at most 128 characters."));
     }
@@ -1687,9 +1719,24 @@ async fn create_subscription_inner(state: &GraphState, headers: &HeaderMap, body
         "Validation: Testing client application reachability for subscription Request-Id: {}",
         uuid::Uuid::new_v4()
     );
-    let passed = validate_endpoint(&notification_url, &token).await;
+    let main_ok = validate_endpoint(&notification_url, &token).await;
+    // Both endpoints are validated when a lifecycle URL is given (it may be the same one):
+    // <https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events>.
+    let lifecycle_check = match (&lifecycle_url, main_ok) {
+        (Some(url), true) => {
+            let token = format!(
+                "Validation: Testing client application reachability for subscription Request-Id: {}",
+                uuid::Uuid::new_v4()
+            );
+            let ok = validate_endpoint(url, &token).await;
+            Some(Validation { notification_url: url.clone(), token, passed: ok })
+        }
+        _ => None,
+    };
+    let passed = main_ok && lifecycle_check.as_ref().is_none_or(|c| c.passed);
     let mut inner = state.lock();
-    inner.validations.push(Validation { notification_url: notification_url.clone(), token, passed });
+    inner.validations.push(Validation { notification_url: notification_url.clone(), token, passed: main_ok });
+    inner.validations.extend(lifecycle_check);
     if !passed {
         return reject(invalid_subscription(
             "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
@@ -1701,6 +1748,7 @@ async fn create_subscription_inner(state: &GraphState, headers: &HeaderMap, body
         resource,
         change_types,
         notification_url,
+        lifecycle_notification_url: lifecycle_url,
         client_state: req.client_state,
         expiration,
         renewals: 0,

@@ -16,6 +16,10 @@
 //!   `{"value":[{subscriptionId, subscriptionExpirationDateTime, changeType, resource,
 //!   resourceData, clientState, tenantId}]}`. `clientState` is what the subscriber set, echoed
 //!   so it can tell Graph's notifications from forgeries. The subscriber answers 2xx (202).
+//! - A subscription created with a `lifecycleNotificationUrl` (validated by the same handshake)
+//!   gets lifecycle notifications there — `reauthorizationRequired`, `subscriptionRemoved`,
+//!   `missed` — sent on demand by tests (`GraphState::send_lifecycle_event`)
+//!   (<https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events>).
 //!
 //! This is written independently of the receiver (`crate::inbound::graph`), so the two check
 //! each other. The emulator's deviations: the `resource` names the mailbox by its UPN (Graph
@@ -45,6 +49,8 @@ pub struct GraphSubscription {
     /// `created`, `updated`, `deleted`.
     pub change_types: Vec<String>,
     pub notification_url: String,
+    /// Where lifecycle notifications go, when the subscriber gave one.
+    pub lifecycle_notification_url: Option<String>,
     pub client_state: Option<String>,
     pub expiration: Timestamp,
     /// PATCH renewals received.
@@ -114,6 +120,29 @@ pub(crate) fn notification_body(
             "resourceData": resource_data,
             "clientState": subscription.client_state,
             "tenantId": TENANT_ID,
+        }]
+    })
+}
+
+/// A lifecycle notification for a subscription: the same collection, with `lifecycleEvent` in
+/// place of `changeType` (the two are mutually exclusive,
+/// <https://learn.microsoft.com/en-us/graph/api/resources/changenotification>) and the
+/// subscription itself as the resource; Graph names the tenant `organizationId` here.
+pub(crate) fn lifecycle_body(subscription: &GraphSubscription, event: &str) -> serde_json::Value {
+    serde_json::json!({
+        "value": [{
+            "lifecycleEvent": event,
+            "subscriptionId": subscription.id,
+            "subscriptionExpirationDateTime": graph_instant(subscription.expiration),
+            "resource": subscription.resource,
+            "resourceData": {
+                "@odata.type": "#microsoft.graph.subscription",
+                "@odata.id": format!("subscriptions/{}", subscription.id),
+                "id": subscription.id,
+            },
+            "clientState": subscription.client_state,
+            "organizationId": TENANT_ID,
+            "sequence": null,
         }]
     })
 }

@@ -161,7 +161,7 @@ async fn graph_subscriptions_are_replaced_before_they_expire_on_the_injected_clo
     let subs = app.graph.subscriptions();
     assert!(subs.iter().find(|s| s.id == old.id).unwrap().deleted, "the replaced subscription is deleted");
     assert!(!subs.iter().find(|s| s.id == new.id).unwrap().deleted);
-    assert_eq!(app.graph.validations().iter().filter(|v| v.passed).count(), 4, "each one validated");
+    assert_eq!(app.graph.validations().iter().filter(|v| v.passed).count(), 8, "each one validated, both URLs");
 
     // The new subscription carries changes.
     let before = progress(&app);
@@ -290,4 +290,102 @@ fn a_subscription_lifetime_beyond_graphs_maximum_is_refused_for_a_microsoft_tena
     // Exactly the maximum is fine, and Google's channels are not bound by Graph's limit.
     assert!(parts("microsoft", 10_080 * 60).is_ok());
     assert!(parts("google", 8 * 86_400).is_ok());
+}
+
+/// A lifecycle notification as Graph sends it: `lifecycleEvent` instead of `changeType`.
+fn lifecycle_item(subscription_id: &str, client_state: Option<&str>, event: &str) -> Value {
+    let mut item = json!({
+        "lifecycleEvent": event,
+        "subscriptionId": subscription_id,
+        "subscriptionExpirationDateTime": "2026-11-24T13:00:00.0000000+00:00",
+        "resource": format!("users/{ALEX}/events"),
+        "resourceData": {"@odata.type": "#microsoft.graph.subscription", "id": subscription_id},
+        "organizationId": "5a2b4c1d-7e8f-4a90-b1c2-d3e4f5a6b7c8",
+    });
+    if let Some(state) = client_state {
+        item["clientState"] = json!(state);
+    }
+    item
+}
+
+/// Lifecycle notifications (issue 12), sent by the emulator to the `lifecycleNotificationUrl`
+/// our subscriptions set: `reauthorizationRequired` renews the subscription now,
+/// `subscriptionRemoved` opens a new one and runs a delta sync, `missed` runs a delta sync that
+/// catches the change whose notification was lost.
+#[tokio::test]
+async fn graph_lifecycle_notifications_renew_recreate_and_resync() {
+    let app = spawn_graph().await;
+    let first = open_subscription(&app, ALEX);
+    assert_eq!(first.lifecycle_notification_url.as_deref(), Some(first.notification_url.as_str()));
+
+    let before = progress(&app);
+    assert!(app.graph.send_lifecycle_event(&first.id, "reauthorizationRequired"));
+    let p = wait_progress(&app, |p| p.lifecycle > before.lifecycle).await;
+    assert_eq!(p.renewals, before.renewals + 1, "renewed at once, not at the renewal time");
+    assert_eq!(p.syncs, before.syncs, "a reauthorization needs no sync");
+    let second = app.core.calendar_sync.subscription("demo", ALEX).unwrap();
+    assert_ne!(second.id, first.id);
+    assert!(app.graph.subscriptions().iter().find(|s| s.id == first.id).unwrap().deleted);
+
+    // Graph removes the new one; an event is created meanwhile and notifies nobody.
+    let before = progress(&app);
+    assert!(app.graph.send_lifecycle_event(&second.id, "subscriptionRemoved"));
+    let p = wait_progress(&app, |p| p.lifecycle > before.lifecycle).await;
+    assert_eq!(p.renewals, before.renewals + 1);
+    assert!(p.syncs > before.syncs, "the gap is caught up by a delta sync");
+    let third = app.core.calendar_sync.subscription("demo", ALEX).unwrap();
+    assert!(third.id != second.id && third.id != first.id);
+    assert!(!app.graph.subscriptions().iter().find(|s| s.id == third.id).unwrap().deleted);
+
+    // A change notification is lost; Graph says so with `missed`: the sync finds the event.
+    let before = progress(&app);
+    let stats = app.graph.notification_stats();
+    app.graph.drop_next_notifications(1);
+    let at = app.core.clock.now() + SignedDuration::from_hours(3);
+    app.graph.insert_foreign_event(ALEX, at, at + SignedDuration::from_mins(30), "Direct");
+    assert_eq!(stats.dropped(), 1);
+    assert!(app.graph.send_lifecycle_event(&third.id, "missed"));
+    let p = wait_progress(&app, |p| p.lifecycle > before.lifecycle).await;
+    assert!(p.foreign_changes > before.foreign_changes, "{p:?}");
+    assert_eq!(p.renewals, before.renewals, "nothing to renew");
+    assert_eq!(app.core.calendar_sync.subscription("demo", ALEX).unwrap().id, third.id);
+
+    app.shutdown().await;
+}
+
+/// Bad lifecycle notifications are refused, counted and change nothing, like change
+/// notifications: a wrong or missing `clientState`, an unknown subscription, an unknown event,
+/// an item that is both a change and a lifecycle notification.
+#[tokio::test]
+async fn bad_graph_lifecycle_notifications_are_refused_counted_and_change_nothing() {
+    let app = spawn_graph().await;
+    let sub = open_subscription(&app, ALEX);
+    let secret = sub.client_state.clone().expect("we set a clientState");
+    let mut both = lifecycle_item(&sub.id, Some(&secret), "missed");
+    both["changeType"] = json!("created");
+    let cases: Vec<(&str, u16, &str, Value)> = vec![
+        ("wrong clientState", 401, "forged", lifecycle_item(&sub.id, Some("0123456789abcdef"), "subscriptionRemoved")),
+        ("no clientState", 401, "forged", lifecycle_item(&sub.id, None, "reauthorizationRequired")),
+        (
+            "unknown subscription",
+            404,
+            "unknown_channel",
+            lifecycle_item("7f105c7d-2dc5-4530-97cd-4e7ae6534c07", Some(&secret), "missed"),
+        ),
+        ("unknown lifecycleEvent", 400, "malformed", lifecycle_item(&sub.id, Some(&secret), "subscriptionPaused")),
+        ("changeType and lifecycleEvent", 400, "malformed", both),
+    ];
+    let before = progress(&app);
+    let subscriptions = app.graph.subscriptions().len();
+    for (what, status, outcome, item) in cases {
+        let counted = graph_requests(&app, outcome);
+        let (got, _, answer) = post_raw(&app, "", &json!({"value": [item]}).to_string()).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        assert_eq!(serde_json::from_str::<Value>(&answer).unwrap()["error"], outcome, "{what}");
+        assert_eq!(graph_requests(&app, outcome), counted + 1, "{what} is counted");
+    }
+    assert_eq!(progress(&app), before, "nothing renewed or synced");
+    assert_eq!(app.graph.subscriptions().len(), subscriptions, "no subscription opened");
+    assert_eq!(app.core.calendar_sync.subscription("demo", ALEX).unwrap().id, sub.id);
+    app.shutdown().await;
 }

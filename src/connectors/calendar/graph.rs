@@ -807,8 +807,8 @@ impl CalendarConnector for GraphCalendarConnector {
     /// `POST /subscriptions`
     /// (<https://learn.microsoft.com/en-us/graph/api/subscription-post-subscriptions?view=graph-rest-1.0>)
     /// on `users/{upn}/events` for created, updated and deleted events, with the secret as
-    /// `clientState`. Graph validates `notificationUrl` before answering (our receiver echoes
-    /// the `validationToken`), and refuses an `expirationDateTime` more than 10,080 minutes
+    /// `clientState`, and `lifecycleNotificationUrl` on the same address. Graph validates both
+    /// URLs before answering (our receiver echoes the `validationToken`), and refuses an `expirationDateTime` more than 10,080 minutes
     /// ahead for Outlook events (the subscription resource's maximum per resource type). The
     /// subscription id is Graph's; renewal is a new subscription, then the old one deleted (the
     /// renew-before-expiry design every provider shares), not `PATCH`.
@@ -827,6 +827,10 @@ impl CalendarConnector for GraphCalendarConnector {
         let body = serde_json::json!({
             "changeType": SUBSCRIPTION_CHANGES,
             "notificationUrl": request.address,
+            // Lifecycle notifications (reauthorizationRequired, subscriptionRemoved, missed) go
+            // to the same receiver, which the docs allow; it tells them apart by `lifecycleEvent`
+            // (<https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events>).
+            "lifecycleNotificationUrl": request.address,
             "resource": format!("users/{calendar_id}/events"),
             "expirationDateTime": rfc3339_utc(request.expires_at),
             "clientState": request.secret,
@@ -1738,8 +1742,12 @@ mod tests {
         assert_eq!(subscription.expires_at, expires_at);
         assert_eq!(emulated[0].change_types, vec!["created", "updated", "deleted"]);
         assert_eq!(emulated[0].resource, format!("users/{CAL}/events"));
-        let validation = &sandbox.state.validations()[0];
-        assert!(validation.passed && validation.token.contains(' '), "{validation:?}");
+        assert_eq!(emulated[0].lifecycle_notification_url.as_deref(), Some(address.as_str()));
+        // Both URLs were validated (here the same one, each with its own token).
+        let validations = sandbox.state.validations();
+        assert_eq!(validations.len(), 2);
+        assert!(validations.iter().all(|v| v.passed && v.token.contains(' ') && v.notification_url == address));
+        assert_ne!(validations[0].token, validations[1].token);
 
         let id = sandbox.state.insert_foreign_event(CAL, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "A");
         let note = rx.recv().await.unwrap();
@@ -1752,6 +1760,14 @@ mod tests {
         sandbox.state.insert_foreign_event(OTHER, ts("2026-11-24T10:00:00Z"), ts("2026-11-24T11:00:00Z"), "B");
         sandbox.state.delete_directly(CAL, &id);
         assert_eq!(rx.recv().await.unwrap()["value"][0]["changeType"], "deleted");
+        // A lifecycle notification: `lifecycleEvent` instead of `changeType`, the client state.
+        assert!(sandbox.state.send_lifecycle_event(&subscription.id, "missed"));
+        let note = rx.recv().await.unwrap();
+        let item = &note["value"][0];
+        assert_eq!(item["lifecycleEvent"], "missed");
+        assert!(item.get("changeType").is_none(), "{note}");
+        assert_eq!(item["clientState"], "s3cret-state");
+        assert_eq!(item["subscriptionId"], subscription.id.as_str());
 
         connector.unsubscribe(&subscription).await.unwrap();
         assert!(sandbox.state.subscriptions()[0].deleted);
@@ -1765,12 +1781,13 @@ mod tests {
         let mute = format!("{base}/mute");
         let request = SubscribeRequest { id: "unused", address: &mute, secret: "s", expires_at };
         assert!(matches!(connector.subscribe(CAL, &request).await, Err(ConnectorError::Validation { .. })));
-        assert!(!sandbox.state.validations()[1].passed);
+        assert!(!sandbox.state.validations()[2].passed);
+        assert_eq!(sandbox.state.validations().len(), 3, "the lifecycle URL is not tried after a failure");
         // Beyond Graph's 10,080 minutes for events: refused before any handshake.
         let far = Timestamp::now() + jiff::SignedDuration::from_hours(24 * 8);
         let request = SubscribeRequest { id: "unused", address: &address, secret: "s", expires_at: far };
         assert!(matches!(connector.subscribe(CAL, &request).await, Err(ConnectorError::Validation { .. })));
-        assert_eq!(sandbox.state.validations().len(), 2);
+        assert_eq!(sandbox.state.validations().len(), 3);
         assert_eq!(sandbox.state.subscriptions().len(), 1);
         server.abort();
     }
