@@ -211,6 +211,11 @@ impl HubSpotReceiver {
             accepted.unknown_portal += 1;
             return "unknown_portal";
         };
+        // A deleted contact leaves the identity index whoever deleted it (our own undo too);
+        // idempotent, so a redelivery changes nothing more.
+        if matches!(event.subscription_type.as_str(), "contact.deletion" | "contact.privacyDeletion") {
+            super::unindex_deleted(core, tenant, &event.object_id.to_string()).await;
+        }
         let own =
             event.change_source.as_deref() == Some("INTEGRATION") && event.source_id.as_deref() == Some(&self.app_id);
         if own {

@@ -144,6 +144,15 @@ pub fn refresh_on_pull(core: std::sync::Weak<Core>) -> crate::matching::sync::On
     })
 }
 
+/// A CRM's webhook says a record was deleted: it leaves the identity index now rather than at
+/// the next pull (or when a read of it answers 404). A store error is logged: the pull's
+/// removals, or that 404, drop it later.
+pub(crate) async fn unindex_deleted(core: &Core, tenant: &Tenant, record_id: &str) {
+    if let Err(e) = core.store.unindex_record(tenant.id(), record_id).await {
+        tracing::warn!(tenant = %tenant.id(), error = %e, "could not drop a deleted record from the identity index");
+    }
+}
+
 /// An accepted CRM event, applied once: its delivery `key` is recorded for `vendor` first
 /// (`None` when it was seen before — a redelivery), then the callers it concerns are refreshed;
 /// `Some(live calls notified)`. A store error records nothing and applies the event anyway:

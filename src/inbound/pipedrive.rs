@@ -194,6 +194,11 @@ impl PipedriveReceiver {
             accepted.ignored += 1;
             return "ignored";
         };
+        // A deleted person leaves the identity index whoever deleted it (our own undo too);
+        // idempotent, so a redelivery changes nothing more.
+        if (n.meta.entity.as_str(), n.meta.action.as_str()) == ("person", "delete") {
+            super::unindex_deleted(core, tenant, &n.meta.entity_id.text()).await;
+        }
         if is_own(n, tenant).await {
             accepted.own += 1;
             return "own";

@@ -428,6 +428,26 @@ impl PipedriveState {
         });
     }
 
+    /// A person deletes a person in Pipedrive's app (webhook `delete` with `change_source: app`).
+    /// False when there is no such person.
+    pub fn rep_delete(&self, person_id: &str, user_id: &str) -> bool {
+        let now = self.now();
+        let mut inner = self.lock();
+        let Ok(pid) = person_id.parse::<u64>() else { return false };
+        let Some(person) = inner.persons.remove(&pid) else { return false };
+        inner.webhooks.emit(WebhookChange {
+            action: "delete",
+            entity: "person",
+            entity_id: pid,
+            data: Value::Null,
+            previous: person_json(pid, &person),
+            change_source: "app",
+            user_id: user_id.parse().unwrap_or_default(),
+            at: now,
+        });
+        true
+    }
+
     // ----- webhooks ---------------------------------------------------------------------------
 
     /// The next `n` notifications are dropped (a missed webhook: the polling safety net's case).

@@ -457,3 +457,30 @@ async fn a_contact_archived_in_hubspot_is_no_longer_matched_after_the_next_pull(
     assert_eq!(after["structuredContent"]["status"], "new", "{after}");
     app.shutdown().await;
 }
+
+/// A person deleted in Pipedrive's app (issue 12): the `delete` webhook drops every index row of
+/// theirs at once — Pipedrive's pull cannot list deleted persons, and with no live call from
+/// their number nothing else would read (and so drop) them before the next caller.
+#[tokio::test]
+async fn a_person_deleted_in_pipedrive_leaves_the_index_by_webhook() {
+    use callside::store::IdentityKind;
+    let app = spawn_pipedrive("[identity]\npull_interval_secs = 300\n").await;
+    let mut rounds = app.identity_rounds.clone();
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let ana = ana_person(&app);
+    let store = &app.core.store;
+    assert_eq!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap(), vec![ana.clone()]);
+    assert_eq!(
+        store.lookup_identity("demo", IdentityKind::Email, "ana.lopez@example.com").await.unwrap(),
+        vec![ana.clone()]
+    );
+
+    let mut stats = app.pipedrive.webhook_stats();
+    assert!(app.pipedrive.rep_delete(&ana, "77"), "a rep deletes Ana in Pipedrive");
+    stats.wait_for(|s| s.delivered >= 1).await.unwrap();
+    assert!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap().is_empty());
+    assert!(store.lookup_identity("demo", IdentityKind::Email, "ana.lopez@example.com").await.unwrap().is_empty());
+    assert_eq!(events(&app, "pipedrive", "applied"), 1);
+    assert_eq!(*rounds.borrow(), 1, "no pull ran: the webhook did it");
+    app.shutdown().await;
+}

@@ -288,3 +288,41 @@ fn inbound_configuration_errors_are_reported_with_their_keys() {
     }
     assert_eq!(err.issues.len(), 3, "{err}");
 }
+
+/// A contact deleted in HubSpot (issue 12): the signed `contact.deletion` event drops every index
+/// row of theirs at once — not at the next pull, and with no live call from their number nothing
+/// else would read (and so drop) them before the next caller.
+#[tokio::test]
+async fn a_contact_deletion_webhook_drops_the_contact_from_the_identity_index() {
+    use callside::store::IdentityKind;
+    let server = server_file(&format!(
+        "[identity]\npull_interval_secs = 300\n[inbound.hubspot]\nclient_secret_env = \"{SECRET_ENV}\"\napp_id = \"{SANDBOX_APP_ID}\"\n"
+    ));
+    let mut tenant = demo_tenant();
+    tenant.crm.portal_id = Some(PORTAL);
+    let app = spawn_app_with(server, vec![tenant]).await;
+    let mut rounds = app.identity_rounds.clone();
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let ana = ana_id(&app);
+    let store = &app.core.store;
+    assert_eq!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap(), vec![ana.clone()]);
+    assert_eq!(
+        store.lookup_identity("demo", IdentityKind::Email, "ana.lopez@example.com").await.unwrap(),
+        vec![ana.clone()]
+    );
+
+    assert!(app.hubspot.archive_directly(ObjectType::Contacts, &ana));
+    let body = json!([{
+        "eventId": 9101, "subscriptionId": 7004, "portalId": PORTAL, "appId": 4242001,
+        "occurredAt": now_ms(&app), "subscriptionType": "contact.deletion", "attemptNumber": 0,
+        "objectId": ana.parse::<u64>().unwrap(), "changeSource": "CRM_UI", "sourceId": "userId:77",
+    }])
+    .to_string();
+    let (status, answer, _) = post_signed(&app, body.as_bytes(), &secret(), now_ms(&app)).await;
+    assert!((200..300).contains(&status), "{status}: {answer}");
+    assert!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap().is_empty());
+    assert!(store.lookup_identity("demo", IdentityKind::Email, "ana.lopez@example.com").await.unwrap().is_empty());
+    assert_eq!(app.core.metrics.inbound_event_count("hubspot", "applied"), 1);
+    assert_eq!(*rounds.borrow(), 1, "no pull ran: the webhook did it");
+    app.shutdown().await;
+}
