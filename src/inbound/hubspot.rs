@@ -24,6 +24,7 @@ use hmac::{Hmac, Mac};
 use jiff::{SignedDuration, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Affected, Rejection, apply_once};
@@ -89,6 +90,22 @@ pub struct Event {
     change_source: Option<String>,
     #[serde(default)]
     source_id: Option<String>,
+    /// `contact.merge`: the surviving contact and the ones merged into it
+    /// (<https://developers.hubspot.com/changelog/new-subscription-types-for-webhooks>). Read
+    /// leniently (numbers or strings): a shape we do not expect changes nothing.
+    #[serde(default)]
+    primary_object_id: Option<Value>,
+    #[serde(default)]
+    merged_object_ids: Option<Value>,
+}
+
+/// An id HubSpot sent as a number or a string.
+fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Some(s.clone()),
+        _ => None,
+    }
 }
 
 /// The v3 signature (base64) of a request.
@@ -216,6 +233,15 @@ impl HubSpotReceiver {
         if matches!(event.subscription_type.as_str(), "contact.deletion" | "contact.privacyDeletion") {
             super::unindex_deleted(core, tenant, &event.object_id.to_string()).await;
         }
+        // A merge: the merged contacts' index rows point at the survivor from now on.
+        if event.subscription_type == "contact.merge"
+            && let Some(primary) = event.primary_object_id.as_ref().and_then(id_text)
+        {
+            let merged = event.merged_object_ids.as_ref().and_then(Value::as_array).cloned().unwrap_or_default();
+            for id in merged.iter().filter_map(id_text).filter(|id| *id != primary) {
+                super::repoint_merged(core, tenant, &id, &primary, now).await;
+            }
+        }
         let own =
             event.change_source.as_deref() == Some("INTEGRATION") && event.source_id.as_deref() == Some(&self.app_id);
         if own {
@@ -312,6 +338,15 @@ mod tests {
     }
 
     #[test]
+    fn merge_ids_are_read_as_numbers_or_digit_strings_only() {
+        assert_eq!(id_text(&serde_json::json!(123)), Some("123".into()));
+        assert_eq!(id_text(&serde_json::json!("456")), Some("456".into()));
+        for bad in [serde_json::json!(-1), serde_json::json!("12a"), serde_json::json!(""), serde_json::json!(null)] {
+            assert_eq!(id_text(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn events_map_to_what_they_concern() {
         let e = |t: &str, p: Option<&str>| Event {
             event_id: 1,
@@ -321,6 +356,8 @@ mod tests {
             property_name: p.map(str::to_owned),
             change_source: None,
             source_id: None,
+            primary_object_id: None,
+            merged_object_ids: None,
         };
         assert_eq!(affected_by(&e("contact.propertyChange", Some("firstname"))), Some(Affected::Contact("42".into())));
         assert_eq!(affected_by(&e("contact.propertyChange", Some("phone"))), Some(Affected::Matching("42".into())));

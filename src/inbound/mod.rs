@@ -153,6 +153,13 @@ pub(crate) async fn unindex_deleted(core: &Core, tenant: &Tenant, record_id: &st
     }
 }
 
+/// A CRM's webhook says record `from` was merged into `to`: its index rows point at `to` now.
+pub(crate) async fn repoint_merged(core: &Core, tenant: &Tenant, from: &str, to: &str, now: jiff::Timestamp) {
+    if let Err(e) = core.store.repoint_record(tenant.id(), from, to, now.as_millisecond()).await {
+        tracing::warn!(tenant = %tenant.id(), error = %e, "could not repoint a merged record in the identity index");
+    }
+}
+
 /// An accepted CRM event, applied once: its delivery `key` is recorded for `vendor` first
 /// (`None` when it was seen before — a redelivery), then the callers it concerns are refreshed;
 /// `Some(live calls notified)`. A store error records nothing and applies the event anyway:

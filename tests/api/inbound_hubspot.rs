@@ -326,3 +326,41 @@ async fn a_contact_deletion_webhook_drops_the_contact_from_the_identity_index() 
     assert_eq!(*rounds.borrow(), 1, "no pull ran: the webhook did it");
     app.shutdown().await;
 }
+
+/// A merge in HubSpot (issue 12): the signed `contact.merge` event (`primaryObjectId`,
+/// `mergedObjectIds`) repoints the merged contact's index rows to the survivor at once.
+#[tokio::test]
+async fn a_contact_merge_webhook_repoints_the_index_to_the_survivor() {
+    use callside::store::IdentityKind;
+    let server = server_file(&format!(
+        "[identity]\npull_interval_secs = 300\n[inbound.hubspot]\nclient_secret_env = \"{SECRET_ENV}\"\napp_id = \"{SANDBOX_APP_ID}\"\n"
+    ));
+    let mut tenant = demo_tenant();
+    tenant.crm.portal_id = Some(PORTAL);
+    let app = spawn_app_with(server, vec![tenant]).await;
+    let mut rounds = app.identity_rounds.clone();
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let ana = ana_id(&app);
+    let store = &app.core.store;
+    assert_eq!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap(), vec![ana.clone()]);
+
+    let survivor = app.hubspot.insert_contact([("firstname", "Ana María"), ("email", "ana.maria@example.com")]);
+    assert!(app.hubspot.merge_contacts(&survivor, &ana));
+    let body = json!([{
+        "eventId": 9201, "subscriptionId": 7005, "portalId": PORTAL, "appId": 4242001,
+        "occurredAt": now_ms(&app), "subscriptionType": "contact.merge", "attemptNumber": 0,
+        "objectId": survivor.parse::<u64>().unwrap(), "changeSource": "CRM_UI", "sourceId": "userId:77",
+        "primaryObjectId": survivor.parse::<u64>().unwrap(), "mergedObjectIds": [ana.parse::<u64>().unwrap()],
+        "newObjectId": survivor.parse::<u64>().unwrap(), "numberOfPropertiesMoved": 2,
+    }])
+    .to_string();
+    let (status, answer, _) = post_signed(&app, body.as_bytes(), &secret(), now_ms(&app)).await;
+    assert!((200..300).contains(&status), "{status}: {answer}");
+    assert_eq!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap(), vec![survivor.clone()]);
+    assert_eq!(
+        store.lookup_identity("demo", IdentityKind::Email, "ana.lopez@example.com").await.unwrap(),
+        vec![survivor.clone()]
+    );
+    assert_eq!(*rounds.borrow(), 1, "no pull ran: the webhook did it");
+    app.shutdown().await;
+}
