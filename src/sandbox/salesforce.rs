@@ -59,7 +59,9 @@
 //! - Deletes go to a delete log read by "Get Deleted Records"
 //!   (`GET /sobjects/{T}/deleted/?start=&end=`, see `get_deleted` for its documented rules);
 //!   `convert_lead` converts a Lead into a Contact as a person would (`IsConverted`,
-//!   `ConvertedContactId`).
+//!   `ConvertedContactId`); `merge_records` merges a duplicate into a master (the loser deleted
+//!   with `MasterRecordId`); deleted records stay in a recycle bin that `GET /queryAll` shows
+//!   (`IsDeleted = true`) until a purge.
 //!
 //! Fault injection mirrors the HubSpot emulator: down, latency, the next N answers failing (500s,
 //! `REQUEST_LIMIT_EXCEEDED`), a write applied whose answer is lost, a field rejected by a
@@ -251,6 +253,8 @@ fn schema(sobject: &str) -> Option<Vec<FieldDef>> {
                 picklist("LeadSource", &LEAD_SOURCES, false),
                 f("OwnerId", Reference),
                 f("AccountId", Reference),
+                read_only("IsDeleted", Boolean),
+                read_only("MasterRecordId", Reference),
             ];
             v.extend(callside_fields());
             v
@@ -274,6 +278,8 @@ fn schema(sobject: &str) -> Option<Vec<FieldDef>> {
                 f("OwnerId", Reference),
                 read_only("IsConverted", Boolean),
                 read_only("ConvertedContactId", Reference),
+                read_only("IsDeleted", Boolean),
+                read_only("MasterRecordId", Reference),
             ];
             v.extend(callside_fields());
             v
@@ -515,6 +521,8 @@ struct Inner {
     delete_log: Vec<(String, String, Timestamp)>,
     /// When the delete log was last purged (its `earliestDateAvailable`), if ever.
     delete_log_purged_at: Option<Timestamp>,
+    /// Deleted records (`IsDeleted = true`), seen only by `queryAll`; emptied by a purge.
+    recycle_bin: BTreeMap<String, Record>,
 }
 
 /// The org's clock (`Debug` for the state's derive).
@@ -565,6 +573,7 @@ impl SalesforceState {
                 clock: OrgClock(Arc::new(crate::clock::SystemClock)),
                 delete_log: Vec::new(),
                 delete_log_purged_at: None,
+                recycle_bin: BTreeMap::new(),
             }),
         });
         let user = state.insert_user("Callside", "Integration", "integration@callside.example.com");
@@ -624,12 +633,40 @@ impl SalesforceState {
         inner.apply("Lead", lead_id, &map, &user, true);
     }
 
+    /// A person merges `loser` into `master` (Contacts, or Leads): the loser is deleted with
+    /// `MasterRecordId` set to the master, and the master is updated (its empty phone and email
+    /// fields take the loser's values), as "Triggers and Merge Statements" describes
+    /// (<https://developer.salesforce.com/docs/atlas.en-us.apexcode.meta/apexcode/apex_triggers_merge_statements.htm>).
+    /// False when either is absent or they are not the same object.
+    pub fn merge_records(&self, master: &str, loser: &str) -> bool {
+        let mut inner = self.lock();
+        let (Some(m), Some(l)) = (inner.records.get(master).cloned(), inner.records.get(loser).cloned()) else {
+            return false;
+        };
+        if master == loser || m.sobject != l.sobject || !matches!(m.sobject.as_str(), "Contact" | "Lead") {
+            return false;
+        }
+        let user = inner.integration_user.clone();
+        inner.delete_merged(loser, Some(master));
+        let mut fill = Map::new();
+        for field in ["Email", "Phone", "MobilePhone"] {
+            if m.text(field).is_none()
+                && let Some(value) = l.text(field)
+            {
+                fill.insert(field.into(), json!(value));
+            }
+        }
+        inner.apply(&m.sobject, master, &fill, &user, true);
+        true
+    }
+
     /// An administrator empties the recycle bin: the delete log is purged, and "Get Deleted
     /// Records" refuses any window starting before now (`INVALID_REPLICATION_DATE`).
     pub fn purge_delete_log(&self) {
         let mut inner = self.lock();
         let now = inner.clock.now();
         inner.delete_log.clear();
+        inner.recycle_bin.clear();
         inner.delete_log_purged_at = Some(now);
     }
 
@@ -850,12 +887,23 @@ impl Inner {
         }
     }
 
-    /// Deletes a record (to the recycle bin, which queries do not show) and logs it.
+    /// Deletes a record (to the recycle bin, which only `queryAll` shows, with `IsDeleted` and,
+    /// after a merge, `MasterRecordId`) and logs it.
     fn delete(&mut self, id: &str) -> bool {
-        let Some(record) = self.records.remove(id) else { return false };
+        self.delete_merged(id, None)
+    }
+
+    fn delete_merged(&mut self, id: &str, master: Option<&str>) -> bool {
+        let Some(mut record) = self.records.remove(id) else { return false };
         self.index.remove(id);
         let at = self.clock.now();
-        self.delete_log.push((record.sobject, id.to_owned(), at));
+        self.delete_log.push((record.sobject.clone(), id.to_owned(), at));
+        record.fields.insert("IsDeleted".into(), json!(true));
+        record.fields.insert("SystemModstamp".into(), json!(sf_datetime(at)));
+        if let Some(master) = master {
+            record.fields.insert("MasterRecordId".into(), json!(master));
+        }
+        self.recycle_bin.insert(id.to_owned(), record);
         true
     }
 
@@ -1061,6 +1109,9 @@ fn compute(record: &mut Record) {
             }
             if record.sobject == "Lead" {
                 record.fields.entry("IsConverted".into()).or_insert(json!(false));
+            }
+            if matches!(record.sobject.as_str(), "Contact" | "Lead") {
+                record.fields.entry("IsDeleted".into()).or_insert(json!(false));
             }
         }
         "Opportunity" => {
@@ -1905,6 +1956,7 @@ impl SalesforceSandbox {
         Router::new()
             .route("/services/data/{version}/query", get(query))
             .route("/services/data/{version}/query/{locator}", get(query_more))
+            .route("/services/data/{version}/queryAll", get(query_all))
             .route("/services/data/{version}/search", get(search))
             .route("/services/data/{version}/sobjects/{sobject}", post(create))
             .route("/services/data/{version}/sobjects/{sobject}/deleted/", get(get_deleted))
@@ -2098,7 +2150,29 @@ async fn query(
     headers: axum::http::HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
+    run_query(&state, &version, &headers, &params, false)
+}
+
+/// `GET /services/data/vXX.X/queryAll?q=`: as `query`, deleted records (the recycle bin, with
+/// `IsDeleted = true`) included
+/// (<https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm>).
+async fn query_all(
+    State(state): State<Arc<SalesforceState>>,
+    Path(version): Path<String>,
+    headers: axum::http::HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    run_query(&state, &version, &headers, &params, true)
+}
+
+fn run_query(
+    state: &SalesforceState,
+    version: &str,
+    headers: &axum::http::HeaderMap,
+    params: &HashMap<String, String>,
+    with_deleted: bool,
+) -> Response {
+    if let Some(r) = check_version(version) {
         return r;
     }
     let Some(q) = params.get("q") else {
@@ -2133,11 +2207,13 @@ async fn query(
             );
         }
     };
-    let rows: Vec<Record> = inner.records.values().filter(|r| r.sobject == from).cloned().collect();
+    let bin = if with_deleted { Some(inner.recycle_bin.values()) } else { None };
+    let rows: Vec<Record> =
+        inner.records.values().chain(bin.into_iter().flatten()).filter(|r| r.sobject == from).cloned().collect();
     match inner.run(&parsed, rows, &from) {
         Ok(records) => {
             let total = records.len();
-            query_batch(&mut inner, &version, total, records.into(), batch_size(&headers))
+            query_batch(&mut inner, version, total, records.into(), batch_size(headers))
         }
         Err(QueryError(code, message)) => one_error(StatusCode::BAD_REQUEST, code, &message),
     }

@@ -387,6 +387,30 @@ impl SalesforceConnector {
         })
     }
 
+    /// The survivors of deleted records that lost a merge: their `MasterRecordId`, read with
+    /// `queryAll` (deleted records are visible only there), 100 ids a query. "When a record is
+    /// deleted after losing a merge operation, its MasterRecordId field is set to the ID of the
+    /// winning record"
+    /// (<https://developer.salesforce.com/docs/atlas.en-us.apexcode.meta/apexcode/apex_triggers_merge_statements.htm>;
+    /// `queryAll`: <https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm>).
+    async fn merge_masters(&self, person: Person, ids: &[String]) -> Result<HashMap<String, String>, ConnectorError> {
+        let mut masters = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let list = chunk.iter().map(|id| quote(id)).collect::<Vec<_>>().join(", ");
+            let q = format!(
+                "SELECT Id, MasterRecordId FROM {} WHERE Id IN ({list}) AND MasterRecordId != null",
+                person.sobject()
+            );
+            let answer = self.call(Method::GET, &["queryAll"], &[("q", &q)], None).await?;
+            for row in records(&answer) {
+                if let (Some(id), Some(master)) = (text(&row, "Id"), text(&row, "MasterRecordId")) {
+                    masters.insert(id, master);
+                }
+            }
+        }
+        Ok(masters)
+    }
+
     async fn soql(&self, query: &str) -> Result<Vec<Value>, ConnectorError> {
         let answer = self.call(Method::GET, &["query"], &[("q", query)], None).await?;
         Ok(records(&answer))
@@ -1383,9 +1407,9 @@ impl CrmConnector for SalesforceConnector {
     /// same start), and the delete log covers at most 15 days (less when it was purged:
     /// `earliestDateAvailable` later than `start`, or `INVALID_REPLICATION_DATE`). A window the
     /// log no longer covers answers `complete: false`, and the pull re-reads everything. The next
-    /// window starts at the answer's `latestDateCovered`, as the guide asks. A Contact merge
-    /// deletes the losing records (listed here) and changes the master, which the change pull
-    /// re-reads.
+    /// window starts at the answer's `latestDateCovered`, as the guide asks. A merge deletes the
+    /// losing records: those with a `MasterRecordId` (read by `queryAll`) are reported merged
+    /// into it; the master itself changed, and the change pull re-reads it.
     async fn contacts_removed_since(
         &self,
         since: Timestamp,
@@ -1428,10 +1452,19 @@ impl CrmConnector for SalesforceConnector {
             }
             let latest = answer.get("latestDateCovered").and_then(Value::as_str).and_then(parse_sf_time).unwrap_or(end);
             covered_until = Some(covered_until.map_or(latest, |c| c.min(latest)));
-            for row in answer.get("deletedRecords").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(id) = row.get("id").and_then(Value::as_str) {
-                    removed.push(RemovedContact { id: id.to_owned(), merged_into: None });
-                }
+            let ids: Vec<String> = answer
+                .get("deletedRecords")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|row| row.get("id").and_then(Value::as_str))
+                .filter(|id| Person::of(id).is_ok())
+                .map(str::to_owned)
+                .collect();
+            let masters = self.merge_masters(person, &ids).await?;
+            for id in ids {
+                let merged_into = masters.get(&id).cloned();
+                removed.push(RemovedContact { id, merged_into });
             }
         }
         let q = format!(

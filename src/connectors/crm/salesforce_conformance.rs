@@ -704,8 +704,8 @@ async fn the_incremental_pull_lists_only_changes_since_the_watermark_contacts_th
 }
 
 /// Removals (issue 12): Contacts and Leads deleted within the window come from "Get Deleted
-/// Records" (whole minutes; a window of a minute or less is not asked), a converted Lead is
-/// merged into its Contact, and a window the delete log no longer covers (older than 15 days,
+/// Records" (whole minutes; a window of a minute or less is not asked), a merge's loser is
+/// merged into its `MasterRecordId` (read with `queryAll`), a converted Lead into its Contact, and a window the delete log no longer covers (older than 15 days,
 /// or purged) is reported incomplete instead of empty.
 #[tokio::test]
 async fn deleted_and_converted_people_are_listed_and_a_purged_log_asks_for_a_resync() {
@@ -717,6 +717,7 @@ async fn deleted_and_converted_people_are_listed_and_a_purged_log_asks_for_a_res
     let kept = state.insert("Contact", &[("LastName", json!("Kept")), ("Phone", json!("+1 718 555 0102"))]);
     let lead = state.insert("Lead", &[("LastName", json!("Lee")), ("Company", json!("Acme"))]);
     let converted = state.insert("Lead", &[("LastName", json!("Conv")), ("Company", json!("Acme"))]);
+    let loser = state.insert("Contact", &[("LastName", json!("Kept")), ("MobilePhone", json!("+1 718 555 0103"))]);
     let old_delete = state.insert("Contact", &[("LastName", json!("Before"))]);
     assert!(state.delete_record(&old_delete));
     clock.advance(jiff::SignedDuration::from_mins(2));
@@ -731,6 +732,8 @@ async fn deleted_and_converted_people_are_listed_and_a_purged_log_asks_for_a_res
     clock.advance(jiff::SignedDuration::from_mins(1));
     assert!(state.delete_record(&lead));
     state.convert_lead(&converted, &kept);
+    assert!(state.merge_records(&kept, &loser), "a rep merges the duplicate into Kept");
+    assert_eq!(state.record(&kept).unwrap().text("MobilePhone").as_deref(), Some("+1 718 555 0103"));
     clock.advance(jiff::SignedDuration::from_mins(2));
     let page = crm.contacts_removed_since(since, clock.now()).await.unwrap().unwrap();
     assert!(page.complete);
@@ -738,8 +741,14 @@ async fn deleted_and_converted_people_are_listed_and_a_purged_log_asks_for_a_res
         page.removed.iter().map(|r| (r.id.as_str(), r.merged_into.as_deref())).collect();
     assert_eq!(
         removed,
-        [(gone.as_str(), None), (lead.as_str(), None), (converted.as_str(), Some(kept.as_str()))],
-        "contacts, then leads, then conversions; the record deleted before the window is not listed"
+        [
+            (gone.as_str(), None),
+            (loser.as_str(), Some(kept.as_str())),
+            (lead.as_str(), None),
+            (converted.as_str(), Some(kept.as_str()))
+        ],
+        "contacts (a merge's loser with its master, from queryAll's MasterRecordId), then leads, then \
+         conversions; the record deleted before the window is not listed"
     );
     let covered = page.covered_until.expect("latestDateCovered");
     assert_eq!(covered, "2026-11-23T13:03:00Z".parse().unwrap(), "the end, to the minute");
