@@ -58,6 +58,8 @@ pub struct Application {
     /// Bumped after every round of identity pulls (`crate::matching::sync::spawn_with`).
     identity_rounds: tokio::sync::watch::Sender<u64>,
     retention: crate::privacy::RetentionSection,
+    /// How long the inbound replay and redelivery guard keeps its keys (swept with retention).
+    inbound_guard: crate::inbound::GuardRetention,
     /// Bumped after every retention sweep (`crate::privacy::spawn_sweeper`).
     retention_rounds: tokio::sync::watch::Sender<u64>,
     /// The invalidation listener (PostgreSQL) and the store URL to reopen it.
@@ -282,6 +284,7 @@ impl Application {
             identity_pull: config.identity.pull_interval_secs,
             identity_rounds: tokio::sync::watch::Sender::new(0),
             retention: config.retention.clone(),
+            inbound_guard: crate::inbound::GuardRetention::new(config.inbound.calendar.as_ref()),
             retention_rounds: tokio::sync::watch::Sender::new(0),
             bus: bus_listener.map(|l| (l, config.store_url.clone())),
         })
@@ -343,6 +346,7 @@ impl Application {
             identity_pull,
             identity_rounds,
             retention,
+            inbound_guard,
             retention_rounds,
             bus,
         } = self;
@@ -361,6 +365,7 @@ impl Application {
         let retention_task = AbortOnDropHandle::new(crate::privacy::spawn_sweeper(
             state.core.store.clone(),
             retention,
+            inbound_guard,
             state.core.clock.clone(),
             retention_rounds,
             retention_stop.clone(),

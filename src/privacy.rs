@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::TenantConfig;
 use crate::identity::{ParsedPhone, Phone};
+use crate::inbound::GuardRetention;
 use crate::store::{EraseReport, RetentionReport, Store, StoreError};
 
 /// `[retention]` in the server file: how long personal data is kept, in days (0: kept forever).
@@ -74,19 +75,26 @@ impl RetentionSection {
     }
 }
 
-/// One sweep: everything past its retention at `now`.
+/// One sweep: everything past its retention at `now`, and the inbound guard's keys past
+/// theirs (`guard`).
 pub async fn sweep_once(
     store: &Store,
     settings: &RetentionSection,
+    guard: GuardRetention,
     now: Timestamp,
 ) -> Result<RetentionReport, StoreError> {
-    store
-        .apply_retention(
-            RetentionSection::cutoff(settings.transcripts_days, now),
-            RetentionSection::cutoff(settings.audit_days, now),
-            now,
-        )
-        .await
+    let audit_before = RetentionSection::cutoff(settings.audit_days, now);
+    let mut report =
+        store.apply_retention(RetentionSection::cutoff(settings.transcripts_days, now), audit_before, now).await?;
+    // A cutoff before the start of time keeps everything (a TTL of centuries is a choice too).
+    let before = |keep: SignedDuration| now.checked_sub(keep).ok();
+    if let Some(signatures_before) = before(guard.signatures) {
+        // Event keys are what the audit counts as inbound deliveries: they go with the audit
+        // data (never, when that is kept forever), and never while the guard needs them.
+        let events_before = audit_before.zip(before(guard.events)).map(|(audit, kept)| audit.min(kept));
+        report.inbound_keys_deleted = store.prune_inbound_deliveries(signatures_before, events_before).await?;
+    }
+    Ok(report)
 }
 
 /// Sweeps at start and then every `sweep_interval_secs` of the injected clock, until `stop`.
@@ -94,6 +102,7 @@ pub async fn sweep_once(
 pub fn spawn_sweeper(
     store: Store,
     settings: RetentionSection,
+    guard: GuardRetention,
     clock: SharedClock,
     rounds: watch::Sender<u64>,
     stop: CancellationToken,
@@ -101,13 +110,15 @@ pub fn spawn_sweeper(
     let interval = SignedDuration::from_secs(settings.sweep_interval_secs as i64);
     tokio::spawn(async move {
         loop {
-            match sweep_once(&store, &settings, clock.now()).await {
+            match sweep_once(&store, &settings, guard, clock.now()).await {
                 Ok(r) if r.is_empty() => {}
                 Ok(r) => tracing::info!(report = ?r, "retention sweep"),
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
             }
-            rounds.send_modify(|n| *n += 1);
+            // The next deadline is fixed before the round is signalled: a test that advances the
+            // clock once it sees the signal always wakes the next sweep.
             let next = clock.now() + interval;
+            rounds.send_modify(|n| *n += 1);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = clock.sleep_until(next) => {}
@@ -192,4 +203,78 @@ pub fn render_erasure(erasures: &[TenantErasure]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    /// Advances the clock and waits for the sweep it wakes (the sweeper's round signal).
+    async fn sweep_after(clock: &ManualClock, seen: &mut watch::Receiver<u64>, by: SignedDuration) {
+        let before = *seen.borrow_and_update();
+        clock.advance(by);
+        // The timeout only bounds a broken sweeper; the wait itself is on the round signal.
+        let swept = tokio::time::timeout(std::time::Duration::from_secs(20), seen.wait_for(|n| *n > before));
+        swept.await.expect("a sweep ran in time").expect("sweeper alive");
+    }
+
+    /// The guard's keys go with the sweep once past their windows on the injected clock: a
+    /// signature an hour after it was accepted (its replay window is long closed), an event
+    /// after three days (the vendors' retries are over, and the audit data of one day is gone);
+    /// until then a replay is still refused, and the conflict-task marker is never swept.
+    #[tokio::test]
+    async fn the_sweep_prunes_inbound_guard_keys_past_their_windows_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let t0: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        let clock = ManualClock::new(t0);
+        store.record_inbound_delivery("hubspot", "sig:abc", None, t0).await.unwrap();
+        store.record_inbound_delivery("hubspot", "event:1:7", Some("demo"), t0).await.unwrap();
+        store.record_inbound_delivery("calendar", "conflict:k:1:2", Some("demo"), t0).await.unwrap();
+        let settings = RetentionSection { transcripts_days: 0, audit_days: 1, sweep_interval_secs: 60 };
+        let (rounds, mut seen) = watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let sweeper = spawn_sweeper(
+            store.clone(),
+            settings,
+            GuardRetention::default(),
+            Arc::new(clock.clone()),
+            rounds,
+            stop.clone(),
+        );
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), seen.wait_for(|n| *n >= 1));
+        first.await.expect("the first sweep runs at start").expect("sweeper alive");
+        // Five minutes on: the signature is inside its window, and its replay is refused.
+        sweep_after(&clock, &mut seen, SignedDuration::from_mins(5)).await;
+        assert!(store.inbound_delivery_seen("hubspot", "sig:abc").await.unwrap());
+        assert!(!store.record_inbound_delivery("hubspot", "sig:abc", None, clock.now()).await.unwrap());
+
+        // An hour and a minute after it was accepted, the signature is gone; the event stays.
+        sweep_after(&clock, &mut seen, SignedDuration::from_mins(56)).await;
+        assert!(!store.inbound_delivery_seen("hubspot", "sig:abc").await.unwrap());
+        assert!(store.inbound_delivery_seen("hubspot", "event:1:7").await.unwrap());
+        assert!(!store.record_inbound_delivery("hubspot", "event:1:7", Some("demo"), clock.now()).await.unwrap());
+
+        // Three days on, the event is gone too; the conflict marker is not the guard's.
+        sweep_after(&clock, &mut seen, SignedDuration::from_hours(71)).await;
+        assert!(!store.inbound_delivery_seen("hubspot", "event:1:7").await.unwrap());
+        assert!(store.inbound_delivery_seen("calendar", "conflict:k:1:2").await.unwrap());
+
+        stop.cancel();
+        sweeper.await.unwrap();
+    }
+
+    #[test]
+    fn the_guard_keeps_signatures_past_the_replay_window_and_channels_for_their_life() {
+        let window = crate::inbound::hubspot::MAX_AGE;
+        assert!(GuardRetention::SIGNATURES > window * 2, "a timestamp may be five minutes ahead");
+        assert_eq!(GuardRetention::default().events, GuardRetention::EVENTS);
+        let long = crate::config::CalendarSyncSection { subscription_ttl_secs: 7 * 86_400, ..Default::default() };
+        assert_eq!(GuardRetention::new(Some(&long)).events, SignedDuration::from_hours(7 * 24));
+        let short = crate::config::CalendarSyncSection::default();
+        assert_eq!(GuardRetention::new(Some(&short)).events, GuardRetention::EVENTS);
+    }
 }

@@ -19,6 +19,8 @@ pub mod pipedrive;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::SignedDuration;
+
 use crate::context::CallerContext;
 use crate::session::Core;
 use crate::tenant::Tenant;
@@ -26,6 +28,57 @@ use crate::tenant::Tenant;
 /// How long one live call's re-read may take inside a webhook request: vendors time deliveries
 /// out (HubSpot after 5 s), and the cache is already invalidated if the re-read is abandoned.
 const REFRESH_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How long the replay and redelivery guard (`crate::store` migration 0012) must keep what it
+/// recorded; the retention sweep (`crate::privacy::sweep_once`) removes older keys. Each kind of
+/// key is needed for as long as a vendor can send its request again and have it otherwise
+/// accepted:
+///
+/// - A request signature (`sig:`, HubSpot) can only be replayed while its timestamp is inside
+///   the five-minute window ([`hubspot::MAX_AGE`]), either side of now: at most ten minutes
+///   after it was first accepted. Kept an hour.
+/// - An event (`event:`, HubSpot and Pipedrive) can be redelivered while the vendor retries:
+///   HubSpot retries a failed delivery up to 10 times with a backoff doubling from 2 minutes
+///   (<https://developers.hubspot.com/docs/methods/webhooks/webhooks-overview>, "Retries"), so
+///   the last retry comes about 34 hours after the first attempt; Pipedrive retries after a
+///   failed first attempt too (<https://pipedrive.readme.io/docs/webhooks-for-apps>, "Webhooks
+///   policy"). Kept three days. A redelivery after that would only re-read a context.
+/// - A push message (`channel:`, Google) can be replayed while its channel is open: refused as
+///   stale past the channel's expiration. Kept at least as long as a channel is asked to live
+///   (`inbound.calendar.subscription_ttl_secs`).
+///
+/// Tenant-scoped keys (`event:`, `channel:`) are also what `callside audit` counts as inbound
+/// deliveries, so the sweep keeps them as long as the audit data (`retention.audit_days`) when
+/// that is longer. Other keys in the table (the calendar's conflict-task markers) are not a
+/// replay guard: the sweep leaves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardRetention {
+    /// How long a request signature (`sig:`) is kept.
+    pub signatures: SignedDuration,
+    /// How long an event or push-message key (`event:`, `channel:`) is kept at least.
+    pub events: SignedDuration,
+}
+
+impl GuardRetention {
+    /// Request signatures: twice the replay window (both sides of now), plus a margin.
+    pub const SIGNATURES: SignedDuration = SignedDuration::from_hours(1);
+    /// Events: the longest vendor retry schedule (HubSpot's, about 34 hours), plus a margin.
+    pub const EVENTS: SignedDuration = SignedDuration::from_hours(72);
+
+    /// The retention for a service whose calendar push channels live `calendar`'s TTL.
+    pub fn new(calendar: Option<&crate::config::CalendarSyncSection>) -> Self {
+        let channel_life = calendar.map_or(SignedDuration::ZERO, |c| {
+            SignedDuration::from_secs(i64::try_from(c.subscription_ttl_secs).unwrap_or(i64::MAX))
+        });
+        Self { signatures: Self::SIGNATURES, events: Self::EVENTS.max(channel_life) }
+    }
+}
+
+impl Default for GuardRetention {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
 
 /// Why a notification was refused. Nothing was changed by it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -24,6 +24,9 @@ pub struct RetentionReport {
     pub audit_rows_deleted: u64,
     /// Field writes and resolved conflicts whose values were redacted.
     pub field_values_redacted: u64,
+    /// Keys of the inbound replay and redelivery guard past their retention
+    /// (`crate::inbound::GuardRetention`).
+    pub inbound_keys_deleted: u64,
 }
 
 impl RetentionReport {
