@@ -91,8 +91,10 @@ impl Application {
             None if config.sandbox && needs_sandbox => {
                 let s = Sandbox::start().await.context("starting the sandbox emulators")?;
                 s.seed_demo();
-                // Graph subscriptions expire on the service's clock (the tests' manual one).
+                // Graph subscriptions and Google channels expire, and their events are dated,
+                // on the service's clock (the tests' manual one).
                 s.graph.state.set_clock(clock.clone());
+                s.google.state.set_clock(clock.clone());
                 Some(Arc::new(s))
             }
             None => None,

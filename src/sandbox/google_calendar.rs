@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::EmulatorClock;
 use super::google_push::{Push, start_delivery};
 pub use super::google_push::{PushStats, WatchChannel};
 
@@ -216,6 +217,8 @@ struct Inner {
     drop_pushes: usize,
     /// Sync tokens older than this change number answer 410 (`expire_sync_tokens`).
     sync_floor: u64,
+    /// What events are dated and channels expire by (`set_clock`).
+    clock: EmulatorClock,
 }
 
 impl Inner {
@@ -230,9 +233,14 @@ impl Inner {
         format!("\"{}\"", ETAG_BASE + n)
     }
 
-    /// A collection changed: every open channel watching it gets an `exists` notification.
+    /// A collection changed: every open channel watching it gets an `exists` notification. A
+    /// channel past its expiration sends nothing more: a channel lives until its `expiration`
+    /// and is then replaced, never renewed
+    /// (<https://developers.google.com/workspace/calendar/api/guides/push>, "Renew notification channels").
     fn changed(&mut self, calendar_id: &str, stats: &PushStats) {
-        for channel in self.channels.iter_mut().filter(|c| !c.stopped && c.calendar_id == calendar_id) {
+        let now = self.clock.now();
+        let open = |c: &&mut WatchChannel| !c.stopped && c.calendar_id == calendar_id && c.expiration > now;
+        for channel in self.channels.iter_mut().filter(open) {
             channel.message_number += 1;
             if self.drop_pushes > 0 {
                 self.drop_pushes -= 1;
@@ -258,7 +266,7 @@ impl Inner {
         summary: &str,
         transparent: bool,
     ) {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let etag = self.next_etag();
         let event = SandboxEvent {
             calendar_id: calendar_id.to_owned(),
@@ -348,6 +356,11 @@ impl GoogleCalendarState {
         inner.sync_floor = inner.seq + 1;
     }
 
+    /// Dates events and expires push channels by `clock` (the service's) instead of the system's.
+    pub fn set_clock(&self, clock: crate::clock::SharedClock) {
+        self.lock().clock = EmulatorClock::injected(clock);
+    }
+
     /// Replaces the accepted access token (e.g. to simulate expiry and refresh).
     pub fn set_token(&self, token: &str) {
         self.lock().token = token.to_owned();
@@ -397,7 +410,9 @@ impl GoogleCalendarState {
     /// Cancels a stored event directly (as the business deleting it in the Calendar UI).
     /// Returns false when there is no such event.
     pub fn cancel_directly(&self, calendar_id: &str, event_id: &str) -> bool {
-        self.cancel_directly_at(calendar_id, event_id, Timestamp::now())
+        // The guard is dropped at the end of this statement, before cancel_directly_at locks.
+        let now = self.lock().clock.now();
+        self.cancel_directly_at(calendar_id, event_id, now)
     }
 
     /// [`Self::cancel_directly`] at a given time: the event's `updated` says when it was
@@ -1290,7 +1305,7 @@ async fn insert_event(
         }
         None => generated_id(&mut inner),
     };
-    let now = Timestamp::now();
+    let now = inner.clock.now();
     let etag = inner.next_etag();
     let ext = req.extended_properties.as_ref();
     let event = SandboxEvent {
@@ -1579,16 +1594,25 @@ async fn watch_events(
     if url::Url::parse(&address).map(|u| u.scheme() != "https" && u.scheme() != "http").unwrap_or(true) {
         return bad_request("invalid", "Invalid channel address.");
     }
+    // Domain time: the channel expires on the emulator's clock (the service's, when injected).
+    let now = state.lock().clock.now();
     let expiration = match (&req.expiration, req.params.get("ttl")) {
         (Some(ms), _) => match ms.parse::<i64>().ok().and_then(|ms| Timestamp::from_millisecond(ms).ok()) {
             Some(t) => t,
             None => return bad_request("invalid", "Invalid channel expiration."),
         },
-        (None, Some(ttl)) => match ttl.parse::<i64>() {
-            Ok(secs) if secs > 0 => Timestamp::now() + jiff::SignedDuration::from_secs(secs),
-            _ => return bad_request("invalid", "Invalid channel ttl."),
-        },
-        (None, None) => Timestamp::now() + jiff::SignedDuration::from_secs(DEFAULT_CHANNEL_TTL_SECS),
+        (None, Some(ttl)) => {
+            match ttl
+                .parse::<i64>()
+                .ok()
+                .filter(|secs| *secs > 0)
+                .and_then(|secs| now.checked_add(jiff::SignedDuration::from_secs(secs)).ok())
+            {
+                Some(t) => t,
+                None => return bad_request("invalid", "Invalid channel ttl."),
+            }
+        }
+        (None, None) => now + jiff::SignedDuration::from_secs(DEFAULT_CHANNEL_TTL_SECS),
     };
     let mut inner = state.lock();
     if inner.missing_calendars.contains(&calendar_id) {
@@ -1713,6 +1737,7 @@ async fn patch_event(
         return calendar_not_found();
     }
     let etag = inner.next_etag();
+    let now = inner.clock.now();
     let Some(event) = inner.event_mut(&calendar_id, &event_id) else {
         return calendar_not_found();
     };
@@ -1777,7 +1802,7 @@ async fn patch_event(
         event.shared_properties.extend(ext.shared.unwrap_or_default());
     }
     event.etag = etag;
-    event.updated = Timestamp::now();
+    event.updated = now;
     event.writes.push(RecordedWrite { method: GoogleCalendarMethod::Patch, send_updates, if_match });
     let json = event_json(event);
     inner.changed(&calendar_id, &state.push_stats);
@@ -1804,6 +1829,7 @@ async fn delete_event(
         return calendar_not_found();
     }
     let etag = inner.next_etag();
+    let now = inner.clock.now();
     let Some(event) = inner.event_mut(&calendar_id, &event_id) else {
         return calendar_not_found();
     };
@@ -1827,7 +1853,7 @@ async fn delete_event(
     // Deletion keeps the event, cancelled: its id stays taken.
     event.status = "cancelled".to_owned();
     event.etag = etag;
-    event.updated = Timestamp::now();
+    event.updated = now;
     event.writes.push(RecordedWrite { method: GoogleCalendarMethod::Delete, send_updates, if_match });
     inner.changed(&calendar_id, &state.push_stats);
     drop(inner);
@@ -2118,6 +2144,47 @@ mod tests {
         let (status, _, body) = call(&app, "GET", &format!("{base}/vvvvv"), None, &[]).await;
         assert_eq!(status, StatusCode::OK, "get returns cancelled events");
         assert_eq!(body["status"], "cancelled");
+    }
+
+    /// Push channels and events live on the emulator's clock once one is injected (the
+    /// service's): expirations count from its now, events are dated by it, and a channel past
+    /// its expiration is sent nothing more. A TTL that is not a positive, representable number
+    /// of seconds is refused.
+    #[tokio::test]
+    async fn channels_expire_and_events_are_dated_on_the_injected_clock() {
+        let state = GoogleCalendarState::new(TOKEN);
+        let start = ts("2026-11-23T13:00:00Z");
+        let clock = crate::clock::ManualClock::new(start);
+        state.set_clock(Arc::new(clock.clone()));
+        let app = GoogleCalendarSandbox::router(state.clone());
+        let watch = format!("{SERVICE_PATH}calendars/primary/events/watch");
+        let channel = |id: &str, params: Value| json!({"id": id, "type": "web_hook", "address": "http://127.0.0.1:9/hook", "params": params});
+        let hours = |h: i64| start + jiff::SignedDuration::from_hours(h);
+        let (status, _, answer) =
+            call(&app, "POST", &watch, Some(channel("ch-ttl", json!({"ttl": "3600"}))), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["expiration"], hours(1).as_millisecond().to_string());
+        let (_, _, answer) = call(&app, "POST", &watch, Some(channel("ch-default", json!({}))), &[]).await;
+        assert_eq!(answer["expiration"], hours(7 * 24).as_millisecond().to_string(), "a week by default");
+        for ttl in ["0", "-5", "soon", "9223372036854775807"] {
+            let body = channel(&format!("ch-bad{ttl}"), json!({ "ttl": ttl }));
+            let (status, _, err) = call(&app, "POST", &watch, Some(body), &[]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "ttl {ttl}: {err}");
+        }
+        let sent = |id: &str| state.channels().into_iter().find(|c| c.id == id).expect("opened").message_number;
+
+        clock.advance(jiff::SignedDuration::from_mins(30));
+        let base = format!("{SERVICE_PATH}calendars/primary/events");
+        let (status, _, _) = call(&app, "POST", &base, Some(full_event_body("clocked1")), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(state.event("primary", "clocked1").unwrap().updated, start + jiff::SignedDuration::from_mins(30));
+        assert_eq!((sent("ch-ttl"), sent("ch-default")), (2, 2), "both channels are told");
+
+        // An hour and a minute on, the one-hour channel has expired: only the other is told.
+        clock.advance(jiff::SignedDuration::from_mins(31));
+        assert!(state.cancel_directly("primary", "clocked1"));
+        assert_eq!(state.event("primary", "clocked1").unwrap().updated, start + jiff::SignedDuration::from_mins(61));
+        assert_eq!((sent("ch-ttl"), sent("ch-default")), (2, 3), "an expired channel is sent nothing");
     }
 
     #[tokio::test]

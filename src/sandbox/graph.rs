@@ -68,6 +68,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::EmulatorClock;
 pub use super::graph_notify::{GraphSubscription, NotificationStats, Validation};
 use super::graph_notify::{Notification, notification_body, start_delivery, validate_endpoint};
 
@@ -189,23 +190,6 @@ struct Tombstone {
     seq: u64,
 }
 
-/// The emulator's notion of now: the injected clock when one is set (so subscriptions expire on
-/// the tests' manual clock), else the system's.
-#[derive(Default)]
-struct EmulatorClock(Option<crate::clock::SharedClock>);
-
-impl std::fmt::Debug for EmulatorClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "EmulatorClock(injected)" } else { "EmulatorClock(system)" })
-    }
-}
-
-impl EmulatorClock {
-    fn now(&self) -> Timestamp {
-        self.0.as_ref().map_or_else(Timestamp::now, |c| c.now())
-    }
-}
-
 #[derive(Debug, Default)]
 struct Inner {
     clock: EmulatorClock,
@@ -298,7 +282,7 @@ impl Inner {
     }
 
     fn push_foreign(&mut self, user: &str, id: String, start: Timestamp, end: Timestamp, subject: &str, show_as: &str) {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let change_key = self.next_change_key();
         let event = GraphSandboxEvent {
             user: user.to_ascii_lowercase(),
@@ -410,7 +394,9 @@ impl GraphState {
     /// Marks a stored event as a meeting its organizer cancelled (`isCancelled: true`): it stays
     /// on the calendar and in calendarView, and no longer blocks time. False when absent.
     pub fn cancel_directly(&self, user: &str, id: &str) -> bool {
-        self.cancel_directly_at(user, id, Timestamp::now())
+        // The guard is dropped at the end of this statement, before cancel_directly_at locks.
+        let now = self.lock().clock.now();
+        self.cancel_directly_at(user, id, now)
     }
 
     /// [`Self::cancel_directly`] at a given time (`lastModifiedDateTime`).
@@ -439,7 +425,7 @@ impl GraphState {
 
     /// Drives subscription expiry (and validation of `expirationDateTime`) from `clock`.
     pub fn set_clock(&self, clock: crate::clock::SharedClock) {
-        self.lock().clock = EmulatorClock(Some(clock));
+        self.lock().clock = EmulatorClock::injected(clock);
     }
 
     /// Every subscription created so far (deleted ones included), in order.
@@ -1141,7 +1127,7 @@ async fn create_event_inner(
         let body = event_json(existing, &zone, expand.as_deref());
         return Ok(json_response(StatusCode::CREATED, &body));
     }
-    let now = Timestamp::now();
+    let now = inner.clock.now();
     let id = inner.next_id();
     let change_key = inner.next_change_key();
     let event = GraphSandboxEvent {
@@ -1301,6 +1287,7 @@ async fn patch_event_inner(
     let zone = preferred_zone(headers);
     let mut inner = state.lock();
     let change_key = inner.next_change_key();
+    let now = inner.clock.now();
     let Some(event) = inner.event_mut(user, id) else { return reject(not_found()) };
     if let Some(expected) = &if_match
         && expected != "*"
@@ -1326,7 +1313,7 @@ async fn patch_event_inner(
         event.show_as = show_as;
     }
     event.change_key = change_key;
-    event.last_modified = Timestamp::now();
+    event.last_modified = now;
     event.writes.push(RecordedWrite { method: GraphMethod::Patch, if_match });
     let body = event_json(event, &zone, expand.as_deref());
     inner.touched(user, id, "updated");

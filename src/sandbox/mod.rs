@@ -35,6 +35,28 @@ pub const PIPEDRIVE_TOKEN: &str = "sandbox-pipedrive-api-token";
 pub const SQUARE_TOKEN: &str = "sandbox-square-token";
 pub const SHOPIFY_TOKEN: &str = "sandbox-shopify-token";
 
+/// An emulator's notion of now: the injected clock when one is set (`set_clock` on the
+/// emulator's state, so what it dates and expires follows the service's clock — the tests'
+/// manual one), else the system's.
+#[derive(Default)]
+pub(crate) struct EmulatorClock(Option<crate::clock::SharedClock>);
+
+impl EmulatorClock {
+    pub(crate) fn injected(clock: crate::clock::SharedClock) -> Self {
+        Self(Some(clock))
+    }
+
+    pub(crate) fn now(&self) -> jiff::Timestamp {
+        self.0.as_ref().map_or_else(jiff::Timestamp::now, |c| c.now())
+    }
+}
+
+impl std::fmt::Debug for EmulatorClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "EmulatorClock(injected)" } else { "EmulatorClock(system)" })
+    }
+}
+
 /// An emulator's HTTP server on a loopback port; it stops when dropped.
 pub struct Served {
     pub addr: std::net::SocketAddr,

@@ -1110,6 +1110,9 @@ mod tests {
     #[tokio::test]
     async fn watch_opens_a_channel_that_pushes_and_stop_closes_it() {
         let (sandbox, connector) = setup().await;
+        // The channel expires on the emulator's clock: a day before the expiration asked below.
+        let clock = crate::clock::ManualClock::new(ts("2026-11-23T13:00:00Z"));
+        sandbox.state.set_clock(std::sync::Arc::new(clock));
         let cal = "owner@example.com";
         // A receiver standing in for ours: it reports each notification's headers.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<axum::http::HeaderMap>();
