@@ -60,22 +60,72 @@ pub trait Degrade: Send + Sync {
     fn crm_search_lag(&self, lag: bool) -> Result<(), String>;
 }
 
-/// The in-process HubSpot emulator's switches.
-pub struct SandboxHubSpot {
-    pub state: Arc<HubSpotState>,
+/// The fault switches every CRM emulator has, under its own names.
+pub trait CrmSwitches: Send + Sync + 'static {
+    fn set_down(&self, down: bool);
+    /// Replaces the token the emulator accepts (a different one revokes the service's).
+    fn set_accepted_token(&self, token: &str);
+    fn set_search_lag(&self, lag: bool);
+}
+
+impl CrmSwitches for HubSpotState {
+    fn set_down(&self, down: bool) {
+        HubSpotState::set_down(self, down);
+    }
+
+    fn set_accepted_token(&self, token: &str) {
+        self.set_token(token);
+    }
+
+    fn set_search_lag(&self, lag: bool) {
+        HubSpotState::set_search_lag(self, lag);
+    }
+}
+
+impl CrmSwitches for crate::sandbox::salesforce::SalesforceState {
+    fn set_down(&self, down: bool) {
+        crate::sandbox::salesforce::SalesforceState::set_down(self, down);
+    }
+
+    fn set_accepted_token(&self, token: &str) {
+        self.set_token(token);
+    }
+
+    fn set_search_lag(&self, lag: bool) {
+        crate::sandbox::salesforce::SalesforceState::set_search_lag(self, lag);
+    }
+}
+
+impl CrmSwitches for crate::sandbox::pipedrive::PipedriveState {
+    fn set_down(&self, down: bool) {
+        crate::sandbox::pipedrive::PipedriveState::set_down(self, down);
+    }
+
+    fn set_accepted_token(&self, token: &str) {
+        self.set_api_token(token);
+    }
+
+    fn set_search_lag(&self, lag: bool) {
+        crate::sandbox::pipedrive::PipedriveState::set_search_lag(self, lag);
+    }
+}
+
+/// An in-process CRM emulator's switches (a static-token tenant).
+pub struct SandboxCrm<S> {
+    pub state: Arc<S>,
     /// The token the service is configured with (restored after the revocation).
     pub token: String,
 }
 
-impl Degrade for SandboxHubSpot {
+impl<S: CrmSwitches> Degrade for SandboxCrm<S> {
     fn crm_down(&self, down: bool) -> Result<(), String> {
         self.state.set_down(down);
         Ok(())
     }
 
     fn crm_token_revoked(&self, revoked: bool) -> Result<(), String> {
-        // The portal stops knowing the service's token (401 that is not an expiry: revoked).
-        self.state.set_token(if revoked { "pilot-revoked-token" } else { &self.token });
+        // The CRM stops knowing the service's token (401 that is not an expiry: revoked).
+        self.state.set_accepted_token(if revoked { "pilot-revoked-token" } else { &self.token });
         Ok(())
     }
 
@@ -85,51 +135,12 @@ impl Degrade for SandboxHubSpot {
     }
 }
 
-/// The in-process Salesforce emulator's switches (a static-token tenant).
-pub struct SandboxSalesforce {
-    pub state: Arc<crate::sandbox::salesforce::SalesforceState>,
-    pub token: String,
-}
-
-impl Degrade for SandboxSalesforce {
-    fn crm_down(&self, down: bool) -> Result<(), String> {
-        self.state.set_down(down);
-        Ok(())
-    }
-
-    fn crm_token_revoked(&self, revoked: bool) -> Result<(), String> {
-        self.state.set_token(if revoked { "pilot-revoked-token" } else { &self.token });
-        Ok(())
-    }
-
-    fn crm_search_lag(&self, lag: bool) -> Result<(), String> {
-        self.state.set_search_lag(lag);
-        Ok(())
-    }
-}
-
+/// The in-process HubSpot emulator's switches.
+pub type SandboxHubSpot = SandboxCrm<HubSpotState>;
+/// The in-process Salesforce emulator's switches.
+pub type SandboxSalesforce = SandboxCrm<crate::sandbox::salesforce::SalesforceState>;
 /// The in-process Pipedrive emulator's switches (a personal-API-token tenant).
-pub struct SandboxPipedrive {
-    pub state: Arc<crate::sandbox::pipedrive::PipedriveState>,
-    pub token: String,
-}
-
-impl Degrade for SandboxPipedrive {
-    fn crm_down(&self, down: bool) -> Result<(), String> {
-        self.state.set_down(down);
-        Ok(())
-    }
-
-    fn crm_token_revoked(&self, revoked: bool) -> Result<(), String> {
-        self.state.set_api_token(if revoked { "pilot-revoked-token" } else { &self.token });
-        Ok(())
-    }
-
-    fn crm_search_lag(&self, lag: bool) -> Result<(), String> {
-        self.state.set_search_lag(lag);
-        Ok(())
-    }
-}
+pub type SandboxPipedrive = SandboxCrm<crate::sandbox::pipedrive::PipedriveState>;
 
 /// The in-process sandbox's switches for a tenant on the sandbox CRM of `vendor` (with the
 /// sandbox's static token); none for a vendor the sandbox does not emulate.
