@@ -800,12 +800,18 @@ impl HubSpotState {
         client_secret: &str,
         portal_id: u64,
         clock: crate::clock::SharedClock,
-    ) -> Arc<super::hubspot_webhooks::WebhookStats> {
+    ) -> tokio::sync::watch::Receiver<super::hubspot_webhooks::WebhookStats> {
         let (sink, stats, _task) =
             super::hubspot_webhooks::start_delivery(target, client_secret.to_owned(), portal_id, clock);
         // The task ends when the sink (its sender) is dropped with the emulator's state.
         self.lock().webhook = Some(sink);
         stats
+    }
+
+    /// The webhook delivery's progress (`None` until [`HubSpotState::deliver_webhooks_to`]):
+    /// what tests wait on before reading what the receiver counted.
+    pub fn webhook_stats(&self) -> Option<tokio::sync::watch::Receiver<super::hubspot_webhooks::WebhookStats>> {
+        self.lock().webhook.as_ref().map(|sink| sink.stats())
     }
 
     /// A person edits a property in HubSpot's UI (recorded as `CRM_UI` by `user_id`).

@@ -17,15 +17,12 @@
 //! This signing is written independently of the receiver's (`crate::inbound::hubspot`), so the
 //! two check each other.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::hubspot::ChangeSource;
 use crate::clock::SharedClock;
@@ -42,15 +39,20 @@ pub struct WebhookSink {
     tx: mpsc::UnboundedSender<Value>,
     portal_id: u64,
     next_event_id: u64,
+    stats: watch::Receiver<WebhookStats>,
 }
 
-/// What the delivery task has done so far.
-#[derive(Debug, Default)]
+/// What the delivery task has done so far: the signal tests wait on
+/// (`HubSpotState::webhook_stats`). A request is settled once the receiver answered it (or its
+/// last attempt failed), so whatever the receiver counts for it is counted by then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WebhookStats {
     /// Requests answered 2xx.
-    pub delivered: AtomicU64,
+    pub delivered: u64,
     /// Requests answered otherwise (or not at all), retries included.
-    pub failed: AtomicU64,
+    pub failed: u64,
+    /// Requests whose delivery is over: answered 2xx, or failed on their last attempt.
+    pub settled: u64,
 }
 
 impl WebhookSink {
@@ -86,6 +88,11 @@ impl WebhookSink {
         }
         let _ = self.tx.send(event);
     }
+
+    /// The delivery task's progress, and every change of it.
+    pub fn stats(&self) -> watch::Receiver<WebhookStats> {
+        self.stats.clone()
+    }
 }
 
 /// The v3 signature of a request, as HubSpot computes it.
@@ -106,10 +113,9 @@ pub fn start_delivery(
     secret: String,
     portal_id: u64,
     clock: SharedClock,
-) -> (WebhookSink, Arc<WebhookStats>, tokio::task::JoinHandle<()>) {
+) -> (WebhookSink, watch::Receiver<WebhookStats>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let stats = Arc::new(WebhookStats::default());
-    let task_stats = stats.clone();
+    let (task_stats, stats) = watch::channel(WebhookStats::default());
     // Every outbound request has a deadline, the emulator's included: a receiver that never
     // answers must not wedge the delivery task.
     let client = crate::connectors::http_client();
@@ -138,17 +144,23 @@ pub fn start_delivery(
                     .body(body)
                     .send()
                     .await;
-                match sent {
-                    Ok(r) if r.status().is_success() => {
-                        task_stats.delivered.fetch_add(1, Ordering::SeqCst);
-                        break;
+                // Counted once the answer is in: the receiver has finished with the request.
+                let delivered = matches!(&sent, Ok(r) if r.status().is_success());
+                task_stats.send_modify(|s| {
+                    if delivered {
+                        s.delivered += 1;
+                    } else {
+                        s.failed += 1;
                     }
-                    _ => {
-                        task_stats.failed.fetch_add(1, Ordering::SeqCst);
+                    if delivered || attempt == 1 {
+                        s.settled += 1;
                     }
+                });
+                if delivered {
+                    break;
                 }
             }
         }
     });
-    (WebhookSink { tx, portal_id, next_event_id: 0 }, stats, task)
+    (WebhookSink { tx, portal_id, next_event_id: 0, stats: stats.clone() }, stats, task)
 }

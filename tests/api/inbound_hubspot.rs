@@ -96,6 +96,11 @@ async fn a_reps_edit_in_the_crm_reaches_the_live_calls_socket_with_the_fresh_con
     // The AI's next read sees the edit too, and so does a cache that held the old record.
     let after = call.tool("get_caller_context", json!({})).await;
     assert_eq!(after["structuredContent"]["contact"]["first_name"], "Anita");
+    // The push above comes from inside the handler, before it counts the request and the
+    // event: read the counters once the emulator's delivery is answered.
+    let mut stats = app.hubspot.webhook_stats().expect("the app's webhooks are on");
+    let stats = stats.wait_for(|s| s.settled == 1).await.expect("delivery task alive").clone();
+    assert_eq!((stats.delivered, stats.failed), (1, 0), "{stats:?}");
     assert_eq!(requests(&app.core, "accepted"), 1);
     assert_eq!(app.core.metrics.inbound_event_count("hubspot", "applied"), 1);
     app.shutdown().await;
