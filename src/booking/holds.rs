@@ -179,14 +179,18 @@ impl Holds {
         }
     }
 
-    pub async fn remove_booking(&self, tenant: &str, staff_id: &str, blocked: Interval) -> bool {
+    /// Frees a booking's blocked time; `Ok(false)` when no booking blocks exactly that time. A
+    /// store failure is `Unavailable` (the time is still blocked), never taken for "not there".
+    pub async fn remove_booking(&self, tenant: &str, staff_id: &str, blocked: Interval) -> Result<bool, HoldError> {
         match self {
-            Holds::Memory(l) => l.remove_booking(tenant, staff_id, blocked),
-            Holds::Shared { store, .. } => store
-                .remove_booked_hold(tenant, staff_id, (ms(blocked.start), ms(blocked.end)))
-                .await
-                .map_err(unavailable)
-                .unwrap_or(false),
+            Holds::Memory(l) => Ok(l.remove_booking(tenant, staff_id, blocked)),
+            Holds::Shared { store, .. } => {
+                store.remove_booked_hold(tenant, staff_id, (ms(blocked.start), ms(blocked.end))).await.map_err(|e| {
+                    tracing::error!(tenant, staff_id, blocked_start = %blocked.start, blocked_end = %blocked.end, error = %e,
+                        "removing a booking from the shared hold ledger failed; its time stays blocked");
+                    HoldError::Unavailable
+                })
+            }
         }
     }
 
@@ -260,5 +264,40 @@ impl Holds {
                 store.hold_counts(0).await.map_err(unavailable).map(|c| c.outstanding as usize).unwrap_or(0)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestSchema;
+
+    /// Freeing a booking's time on the shared ledger tells a miss (no booking blocks that time)
+    /// from a store that failed: the failure is `Unavailable`, so a reschedule stops before it
+    /// changes anything instead of counting the old time as busy.
+    #[tokio::test]
+    async fn a_store_failure_freeing_a_booking_is_unavailable_not_a_miss() {
+        let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+        let store = Store::open(&schema.url).await.unwrap();
+        let holds = Holds::for_store(&store);
+        let now: Timestamp = "2026-11-23T14:00:00Z".parse().unwrap();
+        let start = now + SignedDuration::from_hours(24);
+        let slot = Interval::new(start, start + SignedDuration::from_mins(30));
+        let request = HoldRequest {
+            tenant: "demo".into(),
+            staff_id: "alex".into(),
+            call_id: "c1".into(),
+            slot,
+            blocked: slot,
+            ttl: SignedDuration::from_mins(5),
+        };
+        let hold = holds.try_hold(request, now).await.unwrap();
+        holds.confirm("demo", hold.id, "c1", now).await.unwrap();
+        let elsewhere = Interval::new(slot.start, slot.end + SignedDuration::from_mins(1));
+        assert_eq!(holds.remove_booking("demo", "alex", elsewhere).await, Ok(false), "no booking blocks that time");
+
+        store.close().await;
+        assert_eq!(holds.remove_booking("demo", "alex", slot).await, Err(HoldError::Unavailable));
+        schema.drop_now().await.unwrap();
     }
 }

@@ -597,7 +597,9 @@ impl BookingService {
         let read = Interval::new(new_blocked.start.min(old_slot.start), new_blocked.end.max(old_slot.end));
         let provider = tenant.calendar.free_busy(&staff.calendar_ids, read).await.map_err(BookingError::Calendar)?;
         let provider = subtract(&provider, old_slot);
-        self.ledger.remove_booking(tenant.id(), &staff.id, old_blocked).await;
+        // Nothing is changed yet: a ledger that cannot free the old time fails the move here,
+        // rather than have the old time count as busy and the new one refused as taken.
+        self.ledger.remove_booking(tenant.id(), &staff.id, old_blocked).await?;
         let mut busy: Vec<Busy> =
             provider.into_iter().map(|interval| Busy { staff_id: staff.id.clone(), interval }).collect();
         busy.extend(
@@ -726,13 +728,21 @@ impl BookingService {
             Err(e) => return Err(BookingError::Unconfirmed(e)),
         }
         if let Some(service) = service {
-            self.ledger
+            // The event is cancelled at the provider, which is what the caller is told; a ledger
+            // that cannot free the time (logged by the ledger) only keeps it blocked until the
+            // booking's end, so other callers are refused that time rather than double-booked.
+            let freed = self
+                .ledger
                 .remove_booking(
                     tenant.id(),
                     &booking.staff_id,
                     schedule::blocked_interval(service, ts(booking.start_at)),
                 )
                 .await;
+            if freed.is_err() {
+                tracing::warn!(call_id, tenant = %tenant.id(), staff_id = %booking.staff_id,
+                    "the cancelled booking's time could not be freed in the hold ledger");
+            }
         }
         let now = self.clock.now();
         // The service's own cancellation is known at once: late or not by the tenant's window

@@ -144,7 +144,7 @@ async fn the_shared_ledger_keeps_the_in_memory_ledgers_semantics() {
     let far = later + SignedDuration::from_hours(48);
     assert_eq!(la.busy("demo", "alex", slot, far).await.unwrap(), vec![slot]);
     assert_eq!(la.release_all_for_call("demo", "pending:k").await, 0, "bookings stay");
-    assert!(lb.remove_booking("demo", "alex", slot).await);
+    assert_eq!(lb.remove_booking("demo", "alex", slot).await, Ok(true));
     assert!(la.busy("demo", "alex", slot, far).await.unwrap().is_empty());
     assert_eq!(la.outstanding_holds().await, 0);
 
