@@ -17,6 +17,9 @@ use crate::helpers::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// What every failure to get a browser says: the packages CI installs, and how.
+const INSTALL: &str = "the console browser test needs Debian's chromium and chromium-driver, of the same \
+                       version (`apt-get update && apt-get install -y chromium chromium-driver`; .ci/run does this)";
 
 /// chromedriver on a free port, killed when dropped.
 struct Driver {
@@ -33,11 +36,7 @@ impl Drop for Driver {
 
 async fn start_driver() -> Driver {
     for bin in [CHROMIUM, CHROMEDRIVER] {
-        assert!(
-            std::path::Path::new(bin).exists(),
-            "{bin} is missing: the console browser test needs Debian's chromium and chromium-driver \
-             (`apt-get update && apt-get install -y chromium chromium-driver`; .ci/run does this)"
-        );
+        assert!(std::path::Path::new(bin).exists(), "{bin} is missing: {INSTALL}");
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(CHROMEDRIVER)
@@ -46,7 +45,7 @@ async fn start_driver() -> Driver {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("chromedriver starts");
+        .unwrap_or_else(|e| panic!("{CHROMEDRIVER} does not start ({e}): {INSTALL}"));
     // Ready when it says so on stdout (an explicit signal, not a sleep).
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = async {
@@ -55,7 +54,7 @@ async fn start_driver() -> Driver {
                 return;
             }
         }
-        panic!("chromedriver exited before it was ready");
+        panic!("{CHROMEDRIVER} exited before it was ready: {INSTALL}");
     };
     tokio::time::timeout(Duration::from_secs(30), ready).await.expect("chromedriver ready in time");
     // Keep draining its stdout so it never blocks on a full pipe.
@@ -82,7 +81,7 @@ async fn browser(driver: &Driver) -> Client {
         .capabilities(caps)
         .connect(&driver.url)
         .await
-        .expect("a WebDriver session")
+        .unwrap_or_else(|e| panic!("chromedriver gave no browser session ({e}); {INSTALL}"))
 }
 
 fn screenshots_dir() -> PathBuf {
