@@ -177,6 +177,9 @@ pub fn conditions(settings: &AlertSettings, health: &TenantHealth, now: Timestam
     out
 }
 
+/// The alerter's clock tick (the backlog's age grows without any write-back progress).
+pub const ALERT_TICK: SignedDuration = SignedDuration::from_secs(60);
+
 /// How many resolved incidents per tenant the console keeps showing.
 const KEEP_RESOLVED: usize = 20;
 
@@ -230,14 +233,24 @@ impl Alerter {
         self.incidents(tenant).into_iter().filter(|i| i.resolved_at.is_none()).collect()
     }
 
-    /// Evaluates after every write-back progress signal and every 60 s of domain time, until
-    /// `stop`. Progress signals that arrive during a pass are coalesced into the next pass.
-    pub async fn run(self: Arc<Self>, mut progress: watch::Receiver<u64>, stop: CancellationToken) {
+    /// Evaluates after every write-back progress signal and every [`ALERT_TICK`] of domain time,
+    /// until `stop`. Progress signals that arrive during a pass are coalesced into the next pass.
+    /// With `leader`, a pass runs only while this instance holds the alerts job's lease
+    /// (`crate::leader`): several instances on one store post each incident once, not once each.
+    pub async fn run(
+        self: Arc<Self>,
+        mut progress: watch::Receiver<u64>,
+        stop: CancellationToken,
+        leader: Option<crate::leader::JobGate>,
+    ) {
         loop {
-            if let Err(e) = self.evaluate().await {
+            // The tick is due a minute after this pass started (read before the lease is decided).
+            let tick = self.clock.sleep_until(self.clock.now() + ALERT_TICK);
+            if crate::leader::leads(leader.as_ref()).await
+                && let Err(e) = self.evaluate().await
+            {
                 tracing::warn!(error = %e, "alert evaluation failed; retrying on the next signal");
             }
-            let tick = self.clock.sleep_until(self.clock.now() + SignedDuration::from_secs(60));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = progress.changed() => if changed.is_err() { return },

@@ -194,7 +194,7 @@ impl Application {
             },
             booking: BookingService::new(store.clone(), clock.clone()),
             worker: handle,
-            metrics,
+            metrics: metrics.clone(),
             sessions: Sessions::with_caps(
                 config.limits.max_concurrent_calls,
                 config.limits.max_concurrent_calls_per_tenant,
@@ -203,6 +203,7 @@ impl Application {
             calendar_sync: crate::inbound::calendar::CalendarSync::new(config.inbound.calendar.clone(), &public_url),
             bus: crate::invalidation::Bus::default(),
             outcomes: crate::outcomes::OutcomeReader::default(),
+            jobs: crate::leader::Jobs::new(store.clone(), clock.clone(), metrics.clone()),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
@@ -362,8 +363,12 @@ impl Application {
                 bus_stop.clone(),
             )))
         });
+        // Cluster-wide jobs run on one instance at a time (`crate::leader`; on SQLite, here).
+        let jobs = state.core.jobs.clone();
         // Personal data past its retention, swept on the injected clock.
         let retention_stop = CancellationToken::new();
+        let retention_gate = jobs
+            .gate(crate::leader::Job::Retention, jiff::SignedDuration::from_secs(retention.sweep_interval_secs as i64));
         let retention_task = AbortOnDropHandle::new(crate::privacy::spawn_sweeper(
             state.core.store.clone(),
             retention,
@@ -371,6 +376,7 @@ impl Application {
             state.core.clock.clone(),
             retention_rounds,
             retention_stop.clone(),
+            Some(retention_gate),
         ));
         // The identity index's incremental pull from each tenant's CRM (off when 0); what it
         // sees changed reaches live calls too (the inbound sync's polling safety net).
@@ -378,14 +384,16 @@ impl Application {
         let identity_task = (identity_pull > 0)
             .then(|| {
                 let core = &state.core;
+                let interval = jiff::SignedDuration::from_secs(identity_pull as i64);
                 crate::matching::sync::spawn_with(
                     core.store.clone(),
                     core.tenants.clone(),
                     core.clock.clone(),
-                    jiff::SignedDuration::from_secs(identity_pull as i64),
+                    interval,
                     identity_stop.clone(),
                     Some(crate::inbound::refresh_on_pull(Arc::downgrade(core))),
                     identity_rounds,
+                    Some(jobs.gate(crate::leader::Job::IdentityPull, interval)),
                 )
             })
             .map(AbortOnDropHandle::new);
@@ -401,8 +409,12 @@ impl Application {
         ));
         // Alerts follow the worker's progress (and a clock tick for the backlog's age).
         let alerts_stop = CancellationToken::new();
-        let alerts_task =
-            AbortOnDropHandle::new(tokio::spawn(alerter.run(state.core.worker.progress(), alerts_stop.clone())));
+        let alerts_gate = jobs.gate(crate::leader::Job::Alerts, crate::alerts::ALERT_TICK);
+        let alerts_task = AbortOnDropHandle::new(tokio::spawn(alerter.run(
+            state.core.worker.progress(),
+            alerts_stop.clone(),
+            Some(alerts_gate),
+        )));
         // Calls reached over HTTP have no socket to drop: the sweeper finishes idle ones.
         let sweeper_stop = CancellationToken::new();
         let idle = jiff::SignedDuration::from_secs(state.limits.http_session_idle_secs as i64);
@@ -478,6 +490,8 @@ impl Application {
         let _ = alerts_task.await;
         retention_stop.cancel();
         let _ = retention_task.await;
+        // The jobs stopped: the other instances take them at their next pass, not after the TTL.
+        jobs.release_all().await;
         heartbeat_stop.cancel();
         let _ = heartbeat_task.await;
         bus_stop.cancel();

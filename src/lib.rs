@@ -38,6 +38,7 @@ pub mod identity;
 pub mod inbound;
 pub mod instance;
 pub mod invalidation;
+pub mod leader;
 pub mod matching;
 pub mod notify;
 pub mod observe;

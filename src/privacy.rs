@@ -106,19 +106,23 @@ pub fn spawn_sweeper(
     clock: SharedClock,
     rounds: watch::Sender<u64>,
     stop: CancellationToken,
+    leader: Option<crate::leader::JobGate>,
 ) -> tokio::task::JoinHandle<()> {
     let interval = SignedDuration::from_secs(settings.sweep_interval_secs as i64);
     tokio::spawn(async move {
         loop {
-            match sweep_once(&store, &settings, guard, clock.now()).await {
-                Ok(r) if r.is_empty() => {}
-                Ok(r) => tracing::info!(report = ?r, "retention sweep"),
-                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
-            }
-            // The next deadline is fixed before the round is signalled: a test that advances the
-            // clock once it sees the signal always wakes the next sweep.
+            // Due an interval after this sweep started (read before the lease is decided), so a
+            // test that advances the clock once it sees the round's signal always wakes the next.
             let next = clock.now() + interval;
-            rounds.send_modify(|n| *n += 1);
+            // One instance sweeps for the cluster (`crate::leader`); the others skip the pass.
+            if crate::leader::leads(leader.as_ref()).await {
+                match sweep_once(&store, &settings, guard, clock.now()).await {
+                    Ok(r) if r.is_empty() => {}
+                    Ok(r) => tracing::info!(report = ?r, "retention sweep"),
+                    Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+                }
+                rounds.send_modify(|n| *n += 1);
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = clock.sleep_until(next) => {}

@@ -441,21 +441,44 @@ async fn sync_logged(core: &Arc<Core>, tenant: &Arc<Tenant>, calendar_id: &str) 
 
 /// Runs until `stop`: syncs and subscribes every calendar, then polls every
 /// `poll_interval_secs` and replaces subscriptions before they expire, on the injected clock.
+///
+/// On a shared store one instance does this for the cluster (`crate::leader`): N instances
+/// would open N push channels per calendar and poll N times. Every wake first renews the job's
+/// lease (the leader wakes at least every `RECHECK_EVERY` for it); an instance that is not the
+/// leader checks as often whether it can take the job over, and then starts as at boot (full
+/// sync, fresh subscriptions). A leader that lost its lease stops its subscriptions.
 pub async fn run(core: Arc<Core>, stop: CancellationToken) {
     let Some(settings) = core.calendar_sync.settings.clone() else { return };
     let interval = SignedDuration::from_secs(settings.poll_interval_secs.max(1) as i64);
     let renew_before = SignedDuration::from_secs(settings.renew_before_secs as i64);
-    for (tenant, calendar_id) in all_calendars(&core) {
-        sync_logged(&core, &tenant, &calendar_id).await;
-        if settings.push && tenant.calendar.pushes_changes() {
-            subscribe(&core, &tenant, &calendar_id, &settings).await;
-        }
-    }
-    core.calendar_sync.bump(|p| p.started = true);
+    let gate = core.jobs.gate(crate::leader::Job::CalendarSync, interval);
     let mut next_poll = core.clock.now() + interval;
     // After a failed renewal, the next attempt waits for this (not a tight loop).
     let mut renewal_retry_at: Option<Timestamp> = None;
+    let mut leading = false;
     loop {
+        // Read before the lease is decided: the next recheck is due from here.
+        let started = core.clock.now();
+        if !leading {
+            if !gate.lead().await {
+                let recheck = started + gate.recheck_every().unwrap_or(interval);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = core.clock.sleep_until(recheck) => {}
+                }
+                continue;
+            }
+            leading = true;
+            for (tenant, calendar_id) in all_calendars(&core) {
+                sync_logged(&core, &tenant, &calendar_id).await;
+                if settings.push && tenant.calendar.pushes_changes() {
+                    subscribe(&core, &tenant, &calendar_id, &settings).await;
+                }
+            }
+            core.calendar_sync.bump(|p| p.started = true);
+            next_poll = core.clock.now() + interval;
+            renewal_retry_at = None;
+        }
         let next_renewal = core
             .calendar_sync
             .lock_watched()
@@ -463,10 +486,18 @@ pub async fn run(core: Arc<Core>, stop: CancellationToken) {
             .filter_map(|w| w.subscription.as_ref().map(|(s, _)| s.expires_at - renew_before))
             .min()
             .map(|at| renewal_retry_at.map_or(at, |retry| at.max(retry)));
-        let wake = next_renewal.map_or(next_poll, |r| r.min(next_poll));
+        let mut wake = next_renewal.map_or(next_poll, |r| r.min(next_poll));
+        if let Some(every) = gate.recheck_every() {
+            wake = wake.min(started + every);
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = core.clock.sleep_until(wake) => {}
+        }
+        if !gate.lead().await {
+            leading = false;
+            stop_subscriptions(&core).await;
+            continue;
         }
         let now = core.clock.now();
         if settings.push && renewal_retry_at.is_none_or(|retry| now >= retry) {
@@ -491,6 +522,25 @@ pub async fn run(core: Arc<Core>, stop: CancellationToken) {
                 sync_logged(&core, &tenant, &calendar_id).await;
             }
             next_poll = now + interval;
+        }
+    }
+}
+
+/// Another instance leads calendar sync now: this one's subscriptions are stopped (best effort;
+/// one the provider does not stop lapses at its expiry) and forgotten, so their notifications
+/// are refused here and only the leader's channels remain.
+async fn stop_subscriptions(core: &Arc<Core>) {
+    let mine: Vec<(CalendarKey, Subscription)> = core
+        .calendar_sync
+        .lock_watched()
+        .iter_mut()
+        .filter_map(|(key, w)| w.subscription.take().map(|(s, _)| (key.clone(), s)))
+        .collect();
+    core.calendar_sync.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    for ((tenant, _), subscription) in mine {
+        let Some(tenant) = core.tenants.by_id(&tenant) else { continue };
+        if let Err(e) = tenant.calendar.unsubscribe(&subscription).await {
+            tracing::warn!(error = %e, "stopping a calendar subscription after losing the lead failed");
         }
     }
 }

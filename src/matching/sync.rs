@@ -216,10 +216,12 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<u64>) {
     let (tx, rx) = watch::channel(0u64);
-    (spawn_with(store, tenants, clock, interval, stop, None, tx), rx)
+    (spawn_with(store, tenants, clock, interval, stop, None, tx, None), rx)
 }
 
-/// [`spawn`] with the hook that applies each pull's changed records, counting rounds on `rounds`.
+/// [`spawn`] with the hook that applies each pull's changed records, counting rounds on `rounds`,
+/// each round run only while `leader` (when given) holds the job's lease (`crate::leader`).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_with(
     store: Store,
     tenants: Arc<Tenants>,
@@ -228,24 +230,31 @@ pub fn spawn_with(
     stop: CancellationToken,
     on_changed: Option<OnChanged>,
     rounds: watch::Sender<u64>,
+    leader: Option<crate::leader::JobGate>,
 ) -> tokio::task::JoinHandle<()> {
     let tx = rounds;
     tokio::spawn(async move {
         loop {
-            for tenant in tenants.all() {
-                // Background work: metered in the write-back lane, never ahead of live calls.
-                match crate::connectors::rate::writeback_lane(pull_once(&store, &tenant, clock.now())).await {
-                    Ok(r) => {
-                        tracing::debug!(tenant = %tenant.id(), records = r.records, changed = r.changed.len(), "identity index pulled");
-                        if let (Some(hook), false) = (&on_changed, r.changed.is_empty()) {
-                            hook(tenant.clone(), r.changed).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(tenant = %tenant.id(), error = %e, "identity index pull failed"),
-                }
-            }
-            tx.send_modify(|n| *n += 1);
+            // The next round is due an interval after this one started (read before the lease
+            // is decided, so a test that advances the clock on that signal wakes the next one).
             let next = clock.now() + interval;
+            // One instance pulls for the cluster: N pulls would spend N times the vendor's rate
+            // budget; what the leader sees changed reaches the others' live calls over the bus.
+            if crate::leader::leads(leader.as_ref()).await {
+                for tenant in tenants.all() {
+                    // Background work: metered in the write-back lane, never ahead of live calls.
+                    match crate::connectors::rate::writeback_lane(pull_once(&store, &tenant, clock.now())).await {
+                        Ok(r) => {
+                            tracing::debug!(tenant = %tenant.id(), records = r.records, changed = r.changed.len(), "identity index pulled");
+                            if let (Some(hook), false) = (&on_changed, r.changed.is_empty()) {
+                                hook(tenant.clone(), r.changed).await;
+                            }
+                        }
+                        Err(e) => tracing::warn!(tenant = %tenant.id(), error = %e, "identity index pull failed"),
+                    }
+                }
+                tx.send_modify(|n| *n += 1);
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = clock.sleep_until(next) => {}

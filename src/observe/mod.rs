@@ -76,6 +76,12 @@ pub struct OutcomeSourceLabel {
     pub source: String,
 }
 
+/// A cluster-wide periodic job (`crate::leader::Job`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub job: String,
+}
+
 /// A gauge holding a float.
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -125,6 +131,10 @@ pub struct Metrics {
     pub appointment_outcomes: Family<AppointmentOutcomeLabels, Counter>,
     /// Outcome reads that failed (the booking stays pending), by source.
     pub appointment_outcome_errors: Family<OutcomeSourceLabel, Counter>,
+    /// 1 while this instance leads the job (`crate::leader`), else 0.
+    pub job_leader: Family<JobLabel, Gauge>,
+    /// Passes of a job skipped because another instance leads it.
+    pub job_passes_skipped: Family<JobLabel, Counter>,
 }
 
 impl Metrics {
@@ -209,10 +219,20 @@ impl Metrics {
             "Appointment outcome reads that failed (the booking stays pending), by source",
             appointment_outcome_errors.clone(),
         );
+        let job_leader = Family::<JobLabel, Gauge>::default();
+        registry.register("job_leader", "1 while this instance leads the cluster-wide job, else 0", job_leader.clone());
+        let job_passes_skipped = Family::<JobLabel, Counter>::default();
+        registry.register(
+            "job_passes_skipped",
+            "Passes of a cluster-wide job skipped because another instance leads it",
+            job_passes_skipped.clone(),
+        );
         Metrics {
             registry,
             appointment_outcomes,
             appointment_outcome_errors,
+            job_leader,
+            job_passes_skipped,
             context_cache,
             vendor_rate_limited,
             rate_budget_fallbacks,
@@ -255,6 +275,15 @@ impl Metrics {
     /// The count of inbound requests with this outcome so far.
     pub fn inbound_request_count(&self, vendor: &str, outcome: &str) -> u64 {
         self.inbound_requests.get_or_create(&InboundLabels { vendor: vendor.into(), outcome: outcome.into() }).get()
+    }
+
+    /// Records whether this instance leads `job` at this pass (a skipped pass is counted).
+    pub fn set_job_leader(&self, job: &str, leads: bool) {
+        let label = JobLabel { job: job.into() };
+        self.job_leader.get_or_create(&label).set(i64::from(leads));
+        if !leads {
+            self.job_passes_skipped.get_or_create(&label).inc();
+        }
     }
 
     /// Counts one opened alert incident.

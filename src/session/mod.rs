@@ -48,6 +48,8 @@ pub struct Core {
     pub bus: crate::invalidation::Bus,
     /// The appointment outcome reader's progress (`crate::outcomes`).
     pub outcomes: crate::outcomes::OutcomeReader,
+    /// This instance's side of the cluster-wide jobs' leases (`crate::leader`).
+    pub jobs: Arc<crate::leader::Jobs>,
 }
 
 /// Live calls on this instance, by call id, under the concurrent-call caps (in total and per

@@ -36,17 +36,32 @@ pub(crate) fn describe_booking<'a>(tenant: &'a Tenant, service_id: &str, start: 
 
 impl Core {
     /// Runs until `stop`: one pass over the due pending bookings, then sleep until the next is
-    /// due or a new one arrives.
+    /// due or a new one arrives. On a shared store one instance works them for the cluster
+    /// (`crate::leader`: two would retry one booking and create its staff task twice); it passes
+    /// at least every `RECHECK_EVERY` to keep its lease, and so do the others to take it over. A
+    /// booking confirmed by the leader for a call live on another instance reaches that call's
+    /// write-back once the call has ended (`attach_to_call`'s closed-call path).
     pub async fn run_pending_bookings(self: Arc<Self>, stop: CancellationToken) {
+        let gate = self.jobs.gate(crate::leader::Job::PendingBookings, crate::leader::RECHECK_EVERY);
         loop {
             let woken = self.booking.pending.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Err(e) = self.pending_pass().await {
-                tracing::error!(error = %e, "pending booking pass failed");
+            let started = self.clock.now();
+            let leads = gate.lead().await;
+            if leads {
+                if let Err(e) = self.pending_pass().await {
+                    tracing::error!(error = %e, "pending booking pass failed");
+                }
+                self.booking.pending.progress.send_modify(|n| *n += 1);
             }
-            self.booking.pending.progress.send_modify(|n| *n += 1);
-            let next = self.store.next_pending_due_at().await.ok().flatten();
+            // Another instance's due bookings are its own: only the recheck wakes a follower.
+            let due = if leads { self.store.next_pending_due_at().await.ok().flatten() } else { None };
+            let recheck = gate.recheck_every().map(|every| started + every);
+            let next = match (due, recheck) {
+                (Some(d), Some(r)) => Some(d.min(r)),
+                (d, r) => d.or(r),
+            };
             let sleeper = next.map(|at| self.clock.sleep_until(at));
             tokio::select! {
                 _ = stop.cancelled() => break,
