@@ -144,6 +144,17 @@ pub async fn spawn_instance_with(
     server: ServerFile,
     tenant: TenantFile,
 ) -> TestApp {
+    spawn_instance_configured(store_url, beside, server, tenant, |_| {}).await
+}
+
+/// [`spawn_instance_with`], the built config edited before start (values a file cannot hold).
+pub async fn spawn_instance_configured(
+    store_url: &str,
+    beside: Option<&TestApp>,
+    server: ServerFile,
+    tenant: TenantFile,
+    edit: impl FnOnce(&mut Config),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
@@ -151,7 +162,7 @@ pub async fn spawn_instance_with(
         store_url: Some(store_url.to_owned()),
     };
     let tenants = vec![tenant];
-    let config = Config::from_parts(
+    let mut config = Config::from_parts(
         Path::new("test.toml"),
         server,
         tenants.into_iter().map(|t| (PathBuf::from(format!("{}.toml", t.id)), t)).collect(),
@@ -159,6 +170,7 @@ pub async fn spawn_instance_with(
         dir.path().to_owned(),
     )
     .expect("test config is valid");
+    edit(&mut config);
     let clock = beside.map(|b| b.clock.clone()).unwrap_or_else(|| ManualClock::new(START.parse().unwrap()));
     start_on(config, dir, None, clock, beside.map(|b| b.sandbox.clone())).await
 }

@@ -26,6 +26,7 @@ mod inbound_crms;
 mod inbound_graph;
 mod inbound_hubspot;
 mod isolation;
+mod job_leases;
 mod lifecycle;
 mod match_eval;
 mod mcp_http;

@@ -1,0 +1,210 @@
+//! Cluster-wide periodic jobs on several instances (issue 13, `callside::leader`): two instances
+//! on one PostgreSQL store run each singleton job once, not once each; when the leader is killed,
+//! the other takes the job over once the lease's TTL has passed on the shared manual clock. Every
+//! wait is on a signal (the jobs' pass decisions, the identity rounds, calendar sync progress).
+
+use std::time::Duration;
+
+use callside::leader::{Job, JobPasses};
+use callside::sandbox::hubspot::RouteKind;
+use callside::store::testing::TestSchema;
+use jiff::SignedDuration;
+
+use crate::helpers::{TestApp, demo_tenant, server_file, spawn_instance_configured, spawn_instance_with};
+
+const PULL_EVERY: SignedDuration = SignedDuration::from_secs(60);
+
+async fn instance(url: &str, beside: Option<&TestApp>, extra: &str) -> TestApp {
+    spawn_instance_with(url, beside, server_file(extra), demo_tenant()).await
+}
+
+/// Waits until the instance's job decisions satisfy `done`; returns them.
+async fn passes(app: &TestApp, what: &str, done: impl Fn(&JobPasses) -> bool) -> JobPasses {
+    let mut rx = app.core.jobs.passes();
+    let seen = match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|p| done(p))).await {
+        Ok(seen) => seen.expect("jobs alive"),
+        Err(_) => {
+            panic!("{what}: {:?} at {}", *app.core.jobs.passes().borrow(), callside::clock::Clock::now(&app.clock))
+        }
+    };
+    seen.clone()
+}
+
+async fn rounds(app: &mut TestApp, at_least: u64) {
+    tokio::time::timeout(Duration::from_secs(20), app.identity_rounds.wait_for(|n| *n >= at_least))
+        .await
+        .expect("an identity round finished")
+        .expect("identity pull alive");
+}
+
+/// The identity pull of two instances: one search of the CRM per round between them, the
+/// follower's passes skipped (and exported); A killed, B keeps skipping until A's lease has run
+/// out on the clock, then pulls — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_pull_the_crm_once_per_round_and_the_survivor_takes_over_after_the_ttl() {
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let extra = "[identity]\npull_interval_secs = 60\n";
+    let mut a = instance(&schema.url, None, extra).await;
+    rounds(&mut a, 1).await;
+    let mut b = instance(&schema.url, Some(&a), extra).await;
+    passes(&b, "B decided its first pass", |p| p.skipped(Job::IdentityPull) >= 1).await;
+    let lease = a.core.store.job_lease("identity_pull").await.unwrap().unwrap();
+    assert_eq!(lease.holder, a.core.store.instance_id(), "A leads");
+
+    // One round: both instances wake; A pulls, B skips.
+    a.hubspot.reset_request_log();
+    a.clock.advance(PULL_EVERY);
+    rounds(&mut a, 2).await;
+    passes(&b, "B decided its second pass", |p| p.skipped(Job::IdentityPull) >= 2).await;
+    assert_eq!(a.hubspot.request_count(RouteKind::Search), 1, "one incremental search per round, not two");
+    assert_eq!(*b.identity_rounds.borrow(), 0, "B never pulled");
+    let metrics = b.core.metrics.render();
+    assert!(metrics.contains("callside_job_leader{job=\"identity_pull\"} 0"), "{metrics}");
+    assert!(metrics.contains("callside_job_passes_skipped_total{job=\"identity_pull\"} 2"), "{metrics}");
+    assert!(a.core.metrics.render().contains("callside_job_leader{job=\"identity_pull\"} 1"));
+
+    // A dies without releasing its lease: B takes the job only once the lease has run out.
+    let expires = a.core.store.job_lease("identity_pull").await.unwrap().unwrap().expires_at;
+    a.kill().await;
+    a.hubspot.reset_request_log();
+    loop {
+        let decided = |p: &JobPasses| p.led(Job::IdentityPull) + p.skipped(Job::IdentityPull);
+        let before = decided(&b.core.jobs.passes().borrow());
+        a.clock.advance(PULL_EVERY);
+        let seen = passes(&b, "B passes every interval", |p| decided(p) > before).await;
+        let now = callside::clock::Clock::now(&a.clock);
+        if now < expires {
+            assert_eq!(seen.led(Job::IdentityPull), 0, "A's lease still runs at {now}");
+            continue;
+        }
+        assert_eq!(seen.led(Job::IdentityPull), 1, "taken over at the first pass past {expires}");
+        break;
+    }
+    rounds(&mut b, 1).await;
+    assert_eq!(b.hubspot.request_count(RouteKind::Search), 1, "the survivor pulls, once");
+    assert_eq!(b.core.store.job_lease("identity_pull").await.unwrap().unwrap().holder, b.core.store.instance_id());
+    assert!(b.core.metrics.render().contains("callside_job_leader{job=\"identity_pull\"} 1"));
+
+    // A graceful stop hands the lease back at once.
+    b.shutdown().await;
+    let store = callside::store::Store::open(&schema.url).await.unwrap();
+    assert_eq!(store.job_lease("identity_pull").await.unwrap(), None, "released at shutdown");
+    store.close().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Calendar sync of two instances: one Google push channel per calendar, not two; B opens its
+/// own only after A is killed and A's lease has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_open_one_google_push_channel_and_the_survivor_subscribes_after_the_ttl() {
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let extra = "[inbound.calendar]\npoll_interval_secs = 30\n";
+    let mut a = instance(&schema.url, None, extra).await;
+    let mut started = a.core.calendar_sync.progress();
+    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|p| p.started)).await.unwrap().unwrap();
+    let channels = a.google.channels();
+    assert!(!channels.is_empty(), "A subscribed the demo calendars");
+    let b = instance(&schema.url, Some(&a), extra).await;
+    passes(&b, "B decided its first pass", |p| p.skipped(Job::CalendarSync) >= 1).await;
+    assert_eq!(a.google.channels().len(), channels.len(), "B opened no channel of its own");
+    assert!(!b.core.calendar_sync.progress().borrow().started, "B neither synced nor subscribed");
+
+    let expires = a.core.store.job_lease("calendar_sync").await.unwrap().unwrap().expires_at;
+    a.kill().await;
+    let recheck = callside::leader::RECHECK_EVERY;
+    loop {
+        let before = b.core.jobs.passes().borrow().skipped(Job::CalendarSync);
+        let now = callside::clock::Clock::now(&a.clock);
+        a.clock.advance(recheck);
+        if now + recheck >= expires {
+            break;
+        }
+        passes(&b, "B rechecks", |p| p.skipped(Job::CalendarSync) > before).await;
+    }
+    let mut started = b.core.calendar_sync.progress();
+    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|p| p.started)).await.unwrap().unwrap();
+    assert_eq!(b.core.jobs.passes().borrow().led(Job::CalendarSync), 1);
+    let after = a.google.channels();
+    let mine: Vec<_> = after.iter().filter(|c| !channels.iter().any(|o| o.id == c.id)).collect();
+    assert_eq!(mine.len(), channels.len(), "B opened one channel per calendar: {after:?}");
+    b.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Alerts of two instances: an incident (failed write-back attempts in the shared audit trail,
+/// whichever instance's worker recorded them) is posted to the tenant's webhook once, by the
+/// leader; the follower's evaluator skips its passes and opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_post_one_alert_per_incident() {
+    use std::sync::{Arc, Mutex};
+
+    use callside::alerts::{ALERT_TICK, AlertsFile};
+    use callside::clock::Clock;
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let posts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let kept = posts.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = url::Url::parse(&format!("http://{}/hook", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let mut tenant = demo_tenant();
+    tenant.alerts = Some(AlertsFile {
+        webhook_url_env: None,
+        error_rate_percent: 50,
+        min_attempts: 3,
+        window_secs: 300,
+        backlog_age_secs: 3600,
+    });
+    let with_hook = |c: &mut callside::config::Config| {
+        let demo = c.tenants.iter_mut().find(|t| t.id == "demo").unwrap();
+        demo.alerts.as_mut().unwrap().webhook = Some(hook.clone());
+    };
+    let a = spawn_instance_configured(&schema.url, None, server_file(""), tenant.clone(), with_hook).await;
+    passes(&a, "A evaluated", |p| p.led(Job::Alerts) >= 1).await;
+    let b = spawn_instance_configured(&schema.url, Some(&a), server_file(""), tenant, with_hook).await;
+    passes(&b, "B decided its first pass", |p| p.skipped(Job::Alerts) >= 1).await;
+
+    // Four failed CRM attempts, as the workers record them.
+    let now = a.clock.now();
+    for i in 0..4 {
+        let call = format!("failing-{i}");
+        let detail = serde_json::json!({"result": "retry"});
+        a.core.store.audit("demo", Some(&call), None, "crm.create_contact", &detail, now).await.unwrap();
+    }
+    let (led, skipped) = {
+        let (pa, pb) = (a.core.jobs.passes().borrow().clone(), b.core.jobs.passes().borrow().clone());
+        (pa.led(Job::Alerts), pb.skipped(Job::Alerts))
+    };
+    a.clock.advance(ALERT_TICK);
+    passes(&a, "A ticked", |p| p.led(Job::Alerts) > led).await;
+    passes(&b, "B ticked", |p| p.skipped(Job::Alerts) > skipped).await;
+    let mut progress = a.alerter.progress();
+    let delivered = async {
+        loop {
+            if a.alerter.incidents("demo").iter().any(|i| i.delivered.is_some()) {
+                return;
+            }
+            progress.changed().await.expect("alerter alive");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), delivered).await.expect("A posted the alert");
+    assert_eq!(a.alerter.open_incidents("demo").len(), 1);
+    assert!(b.alerter.incidents("demo").is_empty(), "B opened nothing");
+    let posted = posts.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "one alert for the incident, not one per instance: {posted:?}");
+    assert_eq!(posted[0]["callside"]["kind"], "sync_errors");
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
