@@ -208,3 +208,39 @@ async fn two_instances_post_one_alert_per_incident() {
     a.shutdown().await;
     schema.drop_now().await.unwrap();
 }
+
+/// A leader that finds its lease taken at its next pass (as after a pause past its TTL) stops:
+/// its Google channels are stopped and forgotten, and it neither renews nor polls while another
+/// instance leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calendar_leader_that_lost_its_lease_stops_its_channels_at_its_next_pass() {
+    use callside::clock::Clock;
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = instance(&schema.url, None, "[inbound.calendar]\npoll_interval_secs = 30\n").await;
+    let mut progress = a.core.calendar_sync.progress();
+    tokio::time::timeout(Duration::from_secs(20), progress.wait_for(|p| p.started)).await.unwrap().unwrap();
+    let channels = a.google.channels();
+    assert!(!channels.is_empty() && channels.iter().all(|c| !c.stopped), "{channels:?}");
+    let store = &a.core.store;
+    assert!(store.release_job("calendar_sync", store.instance_id()).await.unwrap());
+    let long = SignedDuration::from_hours(1);
+    assert!(store.try_lead("calendar_sync", "another-instance", a.clock.now(), long).await.unwrap());
+    let syncs = a.core.calendar_sync.progress().borrow().syncs;
+
+    // The next pass (the poll is due too) finds the lease gone; the one after it is already
+    // a follower's, so two skipped passes mean the channels were stopped in between.
+    a.clock.advance(callside::leader::RECHECK_EVERY);
+    passes(&a, "A passed twice as a follower", |p| p.skipped(Job::CalendarSync) >= 2).await;
+    let after = a.google.channels();
+    assert!(after.iter().all(|c| c.stopped), "A stopped its channels: {after:?}");
+    assert_eq!(a.core.calendar_sync.progress().borrow().syncs, syncs, "no poll without the lease");
+    assert!(a.core.metrics.render().contains("callside_job_leader{job=\"calendar_sync\"} 0"));
+    assert_eq!(store.job_lease("calendar_sync").await.unwrap().unwrap().holder, "another-instance");
+    a.shutdown().await;
+    let store = callside::store::Store::open(&schema.url).await.unwrap();
+    let lease = store.job_lease("calendar_sync").await.unwrap().unwrap();
+    assert_eq!(lease.holder, "another-instance", "a graceful stop releases only the leases it holds");
+    store.close().await;
+    schema.drop_now().await.unwrap();
+}
