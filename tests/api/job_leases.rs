@@ -244,3 +244,38 @@ async fn a_calendar_leader_that_lost_its_lease_stops_its_channels_at_its_next_pa
     store.close().await;
     schema.drop_now().await.unwrap();
 }
+
+/// Pending bookings of two instances: the leader retries the calendar and confirms the booking;
+/// the follower's retrier, awake at the same moment, skips its pass, so the event is created
+/// once — not once per instance (a second create would be a request the calendar answers 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_retry_a_pending_booking_once() {
+    use callside::sandbox::google_calendar::GoogleCalendarMethod;
+
+    use crate::pending_bookings::{book_while_calendar_down, wait_pending};
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = instance(&schema.url, None, "").await;
+    passes(&a, "A leads pending bookings", |p| p.led(Job::PendingBookings) >= 1).await;
+    let b = instance(&schema.url, Some(&a), "").await;
+    passes(&b, "B decided its first pass", |p| p.skipped(Job::PendingBookings) >= 1).await;
+
+    let (_, slot, key) = book_while_calendar_down(&a, "pend-two").await;
+    a.google.set_down(false);
+    // The first retry is due in 15 s, B's recheck in 30 s: both retriers wake at once.
+    let skipped = b.core.jobs.passes().borrow().skipped(Job::PendingBookings);
+    a.clock.advance(callside::leader::RECHECK_EVERY);
+    let row = wait_pending(&a, &key, |r| r.status == "confirmed").await;
+    passes(&b, "B rechecked", |p| p.skipped(Job::PendingBookings) > skipped).await;
+    assert_eq!(b.core.jobs.passes().borrow().led(Job::PendingBookings), 0, "B never led");
+    assert_eq!(*b.core.booking.pending.subscribe().borrow(), 0, "B's retrier never ran a pass");
+
+    let alex = "alex@demo-salon.example";
+    assert_eq!(a.google.request_count(GoogleCalendarMethod::Insert), 1, "created once, by one instance");
+    let events = a.google.events(alex);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].id.as_str(), events[0].start), (row.event_id.as_str(), slot.start));
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}

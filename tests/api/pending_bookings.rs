@@ -20,7 +20,7 @@ const ANA: &str = "+14155550134";
 
 /// Holds a Color slot for Ana, takes the calendar down, asks to book; returns the answer, the
 /// slot and the pending key. The call is ended afterwards.
-async fn book_while_calendar_down(app: &TestApp, call_id: &str) -> (Value, Interval, String) {
+pub(crate) async fn book_while_calendar_down(app: &TestApp, call_id: &str) -> (Value, Interval, String) {
     let (r, slot, key, c) = book_while_calendar_down_live(app, call_id).await;
     let mut c = c;
     c.tool("end_call", json!({"summary": "Tried to book a color."})).await;
@@ -50,7 +50,11 @@ async fn book_while_calendar_down_live(app: &TestApp, call_id: &str) -> (Value, 
 }
 
 /// Waits (on the retrier's progress signal, never a sleep) until the row satisfies `done`.
-async fn wait_pending(app: &TestApp, key: &str, done: impl Fn(&PendingBookingRow) -> bool) -> PendingBookingRow {
+pub(crate) async fn wait_pending(
+    app: &TestApp,
+    key: &str,
+    done: impl Fn(&PendingBookingRow) -> bool,
+) -> PendingBookingRow {
     let mut progress = app.core.booking.pending.subscribe();
     let wait = async {
         loop {
