@@ -1,6 +1,6 @@
 //! Cluster singletons (issue 13): the periodic jobs whose every run reaches a vendor or a person
 //! — identity pulls, the retention sweep, alerts, pending bookings, calendar subscriptions and
-//! polling — run on one instance at a time when several share a PostgreSQL store.
+//! polling, the appointment outcome reader — run on one instance at a time when several share a PostgreSQL store.
 //!
 //! Each pass of such a job first takes or renews the job's lease (`store::job_lease`,
 //! [`Store::try_lead`]) for this instance until `now + ttl` of the injected clock. Without it
@@ -32,10 +32,13 @@ pub enum Job {
     Alerts,
     PendingBookings,
     CalendarSync,
+    /// The appointment outcome reader (`crate::outcomes`).
+    Outcomes,
 }
 
 impl Job {
-    pub const ALL: [Job; 5] = [Job::IdentityPull, Job::Retention, Job::Alerts, Job::PendingBookings, Job::CalendarSync];
+    pub const ALL: [Job; 6] =
+        [Job::IdentityPull, Job::Retention, Job::Alerts, Job::PendingBookings, Job::CalendarSync, Job::Outcomes];
 
     /// The job's row in `job_leases` and its metric label.
     pub fn as_str(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Job {
             Job::Alerts => "alerts",
             Job::PendingBookings => "pending_bookings",
             Job::CalendarSync => "calendar_sync",
+            Job::Outcomes => "outcomes",
         }
     }
 }

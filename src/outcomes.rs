@@ -107,15 +107,20 @@ struct ReadError {
 
 /// Passes at start and then every [`PASS_EVERY`] of the injected clock, until `stop`.
 pub async fn run(core: Arc<Core>, stop: CancellationToken) {
+    // One instance reads outcomes for the cluster (`crate::leader`): two would ask the vendors
+    // about the same bookings (the outcome is written once either way, the reads are wasted).
+    let gate = core.jobs.gate(crate::leader::Job::Outcomes, PASS_EVERY);
     loop {
         let now = core.clock.now();
-        let report = pass(&core, now).await;
-        core.outcomes.progress.send_modify(|p| {
-            p.passes += 1;
-            p.as_of = Some(now);
-            p.recorded += report.recorded;
-            p.errors += report.errors;
-        });
+        if gate.lead().await {
+            let report = pass(&core, now).await;
+            core.outcomes.progress.send_modify(|p| {
+                p.passes += 1;
+                p.as_of = Some(now);
+                p.recorded += report.recorded;
+                p.errors += report.errors;
+            });
+        }
         // From the pass's start: a clock moved past it while the pass ran wakes the next at once.
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -248,6 +248,7 @@ mod tests {
             Arc::new(clock.clone()),
             rounds,
             stop.clone(),
+            None,
         );
         let first = tokio::time::timeout(std::time::Duration::from_secs(20), seen.wait_for(|n| *n >= 1));
         first.await.expect("the first sweep runs at start").expect("sweeper alive");
