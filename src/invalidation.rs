@@ -33,6 +33,9 @@ pub struct BusProgress {
     pub callers: u64,
     pub staff_busy: u64,
     pub bookings: u64,
+    /// Google pushes forwarded by another instance and applied here (this instance holds the
+    /// channel), whatever their check's outcome.
+    pub pushes: u64,
     /// This instance's own messages, skipped.
     pub own: u64,
     /// Messages for a tenant this instance does not serve, or of another schema's deployment.
@@ -150,6 +153,26 @@ async fn receive(core: &Arc<Core>, payload: &str) {
         (What::Bookings, _) => {
             core.store.bookings_changed_elsewhere();
             core.bus.bump(|p| p.bookings += 1);
+        }
+        (What::GooglePush { channel_id, token, resource_id, state, message_number }, _) => {
+            if core.calendar_sync.channel(&channel_id).is_none() {
+                // Another follower's, or a channel no instance holds: the one holding it answers.
+                core.bus.bump(|p| p.ignored += 1);
+                return;
+            }
+            let core = core.clone();
+            tokio::spawn(async move {
+                let push = crate::inbound::google::Push {
+                    channel_id: Some(&channel_id),
+                    token: token.as_deref(),
+                    resource_id: resource_id.as_deref(),
+                    state: state.as_deref(),
+                    message_number: message_number.as_deref(),
+                };
+                // Counted here like a push received directly (refusals included).
+                let _ = crate::inbound::google::receive(&core, push).await;
+                core.bus.bump(|p| p.pushes += 1);
+            });
         }
         (_, None) => {
             // A tenant this instance does not serve (yet): nothing of it is cached here.

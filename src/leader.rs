@@ -109,6 +109,11 @@ impl Jobs {
         })
     }
 
+    /// Whether this instance believes it leads `job` now (always on an unshared store).
+    pub fn holds(&self, job: Job) -> bool {
+        !self.shared || self.held.lock().unwrap_or_else(|e| e.into_inner()).contains(&job)
+    }
+
     /// The gate of one job that passes every `interval`.
     pub fn gate(self: &Arc<Self>, job: Job, interval: SignedDuration) -> JobGate {
         JobGate { jobs: self.clone(), job, ttl: ttl_for(interval) }

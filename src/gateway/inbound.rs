@@ -76,7 +76,13 @@ pub(super) async fn google(State(app): State<Arc<AppState>>, headers: HeaderMap)
         state: header(google::RESOURCE_STATE_HEADER),
         message_number: header(google::MESSAGE_NUMBER_HEADER),
     };
-    answer(google::receive(&app.core, push).await)
+    match google::receive_or_forward(&app.core, push).await {
+        Ok(google::Forwarded::Here(accepted)) => (StatusCode::OK, axum::Json(json!(accepted))).into_response(),
+        Ok(google::Forwarded::ToLeader) => {
+            (StatusCode::ACCEPTED, axum::Json(json!({"forwarded": true}))).into_response()
+        }
+        Err(rejection) => refused(rejection),
+    }
 }
 
 /// `POST /v1/inbound/microsoft`: Microsoft Graph's validation handshake (`?validationToken=…`,

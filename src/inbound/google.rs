@@ -57,6 +57,42 @@ pub async fn receive(core: &Arc<Core>, push: Push<'_>) -> Result<Accepted, Rejec
     counted(core, VENDOR, receive_uncounted(core, push).await)
 }
 
+/// What the route does: [`receive`], except that on a store shared by several instances an
+/// instance that does not lead the calendar sync — so holds no channel — hands a well-formed
+/// notification for a channel it does not know to the instance that does, over the invalidation
+/// bus (`What::GooglePush`), and answers 202 `forwarded` (counted under that outcome). Behind one
+/// shared URL a push lands on any instance; the channels live in the leader's memory. The leader
+/// checks token, resource id, expiry and replay exactly as for a direct push, so a forged one
+/// changes nothing there either; one for a channel no instance holds is dropped by all.
+pub async fn receive_or_forward(core: &Arc<Core>, push: Push<'_>) -> Result<Forwarded, Rejection> {
+    let result = receive_uncounted(core, push).await;
+    let forward = matches!(result, Err(Rejection::UnknownChannel))
+        && core.store.backend() == crate::store::Backend::Postgres
+        && !core.jobs.holds(crate::leader::Job::CalendarSync);
+    if !forward {
+        return counted(core, VENDOR, result).map(Forwarded::Here);
+    }
+    let what = crate::store::bus::What::GooglePush {
+        channel_id: push.channel_id.unwrap_or_default().to_owned(),
+        token: push.token.map(str::to_owned),
+        resource_id: push.resource_id.map(str::to_owned),
+        state: push.state.map(str::to_owned),
+        message_number: push.message_number.map(str::to_owned),
+    };
+    core.store.publish(crate::store::bus::ALL_TENANTS, what).await;
+    core.metrics.count_inbound_request(VENDOR, "forwarded");
+    Ok(Forwarded::ToLeader)
+}
+
+/// Where an accepted notification was handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Here: what it did.
+    Here(Accepted),
+    /// Handed to the instance holding the channel.
+    ToLeader,
+}
+
 async fn receive_uncounted(core: &Arc<Core>, push: Push<'_>) -> Result<Accepted, Rejection> {
     let malformed = |what: &str| Rejection::Malformed(format!("{what} header missing or invalid"));
     let channel_id = push.channel_id.filter(|c| !c.is_empty()).ok_or_else(|| malformed(CHANNEL_ID_HEADER))?;

@@ -60,6 +60,17 @@ pub enum What {
     StaffBusy { staff_id: String },
     /// The bookings table changed: cached upcoming bookings are stale.
     Bookings,
+    /// A Google push notification that reached an instance not holding its channel (the channel
+    /// registry is the calendar-sync leader's, in memory): whichever instance holds the channel
+    /// checks and applies it as if it had been sent there (`inbound::google::receive`). Carries
+    /// the channel token, which never leaves this deployment's database connection.
+    GooglePush {
+        channel_id: String,
+        token: Option<String>,
+        resource_id: Option<String>,
+        state: Option<String>,
+        message_number: Option<String>,
+    },
 }
 
 impl What {
@@ -73,6 +84,7 @@ impl What {
             What::Caller { .. } => "caller",
             What::StaffBusy { .. } => "staff_busy",
             What::Bookings => "bookings",
+            What::GooglePush { .. } => "google_push",
         }
     }
 }

@@ -455,3 +455,33 @@ impl Client {
         drop(stream);
     }
 }
+
+/// POSTs a Google push notification with `headers` to the instance; status and JSON body.
+pub async fn post_push(app: &TestApp, headers: &[(&str, String)]) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().post(format!("http://{}/v1/inbound/google", app.addr));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The headers Google sends on `channel` (token only when given).
+pub fn push_headers(
+    channel: &callside::sandbox::google_calendar::WatchChannel,
+    token: Option<&str>,
+    state: &str,
+    number: &str,
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("X-Goog-Channel-ID", channel.id.clone()),
+        ("X-Goog-Resource-ID", channel.resource_id.clone()),
+        ("X-Goog-Resource-State", state.to_owned()),
+        ("X-Goog-Message-Number", number.to_owned()),
+    ];
+    if let Some(t) = token {
+        h.push(("X-Goog-Channel-Token", t.to_owned()));
+    }
+    h
+}

@@ -212,29 +212,6 @@ async fn channels_are_replaced_before_they_expire_on_the_injected_clock() {
 type BadPush = (&'static str, u16, &'static str, Vec<(&'static str, String)>);
 
 /// POSTs a notification with the given headers.
-async fn post_push(app: &TestApp, headers: &[(&str, String)]) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("http://{}/v1/inbound/google", app.addr));
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-fn push_headers(channel: &WatchChannel, token: Option<&str>, state: &str, number: &str) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        ("X-Goog-Channel-ID", channel.id.clone()),
-        ("X-Goog-Resource-ID", channel.resource_id.clone()),
-        ("X-Goog-Resource-State", state.to_owned()),
-        ("X-Goog-Message-Number", number.to_owned()),
-    ];
-    if let Some(t) = token {
-        h.push(("X-Goog-Channel-Token", t.to_owned()));
-    }
-    h
-}
-
 fn google_requests(app: &TestApp, outcome: &str) -> u64 {
     app.core.metrics.inbound_request_count("google", outcome)
 }

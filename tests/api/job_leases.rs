@@ -10,9 +10,14 @@ use callside::sandbox::hubspot::RouteKind;
 use callside::store::testing::TestSchema;
 use jiff::SignedDuration;
 
-use crate::helpers::{TestApp, demo_tenant, server_file, spawn_instance_configured, spawn_instance_with};
+use crate::helpers::{
+    TestApp, demo_tenant, post_push, push_headers, server_file, spawn_instance_configured, spawn_instance_with,
+};
 
 const PULL_EVERY: SignedDuration = SignedDuration::from_secs(60);
+/// The HubSpot searches of one incremental identity round: the changed contacts and the
+/// survivors of merges (`hs_merged_object_ids`); archived contacts are listed, not searched.
+const SEARCHES_PER_ROUND: u64 = 2;
 
 async fn instance(url: &str, beside: Option<&TestApp>, extra: &str) -> TestApp {
     spawn_instance_with(url, beside, server_file(extra), demo_tenant()).await
@@ -56,7 +61,7 @@ async fn two_instances_pull_the_crm_once_per_round_and_the_survivor_takes_over_a
     a.clock.advance(PULL_EVERY);
     rounds(&mut a, 2).await;
     passes(&b, "B decided its second pass", |p| p.skipped(Job::IdentityPull) >= 2).await;
-    assert_eq!(a.hubspot.request_count(RouteKind::Search), 1, "one incremental search per round, not two");
+    assert_eq!(a.hubspot.request_count(RouteKind::Search), SEARCHES_PER_ROUND, "one round's searches, not two rounds'");
     assert_eq!(*b.identity_rounds.borrow(), 0, "B never pulled");
     let metrics = b.core.metrics.render();
     assert!(metrics.contains("callside_job_leader{job=\"identity_pull\"} 0"), "{metrics}");
@@ -81,7 +86,7 @@ async fn two_instances_pull_the_crm_once_per_round_and_the_survivor_takes_over_a
         break;
     }
     rounds(&mut b, 1).await;
-    assert_eq!(b.hubspot.request_count(RouteKind::Search), 1, "the survivor pulls, once");
+    assert_eq!(b.hubspot.request_count(RouteKind::Search), SEARCHES_PER_ROUND, "the survivor pulls, once");
     assert_eq!(b.core.store.job_lease("identity_pull").await.unwrap().unwrap().holder, b.core.store.instance_id());
     assert!(b.core.metrics.render().contains("callside_job_leader{job=\"identity_pull\"} 1"));
 
@@ -277,5 +282,51 @@ async fn two_instances_retry_a_pending_booking_once() {
     assert_eq!((events[0].id.as_str(), events[0].start), (row.event_id.as_str(), slot.start));
     b.shutdown().await;
     a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Behind one shared URL a Google push lands on any instance, but the channels live in the
+/// calendar leader's memory: the follower, holding none, hands a well-formed push for a channel
+/// it does not know to the leader over the bus and answers 202 `forwarded`; the leader checks it
+/// as its own — a wrong token is refused there and syncs nothing, the right one syncs. A push
+/// for a channel the leader does not know is still refused by the leader itself, and a malformed
+/// one by the follower, without forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_push_landing_on_the_follower_is_checked_and_applied_by_the_leader() {
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let extra = "[inbound.calendar]\npoll_interval_secs = 30\n";
+    let a = instance(&schema.url, None, extra).await;
+    let mut started = a.core.calendar_sync.progress();
+    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|p| p.started)).await.unwrap().unwrap();
+    let b = instance(&schema.url, Some(&a), extra).await;
+    passes(&b, "B decided its first pass", |p| p.skipped(Job::CalendarSync) >= 1).await;
+    let channel = a.google.channels().into_iter().next().expect("A opened a channel");
+    let token = channel.token.clone().expect("channels carry a token");
+    let syncs = a.core.calendar_sync.progress().borrow().syncs;
+    let mut applied = a.core.bus.progress();
+
+    let (status, body) = post_push(&b, &push_headers(&channel, Some("0123456789abcdef"), "exists", "900")).await;
+    assert_eq!((status, body["forwarded"].as_bool()), (202, Some(true)), "{body}");
+    tokio::time::timeout(Duration::from_secs(20), applied.wait_for(|p| p.pushes >= 1)).await.unwrap().unwrap();
+    assert_eq!(a.core.metrics.inbound_request_count("google", "forged"), 1, "the leader refused the forged push");
+    assert_eq!(a.core.calendar_sync.progress().borrow().syncs, syncs, "a forged push syncs nothing");
+
+    let (status, _) = post_push(&b, &push_headers(&channel, Some(&token), "exists", "901")).await;
+    assert_eq!(status, 202);
+    tokio::time::timeout(Duration::from_secs(20), applied.wait_for(|p| p.pushes >= 2)).await.unwrap().unwrap();
+    assert_eq!(a.core.calendar_sync.progress().borrow().syncs, syncs + 1, "the genuine push synced its calendar");
+    assert_eq!(b.core.metrics.inbound_request_count("google", "forwarded"), 2);
+    assert_eq!(b.core.metrics.inbound_request_count("google", "accepted"), 0, "B applied nothing itself");
+
+    let mut unknown = channel.clone();
+    unknown.id = "not-our-channel".into();
+    let (status, _) = post_push(&a, &push_headers(&unknown, Some(&token), "exists", "902")).await;
+    assert_eq!(status, 404, "the leader knows every channel there is");
+    let (status, _) = post_push(&b, &[]).await;
+    assert_eq!(status, 400, "a malformed push is refused where it lands");
+    assert_eq!(b.core.metrics.inbound_request_count("google", "forwarded"), 2);
+
+    a.shutdown().await;
+    b.shutdown().await;
     schema.drop_now().await.unwrap();
 }
