@@ -2,9 +2,10 @@
 //! `booking::holds::Holds::Shared`. Its semantics are the in-memory ledger's
 //! (`booking/ledger.rs`); overlap is refused by the table's exclusion constraint on
 //! `(tenant, staff_id, during)`, so no interleaving of instances can admit two overlapping holds.
-//! Each insert first takes a transaction-scoped advisory lock on its (tenant, staff): inserts for
-//! one staff member queue on it instead of deadlocking over the expired rows they delete, and a
-//! refused overlap costs one round trip, not a wait for another transaction's outcome.
+//! Each insert (one statement, `Store::insert_hold`) first takes a transaction-scoped advisory
+//! lock on its (tenant, staff): inserts for one staff member queue on it instead of deadlocking
+//! over the expired rows they delete, and a refused overlap costs one round trip, not a wait for
+//! another transaction's outcome.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -39,9 +40,6 @@ pub struct HoldCounts {
 const HOLD_COLUMNS: &str =
     "id, tenant, staff_id, call_id, slot_start, slot_end, blocked_start, blocked_end, expires_at, confirmed";
 
-/// PostgreSQL's `exclusion_violation`.
-const EXCLUSION_VIOLATION: &str = "23P01";
-
 fn hold_from_row(r: AnyRow) -> Result<HoldRow, StoreError> {
     Ok(HoldRow {
         id: r.try_get("id")?,
@@ -67,32 +65,41 @@ impl Store {
 
     /// Inserts `hold` unless its blocked time overlaps a live hold or a booking of the same
     /// tenant and staff member (`Ok(false)`). The staff member's expired holds are deleted first,
-    /// in the same transaction.
+    /// by the same statement.
+    ///
+    /// One statement in autocommit, one round trip (it was five: begin, lock, delete, insert,
+    /// commit — most of a hold's latency under concurrency, BENCHMARKS.md). Its CTEs run in
+    /// order because each reads the one before: the advisory lock on (tenant, staff) and
+    /// `synchronous_commit` first (the DELETE's one-time filter), then the DELETE of the expired
+    /// holds (the INSERT reads its count), then the INSERT. The DELETE's rows are gone for the
+    /// exclusion check of the INSERT that follows in the same statement. `ON CONFLICT DO NOTHING`
+    /// with no conflict target takes the exclusion constraint as its arbiter
+    /// (https://www.postgresql.org/docs/current/sql-insert.html#SQL-ON-CONFLICT): an overlap
+    /// inserts no row instead of raising, so the constraint still decides, and a refusal costs no
+    /// error and no rollback. (The primary key is an arbiter too; ids are fresh UUIDs.)
+    ///
+    /// A hold is soft state (the in-memory ledger's, shared): the statement commits without
+    /// waiting for its WAL flush (`set_config(…, true)` lasts to the end of the statement's own
+    /// transaction, so the connection goes back to the pool unchanged). Its row is visible to
+    /// every other transaction at commit, so the exclusion constraint holds across instances all
+    /// the same; only a crash of the database server itself could lose a just-taken hold, as a
+    /// restart loses the in-memory ledger's — a booking is never a hold alone (the bookings table
+    /// is written with the usual durable commit), and the booking commit re-reads the calendar
+    /// before it writes. https://www.postgresql.org/docs/current/wal-async-commit.html
     pub async fn insert_hold(&self, hold: &HoldRow, now_ms: i64) -> Result<bool, StoreError> {
         self.require_shared_holds()?;
-        let mut tx = self.pool.begin().await?;
-        // A hold is soft state (the in-memory ledger's, shared): this transaction commits without
-        // waiting for its WAL flush. Its rows are visible to every other transaction at commit, so
-        // the exclusion constraint holds across instances all the same; only a crash of the
-        // database server itself could lose a just-taken hold, as a restart loses the in-memory
-        // ledger's — a booking is never a hold alone (the bookings table is written with the usual
-        // durable commit), and the booking commit re-reads the calendar before it writes. This saves
-        // the fsync that dominated a hold's latency (BENCHMARKS.md).
-        // https://www.postgresql.org/docs/current/wal-async-commit.html
-        sqlx::query(
-            "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtextextended($1, 0))",
-        )
-        .bind(format!("holds:{}:{}", hold.tenant, hold.staff_id))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM holds WHERE tenant = $1 AND staff_id = $2 AND NOT confirmed AND expires_at <= $3")
-            .bind(&hold.tenant)
-            .bind(&hold.staff_id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO holds ({HOLD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "WITH settings AS MATERIALIZED (
+                 SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtextextended($11, 0))
+             ), purged AS (
+                 DELETE FROM holds
+                 WHERE tenant = $2 AND staff_id = $3 AND NOT confirmed AND expires_at <= $12
+                   AND EXISTS (SELECT 1 FROM settings)
+                 RETURNING 1
+             )
+             INSERT INTO holds ({HOLD_COLUMNS})
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM (SELECT count(*) FROM purged) AS after_purge
+             ON CONFLICT DO NOTHING"
         ))
         .bind(&hold.id)
         .bind(&hold.tenant)
@@ -104,19 +111,11 @@ impl Store {
         .bind(hold.blocked_end)
         .bind(hold.expires_at)
         .bind(hold.confirmed)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(true)
-            }
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(EXCLUSION_VIOLATION) => {
-                tx.rollback().await?;
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
+        .bind(format!("holds:{}:{}", hold.tenant, hold.staff_id))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     /// The hold (or booking) with this id.
@@ -344,4 +343,62 @@ struct HoldBinds<'a> {
     call_id: &'a str,
     times: &'a [i64],
     to_owner: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, staff: &str, blocked: (i64, i64), expires_at: i64, confirmed: bool) -> HoldRow {
+        HoldRow {
+            id: id.into(),
+            tenant: "demo".into(),
+            staff_id: staff.into(),
+            call_id: format!("call-{id}"),
+            slot_start: blocked.0,
+            slot_end: blocked.1,
+            blocked_start: blocked.0,
+            blocked_end: blocked.1,
+            expires_at,
+            confirmed,
+        }
+    }
+
+    async fn ids(s: &Store, staff: &str) -> Vec<String> {
+        s.holds_of_staff("demo", staff).await.unwrap().into_iter().map(|h| h.id).collect()
+    }
+
+    /// The one-statement insert keeps the ledger's rules: an overlap with a live hold or a
+    /// booking is refused (and changes nothing), the staff member's expired holds are purged by
+    /// the next insert whether they overlap it or not, a booking never expires, and another
+    /// staff member's holds are untouched. On SQLite the shared ledger is a clear error.
+    async fn a_hold_insert_purges_expired_holds_and_refuses_overlaps(s: &Store) {
+        let live = row("live", "alex", (1_000, 2_000), 500, false);
+        if s.backend() == Backend::Sqlite {
+            let err = s.insert_hold(&live, 100).await.unwrap_err();
+            assert!(err.to_string().contains("shared holds need PostgreSQL"), "{err}");
+            return;
+        }
+        assert!(s.insert_hold(&live, 100).await.unwrap());
+        assert!(s.insert_hold(&row("booked", "alex", (3_000, 4_000), 0, true), 100).await.unwrap());
+        assert!(s.insert_hold(&row("old", "alex", (5_000, 6_000), 200, false), 100).await.unwrap());
+        assert!(s.insert_hold(&row("other-staff", "sam", (1_000, 2_000), 200, false), 100).await.unwrap());
+        // Overlapping a live hold, then a booking: refused, nothing purged or inserted.
+        assert!(!s.insert_hold(&row("x1", "alex", (1_500, 2_500), 900, false), 100).await.unwrap());
+        assert!(!s.insert_hold(&row("x2", "alex", (3_500, 3_600), 900, false), 100).await.unwrap());
+        assert_eq!(ids(s, "alex").await, ["live", "booked", "old"]);
+        // At 300 "old" has expired: an insert elsewhere purges it; the booking stays.
+        assert!(s.insert_hold(&row("new", "alex", (7_000, 8_000), 900, false), 300).await.unwrap());
+        assert_eq!(ids(s, "alex").await, ["live", "booked", "new"]);
+        // At 600 "live" has expired: its time is free for the next caller.
+        assert!(s.insert_hold(&row("taker", "alex", (1_500, 2_500), 900, false), 600).await.unwrap());
+        assert_eq!(ids(s, "alex").await, ["taker", "booked", "new"]);
+        assert_eq!(ids(s, "sam").await, ["other-staff"], "another staff member's holds are untouched");
+        // Touching ends do not overlap ('[)' ranges).
+        assert!(s.insert_hold(&row("adjacent", "alex", (2_500, 3_000), 900, false), 600).await.unwrap());
+        // The same id again is refused, not an error.
+        assert!(!s.insert_hold(&row("adjacent", "alex", (9_000, 9_500), 900, false), 600).await.unwrap());
+    }
+
+    both_backends!(a_hold_insert_purges_expired_holds_and_refuses_overlaps);
 }
