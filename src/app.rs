@@ -64,6 +64,8 @@ pub struct Application {
     retention_rounds: tokio::sync::watch::Sender<u64>,
     /// The invalidation listener (PostgreSQL) and the store URL to reopen it.
     bus: Option<(crate::store::bus::BusListener, String)>,
+    /// When start-up recovery claimed dead instances: the heartbeat's takeover passes follow it.
+    recovered_at: jiff::Timestamp,
 }
 
 impl Application {
@@ -204,13 +206,16 @@ impl Application {
             bus: crate::invalidation::Bus::default(),
             outcomes: crate::outcomes::OutcomeReader::default(),
             jobs: crate::leader::Jobs::new(store.clone(), clock.clone(), metrics.clone()),
+            takeovers: tokio::sync::watch::Sender::new(Default::default()),
         });
         if config.sandbox_options.unsafe_bypass_hold_ledger {
             // Config validation refuses this outside the sandbox.
             tracing::warn!("TEST ONLY: the hold ledger is bypassed; concurrent callers can be double-booked");
             core.booking.ledger.set_unsafe_bypass(true);
         }
-        recover_open_calls(&core).await?;
+        // The first claim of dead instances; the heartbeat's takeover passes follow from here.
+        let recovered_at = clock.now();
+        recover_open_calls(&core, recovered_at).await?;
         // Pending bookings keep their slots across a restart: re-held before any call is served.
         let reheld = core.booking.recover_pending().await.context("recovering pending bookings")?;
         if reheld > 0 {
@@ -290,6 +295,7 @@ impl Application {
             inbound_guard: crate::inbound::GuardRetention::new(config.inbound.calendar.as_ref()),
             retention_rounds: tokio::sync::watch::Sender::new(0),
             bus: bus_listener.map(|l| (l, config.store_url.clone())),
+            recovered_at,
         })
     }
 
@@ -352,6 +358,7 @@ impl Application {
             inbound_guard,
             retention_rounds,
             bus,
+            recovered_at,
         } = self;
         // The other instances' invalidations (PostgreSQL only).
         let bus_stop = CancellationToken::new();
@@ -403,8 +410,9 @@ impl Application {
         // The heartbeat renews this instance's step leases while it lives (`crate::instance`).
         let heartbeat_stop = CancellationToken::new();
         let heartbeat_task = AbortOnDropHandle::new(crate::instance::spawn_heartbeat(
-            state.core.store.clone(),
-            state.core.clock.clone(),
+            state.core.clone(),
+            state.core.takeovers.clone(),
+            recovered_at,
             heartbeat_stop.clone(),
         ));
         // Alerts follow the worker's progress (and a clock tick for the backlog's age).
@@ -842,13 +850,31 @@ fn caldav_connector(v: &VendorSection, business: &str, client: reqwest::Client) 
     })
 }
 
-/// Calls left open by a crash — of a previous run on SQLite, of an instance that stopped beating
-/// on PostgreSQL: closed as disconnected, so their write-back is planned and nothing the caller
-/// said is lost. Another instance recovering the same call at once is harmless: a call gets
-/// exactly one plan (`Store::close_call_with_plan` answers `false` to the second).
-async fn recover_open_calls(core: &Arc<Core>) -> anyhow::Result<()> {
+/// Calls left open by a crash, recovered at start-up: first the dead instances this one claims
+/// (PostgreSQL: their rows pruned, their open calls made this instance's, exactly once across
+/// every claimant — `Store::claim_dead_instances`), then the open calls of no live instance still
+/// left (a previous run's on SQLite; on PostgreSQL a call of no recorded instance, or one whose
+/// instance another claimant is taking over this very moment).
+async fn recover_open_calls(core: &Arc<Core>, now: jiff::Timestamp) -> anyhow::Result<()> {
+    let taken = core.store.claim_dead_instances(now).await.context("claiming dead instances")?;
+    if !taken.instances.is_empty() {
+        tracing::warn!(instances = ?taken.instances, calls = taken.calls.len(), "took over instances that stopped beating");
+    }
+    let mut calls = taken.calls;
     // Other live instances' calls are theirs (PostgreSQL: by heartbeat; SQLite: one instance).
-    for call in core.store.open_calls(core.clock.now(), crate::store::INSTANCE_DEAD_AFTER).await? {
+    calls.extend(core.store.open_calls(now, crate::store::INSTANCE_DEAD_AFTER).await?);
+    recover_calls(core, calls).await?;
+    Ok(())
+}
+
+/// Closes each call as disconnected with the write-back plan its outcome so far gives, so
+/// nothing the caller said is lost: the one recovery of start-up and of a live instance's
+/// takeover pass (`crate::instance`). Another instance recovering the same call at once is
+/// harmless: a call gets exactly one plan (`Store::close_call_with_plan` answers `false` to the
+/// second). Returns how many calls this instance closed.
+pub(crate) async fn recover_calls(core: &Core, calls: Vec<crate::store::CallRow>) -> anyhow::Result<usize> {
+    let mut closed = 0;
+    for call in calls {
         let outcome = serde_json::json!({"call_id": call.call_id, "end_reason": EndReason::Disconnected.as_str(), "recovered": true});
         let steps = match call.caller {
             Some(phone) => crate::writeback::build_plan(&crate::writeback::CallOutcome {
@@ -877,16 +903,17 @@ async fn recover_open_calls(core: &Arc<Core>) -> anyhow::Result<()> {
         let mode = core.tenants.by_id(&call.tenant).map(|t| t.config.writeback_rules.mode);
         let (id, tenant, reason, now) =
             (&call.call_id, &call.tenant, EndReason::Disconnected.as_str(), core.clock.now());
-        match mode {
+        let mine = match mode {
             Some(m @ (crate::writeback::settings::Mode::Shadow | crate::writeback::settings::Mode::Review)) => {
                 let review = m == crate::writeback::settings::Mode::Review;
-                core.store.close_call_with_held_plan(id, tenant, reason, &outcome, &steps, review, now).await?;
+                core.store.close_call_with_held_plan(id, tenant, reason, &outcome, &steps, review, now).await?
             }
-            _ => {
-                core.store.close_call_with_plan(id, tenant, reason, &outcome, &steps, now).await?;
-            }
+            _ => core.store.close_call_with_plan(id, tenant, reason, &outcome, &steps, now).await?,
+        };
+        if mine {
+            closed += 1;
+            tracing::warn!(call_id = %call.call_id, tenant = %call.tenant, "recovered a call left open by an instance that is gone");
         }
-        tracing::warn!(call_id = %call.call_id, tenant = %call.tenant, "recovered a call left open by a previous run");
     }
-    Ok(())
+    Ok(closed)
 }

@@ -50,6 +50,8 @@ pub struct Core {
     pub outcomes: crate::outcomes::OutcomeReader,
     /// This instance's side of the cluster-wide jobs' leases (`crate::leader`).
     pub jobs: Arc<crate::leader::Jobs>,
+    /// This instance's takeovers of dead instances (`crate::instance`): its progress signal.
+    pub takeovers: tokio::sync::watch::Sender<crate::instance::Takeovers>,
 }
 
 /// Live calls on this instance, by call id, under the concurrent-call caps (in total and per

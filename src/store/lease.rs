@@ -14,19 +14,46 @@
 //! its rate budget and make several requests of up to 10 s each, which no fixed lease bounds,
 //! while a live instance's heartbeat keeps its work in hand whatever it takes, and a dead one's
 //! steps are free at most [`LEASE`] after its last beat.
+//!
+//! A dead instance's open calls are taken over by a claim ([`Store::claim_dead_instances`]):
+//! one statement deletes the `instances` rows whose heartbeat is older than
+//! [`INSTANCE_DEAD_AFTER`] and hands those instances' open calls to the claimant. Two instances
+//! claiming at once contend on the row lock of the `DELETE`: the second re-checks the row after
+//! the first commits, finds it gone and gets nothing, so each dead instance's calls go to exactly
+//! one claimant, and its row is pruned by the same statement.
 
 use jiff::{SignedDuration, Timestamp};
 use sqlx::Row;
 
-use super::{Backend, STEP_COLUMNS, StepRow, Store, StoreError, ms, placeholders, step_from_row};
+use super::{Backend, CallRow, STEP_COLUMNS, StepRow, Store, StoreError, ms, placeholders, step_from_row};
 
 /// How long a claim holds a step without being renewed.
 pub const LEASE: SignedDuration = SignedDuration::from_secs(60);
 /// How often a live instance records its heartbeat and renews its leases.
 pub const HEARTBEAT_EVERY: SignedDuration = SignedDuration::from_secs(10);
-/// An instance whose heartbeat is older than this is dead: its open calls are recovered by the
-/// next instance that starts (six missed beats).
+/// An instance whose heartbeat is this old is dead: its open calls are recovered by the live or
+/// starting instance that claims them first (six missed beats).
 pub const INSTANCE_DEAD_AFTER: SignedDuration = SignedDuration::from_secs(60);
+/// How often (domain time) a live instance's heartbeat task looks for dead instances to take
+/// over: a dead instance's open calls are recovered between [`INSTANCE_DEAD_AFTER`] and
+/// `INSTANCE_DEAD_AFTER + TAKEOVER_EVERY + HEARTBEAT_EVERY` after its last beat.
+pub const TAKEOVER_EVERY: SignedDuration = SignedDuration::from_secs(30);
+
+/// What one [`Store::claim_dead_instances`] took: the dead instances whose rows it deleted and
+/// their open calls, now this instance's to recover.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Takeover {
+    pub instances: Vec<String>,
+    pub calls: Vec<CallRow>,
+}
+
+/// One instance's row in `instances`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub id: String,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+}
 
 /// Who holds a step's lease and until when (none once the step's attempt was recorded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +165,63 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    /// Claims every other instance whose heartbeat is [`INSTANCE_DEAD_AFTER`] old or older at
+    /// `now`: deletes its row (pruning) and makes its open calls this instance's, in one
+    /// statement, then returns those calls for recovery. Each dead instance is claimed by exactly
+    /// one claimant, however many claim at once (module docs). An instance that still beats —
+    /// serving, or draining its last calls at shutdown (its heartbeat stops last) — is never
+    /// claimed. On SQLite one instance runs at a time and start-up recovery covers every other
+    /// run's calls (`Store::open_calls`): nothing to claim.
+    pub async fn claim_dead_instances(&self, now: Timestamp) -> Result<Takeover, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(Takeover::default());
+        }
+        let cutoff = ms(now) - INSTANCE_DEAD_AFTER.as_millis() as i64;
+        // The UPDATE reads the DELETE's output, so it runs after it, on the rows it removed:
+        // https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING
+        let rows = sqlx::query(
+            "WITH dead AS (DELETE FROM instances WHERE id <> $1 AND heartbeat_at <= $2 RETURNING id),
+                  adopted AS (UPDATE calls SET instance_id = $1 FROM dead
+                              WHERE calls.instance_id = dead.id AND calls.ended_at IS NULL
+                              RETURNING calls.call_id, calls.tenant)
+             SELECT 'instance' AS kind, id AS name, '' AS tenant FROM dead
+             UNION ALL SELECT 'call', call_id, tenant FROM adopted",
+        )
+        .bind(&*self.instance)
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = Takeover::default();
+        for r in rows {
+            let (kind, name, tenant): (String, String, String) =
+                (r.try_get("kind")?, r.try_get("name")?, r.try_get("tenant")?);
+            if kind == "instance" {
+                taken.instances.push(name);
+            } else if let Some(call) = self.call(&tenant, &name).await? {
+                taken.calls.push(call);
+            }
+        }
+        taken.instances.sort();
+        taken.calls.sort_by(|a, b| (&a.tenant, &a.call_id).cmp(&(&b.tenant, &b.call_id)));
+        Ok(taken)
+    }
+
+    /// Every instance's row, by id (operators and tests).
+    pub async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, started_at, heartbeat_at FROM instances ORDER BY id").fetch_all(&self.pool).await?;
+        let at = |m: i64| Timestamp::from_millisecond(m).unwrap_or(Timestamp::UNIX_EPOCH);
+        rows.into_iter()
+            .map(|r| {
+                Ok(InstanceRow {
+                    id: r.try_get("id")?,
+                    started_at: at(r.try_get("started_at")?),
+                    heartbeat_at: at(r.try_get("heartbeat_at")?),
+                })
+            })
+            .collect()
     }
 
     /// Changes after every heartbeat this instance records (tests wait on it).
@@ -323,7 +407,71 @@ mod tests {
         assert_eq!(gone.release_leftover_leases().await.unwrap(), u64::from(s.backend() == Backend::Sqlite));
     }
 
+    /// Two live instances claim at once: the dead instances (heartbeat at the cutoff or older) go
+    /// to exactly one of them, with their open calls (not their closed ones), and their rows are
+    /// pruned; an instance beating within the window — slow, or draining its last calls — keeps
+    /// its row and its calls. On SQLite there is nothing to claim.
+    async fn dead_instances_are_claimed_once_with_their_open_calls_and_pruned(s: &Store) {
+        let (a, b) = (s.as_instance("a"), s.as_instance("b"));
+        let (dead, edge, slow) = (s.as_instance("dead"), s.as_instance("edge"), s.as_instance("slow"));
+        let cutoff = t0() - INSTANCE_DEAD_AFTER;
+        a.heartbeat(t0()).await.unwrap();
+        b.heartbeat(t0()).await.unwrap();
+        dead.heartbeat(cutoff - SignedDuration::from_secs(30)).await.unwrap();
+        edge.heartbeat(cutoff).await.unwrap();
+        slow.heartbeat(cutoff + SignedDuration::from_millis(1)).await.unwrap();
+        for (who, call) in [(&dead, "d-1"), (&dead, "d-2"), (&dead, "d-closed"), (&edge, "e-1"), (&slow, "s-1")] {
+            assert!(who.record_call_start(call, "demo", Some("+14155550134"), "+15550100000", t0()).await.unwrap());
+        }
+        assert!(dead.close_call_with_plan("d-closed", "demo", "end_call", &json!({}), &[], t0()).await.unwrap());
+
+        let (got_a, got_b) = tokio::join!(a.claim_dead_instances(t0()), b.claim_dead_instances(t0()));
+        let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+        let ids = |v: &[&Takeover]| {
+            let mut ids: Vec<String> = v.iter().flat_map(|t| t.calls.iter().map(|c| c.call_id.clone())).collect();
+            ids.sort();
+            ids
+        };
+        let instances: Vec<&String> = got_a.instances.iter().chain(&got_b.instances).collect();
+        let rows: Vec<String> = s.instances().await.unwrap().into_iter().map(|r| r.id).collect();
+        match s.backend() {
+            Backend::Sqlite => {
+                assert_eq!((&got_a, &got_b), (&Takeover::default(), &Takeover::default()));
+                assert_eq!(rows, ["a", "b", "dead", "edge", "slow"], "nothing pruned");
+                return;
+            }
+            Backend::Postgres => {
+                let mut instances = instances;
+                instances.sort();
+                assert_eq!(instances, ["dead", "edge"], "each dead instance claimed once");
+                assert_eq!(ids(&[&got_a, &got_b]), ["d-1", "d-2", "e-1"], "each open call adopted once");
+                assert_eq!(rows, ["a", "b", "slow"], "the dead rows are pruned");
+            }
+        }
+        // An adopted call belongs to its claimant now: nobody else's start-up recovery lists it,
+        // and its claimant does not list its own.
+        for taken in [&got_a, &got_b] {
+            for call in &taken.calls {
+                assert_eq!(call.ended_at, None, "{}: still open, to be recovered", call.call_id);
+            }
+        }
+        let leftovers = s.open_calls(t0(), INSTANCE_DEAD_AFTER).await.unwrap();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // Nothing is claimed twice, and a slow instance is claimed only once it is past the window.
+        assert_eq!(a.claim_dead_instances(t0()).await.unwrap(), Takeover::default());
+        let later = t0() + SignedDuration::from_millis(1);
+        let slow_taken = b.claim_dead_instances(later).await.unwrap();
+        assert_eq!(slow_taken.instances, ["slow"]);
+        assert_eq!(slow_taken.calls.iter().map(|c| c.call_id.as_str()).collect::<Vec<_>>(), ["s-1"]);
+        // A claimant never claims itself, however old its own heartbeat.
+        let far = t0() + INSTANCE_DEAD_AFTER * 10;
+        let taken = a.claim_dead_instances(far).await.unwrap();
+        assert_eq!(taken.instances, ["b"]);
+        assert_eq!(s.instances().await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>(), ["a"]);
+    }
+
     both_backends!(
+        dead_instances_are_claimed_once_with_their_open_calls_and_pruned,
         a_restart_releases_a_previous_runs_leases_only_on_sqlite,
         two_instances_claiming_at_once_never_get_the_same_step,
         an_expired_lease_is_taken_over_and_the_old_owners_result_is_refused,

@@ -41,7 +41,7 @@ pub use group_commit::GroupCommitStats;
 pub use holds::{HoldCounts, HoldRow};
 pub use identity_index::IdentityKind;
 pub use job_lease::JobLease;
-pub use lease::{HEARTBEAT_EVERY, INSTANCE_DEAD_AFTER, LEASE, StepLease};
+pub use lease::{HEARTBEAT_EVERY, INSTANCE_DEAD_AFTER, InstanceRow, LEASE, StepLease, TAKEOVER_EVERY, Takeover};
 pub use outbox::{DeadLetter, Requeue, StepSchedule};
 pub use outcomes::{AppointmentOutcome, AwaitingOutcome, OutcomeHistory, OutcomeSource, RecordedOutcome};
 pub use pending_bookings::{OPEN_STATUSES as OPEN_PENDING_STATUSES, PendingBookingRow};

@@ -268,9 +268,10 @@ async fn synced_on_either(a: &crate::helpers::TestApp, b: &crate::helpers::TestA
     tokio::time::timeout(std::time::Duration::from_secs(20), synced).await.expect("the call is written back");
 }
 
-/// Start-up recovery on a shared store closes only the calls of instances that stopped beating:
-/// a crashed instance's open call is closed as disconnected and written back by the instance that
-/// starts, while a live instance's call stays open and ends normally through its own instance.
+/// Recovery on a shared store closes only the calls of instances that stopped beating: a crashed
+/// instance's open call is closed as disconnected and written back by whichever instance claims
+/// the crashed one first — the one that starts, or A's takeover pass on its heartbeat — while a
+/// live instance's call stays open and ends normally through its own instance.
 #[tokio::test]
 async fn a_starting_instance_recovers_only_the_calls_of_instances_that_stopped_beating() {
     use callside::clock::Clock;
@@ -313,6 +314,152 @@ async fn a_starting_instance_recovers_only_the_calls_of_instances_that_stopped_b
 
     b.shutdown().await;
     a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Steps the shared clock one heartbeat at a time, `beats` times, waiting after each step for
+/// every instance given to record its beat (its heartbeat task wakes on the clock), so no live
+/// instance's heartbeat ever looks older than one beat to another. `between` runs after each
+/// step, before the wait (the step's number, from 1).
+async fn step_beats<F: AsyncFnMut(u32)>(apps: &[&crate::helpers::TestApp], beats: u32, mut between: F) {
+    use callside::store::HEARTBEAT_EVERY;
+    let mut watches: Vec<_> = apps.iter().map(|a| a.core.store.heartbeats()).collect();
+    for step in 1..=beats {
+        for w in &mut watches {
+            w.borrow_and_update();
+        }
+        apps[0].clock.advance(HEARTBEAT_EVERY);
+        between(step).await;
+        for w in &mut watches {
+            tokio::time::timeout(std::time::Duration::from_secs(20), w.changed())
+                .await
+                .expect("the instance beats after the clock moved")
+                .unwrap();
+        }
+    }
+}
+
+/// Waits until the instance has finished `passes` takeover passes (its progress signal).
+async fn takeover_passes(app: &crate::helpers::TestApp, passes: u64) -> callside::instance::Takeovers {
+    let mut progress = app.core.takeovers.subscribe();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(20), progress.wait_for(|t| t.passes >= passes))
+        .await
+        .expect("the takeover pass ran")
+        .unwrap();
+    *done
+}
+
+/// Issue 13: live instances take over a dead instance's open calls without waiting for an
+/// instance to start. Two live instances run their takeover passes at the same beats; the dead
+/// instance is claimed by exactly one, which closes each of its open calls as disconnected with
+/// one plan, written back once; its `instances` row is pruned. A slow instance — beating every
+/// 50 s, inside the 60 s window — keeps its row and its open call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_instances_take_over_a_dead_instances_calls_exactly_once_but_not_a_slow_ones() {
+    use callside::clock::Clock;
+    use callside::store::{HEARTBEAT_EVERY, INSTANCE_DEAD_AFTER, TAKEOVER_EVERY};
+
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let a = spawn_instance(&schema.url, None).await;
+    let b = spawn_instance(&schema.url, Some(&a)).await;
+    let store = a.core.store.clone();
+    let t0 = a.clock.now();
+    // A dead instance's leftovers (after A and B started, so no start-up recovery saw them): its
+    // last beat now, three calls it never closed, one of them with no caller id.
+    let dead = store.as_instance("dead-instance");
+    dead.heartbeat(t0).await.unwrap();
+    let orphans = [("dead-1", Some("+14155550181")), ("dead-2", Some("+14155550182")), ("dead-3", None)];
+    for (id, caller) in orphans {
+        assert!(dead.record_call_start(id, "demo", caller, "+12125550100", t0).await.unwrap());
+    }
+    let slow = store.as_instance("slow-instance");
+    slow.heartbeat(t0).await.unwrap();
+    assert!(slow.record_call_start("slow-1", "demo", Some("+14155550183"), "+12125550100", t0).await.unwrap());
+
+    // Six beats: passes at +30 s (nothing dead yet) and +60 s (the dead instance's last beat is
+    // INSTANCE_DEAD_AFTER old). The slow instance beats once, at +50 s.
+    let beats = (INSTANCE_DEAD_AFTER.as_secs() / HEARTBEAT_EVERY.as_secs()) as u32;
+    let passes = (INSTANCE_DEAD_AFTER.as_secs() / TAKEOVER_EVERY.as_secs()) as u64;
+    step_beats(&[&a, &b], beats, async |step| {
+        if step == 5 {
+            slow.heartbeat(a.clock.now()).await.unwrap();
+        }
+    })
+    .await;
+    let (by_a, by_b) = (takeover_passes(&a, passes).await, takeover_passes(&b, passes).await);
+    assert_eq!(by_a.instances + by_b.instances, 1, "claimed once: {by_a:?} {by_b:?}");
+    assert_eq!(by_a.calls + by_b.calls, 3, "each open call recovered once: {by_a:?} {by_b:?}");
+    assert!(by_a.calls == 0 || by_b.calls == 0, "all by the one claimant: {by_a:?} {by_b:?}");
+
+    for (id, caller) in orphans {
+        let call = store.call("demo", id).await.unwrap().unwrap();
+        assert_eq!(call.end_reason.as_deref(), Some("disconnected"), "{id}");
+        assert_eq!(call.outcome.as_ref().unwrap()["recovered"], true, "{id}");
+        let steps = store.steps_for_call("demo", id).await.unwrap();
+        let seqs: Vec<i64> = steps.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, (0..steps.len() as i64).collect::<Vec<_>>(), "{id}: one plan, no step twice");
+        assert_eq!(steps.is_empty(), caller.is_none(), "{id}: a plan when the caller is known");
+        if let Some(phone) = caller {
+            synced_on_either(&a, &b, id).await;
+            let contacts: Vec<_> =
+                a.hubspot.contacts().into_iter().filter(|c| c.prop("phone") == Some(phone)).collect();
+            assert_eq!(contacts.len(), 1, "{id}: one contact");
+            assert_eq!(a.hubspot.calls_for_contact(&contacts[0].id).len(), 1, "{id}: one call log");
+        }
+    }
+    let rows: Vec<String> = store.instances().await.unwrap().into_iter().map(|r| r.id).collect();
+    assert!(!rows.iter().any(|r| r == "dead-instance"), "the dead row is pruned: {rows:?}");
+    for live in [a.core.store.instance_id(), b.core.store.instance_id(), "slow-instance"] {
+        assert!(rows.iter().any(|r| r == live), "{live} keeps its row: {rows:?}");
+    }
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let slow_call = store.call("demo", "slow-1").await.unwrap().unwrap();
+    assert_eq!(slow_call.ended_at, None, "a slow instance's call is its own");
+
+    b.shutdown().await;
+    a.shutdown().await;
+    schema.drop_now().await.unwrap();
+}
+
+/// Issue 13: a draining instance (graceful shutdown, its call still live within the grace
+/// period) keeps beating until its outbox is flushed, so the other instance's takeover passes
+/// leave it alone however long the drain lasts on the domain clock; its call ends through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_instance_that_still_beats_is_not_taken_over() {
+    let schema = TestSchema::create().await.expect("the machine's PostgreSQL answers");
+    let mut server = server_file("");
+    // Real time, and far more than the test takes: the call stays live through the drain.
+    server.server.shutdown_grace_secs = 600;
+    let mut a = spawn_instance_with(&schema.url, None, server, demo_tenant()).await;
+    let b = spawn_instance(&schema.url, Some(&a)).await;
+    let mut call = a.connect("draining-call", ANA).await;
+    call.initialize().await;
+    call.tool("get_caller_context", json!({})).await;
+    let a_id = a.core.store.instance_id().to_owned();
+    let (a_core, store) = (a.core.clone(), b.core.store.clone());
+
+    let draining = a.begin_shutdown();
+    // Seven beats: B's passes at +30 s and +60 s, A past INSTANCE_DEAD_AFTER since it started.
+    let beats_a = a_core.store.heartbeats();
+    let watched = [&a, &b];
+    step_beats(&watched, 7, async |_| {}).await;
+    let by_b = takeover_passes(&b, 2).await;
+    assert_eq!((by_b.instances, by_b.calls), (0, 0), "{by_b:?}");
+    assert!(*beats_a.borrow() >= 8, "A beat at start and at every step while draining");
+    let open = store.call("demo", "draining-call").await.unwrap().unwrap();
+    assert_eq!(open.ended_at, None, "A's call is A's while A beats");
+    assert!(store.instances().await.unwrap().iter().any(|r| r.id == a_id), "A keeps its row");
+
+    // The caller finishes on A, which then completes its shutdown.
+    let end = call.tool("end_call", json!({"summary": "Asked about prices.", "caller_name": "Ana López"})).await;
+    assert_eq!(end["structuredContent"]["saved"], true, "{end}");
+    drop(call);
+    draining.await.unwrap().unwrap();
+    let ended = store.call("demo", "draining-call").await.unwrap().unwrap();
+    assert_eq!(ended.end_reason.as_deref(), Some("end_call"));
+    assert!(ended.outcome.as_ref().unwrap().get("recovered").is_none(), "{:?}", ended.outcome);
+
+    b.shutdown().await;
     schema.drop_now().await.unwrap();
 }
 
