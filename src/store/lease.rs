@@ -71,7 +71,12 @@ impl Store {
     /// The same store (same pool) acting as another instance: for tests and benchmarks that
     /// need two claimants, or a dead instance's leftovers, without a second process.
     pub fn as_instance(&self, id: &str) -> Store {
-        Store { instance: id.into(), beats: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)), ..self.clone() }
+        Store {
+            instance: id.into(),
+            beats: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            presumed_dead: std::sync::Arc::default(),
+            ..self.clone()
+        }
     }
 
     /// Claims up to `limit` steps due at `now` (pending, time come, dependency done, no live
@@ -126,17 +131,31 @@ impl Store {
 
     /// Records this instance's heartbeat at `now` and renews every lease it holds on a step
     /// still pending to `now + LEASE`. Returns how many leases were renewed.
+    ///
+    /// A beat after the first that finds the instance's row gone means another instance claimed
+    /// this one as dead (it stopped beating for [`INSTANCE_DEAD_AFTER`]: a stall, a partition)
+    /// and closed its open calls as disconnected: the row is recorded again, the event is logged
+    /// and counted ([`Store::times_presumed_dead`]) — those calls' own end, when it comes, finds
+    /// them closed and their recovered plan stands.
     pub async fn heartbeat(&self, now: Timestamp) -> Result<u64, StoreError> {
         let at = ms(now);
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-        )
-        .bind(&*self.instance)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
+        let beat = sqlx::query("UPDATE instances SET heartbeat_at = $2 WHERE id = $1")
+            .bind(&*self.instance)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if beat == 0 {
+            sqlx::query(
+                "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            )
+            .bind(&*self.instance)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
         let renewed = sqlx::query(
             "UPDATE steps SET lease_until = $1 WHERE lease_owner = $2 AND status = 'pending' AND lease_until < $1",
         )
@@ -146,8 +165,21 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
+        if beat == 0 && *self.beats.borrow() > 0 {
+            self.presumed_dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The instance id is a UUID chosen at start: no personal data.
+            tracing::error!(
+                instance = %self.instance,
+                "this instance was presumed dead by another (no heartbeat for {INSTANCE_DEAD_AFTER:?}); its open calls were recovered there"
+            );
+        }
         self.beats.send_modify(|n| *n += 1);
         Ok(renewed)
+    }
+
+    /// How many of this instance's beats found it claimed as dead by another ([`Store::heartbeat`]).
+    pub fn times_presumed_dead(&self) -> u64 {
+        self.presumed_dead.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// On SQLite one instance runs at a time, so a lease that is not this instance's was left
@@ -468,6 +500,13 @@ mod tests {
         let taken = a.claim_dead_instances(far).await.unwrap();
         assert_eq!(taken.instances, ["b"]);
         assert_eq!(s.instances().await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>(), ["a"]);
+        // B was only stalled: its next beat finds it was claimed, records its row again and
+        // counts it; A, never claimed, counts nothing.
+        assert_eq!(b.times_presumed_dead(), 0);
+        b.heartbeat(far).await.unwrap();
+        a.heartbeat(far).await.unwrap();
+        assert_eq!((a.times_presumed_dead(), b.times_presumed_dead()), (0, 1));
+        assert_eq!(s.instances().await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>(), ["a", "b"]);
     }
 
     both_backends!(

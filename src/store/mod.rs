@@ -91,6 +91,9 @@ pub struct Store {
     instance: Arc<str>,
     /// Bumped after every heartbeat this instance records: the signal tests wait on.
     beats: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Beats (after this instance's first) that found its `instances` row gone: another instance
+    /// had claimed it as dead and recovered its open calls (`lease.rs`).
+    presumed_dead: Arc<AtomicU64>,
     /// The PostgreSQL schema the store works in (empty on SQLite): the bus's scope.
     scope: Arc<str>,
 }
@@ -228,6 +231,7 @@ impl Store {
             bookings_generation: Arc::new(AtomicU64::new(0)),
             instance: uuid::Uuid::new_v4().to_string().into(),
             beats: Arc::new(tokio::sync::watch::Sender::new(0)),
+            presumed_dead: Arc::default(),
             scope: scope.into(),
         })
     }
