@@ -144,9 +144,16 @@ impl Store {
     }
 
     /// Deletes the call's unconfirmed hold; the deleted row, or `None` if nothing matched.
+    /// Committed without waiting for the WAL flush, as an insert is ([`Store::insert_hold`]): a
+    /// release lost to a crash of the database server keeps the time held until the hold's
+    /// expiry, never longer, and anything written after it is lost with it (the WAL is replayed
+    /// in order).
     pub async fn release_hold(&self, tenant: &str, id: &str, call_id: &str) -> Result<Option<HoldRow>, StoreError> {
         let sql = format!(
-            "DELETE FROM holds WHERE tenant = $1 AND id = $2 AND call_id = $3 AND NOT confirmed RETURNING {HOLD_COLUMNS}"
+            "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+             DELETE FROM holds WHERE tenant = $1 AND id = $2 AND call_id = $3 AND NOT confirmed
+               AND EXISTS (SELECT 1 FROM settings)
+             RETURNING {HOLD_COLUMNS}"
         );
         self.hold_statement(&sql, HoldBinds { tenant, id, call_id, times: &[], to_owner: None }).await
     }
@@ -222,13 +229,18 @@ impl Store {
     }
 
     /// Deletes every unconfirmed hold of the owner; returns how many.
+    /// Committed without waiting for the WAL flush, as [`Store::release_hold`].
     pub async fn release_owner_holds(&self, tenant: &str, owner: &str) -> Result<u64, StoreError> {
         self.require_shared_holds()?;
-        let r = sqlx::query("DELETE FROM holds WHERE tenant = $1 AND call_id = $2 AND NOT confirmed")
-            .bind(tenant)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+             DELETE FROM holds WHERE tenant = $1 AND call_id = $2 AND NOT confirmed
+               AND EXISTS (SELECT 1 FROM settings)",
+        )
+        .bind(tenant)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected())
     }
 
@@ -398,6 +410,14 @@ mod tests {
         assert!(s.insert_hold(&row("adjacent", "alex", (2_500, 3_000), 900, false), 600).await.unwrap());
         // The same id again is refused, not an error.
         assert!(!s.insert_hold(&row("adjacent", "alex", (9_000, 9_500), 900, false), 600).await.unwrap());
+        // Releases: only the owner's unconfirmed hold; a booking stays.
+        assert_eq!(s.release_hold("demo", "taker", "call-other").await.unwrap(), None, "not the owner");
+        let released = s.release_hold("demo", "taker", "call-taker").await.unwrap().expect("released");
+        assert_eq!((released.id.as_str(), released.blocked_start), ("taker", 1_500));
+        assert_eq!(s.release_hold("demo", "booked", "call-booked").await.unwrap(), None, "a booking");
+        assert_eq!(s.release_owner_holds("demo", "call-new").await.unwrap(), 1);
+        assert_eq!(s.release_owner_holds("demo", "call-booked").await.unwrap(), 0, "a booking");
+        assert_eq!(ids(s, "alex").await, ["adjacent", "booked"]);
     }
 
     both_backends!(a_hold_insert_purges_expired_holds_and_refuses_overlaps);
