@@ -78,10 +78,10 @@ pub struct Store {
     /// unchanged. Every warm `get_caller_context` asks for the caller's upcoming bookings; without
     /// this each one was a SQLite round trip through sqlx's worker thread (the load test's profile:
     /// about a quarter of the service's time in those cross-thread wake-ups).
-    upcoming: moka::future::Cache<UpcomingKey, Arc<UpcomingEntry>>,
+    upcoming: Arc<moka::future::Cache<UpcomingKey, Arc<UpcomingEntry>>>,
     /// Answers of [`Store::outcome_history_for_caller`], valid while `bookings_generation` is
     /// unchanged (an outcome is a write to `bookings`).
-    histories: moka::future::Cache<UpcomingKey, Arc<outcomes::HistoryEntry>>,
+    histories: Arc<moka::future::Cache<UpcomingKey, Arc<outcomes::HistoryEntry>>>,
     /// Bumped after every write to `bookings` (insert, move, status) through this store, and
     /// when another instance on the same PostgreSQL database says it wrote one (`bus.rs`: each
     /// write here is published as `What::Bookings`).
@@ -211,10 +211,17 @@ impl Store {
         let plans = group_commit::PlanWriter::spawn(pool.clone(), plan_batch);
         // The generation counter invalidates on this process's writes; the TTL bounds how long a
         // change made by another process (`callside erase` on the same file) stays unseen.
-        let upcoming = moka::future::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(std::time::Duration::from_secs(300))
-            .build();
+        // Behind an `Arc` each: a `Store` is cloned into every component and held inline by
+        // enums such as `booking::Holds`; the caches' handles would make it several hundred bytes.
+        fn cache<V: Clone + Send + Sync + 'static>() -> Arc<moka::future::Cache<UpcomingKey, V>> {
+            Arc::new(
+                moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(std::time::Duration::from_secs(300))
+                    .build(),
+            )
+        }
+        let upcoming = cache();
         let scope: String = match backend {
             Backend::Sqlite => String::new(),
             Backend::Postgres => sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&pool).await?,
@@ -224,10 +231,7 @@ impl Store {
             backend,
             plans,
             upcoming,
-            histories: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(300))
-                .build(),
+            histories: cache(),
             bookings_generation: Arc::new(AtomicU64::new(0)),
             instance: uuid::Uuid::new_v4().to_string().into(),
             beats: Arc::new(tokio::sync::watch::Sender::new(0)),
