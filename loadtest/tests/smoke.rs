@@ -27,7 +27,11 @@ fn smoke(bypass: bool) -> (i32, Value) {
         "--burst",
         "200",
         "--burst-window-ms",
-        "2000",
+        // The bypassed run must make callers race for one slot: its overlaps need two callers
+        // offered the same slot before either books (a booking drops the staff member's busy
+        // cache, so a later caller is offered another). Spread over two seconds, a fast run can
+        // serve the bookings one after another and overlap nothing; within 200 ms they race.
+        if bypass { "200" } else { "2000" },
         "--think-ms",
         "0",
         "--mix",
