@@ -257,11 +257,13 @@ impl Holds {
     }
 
     /// Unconfirmed holds (live or expired-but-unpurged) across tenants.
-    pub async fn outstanding_holds(&self) -> usize {
+    /// Holds still outstanding. A store that fails is `Unavailable`, never "none": the load
+    /// test's "no hold leaked" check reads this, and a zero in place of an error would pass it.
+    pub async fn outstanding_holds(&self) -> Result<usize, HoldError> {
         match self {
-            Holds::Memory(l) => l.outstanding_holds(),
+            Holds::Memory(l) => Ok(l.outstanding_holds()),
             Holds::Shared { store, .. } => {
-                store.hold_counts(0).await.map_err(unavailable).map(|c| c.outstanding as usize).unwrap_or(0)
+                store.hold_counts(0).await.map_err(unavailable).map(|c| c.outstanding as usize)
             }
         }
     }
@@ -296,8 +298,12 @@ mod tests {
         let elsewhere = Interval::new(slot.start, slot.end + SignedDuration::from_mins(1));
         assert_eq!(holds.remove_booking("demo", "alex", elsewhere).await, Ok(false), "no booking blocks that time");
 
+        assert_eq!(holds.outstanding_holds().await, Ok(0), "the confirmed hold is a booking, not outstanding");
+
         store.close().await;
         assert_eq!(holds.remove_booking("demo", "alex", slot).await, Err(HoldError::Unavailable));
+        // Nor is a failed count "none left" (the load test's leak check reads it).
+        assert_eq!(holds.outstanding_holds().await, Err(HoldError::Unavailable));
         schema.drop_now().await.unwrap();
     }
 }

@@ -136,6 +136,10 @@ async fn state_handler(State(s): State<AdminState>) -> Response {
         Ok(c) => c,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
     };
+    let Ok(outstanding_holds) = s.core.booking.ledger.outstanding_holds().await else {
+        let error = "the shared hold ledger is unavailable";
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": error}))).into_response();
+    };
     let events: Vec<Value> = s
         .google
         .all_events()
@@ -159,7 +163,7 @@ async fn state_handler(State(s): State<AdminState>) -> Response {
         "crm_call_keys": crm_call_keys,
         "calls": calls.into_iter().map(|(id, reason, status)| json!({"call_id": id, "end_reason": reason, "sync_status": status})).collect::<Vec<_>>(),
         "steps": steps,
-        "outstanding_holds": s.core.booking.ledger.outstanding_holds().await,
+        "outstanding_holds": outstanding_holds,
         "open_sessions": s.core.sessions.len(),
         "emulator_urls": s.urls,
         "emulator_requests": {

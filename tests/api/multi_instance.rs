@@ -146,7 +146,7 @@ async fn the_shared_ledger_keeps_the_in_memory_ledgers_semantics() {
     assert_eq!(la.release_all_for_call("demo", "pending:k").await, 0, "bookings stay");
     assert_eq!(lb.remove_booking("demo", "alex", slot).await, Ok(true));
     assert!(la.busy("demo", "alex", slot, far).await.unwrap().is_empty());
-    assert_eq!(la.outstanding_holds().await, 0);
+    assert_eq!(la.outstanding_holds().await.unwrap(), 0);
 
     b.shutdown().await;
     a.shutdown().await;
