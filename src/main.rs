@@ -18,6 +18,21 @@ struct Cli {
     command: Command,
 }
 
+/// Where an operator command finds the configuration and the store it names (the service need
+/// not run).
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Server config file; tenant files are read from its `tenants_dir`.
+    #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
+    config: PathBuf,
+    /// Data directory, overriding the file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
+    #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
+    store: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
@@ -65,13 +80,8 @@ enum Command {
     },
     /// List dead-lettered write-back steps (newest first).
     DeadLetters {
-        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
-        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
-        store: Option<String>,
+        #[command(flatten)]
+        at: StoreArgs,
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
@@ -81,26 +91,16 @@ enum Command {
         /// The call whose steps to replay.
         #[arg(long = "call")]
         call_id: String,
-        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
-        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
-        store: Option<String>,
+        #[command(flatten)]
+        at: StoreArgs,
     },
     /// Re-encrypt every stored OAuth token (and pending authorization) under the current
     /// `CALLSIDE_SECRET_KEY`, reading older rows with `CALLSIDE_SECRET_KEY_OLD`. Run it after
     /// deploying the new key beside the old one; afterwards the old key can be dropped. Exits 1
     /// if a row is under a key neither variable holds.
     Reencrypt {
-        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
-        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
-        store: Option<String>,
+        #[command(flatten)]
+        at: StoreArgs,
     },
     /// Remove what callside stores about one caller (calls, outcomes, transcripts, write-back
     /// steps, bookings, pending bookings, identity index rows, audit rows) and print which CRM
@@ -114,13 +114,8 @@ enum Command {
         /// Only this tenant (default: every tenant in the configuration).
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
-        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
-        store: Option<String>,
+        #[command(flatten)]
+        at: StoreArgs,
     },
     /// Run seed 002's ten test calls and seed 003's pilot scenario against one tenant's CRM and
     /// calendar through the real service path (started in-process from the config, on a free
@@ -161,13 +156,8 @@ enum Command {
         /// The window's end, RFC 3339 (e.g. 2026-11-01T00:00:00Z to audit October); default now.
         #[arg(long)]
         until: Option<jiff::Timestamp>,
-        #[arg(long, default_value = "config/callside.toml", env = "CALLSIDE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Store URL (`sqlite://PATH` or `postgres://…`), overriding the file's `store.url`.
-        #[arg(long = "store", env = "CALLSIDE_STORE_URL")]
-        store: Option<String>,
+        #[command(flatten)]
+        at: StoreArgs,
     },
     /// Serve the vendor emulators in their own process (so their state outlives a service that
     /// is killed and restarted), plus a loopback control port to inspect them and inject faults.
@@ -349,8 +339,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Audit { tenant, report, days, until, config, data_dir, store } => {
-            match audit(&tenant, report.as_deref(), days, until, &config, data_dir, store).await {
+        Command::Audit { tenant, report, days, until, at } => {
+            match audit(&tenant, report.as_deref(), days, until, at).await {
                 Ok(true) => Ok(()),
                 Ok(false) => std::process::exit(1),
                 Err(e) => {
@@ -359,8 +349,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::DeadLetters { config, data_dir, store, limit } => {
-            let store = open_store(&config, data_dir, store).await?;
+        Command::DeadLetters { at, limit } => {
+            let store = at.open_store().await?;
             let dead = store.dead_letters(limit).await?;
             if dead.is_empty() {
                 println!("no dead letters");
@@ -379,8 +369,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { call_id, config, data_dir, store } => {
-            let store = open_store(&config, data_dir, store).await?;
+        Command::Replay { call_id, at } => {
+            let store = at.open_store().await?;
             let replay = callside::store::Requeue::Failed;
             let now = jiff::Timestamp::now();
             match store.requeue_call(None, &call_id, replay, "writeback.replay", &serde_json::json!({}), now).await? {
@@ -394,8 +384,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Erase { phone, tenant, config, data_dir, store } => {
-            let (config, store) = open_config_and_store(&config, data_dir, store).await?;
+        Command::Erase { phone, tenant, at } => {
+            let (config, store) = at.open().await?;
             match callside::privacy::erase_caller(&store, &config.tenants, &phone, tenant.as_deref()).await {
                 Ok(erasures) => {
                     print!("{}", callside::privacy::render_erasure(&erasures));
@@ -409,9 +399,9 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Reencrypt { config, data_dir, store } => {
+        Command::Reencrypt { at } => {
             let cipher = callside::connections::TokenCipher::from_env().context("reading the keys")?;
-            let store = open_store(&config, data_dir, store).await?;
+            let store = at.open_store().await?;
             let report = callside::connections::reencrypt(&store, &cipher).await?;
             println!(
                 "re-encrypted {} connection(s) and {} pending authorization(s) under key {}",
@@ -515,11 +505,9 @@ async fn audit(
     report: Option<&std::path::Path>,
     days: u32,
     until: Option<jiff::Timestamp>,
-    config: &std::path::Path,
-    data_dir: Option<PathBuf>,
-    store_url: Option<String>,
+    at: StoreArgs,
 ) -> anyhow::Result<bool> {
-    let (config, store) = open_config_and_store(config, data_dir, store_url).await?;
+    let (config, store) = at.open().await?;
     let clock: callside::clock::SharedClock = Arc::new(SystemClock);
     let (tenant, budgets) = callside::app::offline_tenant(&config, tenant_id, &store, clock.clone())?;
     let result =
@@ -542,33 +530,27 @@ async fn audit(
     Ok(!result.has_problem())
 }
 
-/// The store named by a config file (for the operator commands; the service need not run).
-async fn open_store(
-    config: &std::path::Path,
-    data_dir: Option<PathBuf>,
-    store_url: Option<String>,
-) -> anyhow::Result<callside::store::Store> {
-    Ok(open_config_and_store(config, data_dir, store_url).await?.1)
-}
+impl StoreArgs {
+    /// The store the config names.
+    async fn open_store(self) -> anyhow::Result<callside::store::Store> {
+        Ok(self.open().await?.1)
+    }
 
-/// The validated config (exit 2 with every problem if it is not) and the store it names.
-async fn open_config_and_store(
-    config: &std::path::Path,
-    data_dir: Option<PathBuf>,
-    store_url: Option<String>,
-) -> anyhow::Result<(Config, callside::store::Store)> {
-    let overrides = Overrides { listen: None, data_dir, store_url };
-    let config = match Config::load(config, &overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            std::process::exit(2);
-        }
-    };
-    let store = callside::store::Store::open(&config.store_url)
-        .await
-        .with_context(|| format!("opening the store at {}", callside::store::redact_url(&config.store_url)))?;
-    Ok((config, store))
+    /// The validated config (exit 2 with every problem if it is not) and the store it names.
+    async fn open(self) -> anyhow::Result<(Config, callside::store::Store)> {
+        let overrides = Overrides { listen: None, data_dir: self.data_dir, store_url: self.store };
+        let config = match Config::load(&self.config, &overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                eprint!("{e}");
+                std::process::exit(2);
+            }
+        };
+        let store = callside::store::Store::open(&config.store_url)
+            .await
+            .with_context(|| format!("opening the store at {}", callside::store::redact_url(&config.store_url)))?;
+        Ok((config, store))
+    }
 }
 
 async fn shutdown_signal() {

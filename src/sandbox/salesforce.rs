@@ -2084,6 +2084,15 @@ fn check_version(version: &str) -> Option<Response> {
     (!ok).then(not_found)
 }
 
+/// A route's API version and sObject, checked in that order (a bad version is a bare 404, an
+/// unknown sObject Salesforce's `NOT_FOUND` error): the sObject's canonical name.
+fn versioned_sobject(version: &str, sobject: &str) -> Result<String, Box<Response>> {
+    if let Some(r) = check_version(version) {
+        return Err(Box::new(r));
+    }
+    known_sobject(sobject)
+}
+
 fn known_sobject(sobject: &str) -> Result<String, Box<Response>> {
     for known in ["Contact", "Lead", "User", "Opportunity", "OpportunityContactRole", "Case", "Task", "Event"] {
         if known.eq_ignore_ascii_case(sobject) {
@@ -2318,10 +2327,7 @@ async fn read(
     Path((version, sobject, id)): Path<(String, String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -2367,10 +2373,7 @@ async fn create(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -2395,10 +2398,7 @@ async fn update(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -2425,10 +2425,7 @@ async fn remove(
     State(state): State<Arc<SalesforceState>>,
     Path((version, sobject, id)): Path<(String, String, String)>,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -2454,10 +2451,7 @@ async fn get_deleted(
     Path((version, sobject)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -2523,10 +2517,7 @@ async fn read_by_external(
     Path((version, sobject, field, value)): Path<(String, String, String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -2556,10 +2547,7 @@ async fn upsert(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = check_version(&version) {
-        return r;
-    }
-    let sobject = match known_sobject(&sobject) {
+    let sobject = match versioned_sobject(&version, &sobject) {
         Ok(s) => s,
         Err(r) => return *r,
     };
