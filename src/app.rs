@@ -411,7 +411,6 @@ impl Application {
         let heartbeat_stop = CancellationToken::new();
         let heartbeat_task = AbortOnDropHandle::new(crate::instance::spawn_heartbeat(
             state.core.clone(),
-            state.core.takeovers.clone(),
             recovered_at,
             heartbeat_stop.clone(),
         ));

@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,13 +33,8 @@ pub struct Takeovers {
 /// would have renewed have [`crate::store::LEASE`] to run, six beats). Takeover passes are due
 /// every [`TAKEOVER_EVERY`] from `recovered_at` (start-up recovery, the first claim): each runs
 /// after the first beat at or past its time, claims the dead instances and recovers their open
-/// calls; a failed pass is tried again at the next beat. Progress goes to `takeovers`.
-pub fn spawn_heartbeat(
-    core: Arc<Core>,
-    takeovers: watch::Sender<Takeovers>,
-    recovered_at: jiff::Timestamp,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
+/// calls; a failed pass is tried again at the next beat. Progress goes to `Core::takeovers`.
+pub fn spawn_heartbeat(core: Arc<Core>, recovered_at: jiff::Timestamp, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (store, clock) = (core.store.clone(), core.clock.clone());
         let mut next_pass = recovered_at + TAKEOVER_EVERY;
@@ -60,7 +54,7 @@ pub fn spawn_heartbeat(
                         while next_pass <= now {
                             next_pass += TAKEOVER_EVERY;
                         }
-                        takeovers.send_modify(|t| {
+                        core.takeovers.send_modify(|t| {
                             t.passes += 1;
                             t.instances += instances;
                             t.calls += calls;

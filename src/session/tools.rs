@@ -136,7 +136,10 @@ async fn caller_context(core: &Core, s: &CallSession, a: IdentityArgs) -> ToolRe
             // number they call from or the record's email; only for a certain match.
             let email = contact.email.as_deref().and_then(crate::identity::normalize_email);
             let history = core.store.outcome_history_for_caller(s.tenant.id(), s.caller_e164(), email.as_deref()).await;
-            let history = history.unwrap_or_default();
+            let history = history.unwrap_or_else(|e| {
+                tracing::warn!(tenant = s.tenant.id(), error = %e, "appointment history not read; the context shows none");
+                Default::default()
+            });
             let mut flags = flags.clone();
             // The larger of the CRM's count and ours, never their sum: the two count overlapping
             // sets of the same missed appointments (the CRM's may include visits booked before
