@@ -294,12 +294,10 @@ fn inbound_configuration_errors_are_reported_with_their_keys() {
     assert_eq!(err.issues.len(), 3, "{err}");
 }
 
-/// A contact deleted in HubSpot (issue 12): the signed `contact.deletion` event drops every index
-/// row of theirs at once — not at the next pull, and with no live call from their number nothing
-/// else would read (and so drop) them before the next caller.
-#[tokio::test]
-async fn a_contact_deletion_webhook_drops_the_contact_from_the_identity_index() {
-    use callside::store::IdentityKind;
+/// The demo tenant on `PORTAL` with HubSpot webhooks on and the identity pull slow (five
+/// minutes): the app once its first round has indexed the contacts, that round's signal, and
+/// Ana's contact id.
+async fn spawn_indexed() -> (TestApp, tokio::sync::watch::Receiver<u64>, String) {
     let server = server_file(&format!(
         "[identity]\npull_interval_secs = 300\n[inbound.hubspot]\nclient_secret_env = \"{SECRET_ENV}\"\napp_id = \"{SANDBOX_APP_ID}\"\n"
     ));
@@ -309,6 +307,16 @@ async fn a_contact_deletion_webhook_drops_the_contact_from_the_identity_index() 
     let mut rounds = app.identity_rounds.clone();
     rounds.wait_for(|n| *n >= 1).await.unwrap();
     let ana = ana_id(&app);
+    (app, rounds, ana)
+}
+
+/// A contact deleted in HubSpot (issue 12): the signed `contact.deletion` event drops every index
+/// row of theirs at once — not at the next pull, and with no live call from their number nothing
+/// else would read (and so drop) them before the next caller.
+#[tokio::test]
+async fn a_contact_deletion_webhook_drops_the_contact_from_the_identity_index() {
+    use callside::store::IdentityKind;
+    let (app, rounds, ana) = spawn_indexed().await;
     let store = &app.core.store;
     assert_eq!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap(), vec![ana.clone()]);
     assert_eq!(
@@ -337,15 +345,7 @@ async fn a_contact_deletion_webhook_drops_the_contact_from_the_identity_index() 
 #[tokio::test]
 async fn a_contact_merge_webhook_repoints_the_index_to_the_survivor() {
     use callside::store::IdentityKind;
-    let server = server_file(&format!(
-        "[identity]\npull_interval_secs = 300\n[inbound.hubspot]\nclient_secret_env = \"{SECRET_ENV}\"\napp_id = \"{SANDBOX_APP_ID}\"\n"
-    ));
-    let mut tenant = demo_tenant();
-    tenant.crm.portal_id = Some(PORTAL);
-    let app = spawn_app_with(server, vec![tenant]).await;
-    let mut rounds = app.identity_rounds.clone();
-    rounds.wait_for(|n| *n >= 1).await.unwrap();
-    let ana = ana_id(&app);
+    let (app, rounds, ana) = spawn_indexed().await;
     let store = &app.core.store;
     assert_eq!(store.lookup_identity("demo", IdentityKind::Phone, ANA).await.unwrap(), vec![ana.clone()]);
 

@@ -101,6 +101,11 @@ fn metric(app: &TestApp, needle: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// A rep sets the meeting's outcome in HubSpot (as user 7).
+fn set_meeting_outcome(app: &TestApp, meeting: &str, outcome: &str) {
+    app.hubspot.rep_edit(callside::sandbox::hubspot::ObjectType::Meetings, meeting, "hs_meeting_outcome", outcome, "7");
+}
+
 const ANA: &str = "+14155550134";
 const MINUTE: SignedDuration = SignedDuration::from_secs(60);
 
@@ -111,13 +116,7 @@ async fn a_no_show_marked_in_hubspot_is_read_after_the_appointment_and_the_calle
     let meeting = crm_object(&app, &first).await;
 
     // Not asked before the end + read_after (60 minutes by default), even when the CRM knows.
-    app.hubspot.rep_edit(
-        callside::sandbox::hubspot::ObjectType::Meetings,
-        &meeting,
-        "hs_meeting_outcome",
-        "NO_SHOW",
-        "7",
-    );
+    set_meeting_outcome(&app, &meeting, "NO_SHOW");
     pass_at(&app, first.end + MINUTE * 30).await;
     assert_eq!(outcome(&app, &first).await, None, "read only after the end + read_after");
 
@@ -134,13 +133,7 @@ async fn a_no_show_marked_in_hubspot_is_read_after_the_appointment_and_the_calle
     assert_eq!(entry.1["source"], "crm");
 
     // Written once: the CRM changing its mind later does not rewrite it.
-    app.hubspot.rep_edit(
-        callside::sandbox::hubspot::ObjectType::Meetings,
-        &meeting,
-        "hs_meeting_outcome",
-        "COMPLETED",
-        "7",
-    );
+    set_meeting_outcome(&app, &meeting, "COMPLETED");
     pass_at(&app, read_at + MINUTE * 10).await;
     assert_eq!(of(outcome(&app, &first).await), Some((AppointmentOutcome::NoShow, OutcomeSource::Crm)));
 
@@ -157,13 +150,7 @@ async fn a_no_show_marked_in_hubspot_is_read_after_the_appointment_and_the_calle
     // A second no-show: the hint for several missed appointments comes from the store's count.
     let second = book(&app, "oc-book-2", ANA, None, 0).await;
     let meeting = crm_object(&app, &second).await;
-    app.hubspot.rep_edit(
-        callside::sandbox::hubspot::ObjectType::Meetings,
-        &meeting,
-        "hs_meeting_outcome",
-        "NO_SHOW",
-        "7",
-    );
+    set_meeting_outcome(&app, &meeting, "NO_SHOW");
     pass_at(&app, second.end + MINUTE * 61).await;
     let s = caller_context(&app, "oc-ctx-2", ANA).await;
     assert_eq!(s["past_no_shows"], 2, "{s}");
@@ -247,13 +234,7 @@ async fn a_malformed_vendor_answer_marks_nothing_and_is_counted_then_the_next_pa
     let app = spawn_app_with(server_file(""), vec![with_outcomes(demo_tenant(), "")]).await;
     let b = book(&app, "oc-garbled", ANA, None, 0).await;
     let meeting = crm_object(&app, &b).await;
-    app.hubspot.rep_edit(
-        callside::sandbox::hubspot::ObjectType::Meetings,
-        &meeting,
-        "hs_meeting_outcome",
-        "COMPLETED",
-        "7",
-    );
+    set_meeting_outcome(&app, &meeting, "COMPLETED");
     app.hubspot.garble_next_responses(1);
     let before = app.core.outcomes.progress().borrow().errors;
     let progress = pass_at(&app, b.end + MINUTE * 61).await;
