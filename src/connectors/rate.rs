@@ -552,8 +552,6 @@ mod tests {
     }
 
     /// Two instances' handles on one shared backend (each its own connection pool / connection).
-    /// A test fixture made once per test: the size of its variants does not matter.
-    #[allow(clippy::large_enum_variant)]
     enum Pair {
         Postgres(crate::store::Store, crate::store::Store),
         Redis(RedisBuckets, RedisBuckets),
