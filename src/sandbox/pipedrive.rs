@@ -212,6 +212,25 @@ struct Inner {
     webhooks: Webhooks,
 }
 
+impl Inner {
+    /// Deletes a person and notifies the `delete` webhook as `change_source` by `user_id` (a rep
+    /// in the app, or the API caller). False when there is no such person.
+    fn delete_person(&mut self, id: u64, change_source: &'static str, user_id: u64, at: Timestamp) -> bool {
+        let Some(person) = self.persons.remove(&id) else { return false };
+        self.webhooks.emit(WebhookChange {
+            action: "delete",
+            entity: "person",
+            entity_id: id,
+            data: Value::Null,
+            previous: person_json(id, &person),
+            change_source,
+            user_id,
+            at,
+        });
+        true
+    }
+}
+
 pub struct PipedriveState {
     inner: Mutex<Inner>,
     clock: Mutex<SharedClock>,
@@ -432,20 +451,8 @@ impl PipedriveState {
     /// False when there is no such person.
     pub fn rep_delete(&self, person_id: &str, user_id: &str) -> bool {
         let now = self.now();
-        let mut inner = self.lock();
         let Ok(pid) = person_id.parse::<u64>() else { return false };
-        let Some(person) = inner.persons.remove(&pid) else { return false };
-        inner.webhooks.emit(WebhookChange {
-            action: "delete",
-            entity: "person",
-            entity_id: pid,
-            data: Value::Null,
-            previous: person_json(pid, &person),
-            change_source: "app",
-            user_id: user_id.parse().unwrap_or_default(),
-            at: now,
-        });
-        true
+        self.lock().delete_person(pid, "app", user_id.parse().unwrap_or_default(), now)
     }
 
     // ----- webhooks ---------------------------------------------------------------------------
@@ -1719,21 +1726,10 @@ async fn delete_note(State(state): State<Arc<PipedriveState>>, Path(id): Path<St
 
 async fn delete_person(State(state): State<Arc<PipedriveState>>, Path(id): Path<String>) -> Response {
     let now = state.now();
-    let mut inner = state.lock();
-    let Some((id, person)) = parse_id(&id).and_then(|id| inner.persons.remove(&id).map(|p| (id, p))) else {
-        return error(StatusCode::NOT_FOUND, "Person not found");
-    };
-    inner.webhooks.emit(WebhookChange {
-        action: "delete",
-        entity: "person",
-        entity_id: id,
-        data: Value::Null,
-        previous: person_json(id, &person),
-        change_source: "api",
-        user_id: AUTHORIZING_USER_ID,
-        at: now,
-    });
-    deleted(id)
+    match parse_id(&id) {
+        Some(id) if state.lock().delete_person(id, "api", AUTHORIZING_USER_ID, now) => deleted(id),
+        _ => error(StatusCode::NOT_FOUND, "Person not found"),
+    }
 }
 
 // ----- webhooks -----------------------------------------------------------------------------------
